@@ -1,0 +1,4 @@
+"""python -m agent: the cdsim command line."""
+from agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The cdsim command line: parse arguments, call the library, print, map errors to exit statuses.
+
+Each subcommand lives in an ``agent.commands.<name>`` module exposing ``register(subparsers)``, which
+adds its parser and sets ``func(args) -> int``. Modules are imported lazily per command so start-up
+stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from agent import __version__
+from agent.errors import CdsimError, ExitStatus, exit_status_for
+
+# subcommand name -> module under agent.commands
+COMMANDS = {
+    "validate": "validate",
+    "plan": "plan",
+    "local": "local",
+    "deploy": "deploy",
+    "instance": "instance",
+}
+
+
+def _base_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cdsim",
+        description="A local AWS CodeDeploy agent: validate, plan and run CodeDeploy revisions "
+                    "on this machine or in a sandboxed instance, with no AWS account.")
+    p.add_argument("--version", action="version", version=f"cdsim {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return p
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = _base_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        if only and name != only:
+            # a cheap placeholder so --help still lists every command
+            sub.add_parser(name, help=_summary(module), add_help=False)
+            continue
+        try:
+            mod = importlib.import_module(f"agent.commands.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"agent.commands.{module}":
+                raise
+            continue  # a command not built yet
+        mod.register(sub)
+    return parser
+
+
+def _summary(module: str) -> str:
+    try:
+        mod = importlib.import_module(f"agent.commands.{module}")
+    except ImportError:
+        return ""
+    return getattr(mod, "SUMMARY", "")
+
+
+def _run(func, args, debug: bool) -> int:
+    try:
+        return int(func(args))
+    except CdsimError as e:
+        print(f"cdsim: error: {e}" + (f"\n  hint: {e.hint}" if e.hint else ""), file=sys.stderr)
+        return int(e.exit_status)
+    except KeyboardInterrupt:
+        print("cdsim: interrupted", file=sys.stderr)
+        return int(exit_status_for(KeyboardInterrupt()))
+    except Exception as e:  # noqa: BLE001 - the one place that turns a bug into an exit status
+        if debug:
+            raise
+        print(f"cdsim: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return int(ExitStatus.INTERNAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or bool(os.environ.get("CDSIM_DEBUG"))
+    # `cdsim local ...` takes codedeploy-local's own command line, parsed the agent's way
+    rest = [a for a in argv if a != "--debug"]
+    if rest and rest[0] == "local":
+        from agent.commands import local
+        return _run(local.run_argv, rest[1:], debug)
+    first = next((a for a in rest if not a.startswith("-")), None)
+    parser = build_parser(only=first if first in COMMANDS else None)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help/--version
+        return int(ExitStatus.USAGE) if e.code not in (0, None) else 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return int(ExitStatus.USAGE)
+    return _run(args.func, args, debug)
+
+
+def codedeploy_local_main() -> int:
+    """The ``codedeploy-local`` console script: the agent's command line, unchanged."""
+    from agent.commands import local
+    return _run(local.run_argv, sys.argv[1:], bool(os.environ.get("CDSIM_DEBUG")))

@@ -1,0 +1,1 @@
+"""One module per cdsim subcommand: register(subparsers) and a func(args) -> int."""

@@ -1,0 +1,141 @@
+"""The error tree and the exit statuses of every cdsim command.
+
+Pure: imports nothing that does I/O.
+
+    CdsimError                      reference            exit status
+    ├── UsageError                  usage                USAGE
+    ├── InvalidInput                invalid              INVALID
+    │   ├── AppSpecError            appspec-invalid      INVALID
+    │   ├── AppSpecNotFound         appspec-not-found    INVALID
+    │   └── BundleError             bundle-invalid       INVALID
+    │       └── UnsafeBundle        bundle-unsafe-member INVALID
+    ├── DeploymentError             deployment-failed    DEPLOYMENT_FAILED
+    │   ├── FileCollision           file-collision       FILE_COLLISION
+    │   └── HookFailed              hook-failed          HOOK_FAILED
+    │       └── HookTimedOut        hook-timed-out       HOOK_TIMED_OUT
+    ├── EnvironmentProblem          environment          ENVIRONMENT
+    └── (anything else)             internal             INTERNAL
+
+Every error carries a message, and where known the file, line and column it is about and a hint.
+``agent_message`` is the real agent's text for the same failure, kept verbatim for conformance; the
+CLI prints it (``message`` usually is it).
+"""
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """What a cdsim command's exit status means. Documented in the README; mapped in agent.cli."""
+
+    SUCCESS = 0
+    HOOK_FAILED = 1
+    USAGE = 2
+    INVALID = 3
+    HOOK_TIMED_OUT = 4
+    FILE_COLLISION = 5
+    DEPLOYMENT_FAILED = 6
+    ENVIRONMENT = 7
+    INTERNAL = 70
+
+
+class CdsimError(Exception):
+    """Base of every error cdsim raises on purpose."""
+
+    reference = "cdsim-error"
+    exit_status = ExitStatus.INTERNAL
+
+    def __init__(self, message: str, *, hint: str | None = None, file: str | None = None,
+                 line: int | None = None, column: int | None = None, reference: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.file = file
+        self.line = line
+        self.column = column
+        if reference:
+            self.reference = reference
+
+    def location(self) -> str:
+        """``file:line:col`` (as much as is known), or ''."""
+        if not self.file:
+            return ""
+        parts = [self.file]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.column is not None:
+                parts.append(str(self.column))
+        return ":".join(parts)
+
+    def __str__(self) -> str:
+        where = self.location()
+        return f"{where}: {self.message}" if where else self.message
+
+
+class UsageError(CdsimError):
+    reference = "usage"
+    exit_status = ExitStatus.USAGE
+
+
+class InvalidInput(CdsimError):
+    reference = "invalid"
+    exit_status = ExitStatus.INVALID
+
+
+class AppSpecError(InvalidInput):
+    reference = "appspec-invalid"
+
+
+class AppSpecNotFound(InvalidInput):
+    reference = "appspec-not-found"
+
+
+class BundleError(InvalidInput):
+    reference = "bundle-invalid"
+
+
+class UnsafeBundle(BundleError):
+    reference = "bundle-unsafe-member"
+
+
+class DeploymentError(CdsimError):
+    reference = "deployment-failed"
+    exit_status = ExitStatus.DEPLOYMENT_FAILED
+
+
+class FileCollision(DeploymentError):
+    reference = "file-collision"
+    exit_status = ExitStatus.FILE_COLLISION
+
+
+class HookFailed(DeploymentError):
+    """A hook script failed; ``result`` is its hooks_runtime.HookResult."""
+
+    reference = "hook-failed"
+    exit_status = ExitStatus.HOOK_FAILED
+
+    def __init__(self, message: str, *, result=None, event: str | None = None,
+                 script_path: str | None = None, **kw):
+        super().__init__(message, **kw)
+        self.result = result
+        self.event = event
+        self.script_path = script_path
+
+
+class HookTimedOut(HookFailed):
+    reference = "hook-timed-out"
+    exit_status = ExitStatus.HOOK_TIMED_OUT
+
+
+class EnvironmentProblem(CdsimError):
+    reference = "environment"
+    exit_status = ExitStatus.ENVIRONMENT
+
+
+def exit_status_for(exc: BaseException) -> ExitStatus:
+    """The one place that maps an exception to an exit status."""
+    if isinstance(exc, CdsimError):
+        return exc.exit_status
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.DEPLOYMENT_FAILED
+    return ExitStatus.INTERNAL
