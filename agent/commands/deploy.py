@@ -1,0 +1,204 @@
+"""`cdsim deploy`: the agent's engine with friendlier defaults.
+
+By default the deployment runs inside a sandboxed instance (created on first use), so the host is
+never touched; ``--host`` deploys to this machine as the agent does. Prints each event and hook as
+it runs, with the hook's output live.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from agent.errors import ExitStatus, UsageError
+
+SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
+DEFAULT_INSTANCE = "default"
+INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
+INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("deploy", help=SUMMARY, description=__doc__)
+    p.add_argument("bundle", nargs="?", default=".", help="bundle directory or zip/tar/tgz file (default: .)")
+    p.add_argument("-t", "--type", choices=("directory", "zip", "tar", "tgz"),
+                   help="bundle type (default: from the file name)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--instance", help=f"sandboxed instance to deploy into (default: {DEFAULT_INSTANCE})")
+    where.add_argument("--host", action="store_true", help="deploy onto this machine, as the agent does")
+    p.add_argument("--network", choices=("private", "host"), default="private",
+                   help="network of a newly created instance (default: private)")
+    p.add_argument("-g", "--deployment-group", default="default-local-deployment-group")
+    p.add_argument("-d", "--deployment-group-name", default="LocalFleet")
+    p.add_argument("-a", "--application-name", default=None)
+    p.add_argument("-e", "--events", default=None, help="comma-separated lifecycle events to run")
+    p.add_argument("-b", "--file-exists-behavior", default="DISALLOW")
+    p.add_argument("-A", "--appspec-filename", default=None)
+    p.add_argument("-c", "--agent-configuration-file", default=None,
+                   help="agent configuration file (default: none; cdsim's own defaults)")
+    p.add_argument("--root-dir", default=None, help="deployment root (default: in the state folder)")
+    p.add_argument("--grace-period", type=float, default=5.0,
+                   help="seconds between SIGTERM and SIGKILL when a hook times out (default 5)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
+    out.add_argument("-v", "--verbose", action="store_true", help="also print where logs and events are")
+    p.set_defaults(func=run)
+
+
+def guess_type(path: str) -> str:
+    if os.path.isdir(path):
+        return "directory"
+    low = path.lower()
+    if low.endswith((".tgz", ".tar.gz")):
+        return "tgz"
+    if low.endswith(".tar"):
+        return "tar"
+    if low.endswith(".zip"):
+        return "zip"
+    raise UsageError(f"cannot tell the bundle type of {path}", hint="give --type zip|tar|tgz|directory")
+
+
+def state_dir() -> str:
+    from agent.instance import state_dir as instance_state_dir
+    return instance_state_dir()
+
+
+def run(args) -> int:
+    bundle = os.path.abspath(args.bundle)
+    if not os.path.exists(bundle):
+        raise UsageError(f"bundle {args.bundle} does not exist")
+    btype = args.type or guess_type(bundle)
+    if args.host:
+        return deploy_here(args, bundle, btype)
+    return deploy_in_instance(args, bundle, btype)
+
+
+def _config(args, root_default: str, log_default: str):
+    from agent.config import config_from_mapping, load_local_config
+    if args.agent_configuration_file:
+        cfg = load_local_config(args.agent_configuration_file)
+    else:
+        cfg = config_from_mapping({"root_dir": root_default, "log_dir": log_default})
+    if args.root_dir:
+        cfg = cfg.with_root(args.root_dir)
+    return cfg
+
+
+def deploy_here(args, bundle: str, btype: str) -> int:
+    """Run the engine in this process (on the host, or already inside an instance)."""
+    from agent.deploy import DeploymentRequest, deploy
+    from agent.revision import LocalRevision
+
+    if os.environ.get("CDSIM_INSIDE_INSTANCE"):
+        root_default, log_default = INSTANCE_ROOT_DIR, INSTANCE_LOG_DIR
+    else:
+        base = os.path.join(state_dir(), "host")
+        root_default, log_default = os.path.join(base, "deployment-root"), os.path.join(base, "log")
+    cfg = _config(args, root_default, log_default)
+    printer = Printer(quiet=args.quiet, verbose=args.verbose)
+    request = DeploymentRequest(
+        revision=LocalRevision(bundle, btype), config=cfg,
+        deployment_group_id=args.deployment_group, deployment_group_name=args.deployment_group_name,
+        application_name=args.application_name or bundle, events=args.events,
+        file_exists_behavior=args.file_exists_behavior.upper(),
+        appspec_filename=args.appspec_filename, cwd=os.getcwd(), grace_seconds=args.grace_period)
+    result = deploy(request, listeners=[printer.on_record], notify=printer.notice,
+                    on_output=None if args.quiet else printer.output_line)
+    printer.finish(result)
+    return result.exit_status
+
+
+def deploy_in_instance(args, bundle: str, btype: str) -> int:
+    from agent import instance as instances
+
+    name = args.instance or DEFAULT_INSTANCE
+    inst = instances.get_or_create(name, network=args.network)
+    argv = [sys.executable, "-m", "agent", "deploy", "--host", bundle, "--type", btype,
+            "-g", args.deployment_group, "-d", args.deployment_group_name,
+            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
+    for flag, value in (("-a", args.application_name), ("-e", args.events),
+                        ("-A", args.appspec_filename), ("-c", args.agent_configuration_file),
+                        ("--root-dir", args.root_dir)):
+        if value:
+            argv += [flag, value]
+    if args.quiet:
+        argv.append("-q")
+    if args.verbose:
+        argv.append("-v")
+    if not args.quiet:
+        print(f"cdsim: deploying into instance {name!r} (cdsim instance shell {name} to look around)",
+              flush=True)
+    env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
+    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd())
+
+
+def run_local_in_instance(opts: dict) -> int:
+    """`cdsim local --instance NAME ...`: the agent-exact CLI, run inside an instance."""
+    from agent import instance as instances
+
+    name = opts.pop("--instance")
+    inst = instances.get_or_create(name)
+    argv = [sys.executable, "-m", "agent", "local"]
+    for k, v in opts.items():
+        argv += [k] if v is None else [k, v]
+    env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
+    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd())
+
+
+class Printer:
+    """Renders the event stream for a person: events, hooks, live output, the outcome."""
+
+    def __init__(self, quiet: bool = False, verbose: bool = False, stream=None):
+        self.quiet = quiet
+        self.verbose = verbose
+        self.out = stream or sys.stdout
+        self.tty = self.out.isatty()
+        self.started = time.monotonic()
+
+    def _p(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def on_record(self, r: dict) -> None:
+        t = r["type"]
+        if t == "deployment.start":
+            if self.verbose:
+                self._p(f"Deployment {r['deployment_id']} in {r['deployment_dir']}")
+            return
+        if self.quiet:
+            return
+        if t == "event.start":
+            self._p(f"{r['event']}")
+        elif t == "event.end" and r.get("status") == "Failed":
+            self._p(f"{r['event']} failed: {r.get('error')}")
+        elif t == "hook.start":
+            runas = f", runas {r['runas']}" if r.get("runas") is not None else ""
+            self._p(f"  {r['location']} (timeout {r['timeout']}s{runas})")
+        elif t == "hook.end":
+            if r["status"] == "Succeeded":
+                self._p(f"  {r['location']} succeeded in {r['duration']:.2f}s")
+            else:
+                self._p(f"  {r['location']} FAILED after {r['duration']:.2f}s: {r['message']}")
+            for note in r.get("notes") or ():
+                self._p(f"    {note}")
+
+    def output_line(self, line: str) -> None:
+        self._p("    | " + line.rstrip("\n"))
+
+    def notice(self, text: str) -> None:
+        print(f"cdsim: {text}", file=sys.stderr, flush=True)
+
+    def finish(self, result) -> None:
+        took = time.monotonic() - self.started
+        if result.succeeded:
+            self._p(f"Deployment {result.deployment_id} succeeded in {took:.1f}s")
+        else:
+            err = result.error
+            where = f"{err.location()}: " if err.location() else ""
+            print(f"Deployment {result.deployment_id} failed"
+                  + (f" at {result.failed_event}" if result.failed_event else "")
+                  + f": {where}{err.message}", file=self.out, flush=True)
+            if err.hint:
+                self._p(f"  hint: {err.hint}")
+            self._p(f"  hook output: {result.scripts_log}")
+        if self.verbose and result.events_path:
+            self._p(f"  events: {result.events_path}")

@@ -1,0 +1,325 @@
+"""The one module that sequences a deployment's I/O: events in order, DownloadBundle, Install and
+hook events, exactly as the agent's command executor does (behaviour doc §4), writing the event
+stream as it goes.
+
+Imports the pure modules (lifecycle, appspec), the I/O modules (bundle, install, deployment_root)
+and hooks_runtime. Nothing here prints: the CLI renders the event stream.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from agent import lifecycle
+from agent.agentlog import AgentLog
+from agent.config import AgentConfig
+from agent.deployment_root import DeploymentRoot, join, new_deployment_id
+from agent.errors import (AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut)
+from agent.events import EventStream
+from agent.revision import LocalRevision, Revision, revision_env
+
+DEFAULT_GROUP_ID = "default-local-deployment-group"
+DEFAULT_GROUP_NAME = "LocalFleet"
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """Everything one deployment needs; what codedeploy-local's flags and the config file give."""
+
+    revision: Revision
+    config: AgentConfig
+    deployment_group_id: str = DEFAULT_GROUP_ID
+    deployment_group_name: str = DEFAULT_GROUP_NAME
+    application_name: str = ""
+    events: str | None = None                 # raw --events string
+    file_exists_behavior: str = "DISALLOW"    # raw CLI value; upper-cased when resolved
+    appspec_filename: str | None = None
+    deployment_id: str | None = None
+    cwd: str | None = None                    # hooks' working directory (local: the caller's)
+    base_env: Mapping[str, str] | None = None  # hooks' environment before our variables
+    grace_seconds: float = 5.0
+    deployment_creator: str = "user"
+    deployment_type: str = "IN_PLACE"
+    events_path: str | None = None            # where the JSON-lines event stream goes
+
+
+@dataclass
+class DeploymentResult:
+    deployment_id: str
+    deployment_dir: str          # as the agent prints it: plain concatenation of the configured root
+    succeeded: bool
+    error: CdsimError | None = None
+    entered_event_loop: bool = False
+    failed_event: str | None = None
+    hooks: list = field(default_factory=list)    # hooks_runtime.HookResult, in run order
+    events_path: str | None = None
+
+    @property
+    def exit_status(self) -> int:
+        from agent.errors import ExitStatus
+        return int(ExitStatus.SUCCESS) if self.succeeded else int(self.error.exit_status)
+
+    @property
+    def scripts_log(self) -> str:
+        return f"{self.deployment_dir}/logs/scripts.log"
+
+
+def _os_error(e: OSError) -> DeploymentError:
+    """An OS error as the agent prints it: the errno text and the path."""
+    text = e.strerror or str(e)
+    if e.filename:
+        text += f" - {e.filename}"
+    return DeploymentError(text)
+
+
+class _Deployment:
+    def __init__(self, request: DeploymentRequest, stream: EventStream,
+                 notify: Callable[[str], None] | None, on_output: Callable[[str], None] | None):
+        self.req = request
+        self.cfg = request.config
+        self.stream = stream
+        self.notify = notify
+        self.on_output = on_output
+        self.did = stream.deployment_id
+        self.root = DeploymentRoot(self.cfg.root_dir, request.deployment_group_id)
+        self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
+        self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
+        self.hooks: list = []
+
+    # -- events --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self._max_revisions = self._retention_setting()
+        for event in lifecycle.execution_order(self.req.events):
+            self.root.ensure_deployment_dir(self.did)
+            self.stream.emit("event.start", event=event)
+            try:
+                if event == "DownloadBundle":
+                    self.download_bundle()
+                elif event == "Install":
+                    self.install()
+                else:
+                    self.hook_event(event)
+            except CdsimError as e:
+                self.stream.emit("event.end", event=event, status="Failed", error=str(e),
+                                 reference=e.reference)
+                e.event = getattr(e, "event", None) or event
+                raise
+            except OSError as e:
+                err = _os_error(e)
+                self.stream.emit("event.end", event=event, status="Failed", error=str(err),
+                                 reference=err.reference)
+                err.event = event
+                raise err from e
+            self.stream.emit("event.end", event=event, status="Succeeded")
+
+    def _retention_setting(self) -> int | None:
+        try:
+            n = self.cfg.max_revisions
+        except DeploymentError as e:
+            self.agent_log.log("ERROR", "CommandExecutor", e.message)
+            return None  # the agent fails later, at DownloadBundle
+        if n < 1:
+            # the agent also SIGTERMs its parent here (Q22); we only log
+            self.agent_log.log("ERROR", "CommandExecutor",
+                               f"Invalid configuration :max_revision={self.cfg.max_revisions_raw}")
+        self.agent_log.info("CommandExecutor", f"Archives to retain is: {n}}}")
+        return n
+
+    def download_bundle(self) -> None:
+        from agent import bundle
+
+        if self._max_revisions is None:
+            self.cfg.max_revisions  # raises the configuration error
+        removed = self.root.apply_retention(self.did, self._max_revisions)
+        rev = self.req.revision
+        if isinstance(rev, LocalRevision):
+            if rev.bundle_type == "directory":
+                self.agent_log.info("CommandExecutor", f"Handle local directory {rev.location}")
+            else:
+                self.agent_log.info("CommandExecutor",
+                                    f"Handle local file {join(self.root.deployment_dir(self.did), 'bundle.tar')}")
+        archive = bundle.fetch_and_unpack(rev, self.root.deployment_dir(self.did))
+        bundle.check_archive_links(archive)
+        self.root.mark_most_recent(self.did)
+        self.stream.emit("bundle.unpacked", archive=archive, retention_removed=removed)
+
+    def _install_appspec_path(self, archive: str) -> str:
+        """§4.6 Install rule: the option's name, else appspec.yaml, else appspec.yml."""
+        name = self.req.appspec_filename or "appspec.yml"
+        for candidate in (name, "appspec.yaml", "appspec.yml"):
+            path = join(archive, candidate)
+            if os.path.exists(path):
+                return path
+        return join(archive, "appspec.yml")
+
+    def _parse(self, path: str):
+        from agent.appspec import parse_appspec
+
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise DeploymentError(f"No such file or directory @ rb_sysopen - {path}") from None
+        except IsADirectoryError:
+            raise DeploymentError(f"Is a directory @ io_fread - {path}") from None
+        return parse_appspec(data, filename=os.path.basename(path))
+
+    def install(self) -> None:
+        from agent import install as installer
+
+        self.root.ensure_instructions_dir()
+        archive = self.root.archive_dir(self.did)
+        path = self._install_appspec_path(archive)
+        spec = self._parse(path)
+        base = os.path.basename(path)
+        hooks = list(spec.hook_names())
+        unknown = lifecycle.unknown_hooks(hooks, self.req.events)
+        if unknown:
+            raise DeploymentError(
+                f"{base} file contains unknown lifecycle events: {lifecycle.ruby_inspect_list(unknown)}")
+        missing = lifecycle.missing_custom_events(hooks, self.req.events)
+        if missing:
+            raise DeploymentError(
+                "You specified a lifecycle event which is not a default one and doesn't exist in "
+                f"your {base} file: {','.join(missing)}")
+        summary = installer.install(spec, archive, self.root.instructions_dir,
+                                    self.req.deployment_group_id, self.req.file_exists_behavior)
+        self.root.mark_last_successful(self.did)
+        self.stream.emit("install.done", **_summary_fields(summary))
+
+    def _revision_dir_for(self, event: str) -> str | None:
+        current = self.root.deployment_dir(self.did)
+        source = lifecycle.previous_revision_source(
+            event, rollback_blue_green=(self.req.deployment_creator == "codeDeployRollback"
+                                        and self.req.deployment_type == "BLUE_GREEN"))
+        if source == lifecycle.CURRENT or os.path.exists(self.root.archive_dir(self.did)):
+            return current
+        marker = (self.root.last_successful() if source == lifecycle.LAST_SUCCESSFUL
+                  else self.root.most_recent())
+        return marker  # None: the group has no such revision, the event is a no-op
+
+    def hook_env(self, event: str) -> dict[str, str]:
+        env = dict(os.environ if self.req.base_env is None else self.req.base_env)
+        env.update({
+            "LIFECYCLE_EVENT": event,
+            "DEPLOYMENT_ID": self.did,
+            "APPLICATION_NAME": self.req.application_name,
+            "DEPLOYMENT_GROUP_NAME": self.req.deployment_group_name,
+            "DEPLOYMENT_GROUP_ID": self.req.deployment_group_id,
+        })
+        for k, v in revision_env(self.req.revision).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def hook_event(self, event: str) -> None:
+        from agent.appspec import appspec_not_found_message
+        from hooks_runtime import HookLog, Script, run_script
+
+        rev_dir = self._revision_dir_for(event)
+        if rev_dir is None:
+            return
+        name = self.req.appspec_filename or "appspec.yml"
+        path = join(rev_dir, "deployment-archive", name)
+        if not os.path.isfile(path):
+            raise AppSpecNotFound(appspec_not_found_message(name, rev_dir))
+        spec = self._parse(path)
+        scripts = spec.scripts_for(event)
+        if not scripts:
+            return
+        env = self.hook_env(event)
+        cwd = self.req.cwd or os.getcwd()
+        log = HookLog(self.root.scripts_log(self.did), self.did, self.cfg.deployments_log,
+                      **({"on_line": self.on_output} if self.on_output else {}))
+        with log:
+            log.message(f"LifecycleEvent - {event}\n")
+            for s in scripts:
+                script = Script(path=join(rev_dir, "deployment-archive", s.location),
+                                location=s.location, timeout=s.timeout, runas=s.runas, sudo=s.sudo)
+                self.stream.emit("hook.start", event=event, location=s.location, path=script.path,
+                                 timeout=s.timeout, runas=s.runas, revision_dir=rev_dir)
+                result = run_script(script, env=env, cwd=cwd, log=log,
+                                    grace_seconds=self.req.grace_seconds,
+                                    agent_log=lambda level, msg: self.agent_log.log(level, "HookExecutor", msg),
+                                    notify=self._notice)
+                self.hooks.append((event, result))
+                self.stream.emit("hook.end", event=event, **_hook_fields(result),
+                                 scripts_log=self.root.scripts_log(self.did))
+                if not result.succeeded:
+                    cls = HookTimedOut if result.error_code == 3 else HookFailed
+                    raise cls(result.message, result=result, event=event,
+                              script_path=f"{self.console_dir}/deployment-archive/{s.location}")
+
+    def _notice(self, text: str) -> None:
+        self.stream.emit("notice", text=text)
+        if self.notify:
+            self.notify(text)
+
+
+def _summary_fields(summary) -> dict:
+    if summary is None:
+        return {}
+    if hasattr(summary, "to_dict"):
+        return summary.to_dict()
+    if hasattr(summary, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return asdict(summary)
+    return {}
+
+
+def _hook_fields(result) -> dict:
+    procs = lambda ps: [getattr(p, "__dict__", None) or str(p) for p in ps]  # noqa: E731
+    return {
+        "location": result.location, "status": "Succeeded" if result.succeeded else "Failed",
+        "error_code": result.error_code, "message": result.message,
+        "exit_status": result.exit_status, "signal": result.signal,
+        "started": result.started, "ended": result.ended, "duration": result.duration,
+        "peak_rss": result.peak_rss, "cpu_time": result.cpu_time,
+        "killed": procs(result.killed), "output_holders": procs(result.output_holders),
+        "left_running": procs(result.left_running), "notes": list(result.notes),
+    }
+
+
+def default_events_path(config: AgentConfig, group: str, deployment_id: str) -> str | None:
+    """The event stream lives beside the agent log, never inside the deployment root (whose layout
+    must stay identical to the agent's)."""
+    if not config.log_dir:
+        return None
+    return os.path.join(config.log_dir, "cdsim-events", group, f"{deployment_id}.jsonl")
+
+
+def deploy(request: DeploymentRequest, *, listeners: list | None = None,
+           notify: Callable[[str], None] | None = None,
+           on_output: Callable[[str], None] | None = None) -> DeploymentResult:
+    """Run one deployment to completion. Never raises for a failed deployment: see ``.error``."""
+    did = request.deployment_id or new_deployment_id()
+    events_path = request.events_path or default_events_path(
+        request.config, request.deployment_group_id, did)
+    with EventStream(did, events_path, listeners) as stream:
+        d = _Deployment(request, stream, notify, on_output)
+        result = DeploymentResult(did, d.console_dir, False, events_path=events_path)
+        stream.emit("deployment.start", deployment_dir=d.console_dir,
+                    group_id=request.deployment_group_id, group_name=request.deployment_group_name,
+                    application=request.application_name, revision=repr(request.revision))
+        try:
+            bad = lifecycle.not_pascal_case(request.events)
+            if bad is not None:
+                raise DeploymentError(f"Received command is not in PascalCase form: {bad}",
+                                      reference="events-invalid")
+            result.entered_event_loop = True
+            d.run()
+            result.succeeded = True
+        except CdsimError as e:
+            result.error = e
+            result.failed_event = getattr(e, "event", None)
+        except OSError as e:
+            result.error = _os_error(e)
+        result.hooks = d.hooks
+        stream.emit("deployment.end", status="Succeeded" if result.succeeded else "Failed",
+                    error=str(result.error) if result.error else None,
+                    reference=result.error.reference if result.error else None,
+                    failed_event=result.failed_event)
+    return result

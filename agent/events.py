@@ -1,0 +1,70 @@
+"""The deployment's event stream: one JSON object per line, flushed per line.
+
+An event is a plain dict built by small functions here; reports and live output are renderings of
+this one stream. Schema (version 1): every record has ``schema``, ``type``, ``time`` (epoch seconds),
+``deployment_id``; types: ``deployment.start``, ``event.start``, ``event.end``, ``hook.start``,
+``hook.end``, ``deployment.end``, ``notice``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+
+SCHEMA_VERSION = 1
+
+Listener = Callable[[dict], None]
+
+
+class EventStream:
+    """Fans each record out to the JSON-lines file (when given) and to listeners."""
+
+    def __init__(self, deployment_id: str, path: str | None = None,
+                 listeners: list[Listener] | None = None):
+        self.deployment_id = deployment_id
+        self.path = path
+        self.listeners = list(listeners or [])
+        self.records: list[dict] = []
+        self._lock = threading.Lock()
+        self._file = None
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")
+
+    def emit(self, type_: str, **fields) -> dict:
+        record = {"schema": SCHEMA_VERSION, "type": type_, "time": round(time.time(), 6),
+                  "deployment_id": self.deployment_id, **fields}
+        with self._lock:
+            self.records.append(record)
+            if self._file:
+                self._file.write(json.dumps(record, default=str) + "\n")
+                self._file.flush()
+        for listener in self.listeners:
+            listener(record)
+        return record
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_events(path: str) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn last line after a crash
+    return out
