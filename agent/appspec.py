@@ -1,15 +1,168 @@
 """The appspec model (frozen dataclasses) and its parser, with the position of every value.
 
-Pure: no I/O here (the caller reads the file and passes its text). The parser accepts exactly what
-the real agent 1.8.1 accepts and rejects what it rejects, with the agent's message text
-(behaviour doc §5), prefixed by our location ``appspec.yml:LINE:COL:`` when shown to a user.
+Pure: no I/O here (the caller reads the file and passes its text or bytes); must not import the CLI,
+the bundle or install modules. PyYAML is imported lazily, so importing the model stays cheap.
+
+The parser accepts exactly what the real agent 1.8.1 accepts and rejects what it rejects, in the
+agent's parse order (behaviour doc §5.2), with the agent's message text (§5, §9.2 Q2-Q4, Q26), raised
+as ``AppSpecError(message, file=, line=, column=)``. Each error also carries ``code`` (a stable
+kebab-case name of the problem, used by ``cdsim validate``) and ``agent_class`` (the agent's exception
+class, or None where the agent crashes and the message is ours). Where the agent crashes with an
+internal error (a list at the top level, a hook given as a string, ...) the deployment fails there
+too, so we reject with our own message naming the key and its position.
+
+How the YAML is read (§5.1): the events of the first document (libyaml through ``yaml.CSafeLoader``
+when available, the same parser Psych uses, so syntax errors read like the agent's) are composed into
+``yaml.nodes`` keeping each value's line and column, then converted the way Psych 4's ``YAML.load``
+does: YAML 1.1 scalars, aliases rejected (``Unknown alias: x``), dates and symbols rejected
+(``Tried to load unspecified class: Date``), a later duplicate key winning.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+
+from agent.errors import AppSpecError
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
+DEFAULT_APPSPEC_NAME = "appspec.yml"
+# Our limits, not the agent's: a real appspec is a few KiB; these bound time and memory on hostile input.
+MAX_APPSPEC_BYTES = 1024 * 1024
+MAX_NESTING = 100
+
+# ---------------------------------------------------------------------------------------------------
+# The agent's messages (verbatim, behaviour doc §4.6, §5)
+
+MSG_EMPTY = ("The deployment failed because the application specification file was empty. Make sure "
+             "your AppSpec file defines at minimum the 'version' and 'os' properties.")
+MSG_NO_LOCATION = ("The deployment failed because the application specification file specifies a script "
+                   "with no location value. Specify the location in the hooks section of the AppSpec "
+                   "file, and then try again.")
+MSG_TIMEOUT = ("The deployment failed because an invalid timeout value was provided for a script in the "
+               "application specification file. Make corrections in the hooks section of the AppSpec "
+               "file, and then try again.")
+MSG_NO_SOURCE = ("The deployment failed because the application specification file specifies a "
+                 "destination file, but no source file. Update the files section of the AppSpec file, "
+                 "and then try again.")
+MSG_NO_OBJECT = ("The deployment failed because a permission listed in the application specification "
+                 "file has no object value. Update the permissions section of the AppSpec file, and then "
+                 "try again.")
+
+
+def _msg_version(v: str) -> str:
+    return (f"The deployment failed because an invalid version value ({v}) was entered in the "
+            "application specification file. Make sure your AppSpec file specifies \"0.0\" as the "
+            "version, and then try again.")
+
+
+def _msg_os(v: str) -> str:
+    return (f"The deployment failed because the application specification file specifies an "
+            f"unsupported operating system ({v}). Specify either \"linux\" or \"windows\" in the os "
+            "section of the AppSpec file, and then try again.")
+
+
+def _msg_no_destination(source: str) -> str:
+    return (f"The deployment failed because the application specification file specifies only a source "
+            f"file ({source}). Add the name of the destination file to the files section of the "
+            "AppSpec file, and then try again.")
+
+
+def _msg_type(t: str) -> str:
+    return ("The deployment failed because the application specification filespecifies a permission for "
+            f"an object type not supported for permissions ({t}). Update the permissions section of the "
+            "AppSpec file, and then try again.")
+
+
+def _msg_mode_length(mode: str) -> str:
+    return (f"The deployment failed because the length of a permissions mode ({mode}) in the application "
+            "specification file is invalid. Permissions modes must be between one and four characters "
+            "long. Update the permissions section of the AppSpec file, and then try again.")
+
+
+def _msg_mode_char(mode: str, char: str) -> str:
+    return (f"The deployment failed because the permissions mode ({mode}) in the application "
+            f"specification file contains an invalid character ({char}). Update the permissions section "
+            "of the AppSpec file, and then try again.")
+
+
+def _msg_acl_invalid(ace: str) -> str:
+    return ("The deployment failed because of a problem with the acls permission settings in the "
+            f"application specification file. Invalid acl entry ({ace}).")
+
+
+def _msg_acl_base(ace: str) -> str:
+    return ("The deployment failed because of a problem with the acls permission settings in the "
+            f"application specification file. Use mode to set the base acl entry ({ace}). Update the "
+            "permissions section of the AppSpec file, and then try again.")
+
+
+def _msg_acl_char(ace: str, char: str) -> str:
+    return (f"The deployment failed because the access control list (ACL) named {ace} in the application "
+            f"specification file contains an invalid character ({char}). Correct the ACL in the hooks "
+            "section of the AppSpec file, and then try again.")
+
+
+def _msg_context_type(inspected: str) -> str:
+    return ("The deployment failed because the application specification file specifies an invalid "
+            f"context type ({inspected}). Update the permissions section of the AppSpec file, and then "
+            "try again.")
+
+
+def _msg_range(rng: str) -> str:
+    return ("The deployment failed because of a problem with the SELinux range specified "
+            f"({rng}) for the context parameter in the permissions section of the application "
+            "specification file. Make corrections in the permissions section of the AppSpec file, and "
+            "then try again.")
+
+
+def _msg_file_exists_behavior(v: str) -> str:
+    return (f"The deployment failed because an invalid file_exists_behavior value ({v}) was entered in "
+            "the application specification file. Make sure your AppSpec file specifies one of "
+            "DISALLOW,OVERWRITE,RETAIN as the file_exists_behavior, and then try again.")
+
+
+def appspec_not_found_message(filename: str, rev_dir: str) -> str:
+    """The agent's hook-time error when ``{rev_dir}/deployment-archive/{filename}`` is missing (§4.6)."""
+    archive = f"{rev_dir}/deployment-archive"
+    return ("The CodeDeploy agent did not find an AppSpec file within the unpacked revision directory at "
+            f"revision-relative path \"{filename}\". The revision was unpacked to directory "
+            f"\"{archive}\", and the AppSpec file was expected but not found at path "
+            f"\"{archive}/{filename}\". Consult the AWS CodeDeploy Appspec documentation for more "
+            "information at http://docs.aws.amazon.com/codedeploy/latest/userguide/"
+            "reference-appspec-file.html")
+
+
+def cli_appspec_not_found_message(location: str, filename_option: str | None) -> str:
+    """codedeploy-local's validator message for a directory bundle without an appspec (§1.3 rule 7)."""
+    if filename_option:
+        f = filename_option
+        return (f"Expecting appspec file at location {location}/{f} but it is not found there. Please "
+                f"either run the CLI from within a directory containing the {f} file or specify a bundle "
+                f"location containing an {f} file in its root directory")
+    return (f"Expecting appspec file at location {location}/appspec.yml or {location}/appspec.yaml but it "
+            "is not found there. Please either run the CLI from within a directory containing the "
+            "appspec.yml or appspec.yaml file or specify a bundle location containing an appspec.yml or "
+            "appspec.yaml file in its root directory")
+
+
+def hook_appspec_name(filename_option: str | None) -> str:
+    """The one name hook events look for (§4.6): the option, else appspec.yml. No fallback."""
+    return filename_option or DEFAULT_APPSPEC_NAME
+
+
+def install_appspec_candidates(filename_option: str | None) -> tuple[str, ...]:
+    """Names Install tries in order (§4.6): the option (default appspec.yml), appspec.yaml, appspec.yml."""
+    out: list[str] = []
+    for name in (filename_option or DEFAULT_APPSPEC_NAME, "appspec.yaml", "appspec.yml"):
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
 
 
 @dataclass(frozen=True)
@@ -91,3 +244,911 @@ class AppSpec:
 
     def hook_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.hooks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ruby renderings the agent's messages use (to_s and inspect)
+
+
+def ruby_to_s(v: object) -> str:
+    """Ruby ``to_s`` of a loaded YAML value (nil -> '', arrays and hashes -> inspect)."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    return ruby_inspect(v)
+
+
+def _ruby_float(f: float) -> str:
+    if math.isnan(f):
+        return "NaN"
+    if math.isinf(f):
+        return "Infinity" if f > 0 else "-Infinity"
+    r = repr(f)  # Python switches to exponent form at the same thresholds as Ruby
+    if "e" in r:
+        mant, exp = r.split("e")
+        return (mant if "." in mant else mant + ".0") + "e" + exp
+    return r
+
+
+_RUBY_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\f": "\\f", "\v": "\\v", "\b": "\\b",
+                 "\a": "\\a", "\x1b": "\\e", '"': '\\"', "\\": "\\\\"}
+
+
+def _ruby_str_inspect(s: str) -> str:
+    out = []
+    for i, ch in enumerate(s):
+        if ch in _RUBY_ESCAPES:
+            out.append(_RUBY_ESCAPES[ch])
+        elif ch == "#" and s[i + 1:i + 2] in ("{", "$", "@"):
+            out.append("\\#")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def ruby_inspect(v: object) -> str:
+    """Ruby 3.1 ``inspect`` of a loaded YAML value: ``["a", 1]``, ``{"name"=>"u"}``, ``nil``."""
+    if v is None:
+        return "nil"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, float):
+        return _ruby_float(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return _ruby_str_inspect(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(ruby_inspect(x) for x in v) + "]"
+    if isinstance(v, _RubyHash):
+        return "{" + ", ".join(f"{ruby_inspect(k)}=>{ruby_inspect(x)}" for k, x in v.pairs) + "}"
+    return str(v)
+
+
+def _ruby_strip(s: str) -> str:
+    return s.strip(" \t\n\v\f\r\0")
+
+
+def _ruby_str_to_i(s: str) -> int:
+    """Ruby ``String#to_i``: leading whitespace, a sign, digits with single underscores; else 0."""
+    m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+(?:_[0-9]+)*)", s)
+    if not m:
+        return 0
+    n = int(m.group(2).replace("_", ""))
+    return -n if m.group(1) == "-" else n
+
+
+class _RubyHash:
+    """A loaded YAML mapping: pairs in order, later duplicates replacing earlier ones in place."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[object, object]]):
+        self.pairs = pairs
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML: compose the first document into nodes with marks, convert scalars the Psych 4 way
+
+_TAG = "tag:yaml.org,2002:"
+_PSYCH_DATE = re.compile(r"\d{4}-(?:1[012]|0\d|\d)-(?:[12]\d|3[01]|0\d|\d)\Z")
+_PSYCH_TIME = re.compile(r"-?\d{4}-\d{1,2}-\d{1,2}(?:[Tt]|\s+)\d{1,2}:\d\d:\d\d(?:\.\d*)?"
+                         r"(?:\s*(?:Z|[-+]\d{1,2}:?(?:\d\d)?))?\Z")
+# Psych accepts commas in integers ("1,000" -> 1000, not YAML 1.1 but kept by Psych for compatibility)
+_PSYCH_COMMA_INT = re.compile(r"[-+]?(?:0b[0-1_,]+|0[0-7_,]+|(?:0|[1-9](?:[0-9]|,[0-9]|_[0-9])*)"
+                              r"|0x[0-9a-fA-F_,]+)\Z")
+
+
+class AliasNode:
+    """A ``*name`` alias left in the tree: Psych 4 refuses it when converting (``Unknown alias``)."""
+
+    id = "alias"
+
+    def __init__(self, anchor: str, start_mark, end_mark):
+        self.anchor = anchor
+        self.start_mark = start_mark
+        self.end_mark = end_mark
+        self.tag = None
+        self.value = None
+
+
+def node_mark(node) -> Mark:
+    m = node.start_mark
+    return Mark(m.line + 1, m.column + 1)
+
+
+def _err(message: str, filename: str, mark: Mark | None, *, code: str, agent_class: str | None,
+         hint: str | None = None) -> AppSpecError:
+    e = AppSpecError(message, file=filename, line=mark.line if mark else None,
+                     column=mark.column if mark else None, hint=hint)
+    e.code = code                # stable kebab-case name of the problem (validate's finding code)
+    e.agent_class = agent_class  # the agent's exception class, None where the agent crashes
+    return e
+
+
+def _decode(data: str | bytes, filename: str) -> str:
+    if isinstance(data, str):
+        if len(data) > MAX_APPSPEC_BYTES // 4 and len(data.encode("utf-8", "surrogatepass")) > MAX_APPSPEC_BYTES:
+            raise _too_big(len(data.encode("utf-8", "surrogatepass")), filename)
+        text = data
+    else:
+        if len(data) > MAX_APPSPEC_BYTES:
+            raise _too_big(len(data), filename)
+        if b"\0" in data:  # binary garbage: say so rather than "not UTF-8"
+            return _decode(data.decode("utf-8", "replace"), filename)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+            raise _err(f"the appspec is not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte "
+                       f"offset {e.start}", filename, Mark(line, col), code="appspec-not-utf8",
+                       agent_class="Psych::SyntaxError",
+                       hint="save the file as UTF-8 (the agent reads it as UTF-8)") from None
+    nul = text.find("\0")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        col = nul - (text.rfind("\n", 0, nul) + 1) + 1
+        raise _err("the appspec contains a NUL character: it is binary, not YAML text", filename,
+                   Mark(line, col), code="appspec-binary", agent_class="Psych::SyntaxError")
+    return text
+
+
+def _too_big(size: int, filename: str) -> AppSpecError:
+    return _err(f"the appspec is {size} bytes, more than the {MAX_APPSPEC_BYTES} bytes cdsim reads",
+                filename, None, code="appspec-too-large", agent_class=None,
+                hint="an appspec is a small YAML file; is this the right file?")
+
+
+def _syntax_error(exc, filename: str) -> AppSpecError:
+    """Psych's text for a libyaml error: ``(<unknown>): {problem} {context} at line L column C``
+    where L:C is the context mark (1-based; 1:1 when there is none). Our prefix uses the problem mark."""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    cmark = getattr(exc, "context_mark", None)
+    pmark = getattr(exc, "problem_mark", None) or cmark
+    if problem is None:  # a reader error (bad character)
+        problem = getattr(exc, "reason", None) or str(exc)
+    text = " ".join(p for p in (problem, context) if p)
+    line, col = (cmark.line + 1, cmark.column + 1) if cmark is not None and context else (1, 1)
+    where = Mark(pmark.line + 1, pmark.column + 1) if pmark is not None else None
+    return _err(f"(<unknown>): {text} at line {line} column {col}", filename, where,
+                code="yaml-syntax", agent_class="Psych::SyntaxError")
+
+
+def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
+    """The first YAML document as ``yaml.nodes`` (None when the stream holds no document).
+
+    Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
+    AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
+    import yaml
+    from yaml import events as ev
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    text = _decode(data, filename)
+    loader_cls = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+    loader = loader_cls(text)
+
+    def compose(event, depth):
+        if isinstance(event, ev.AliasEvent):
+            return AliasNode(event.anchor, event.start_mark, event.end_mark)
+        if depth > MAX_NESTING:
+            raise _err(f"the appspec nests collections more than {MAX_NESTING} levels deep", filename,
+                       Mark(event.start_mark.line + 1, event.start_mark.column + 1),
+                       code="appspec-too-deep", agent_class=None)
+        explicit = event.tag not in (None, "!")
+        if isinstance(event, ev.ScalarEvent):
+            tag = event.tag if explicit else loader.resolve(ScalarNode, event.value, event.implicit)
+            # libyaml reports the plain style as '', the pure-Python parser as None
+            node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style or None)
+        elif isinstance(event, ev.SequenceStartEvent):
+            tag = event.tag if explicit else loader.resolve(SequenceNode, None, event.implicit)
+            node = SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            while not isinstance(nxt := loader.get_event(), ev.SequenceEndEvent):
+                node.value.append(compose(nxt, depth + 1))
+            node.end_mark = nxt.end_mark
+        elif isinstance(event, ev.MappingStartEvent):
+            tag = event.tag if explicit else loader.resolve(MappingNode, None, event.implicit)
+            node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            while not isinstance(nxt := loader.get_event(), ev.MappingEndEvent):
+                key = compose(nxt, depth + 1)
+                node.value.append((key, compose(loader.get_event(), depth + 1)))
+            node.end_mark = nxt.end_mark
+        else:  # pragma: no cover - the parser only yields the events above here
+            raise _err(f"unexpected YAML event {event!r}", filename, None, code="yaml-syntax",
+                       agent_class=None)
+        node.explicit_tag = explicit
+        node.anchor = event.anchor
+        return node
+
+    try:
+        loader.get_event()                 # StreamStart
+        first = loader.get_event()
+        if isinstance(first, ev.StreamEndEvent):
+            return None
+        root = compose(loader.get_event(), 1)  # after DocumentStart
+        loader.get_event()                 # DocumentEnd: Psych stops after the first document
+        return root
+    except yaml.YAMLError as e:
+        raise _syntax_error(e, filename) from None
+    finally:
+        loader.dispose()
+
+
+def _disallowed(cls: str, node, filename: str) -> AppSpecError:
+    return _err(f"Tried to load unspecified class: {cls}", filename, node_mark(node),
+                code="yaml-disallowed-class", agent_class="Psych::DisallowedClass",
+                hint="quote the value to make it a string")
+
+
+def _yaml_int(text: str) -> int:
+    """A YAML 1.1 integer (``0644`` octal, ``0x1f``, ``0b101``, ``1_000``, ``1:30`` base 60)."""
+    v = text.replace("_", "").replace(",", "")
+    sign = -1 if v[:1] == "-" else 1
+    v = v[1:] if v[:1] in "+-" else v
+    if v == "0":
+        return 0
+    if v.startswith("0b"):
+        return sign * int(v, 0)
+    if v.startswith("0x"):
+        return sign * int(v, 0)
+    if ":" in v:
+        n = 0
+        for digit in v.split(":"):
+            n = n * 60 + int(digit)
+        return sign * n
+    if v.startswith("0"):
+        return sign * int(v, 8)
+    return sign * int(v)
+
+
+def _yaml_float(text: str) -> float:
+    v = text.replace("_", "").lower()
+    sign = -1.0 if v[:1] == "-" else 1.0
+    v = v[1:] if v[:1] in "+-" else v
+    if v == ".inf":
+        return sign * float("inf")
+    if v == ".nan":
+        return float("nan")
+    if ":" in v:
+        n = 0.0
+        for digit in v.split(":"):
+            n = n * 60 + float(digit)
+        return sign * n
+    return sign * float(v)
+
+
+def scalar_value(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
+    """The Ruby value Psych 4 gives a scalar node (as Python: None, bool, int, float, str)."""
+    v = node.value
+    tag = node.tag
+    plain = node.style is None and not getattr(node, "explicit_tag", False)
+    if plain:
+        # Psych's scalar scanner, where it differs from the YAML 1.1 resolver
+        if _PSYCH_TIME.match(v):
+            raise _disallowed("Time", node, filename)
+        if _PSYCH_DATE.match(v):
+            raise _disallowed("Date", node, filename)
+        if len(v) > 1 and v[0] == ":":
+            raise _disallowed("Symbol", node, filename)
+        if len(v) <= 5 and tag == _TAG + "str":
+            low = v.lower()
+            if low in ("yes", "true", "on"):
+                return True
+            if low in ("no", "false", "off"):
+                return False
+            if low == "null":
+                return None
+        if tag == _TAG + "str" and "," in v and _PSYCH_COMMA_INT.match(v):
+            return _yaml_int(v)
+    try:
+        if tag == _TAG + "null":
+            return None
+        if tag == _TAG + "bool":
+            return v.lower() in ("yes", "true", "on", "y")
+        if tag == _TAG + "int":
+            return _yaml_int(v)
+        if tag == _TAG + "float":
+            return _yaml_float(v)
+    except ValueError:
+        raise _err(f"cannot read {v!r} as {tag.rsplit(':', 1)[-1]}", filename, node_mark(node),
+                   code="yaml-unsupported-tag", agent_class=None) from None
+    if tag == _TAG + "timestamp":
+        raise _disallowed("Time" if ":" in v else "Date", node, filename)
+    if tag in (_TAG + "str", _TAG + "value", _TAG + "merge", "!"):
+        return v
+    raise _err(f"unsupported YAML tag {tag} on {v!r}", filename, node_mark(node),
+               code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
+
+
+def _check_loadable(root, filename: str) -> None:
+    """What Psych's conversion to Ruby objects rejects, first in document order."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, AliasNode):
+            raise _err(f"Unknown alias: {node.anchor}", filename, node_mark(node), code="yaml-alias",
+                       agent_class="Psych::BadAlias",
+                       hint="the agent (Psych 4) refuses YAML aliases: write the value out in full")
+        if node.id == "scalar":
+            scalar_value(node, filename)
+        elif node.id == "sequence":
+            stack.extend(reversed(node.value))
+        else:
+            if node.tag not in (_TAG + "map", _TAG + "omap", _TAG + "set") and node.tag != "!":
+                raise _err(f"unsupported YAML tag {node.tag}", filename, node_mark(node),
+                           code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
+            for k, v in reversed(node.value):
+                stack.append(v)
+                stack.append(k)
+        if node.id == "sequence" and node.tag not in (_TAG + "seq", "!"):
+            raise _err(f"unsupported YAML tag {node.tag}", filename, node_mark(node),
+                       code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
+
+
+def _hash_key(value: object, node) -> tuple:
+    # Ruby hash keys: 1, 1.0 and true are different keys; unhashable keys are compared by identity
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return (type(value).__name__, value)
+    return ("node", id(node))
+
+
+def mapping_entries(node, filename: str = DEFAULT_APPSPEC_NAME) -> dict:
+    """A mapping node as Ruby sees it: {hash key: (key node, value node, key value)}, in order, later
+    duplicates replacing the value in place, ``<<`` merging a mapping's entries."""
+    out: dict = {}
+    for k, v in node.value:
+        kv = to_python(k, filename)
+        if kv == "<<" and k.tag == _TAG + "merge" and getattr(v, "id", "") == "mapping":
+            out.update(mapping_entries(v, filename))
+            continue
+        out[_hash_key(kv, k)] = (k, v, kv)
+    return out
+
+
+def to_python(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
+    """The loaded value of a node (mappings as ``_RubyHash``), for messages and plain values."""
+    if node is None:
+        return None
+    if node.id == "scalar":
+        return scalar_value(node, filename)
+    if node.id == "sequence":
+        return [to_python(x, filename) for x in node.value]
+    return _RubyHash([(kv, to_python(v, filename)) for _k, v, kv in mapping_entries(node, filename).values()])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The parser (agent order, §5.2)
+
+_MISSING = object()
+_CRASH = object()
+
+
+def _kind(node) -> str:
+    if node is None:
+        return "nothing"
+    if node.id == "mapping":
+        return "a mapping"
+    if node.id == "sequence":
+        return "a list"
+    v = scalar_value(node)
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {ruby_to_s(v)}"
+    if isinstance(v, (int, float)):
+        return f"the number {ruby_to_s(v)}"
+    return f"the string {ruby_inspect(v)}"
+
+
+class _Parser:
+    """Builds an AppSpec from the composed document; ``collect`` keeps going after a problem."""
+
+    def __init__(self, filename: str, collect: bool):
+        self.filename = filename
+        self.collect = collect
+        self.problems: list[AppSpecError] = []
+        self.deferred: list[AppSpecError] = []
+
+    # -- reporting
+    def fail(self, message: str, node, *, code: str, agent: bool = True, hint: str | None = None,
+             later: bool = False, mark: Mark | None = None) -> None:
+        """Record a problem. ``agent``: the agent's own message; ``later``: the agent only crashes on it
+        while installing, so its parse errors come first."""
+        e = _err(message, self.filename, mark or (node_mark(node) if node is not None else None),
+                 code=code, agent_class="AppSpecValidationException" if agent else None, hint=hint)
+        if self.collect:
+            self.problems.append(e)
+        elif later:
+            self.deferred.append(e)
+        else:
+            raise e
+
+    def crash(self, what: str, expected: str, node, *, later: bool = False, hint: str | None = None) -> None:
+        """A value the agent does not check and crashes on: our message, naming the key."""
+        self.fail(f"{what} must be {expected}, not {_kind(node)} (the agent fails the deployment "
+                  "with an internal error on this)", node, code="appspec-invalid", agent=False,
+                  later=later, hint=hint)
+
+    # -- access the Ruby way
+    def val(self, node) -> object:
+        return None if node is None else to_python(node, self.filename)
+
+    def index(self, node, key: str, what: str):
+        """Ruby ``node[key]``: a Hash lookup; on a String a substring test; anything else crashes."""
+        if node.id == "mapping":
+            hit = mapping_entries(node, self.filename).get(("str", key))
+            return hit[1] if hit else None
+        v = self.val(node)
+        if isinstance(v, str):
+            from yaml.nodes import ScalarNode
+            return (ScalarNode(_TAG + "str", key, node.start_mark, node.end_mark, style="'")
+                    if key in v else None)
+        self.crash(what, "a mapping", node)
+        return _CRASH
+
+    # -- the document
+    def build(self, root) -> AppSpec | None:
+        if root is None or (root.id == "scalar" and self.val(root) in (None, False)):
+            self.fail(MSG_EMPTY, root, code="appspec-empty", mark=None if root is not None else Mark(1, 1))
+            return None
+        if root.id == "sequence" or (root.id == "scalar" and not isinstance(self.val(root), str)):
+            self.crash("the appspec", "a mapping of keys (version, os, files, permissions, hooks)", root)
+            return None
+        version = self.parse_version(root)
+        os_ = self.parse_os(root)
+        hooks = self.parse_hooks(root)
+        files = self.parse_files(root)
+        permissions = self.parse_permissions(root)
+        feb = self.parse_file_exists_behavior(root)
+        if self.deferred:
+            raise self.deferred[0]
+        return AppSpec(version=version, os=os_ if isinstance(os_, str) else ruby_to_s(os_),
+                       files=files, permissions=permissions, hooks=hooks, file_exists_behavior=feb,
+                       filename=self.filename)
+
+    def parse_version(self, root) -> object:
+        node = self.index(root, "version", "the appspec")
+        v = self.val(node)
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0):
+            hint = None
+            if isinstance(v, str) and v.strip() in ("0", "0.0"):
+                hint = "write version: 0.0 without quotes (the agent compares with the number 0.0)"
+            self.fail(_msg_version(ruby_to_s(v)), node or root, code="invalid-version", hint=hint)
+        return v
+
+    def parse_os(self, root) -> object:
+        node = self.index(root, "os", "the appspec")
+        v = self.val(node)
+        if v != "linux" or not isinstance(v, str):
+            self.fail(_msg_os(ruby_to_s(v)), node or root, code="unsupported-os",
+                      hint="write os: linux (lower case; cdsim runs Linux deployments)")
+        return v
+
+    def parse_hooks(self, root) -> tuple:
+        node = self.index(root, "hooks", "the appspec")
+        if node is None or node is _CRASH or self.val(node) in (None, False):
+            return ()
+        if node.id != "mapping":
+            self.crash("hooks", "a mapping of event names to lists of scripts", node)
+            return ()
+        out = []
+        for _k, scripts_node, name in mapping_entries(node, self.filename).values():
+            if scripts_node.id == "scalar" and self.val(scripts_node) is None:
+                continue  # a null hook is no hook at all (§5.5)
+            if scripts_node.id != "sequence":
+                self.crash(f"hooks.{ruby_to_s(name)}", "a list of scripts (- location: ...)", scripts_node)
+                continue
+            scripts = []
+            for item in scripts_node.value:
+                s = self.parse_script(item, ruby_to_s(name))
+                if s is not None:
+                    scripts.append(s)
+            out.append((ruby_to_s(name), tuple(scripts)))
+        return tuple(out)
+
+    def parse_script(self, node, event: str) -> HookScript | None:
+        if node.id != "mapping":
+            self.crash(f"each script of hooks.{event}", "a mapping with a location", node,
+                       hint="write - location: path/to/script.sh")
+            return None
+        entries = mapping_entries(node, self.filename)
+
+        def get(key):
+            hit = entries.get(("str", key))
+            return hit[1] if hit else None
+
+        loc_node = get("location")
+        loc_v = self.val(loc_node)
+        location = _ruby_strip(ruby_to_s(loc_v)) if loc_v is not None else ""
+        if not location:
+            self.fail(MSG_NO_LOCATION, loc_node or node, code="script-no-location")
+            return None
+        runas_node = get("runas")
+        runas_v = self.val(runas_node)
+        runas = None if runas_v is None else _ruby_strip(ruby_to_s(runas_v))
+        sudo_v = self.val(get("sudo"))
+        t_node = get("timeout")
+        t = self.val(t_node)
+        timeout = DEFAULT_TIMEOUT
+        if t is not None and t is not False:
+            if t is True or isinstance(t, (list, _RubyHash)) or (isinstance(t, float) and not math.isfinite(t)):
+                self.crash(f"the timeout of {location}", "a whole number of seconds", t_node)
+                return None
+            timeout = int(t) if isinstance(t, (int, float)) else _ruby_str_to_i(t)
+            if timeout <= 0:
+                read_as = "" if isinstance(t, int) else f"the agent reads {ruby_inspect(t)} as {timeout}; "
+                self.fail(MSG_TIMEOUT, t_node, code="invalid-timeout",
+                          hint=read_as + "give a whole number of seconds above 0")
+                return None
+        return HookScript(location=location, timeout=timeout, runas=runas,
+                          sudo=sudo_v is not None and sudo_v is not False, mark=node_mark(node))
+
+    def parse_files(self, root) -> tuple:
+        node = self.index(root, "files", "the appspec")
+        if node is None or node is _CRASH or self.val(node) in (None, False):
+            return ()
+        if node.id != "sequence":
+            self.crash("files", "a list of - source: / destination: entries", node)
+            return ()
+        out = []
+        for item in node.value:
+            if item.id == "scalar" and self.val(item) is None:
+                self.crash("each files entry", "a mapping with source and destination", item)
+                continue
+            src_node = self.index(item, "source", "each files entry")
+            if src_node is _CRASH:
+                continue
+            dst_node = self.index(item, "destination", "each files entry")
+            src, dst = self.val(src_node), self.val(dst_node)
+            if src is None:
+                self.fail(MSG_NO_SOURCE, item, code="file-no-source")
+                continue
+            if dst is None:
+                self.fail(_msg_no_destination(ruby_to_s(src)), item, code="file-no-destination")
+                continue
+            ok = True
+            for what, v, n in (("source", src, src_node), ("destination", dst, dst_node)):
+                if not isinstance(v, str):
+                    self.crash(f"files {what}", "a path (a string)", n, later=True,
+                               hint=f"quote it: {what}: \"{ruby_to_s(v)}\"")
+                    ok = False
+            if ok:
+                out.append(FileMapping(source=src, destination=dst, mark=node_mark(item)))
+        return tuple(out)
+
+    def parse_permissions(self, root) -> tuple:
+        node = self.index(root, "permissions", "the appspec")
+        if node is None or node is _CRASH or self.val(node) in (None, False):
+            return ()
+        if node.id != "sequence":
+            self.crash("permissions", "a list of - object: entries", node)
+            return ()
+        out = []
+        for item in node.value:
+            p = self.parse_permission(item)
+            if p is not None:
+                out.append(p)
+        return tuple(out)
+
+    def parse_permission(self, node) -> Permission | None:
+        if node.id != "mapping":
+            self.crash("each permissions entry", "a mapping with an object", node)
+            return None
+        entries = mapping_entries(node, self.filename)
+
+        def get(key):
+            hit = entries.get(("str", key))
+            return hit[1] if hit else None
+
+        obj_node = get("object")
+        obj = self.val(obj_node)
+        if obj is None:
+            self.fail(MSG_NO_OBJECT, node, code="permission-no-object")
+            return None
+        ok = True
+        # the agent builds the entry's options in this order, then checks the object is not blank
+        pattern_node = get("pattern")
+        pattern = self.val(pattern_node)
+        if pattern is None or pattern is False:
+            pattern = "**"
+        elif not isinstance(pattern, str):
+            self.crash("pattern", "a string", pattern_node, later=True)
+            ok = False
+        except_node = get("except")
+        excepts: tuple = ()
+        ev = self.val(except_node)
+        if ev is not None and ev is not False:
+            if except_node.id != "sequence":
+                self.crash("except", "a list of patterns", except_node)
+                ok = False
+            else:
+                excepts = tuple(ev)
+                for item, v in zip(except_node.value, ev):
+                    if not isinstance(v, str):
+                        self.crash("each except pattern", "a string", item, later=True)
+                        ok = False
+        types = self.parse_types(get("type"))
+        if types is None:
+            ok = False
+        owner = self.parse_name(get("owner"), "owner")
+        group = self.parse_name(get("group"), "group")
+        if owner is _CRASH or group is _CRASH:
+            ok = False
+        mode = self.parse_mode(get("mode"))
+        acls = self.parse_acls(get("acls"))
+        context = self.parse_context(get("context"))
+        if mode is _CRASH or acls is _CRASH or context is _CRASH:
+            ok = False
+        obj_s = _ruby_strip(ruby_to_s(obj))
+        if not obj_s:
+            self.fail(MSG_NO_OBJECT, obj_node, code="permission-no-object")
+            return None
+        if not ok:
+            return None
+        return Permission(object=obj_s, pattern=pattern, except_=excepts, types=types, owner=owner,
+                          group=group, mode=mode, acls=acls, context=context, mark=node_mark(node))
+
+    def parse_types(self, node) -> tuple | None:
+        v = self.val(node)
+        if v is None or v is False:
+            return ("file", "directory")
+        if node.id != "sequence":
+            self.crash("type", "a list (type: [file] or type: [directory])", node)
+            return None
+        for item, t in zip(node.value, v):
+            if t not in ("file", "directory") or not isinstance(t, str):
+                self.fail(_msg_type(ruby_to_s(t)), item, code="invalid-permission-type",
+                          hint="each type is file or directory")
+                return None
+        return tuple(v)
+
+    def parse_name(self, node, what: str):
+        v = self.val(node)
+        if v is None or v is False:
+            return None
+        if not isinstance(v, str):
+            self.crash(what, "a name (a string)", node, later=True,
+                       hint=f"the agent looks {what}s up by name only; quote it: {what}: \"{ruby_to_s(v)}\"")
+            return _CRASH
+        return v
+
+    def parse_mode(self, node):
+        if node is None:
+            return None
+        v = self.val(node)
+        if v is None:
+            return None
+        mode = ruby_to_s(v).rjust(3, "0")
+        if len(mode) > 4:
+            self.fail(_msg_mode_length(mode), node, code="invalid-mode")
+            return _CRASH
+        for ch in mode:
+            if ch not in "01234567":
+                hint = None
+                if isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
+                    hint = f"YAML reads the unquoted {node.value} as the octal number {v}; quote it: mode: '{node.value}'"
+                self.fail(_msg_mode_char(mode, ch), node, code="invalid-mode", hint=hint)
+                return _CRASH
+        return mode
+
+    def parse_acls(self, node):
+        v = self.val(node)
+        if v is None:
+            return None
+        if node.id != "sequence":
+            self.crash("acls", "a list of ACL entries (- u:bob:rw)", node)
+            return _CRASH
+        out = []
+        for item, ace in zip(node.value, v):
+            if not isinstance(ace, str):
+                self.crash("each ACL entry", "a string such as u:bob:rw", item)
+                return _CRASH
+            entry = self.parse_ace(ace, item)
+            if entry is None:
+                return _CRASH
+            out.append(entry)
+        return tuple(out)
+
+    def parse_ace(self, ace: str, node) -> AclEntry | None:
+        parts = ace.split(":")[::-1]  # perms, name, type, default
+        words = {"u": "user", "user": "user", "g": "group", "group": "group", "m": "mask",
+                 "mask": "mask", "o": "other", "other": "other"}
+
+        def invalid() -> None:
+            self.fail(_msg_acl_invalid(ace), node, code="invalid-acl",
+                      hint="write [d:]{u|g|m|o}:[name]:perms, e.g. u:bob:rw or d:g:dev:r")
+
+        if not 2 <= len(parts) <= 4:
+            return invalid()
+        default, typ, name = False, None, ""
+        if len(parts) == 4:
+            if parts[3] not in ("d", "default"):
+                return invalid()
+            default = True
+        if len(parts) >= 3:
+            if parts[2] in ("d", "default"):
+                if default:
+                    return invalid()
+                default = True
+            elif parts[2] in words:
+                typ = words[parts[2]]
+            else:
+                return invalid()
+        if parts[1] in ("m", "mask", "o", "other"):
+            if typ is None:
+                typ = words[parts[1]]
+            else:
+                name = words[parts[1]]
+        else:
+            typ = typ or "user"
+            name = parts[1]
+        if typ in ("mask", "other") and name:
+            return invalid()
+        if not default and typ != "mask" and not name:
+            self.fail(_msg_acl_base(ace), node, code="acl-base-entry",
+                      hint="set the owner/group/other bits with mode instead")
+            return None
+        perms = parts[0]
+        if len(perms) == 1 and perms in "01234567":
+            bits = int(perms)
+            r, w, x = bool(bits & 4), bool(bits & 2), bool(bits & 1)
+        else:
+            for ch in perms:
+                if ch not in "rwx-":
+                    self.fail(_msg_acl_char(ace, ch), node, code="invalid-acl",
+                              hint="permissions are one octal digit or letters from rwx-")
+                    return None
+            r, w, x = "r" in perms, "w" in perms, "x" in perms
+        return AclEntry(default=default, type=typ, name=name,
+                        perms=("r" if r else "-") + ("w" if w else "-") + ("x" if x else "-"))
+
+    def parse_context(self, node):
+        if node is None or self.val(node) is None:
+            return None
+        type_node = self.index(node, "type", "context")
+        if type_node is _CRASH:
+            return _CRASH
+        if self.val(type_node) is None:
+            self.fail(_msg_context_type(ruby_inspect(self.val(node))), node, code="invalid-context",
+                      hint="context needs a type, e.g. type: httpd_sys_content_t")
+            return _CRASH
+        name_node = self.index(node, "name", "context")
+        range_node = self.index(node, "range", "context")
+        rng = None
+        if range_node is None or self.val(range_node) is None:
+            # §6.7: the agent crashes writing install.json for a context without range
+            self.fail("a context without a range makes the agent crash while installing (it writes an "
+                      "empty install.json and fails the deployment)", node, code="context-without-range",
+                      agent=False, later=True, hint="add a range, e.g. range: s0")
+            return _CRASH
+        rv = self.val(range_node)
+        if not isinstance(rv, str):
+            self.crash("context range", "a string such as s0:c0.c5", range_node)
+            return _CRASH
+        rng = self.parse_range(rv, range_node)
+        if rng is None:
+            return _CRASH
+        user = self.val(name_node)
+        return Context(user=None if user is None else ruby_to_s(user), type=ruby_to_s(self.val(type_node)),
+                       range=rng)
+
+    def parse_range(self, rng: str, node) -> str | None:
+        """SELinux range ``s#[-s#][:c#[.c#](,c#[.c#])*]`` -> canonical form, or None after a failure."""
+
+        class Bad(Exception):
+            pass
+
+        def bad(msg: str):
+            self.fail(msg, node, code="invalid-context-range",
+                      hint="a range looks like s0, s0-s3 or s0:c0.c5,c9")
+            raise Bad
+
+        def parts_of(text: str, sep: str) -> list[str]:
+            parts = text.split(sep, 1)
+            if any(p == "" for p in parts):
+                bad(f"invalid range part {text}")
+            return parts
+
+        def number(text: str, letter: str, label: str, limit: int | None) -> int:
+            if len(text) < 2 or not text.startswith(letter) or not re.fullmatch(r"[0-9]*", text[1:]):
+                bad(f"invalid {label} {text}")
+            n = int(text[1:] or "0")
+            if limit is not None and n > limit:
+                bad(f"invalid {label} {text}")
+            return n
+
+        try:
+            parts = parts_of(rng, ":")
+            sens = parts_of(parts[0], "-")
+            low = number(sens[0], "s", "sensitivity", None)
+            high = low
+            if len(sens) == 2:
+                high = number(sens[1], "s", "sensitivity", None)
+                if high < low:
+                    self.fail(_msg_range(rng), node, code="invalid-context-range")
+                    return None
+            out = f"s{low}" + (f"-s{high}" if high != low else "")
+            if len(parts) == 2:
+                pieces = parts[1].split(",")
+                while pieces and pieces[-1] == "":  # Ruby's split drops trailing empty fields
+                    pieces.pop()
+                cats: list[int] = []
+                for piece in pieces:
+                    if "." in piece:
+                        a, b = parts_of(piece, ".")
+                        lo = number(a, "c", "category", 1023)
+                        hi = number(b, "c", "category", 1023)
+                        if hi < lo:
+                            bad(f"invalid category range {a}.{b}")
+                        cats.extend(range(lo, hi + 1))
+                    else:
+                        cats.append(number(piece, "c", "category", 1023))
+                if len(set(cats)) != len(cats):
+                    bad("duplicate categories")
+                cats.sort()
+                runs: list[str] = []
+                i = 0
+                while i < len(cats):
+                    j = i
+                    while j + 1 < len(cats) and cats[j + 1] == cats[j] + 1:
+                        j += 1
+                    runs.append(f"c{cats[i]}" if i == j else f"c{cats[i]}.c{cats[j]}")
+                    i = j + 1
+                out += ":" + ",".join(runs)
+            return out
+        except Bad:
+            return None
+
+    def parse_file_exists_behavior(self, root) -> str | None:
+        node = self.index(root, "file_exists_behavior", "the appspec")
+        v = self.val(node)
+        if v is None:
+            return None
+        if not isinstance(v, str) or v not in FILE_EXISTS_BEHAVIORS:
+            hint = (f"write {v.upper()} in upper case" if isinstance(v, str) and v.upper() in FILE_EXISTS_BEHAVIORS
+                    else "one of DISALLOW, OVERWRITE, RETAIN")
+            self.fail(_msg_file_exists_behavior(ruby_to_s(v)), node, code="invalid-file-exists-behavior",
+                      hint=hint)
+            return None
+        return v
+
+
+def _load(data: str | bytes, filename: str, collect: bool):
+    root = compose_appspec(data, filename)
+    if root is not None:
+        _check_loadable(root, filename)
+    parser = _Parser(filename, collect)
+    return root, parser, parser.build(root)
+
+
+def parse_appspec(text: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> AppSpec:
+    """Parse an appspec the agent's way; raise AppSpecError with the agent's first error."""
+    return _load(text, filename, collect=False)[2]
+
+
+def appspec_problems(text: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
+    """Every parse problem at once, for ``cdsim validate``: (root node or None, AppSpec or None,
+    problems). The first problem the agent would raise is among them (it is ``parse_appspec``'s).
+    With problems, the AppSpec holds the entries that parsed (bad ones left out), or is None."""
+    try:
+        root = compose_appspec(text, filename)
+        if root is not None:
+            _check_loadable(root, filename)
+    except AppSpecError as e:
+        return None, None, [e]
+    parser = _Parser(filename, collect=True)
+    spec = parser.build(root)
+    problems = list(parser.problems)
+    try:
+        first = parse_appspec(text, filename)
+    except AppSpecError as e:
+        if not any(p.message == e.message for p in problems):
+            problems.insert(0, e)
+        return root, spec, problems
+    return root, (first if not problems else spec), problems

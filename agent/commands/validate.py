@@ -1,0 +1,44 @@
+"""`cdsim validate [PATH]`: every problem of a bundle and its appspec, at once (agent.lint).
+
+Parses arguments, calls agent.lint.validate_bundle, prints. Imports nothing heavy at module level:
+the CLI imports this module to build its parser, so YAML and the linter load only when it runs.
+"""
+from __future__ import annotations
+
+import json
+
+from agent.errors import ExitStatus
+
+SUMMARY = "check a bundle and its appspec: every problem the agent would hit, in one pass"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "validate", help=SUMMARY, description=SUMMARY + ". Errors are what makes the agent fail the "
+        "deployment; warnings are what it accepts but probably not what you meant.")
+    p.add_argument("path", nargs="?", default=".", metavar="PATH",
+                   help="a bundle directory, a zip/tar/tgz bundle, or an appspec file (default: .)")
+    p.add_argument("--appspec-filename", metavar="NAME",
+                   help="the appspec name the deployment will use (as codedeploy-local's option)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: FILE:LINE:COL: severity: message [code]; json: one object with a findings "
+                        "list (severity, code, message, file, line, column, hint)")
+    p.add_argument("--strict", action="store_true", help="warnings make the bundle invalid too")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from agent.lint import summary, validate_bundle
+
+    findings = validate_bundle(args.path, args.appspec_filename)
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    invalid = bool(errors or (args.strict and warnings))
+    if args.format == "json":
+        print(json.dumps({"path": args.path, "valid": not invalid, "errors": errors, "warnings": warnings,
+                          "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            print(f.render())
+        print(f"{args.path}: {summary(findings, args.strict)}")
+    return int(ExitStatus.INVALID if invalid else ExitStatus.SUCCESS)
