@@ -1,0 +1,849 @@
+"""DownloadBundle's bundle handling: fetch a local revision into the deployment folder and unpack it.
+
+Owns steps 2-3 of DownloadBundle (behaviour doc §4.4): the ``bundle.tar`` link, the recursive copy of a
+directory bundle, unpacking tar/tgz/zip the way GNU tar ``-xp`` and ``unzip -qo`` do as root (modes,
+owners, mtimes per §6.8), and the single-top-level-folder stripping rule (§4.5). Also ``list_members``,
+a pure-data listing of an archive for validate/plan.
+
+Where cdsim deliberately differs from the agent (safe extraction): every member of an archive is checked
+before anything is written, and a bundle is refused (``UnsafeBundle``, naming the members) when a member
+would leave the archive folder (``..``, absolute names, drive letters, backslash escapes), pass through a
+symbolic link or a file of the same archive, hard-link to anything but an earlier regular member, is a
+device, FIFO or socket, or carries a setuid/setgid bit; and, after unpacking any bundle type, when a
+symbolic link resolves to a directory outside the bundle or to a folder containing itself (the install step
+would copy that folder's files). Symlinks themselves may point anywhere: they are recreated as symlinks and
+never written through; every write is relative to an O_NOFOLLOW directory descriptor. Archives above the
+size, member-count or compression-ratio ``Limits`` are refused (``bundle-too-large``). zip entries always keep
+their stored modes (the agent's Ruby fallback drops them, Q31).
+
+I/O module. Must not import install, deploy, hooks_runtime or the CLI.
+"""
+from __future__ import annotations
+
+import bisect
+import errno
+import gzip
+import os
+import re
+import shutil
+import stat
+import struct
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
+from agent.revision import LocalRevision, Revision
+
+__all__ = ["ARCHIVE_DIR", "BUNDLE_LINK", "DEFAULT_LIMITS", "Limits", "Member", "check_archive_links",
+           "check_members", "fetch_and_unpack", "list_members"]
+
+ARCHIVE_DIR = "deployment-archive"
+ARCHIVE_TEMP_DIR = "deployment-archive-temp"
+BUNDLE_LINK = "bundle.tar"
+
+_GIB = 1 << 30
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what an archive may unpack to (a decompression bomb is refused before writing)."""
+
+    max_total_bytes: int = 20 * _GIB      # sum of member sizes
+    max_members: int = 1_000_000
+    max_ratio: float = 200.0              # unpacked bytes per archive byte ...
+    ratio_floor_bytes: int = 100 * _MIB   # ... checked only once the unpacked total exceeds this
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Member:
+    """One entry of a bundle, as stored (nothing resolved, nothing extracted)."""
+
+    name: str                 # as stored, minus a directory's trailing "/"
+    type: str                 # file | dir | symlink | hardlink | char | block | fifo | socket
+    mode: int | None          # permission bits incl. setuid/setgid/sticky; None: the archive has none
+    size: int = 0
+    link_target: str | None = None   # symlink text, or the member a hard link names
+    mtime: float | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+_SPECIAL = {"char": "a character device", "block": "a block device", "fifo": "a FIFO",
+            "socket": "a socket"}
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+_SYMLINK_MAX = 4095
+
+
+# --------------------------------------------------------------------------------------------------
+# DownloadBundle
+
+def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits = DEFAULT_LIMITS,
+                     log: Callable[[str], None] | None = None) -> str:
+    """Put ``revision`` into ``{deployment_dir}/deployment-archive`` as DownloadBundle does; return that path.
+
+    ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
+    ``Stripping leading directory from archive bundle contents.``). Raises ``BundleError`` (corrupt or
+    mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError`` (``same file: …``
+    when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem`` (``disk-full``).
+    A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
+    extraction leaves it.
+    """
+    if not isinstance(revision, LocalRevision):
+        raise UsageError(f"{type(revision).__name__} bundles are not supported yet; "
+                         "use a local directory or archive", reference="revision-unsupported")
+    say = log or (lambda _msg: None)
+    archive_dir = os.path.join(deployment_dir, ARCHIVE_DIR)
+    if revision.bundle_type == "directory":
+        say(f"Handle local directory {revision.location}")
+        _copy_directory_bundle(revision.location, deployment_dir)
+        return archive_dir
+
+    link = os.path.join(deployment_dir, BUNDLE_LINK)
+    say(f"Handle local file {link}")
+    _link_bundle(revision.location, link)
+    _remove(archive_dir)
+    os.mkdir(archive_dir)
+    try:
+        # Read through the source path (the file bundle.tar names) so messages name the user's file.
+        _unpack(revision.location, revision.bundle_type, archive_dir, limits)
+        if _strip_leading_directory(deployment_dir):
+            say("Stripping leading directory from archive bundle contents.")
+        check_archive_links(archive_dir)
+    except BundleError:
+        _remove(archive_dir)
+        os.mkdir(archive_dir)
+        raise
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        _remove(archive_dir)  # as the agent does on unzip's status 50
+        raise EnvironmentProblem("The disk is (or was) full during extraction.", file=archive_dir,
+                                 reference="disk-full") from e
+    return archive_dir
+
+
+def _link_bundle(source: str, link: str) -> None:
+    try:
+        os.symlink(source, link)
+    except FileExistsError:
+        if os.path.exists(link) and os.path.samefile(source, link):
+            # The agent's fallback copy then refuses to copy a file onto itself (Q37).
+            raise DeploymentError(f"same file: {source} and {link}") from None
+        # The agent would copy through whatever is there; replace the entry instead.
+        _remove(link)
+        os.symlink(source, link)
+    except OSError:
+        shutil.copyfile(source, link)  # a filesystem without symlinks: the agent's copy fallback
+
+
+def _remove(path: str) -> None:
+    """``rm -rf path`` without following symlinks."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _strip_leading_directory(deployment_dir: str) -> bool:
+    """§4.5: one top-level real directory that holds an entry named like 'appspec' replaces the archive."""
+    archive_dir = os.path.join(deployment_dir, ARCHIVE_DIR)
+    entries = os.listdir(archive_dir)
+    if len(entries) != 1:
+        return False
+    top = os.path.join(archive_dir, entries[0])
+    # lstat, not the agent's File.directory?: a lone symlink must never become the archive folder.
+    if not stat.S_ISDIR(os.lstat(top).st_mode):
+        return False
+    if not any("appspec" in name.lower() for name in os.listdir(top)):
+        return False
+    temp = os.path.join(deployment_dir, ARCHIVE_TEMP_DIR)
+    _remove(temp)
+    os.rename(archive_dir, temp)
+    os.rename(os.path.join(temp, entries[0]), archive_dir)
+    os.rmdir(temp)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Directory bundles: the agent's plain recursive copy (modes minus umask, our owner, mtime now,
+# directories fresh, symlinks as symlinks).
+
+def _copy_directory_bundle(source: str, deployment_dir: str) -> None:
+    archive_dir = os.path.join(deployment_dir, ARCHIVE_DIR)
+    if os.path.lexists(archive_dir):
+        # Second DownloadBundle in one run (Q37): the source folder is copied *into* the archive.
+        parent, name = archive_dir, os.path.basename(source.rstrip("/")) or "root"
+    else:
+        parent, name = deployment_dir, ARCHIVE_DIR
+    target = os.path.join(parent, name)
+    if os.path.join(os.path.realpath(parent), name).startswith(os.path.realpath(source) + "/"):
+        # Ruby's cp_r refuses this too; copying would otherwise walk into its own output forever.
+        raise DeploymentError(f"cannot copy directory {source} to itself {target}")
+    links: list[str] = []
+    sfd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        pfd = os.open(parent, _DIR_OPEN)
+        try:
+            created = _make_dir(name, pfd)
+            dfd = os.open(name, _DIR_OPEN, dir_fd=pfd)
+            try:
+                _copy_tree(sfd, dfd, "", links)
+            except BaseException as e:
+                _discard(target, created)
+                if isinstance(e, UnsafeBundle) and not e.file:
+                    e.file = source
+                raise
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(pfd)
+    finally:
+        os.close(sfd)
+    try:
+        _check_links(target, archive_dir, links)
+    except UnsafeBundle:
+        _discard(target, created)
+        raise
+
+
+def _discard(path: str, created: bool) -> None:
+    """Undo a refused copy: an archive folder we created is left empty, a merge target is removed."""
+    _remove(path)
+    if created and os.path.basename(path) == ARCHIVE_DIR:
+        os.mkdir(path)
+
+
+def _make_dir(name: str, parent_fd: int) -> bool:
+    """mkdir (0777 & ~umask); an existing real directory is merged into, anything else replaced."""
+    try:
+        os.mkdir(name, 0o777, dir_fd=parent_fd)
+        return True
+    except FileExistsError:
+        if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            return False
+        os.unlink(name, dir_fd=parent_fd)
+        os.mkdir(name, 0o777, dir_fd=parent_fd)
+        return True
+
+
+def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
+    """Copy the folder open as ``sfd`` into ``dfd``. Hot path: one lstat per entry, fd-relative calls."""
+    with os.scandir(sfd) as it:
+        entries = list(it)
+    for entry in entries:
+        name = entry.name
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if stat.S_ISREG(mode):
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                raise _unsafe(rel + name, "has a setuid/setgid bit")
+            _copy_file(name, sfd, dfd, mode)
+        elif stat.S_ISDIR(mode):
+            _make_dir(name, dfd)
+            csfd = os.open(name, _DIR_OPEN, dir_fd=sfd)
+            try:
+                cdfd = os.open(name, _DIR_OPEN, dir_fd=dfd)
+                try:
+                    _copy_tree(csfd, cdfd, rel + name + "/", links)
+                finally:
+                    os.close(cdfd)
+            finally:
+                os.close(csfd)
+        elif stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=sfd)
+            try:
+                os.symlink(target, name, dir_fd=dfd)
+            except FileExistsError:
+                _clear(name, dfd)
+                os.symlink(target, name, dir_fd=dfd)
+            links.append(rel + name)
+        else:
+            raise _unsafe(rel + name, f"is {_SPECIAL[_kind_of(mode)]}")
+
+
+def _copy_file(name: str, sfd: int, dfd: int, mode: int) -> None:
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            # The creation mode is masked by the umask: exactly the agent's "source mode & ~umask".
+            dst = os.open(name, flags, mode & 0o7777, dir_fd=dfd)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
+            _clear(name, dfd)  # merging onto a symlink or folder: replace it, never write through it
+            dst = os.open(name, flags, mode & 0o7777, dir_fd=dfd)
+        try:
+            _copy_data(src, dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_data(src: int, dst: int) -> None:
+    """Kernel-side copy to end of file (copy_file_range, else sendfile)."""
+    try:
+        while os.copy_file_range(src, dst, 1 << 30):
+            pass
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        while os.sendfile(dst, src, None, 1 << 30):
+            pass
+
+
+def _clear(name: str, dir_fd: int) -> bool:
+    """Remove whatever ``name`` is in ``dir_fd`` (a folder with its contents), without following links.
+    True when a folder was removed."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return False
+    fd = os.open(name, _DIR_OPEN, dir_fd=dir_fd)
+    try:
+        for child in os.listdir(fd):
+            _clear(child, fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Links that lead out of the bundle
+
+def check_archive_links(archive_dir: str) -> None:
+    """Refuse (``UnsafeBundle``) symlinks in ``archive_dir`` that resolve to a directory outside it,
+    or to a folder that contains the link itself: the install step would copy that folder's contents
+    (a host folder's files, or without end). Links to files, inside or out, and dangling links are fine.
+    """
+    links = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(archive_dir, rel)) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    links.append(rel + entry.name)
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(rel + entry.name + "/")
+    _check_links(archive_dir, archive_dir, links)
+
+
+def _check_links(tree: str, archive_dir: str, links: list[str]) -> None:
+    """Check ``links`` (relative to ``tree``) against the boundary ``archive_dir``."""
+    root = os.path.realpath(archive_dir)
+    problems = []
+    folder_links: dict[str, tuple[str, str]] = {}  # real location -> (name shown, real target)
+    for rel in links:
+        path = os.path.join(tree, rel)
+        try:
+            target = os.path.realpath(path, strict=True)
+        except OSError:
+            continue  # dangling or a loop of links: copied as a symlink, nothing is followed
+        if not os.path.isdir(target):
+            continue
+        shown = os.path.relpath(path, archive_dir)
+        if target != root and not target.startswith(root + "/"):
+            problems.append((shown, f"is a symbolic link to the directory {target} outside the bundle"))
+            continue
+        location = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        folder_links[location] = (shown, target)
+    for location in _on_cycles(folder_links):
+        shown = folder_links[location][0]
+        why = (f"is a symbolic link to {os.readlink(location)!r}: copying the folder it names would "
+               "meet this link again, without end")
+        problems.append((shown, why))
+    if problems:
+        raise _unsafe_many(sorted(problems), archive_dir)
+
+
+def _on_cycles(folder_links: dict[str, tuple[str, str]]) -> list[str]:
+    """Links from which install, copying a linked folder and following the links inside it, returns to
+    the same link (a link to its own ancestor, or links leading into each other's folders)."""
+    locations = sorted(folder_links)
+
+    def successors(location: str) -> list[str]:
+        prefix = folder_links[location][1] + "/"
+        lo = bisect.bisect_left(locations, prefix)
+        hi = bisect.bisect_left(locations, prefix[:-1] + "0")  # '0' sorts right after '/'
+        return locations[lo:hi]
+
+    looping = []
+    for start in locations:
+        seen, stack = set(), successors(start)
+        while stack:
+            node = stack.pop()
+            if node == start:
+                looping.append(start)
+                break
+            if node not in seen:
+                seen.add(node)
+                stack.extend(successors(node))
+    return looping
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading archives
+
+def list_members(path: str, bundle_type: str, *, limits: Limits = DEFAULT_LIMITS) -> list[Member]:
+    """The members of the bundle at ``path`` without extracting anything.
+
+    ``bundle_type`` is tar, tgz, zip or directory (a directory is walked without following links).
+    Raises ``BundleError`` when the file is not an archive of that type or exceeds ``limits``.
+    """
+    if bundle_type == "directory":
+        return list(_walk_members(path))
+    if bundle_type in ("tar", "tgz"):
+        with _open_tar(path, bundle_type) as tf:
+            return [m for m, _info in _tar_members(tf, path, bundle_type, limits)]
+    if bundle_type == "zip":
+        with _open_zip(path) as zf:
+            return [m for m, _info in _zip_members(zf, path, limits)]
+    raise UsageError(f"type {bundle_type} is not a valid type. Must be one of tgz,tar,zip,directory")
+
+
+def _walk_members(top: str) -> Iterator[Member]:
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(top, rel)) as it:
+            for entry in sorted(it, key=lambda e: e.name):
+                st = entry.stat(follow_symlinks=False)
+                kind = _kind_of(st.st_mode)
+                name = rel + entry.name
+                target = os.readlink(entry.path) if kind == "symlink" else None
+                yield Member(name, kind, stat.S_IMODE(st.st_mode), st.st_size if kind == "file" else 0,
+                             target, st.st_mtime, st.st_uid, st.st_gid)
+                if kind == "dir":
+                    stack.append(name + "/")
+
+
+def _kind_of(mode: int) -> str:
+    fmt = stat.S_IFMT(mode)
+    return {stat.S_IFREG: "file", 0: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
+            stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
+            stat.S_IFSOCK: "socket"}.get(fmt, "file")
+
+
+def _compression(path: str) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh":
+        return "bzip2"
+    if head == b"\xfd7zXZ\x00":
+        return "xz"
+    return None
+
+
+def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
+    # GNU tar -x auto-detects compression, so a tgz declared as tar works; -z insists on gzip (§4.5).
+    try:
+        return tarfile.open(path, "r:gz" if bundle_type == "tgz" else "r:*")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise _corrupt(path, bundle_type, e) from None
+
+
+def _corrupt(path: str, bundle_type: str, cause: BaseException | str) -> BundleError:
+    what = {"tar": "tar archive", "tgz": "gzip-compressed tar archive", "zip": "zip archive"}
+    hint = None
+    try:
+        found = _compression(path)
+    except OSError:
+        found = None
+    if bundle_type == "zip" and found:
+        hint = f"the file is {found}-compressed: is it a tar archive (--type {'tgz' if found == 'gzip' else 'tar'})?"
+    elif bundle_type == "tgz" and not found:
+        hint = "the file is not gzip-compressed: if it is a plain tar archive, use --type tar"
+    return BundleError(f"{path} is not a readable {what[bundle_type]} (bundle type {bundle_type}): {cause}",
+                       hint=hint, reference="bundle-corrupt")
+
+
+def _tar_members(tf: tarfile.TarFile, path: str, bundle_type: str,
+                 limits: Limits) -> Iterator[tuple[Member, tarfile.TarInfo]]:
+    budget = _Budget(path, limits)
+    try:
+        while (info := tf.next()) is not None:
+            if info.isdir():
+                kind = "dir"
+            elif info.issym():
+                kind = "symlink"
+            elif info.islnk():
+                kind = "hardlink"
+            elif info.ischr():
+                kind = "char"
+            elif info.isblk():
+                kind = "block"
+            elif info.isfifo():
+                kind = "fifo"
+            else:
+                kind = "file"  # regular, contiguous, sparse, and unknown types (tar extracts them as files)
+            size = info.size if kind == "file" else 0
+            budget.add(size)
+            target = info.linkname if kind in ("symlink", "hardlink") else None
+            yield Member(info.name, kind, info.mode & 0o7777, size, target, float(info.mtime),
+                         info.uid, info.gid), info
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise _corrupt(path, bundle_type, e) from None
+
+
+class _Budget:
+    """Running totals against ``Limits``; raises ``bundle-too-large`` as soon as one is exceeded."""
+
+    def __init__(self, path: str, limits: Limits):
+        self.path, self.limits = path, limits
+        self.packed = max(os.path.getsize(path), 1)
+        self.total = self.count = 0
+
+    def add(self, size: int) -> None:
+        self.total += size
+        self.count += 1
+        lim = self.limits
+        if self.count > lim.max_members:
+            self._fail(f"more than {lim.max_members} members")
+        if self.total > lim.max_total_bytes:
+            self._fail(f"unpacks to more than {lim.max_total_bytes} bytes")
+        if self.total > lim.ratio_floor_bytes and self.total / self.packed > lim.max_ratio:
+            self._fail(f"unpacks to more than {lim.max_ratio:g} times its own size "
+                       f"({self.total} bytes from {self.packed}): a decompression bomb?")
+
+    def _fail(self, why: str) -> None:
+        raise BundleError(f"{self.path}: bundle too large: {why}", reference="bundle-too-large",
+                          hint="the limits are cdsim settings; raise them if this bundle is genuine")
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise _corrupt(path, "zip", e) from None
+
+
+def _zip_members(zf: zipfile.ZipFile, path: str, limits: Limits) -> Iterator[tuple[Member, zipfile.ZipInfo]]:
+    budget = _Budget(path, limits)
+    for info in zf.infolist():
+        unix = info.external_attr >> 16 if info.create_system == 3 else 0
+        kind = _kind_of(unix) if unix else "file"
+        if info.filename.endswith("/") and kind == "file":
+            kind = "dir"
+        if info.flag_bits & 0x1:
+            raise BundleError(f"{path}: member {info.filename!r} is encrypted", reference="bundle-corrupt")
+        size = info.file_size if kind == "file" else 0
+        budget.add(size)
+        target = None
+        if kind == "symlink":
+            if info.file_size > _SYMLINK_MAX:
+                raise _unsafe_many([(info.filename, "is a symbolic link with an over-long target")], path)
+            target = os.fsdecode(_read_zip(zf, info, path))
+        yield Member(info.filename.rstrip("/") if kind == "dir" else info.filename, kind,
+                     stat.S_IMODE(unix) if unix else None, size, target, _zip_mtime(info)), info
+
+
+def _read_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
+        raise _corrupt(path, "zip", e) from None
+
+
+def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
+    # unzip prefers the extended-timestamp extra field (UTC) over the DOS local time.
+    extra = info.extra
+    i = 0
+    while i + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, i)
+        body = extra[i + 4:i + 4 + length]
+        if tag == 0x5455 and len(body) >= 5 and body[0] & 1:
+            return float(struct.unpack_from("<i", body, 1)[0])
+        i += 4 + length
+    try:
+        return time.mktime(info.date_time + (0, 0, -1))
+    except (OverflowError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Safety check (pure)
+
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def _split(name: str) -> tuple[tuple[str, ...], str | None]:
+    """A member name as path components inside the archive folder, or why it would leave it."""
+    if "\x00" in name:
+        return (), "has a NUL byte in its name"
+    if name.startswith(("/", "\\")):
+        return (), "is an absolute path"
+    if _DRIVE.match(name):
+        return (), "starts with a drive letter"
+    if "\\" in name and ".." in re.split(r"[\\/]", name):
+        return (), "leaves the archive folder through '..' (with backslashes)"
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        return (), "leaves the archive folder through '..'"
+    return parts, None
+
+
+@dataclass(frozen=True)
+class _Step:
+    member: Member
+    parts: tuple[str, ...]                   # () is the archive folder itself
+    link_parts: tuple[str, ...] | None = None  # a hard link's target
+
+
+def _plan(members: list[Member], label: str | None) -> list[_Step]:
+    """Check every member before anything is written; the steps to extract them in order."""
+    problems: list[tuple[str, str]] = []
+    kinds: dict[tuple[str, ...], str] = {(): "dir"}
+    parents: set[tuple[str, ...]] = set()
+    steps = []
+    for m in members:
+        parts, why = _split(m.name)
+        if why is None and not parts and m.type != "dir":
+            why = "names the archive folder itself"
+        if why is None and m.type in _SPECIAL:
+            why = f"is {_SPECIAL[m.type]}"
+        if why is None and m.mode is not None and m.mode & (stat.S_ISUID | stat.S_ISGID):
+            why = "has a setuid/setgid bit"
+        # Walk up to the nearest known ancestor: a known folder's own ancestors are all folders
+        # (a folder holding members can never be replaced), so one lookup usually settles it.
+        i = len(parts) - 1
+        while why is None and i > 0:
+            above = kinds.get(parts[:i])
+            if above == "dir":
+                break
+            if above == "symlink":
+                why = f"would be written through the symbolic link {'/'.join(parts[:i])!r} of the archive"
+            elif above is not None:
+                why = f"would be written under the file {'/'.join(parts[:i])!r} of the archive"
+            i -= 1
+        if why is None and m.type != "dir" and kinds.get(parts) == "dir" and parts in parents:
+            why = "would replace a directory that holds other members"
+        link_parts = None
+        if why is None and m.type == "hardlink":
+            link_parts, bad = _split(m.link_target or "")
+            if bad or kinds.get(link_parts) != "file":
+                why = f"is a hard link to {m.link_target!r}, which is not an earlier regular file of the archive"
+        if why:
+            problems.append((m.name, why))
+            continue
+        kinds[parts] = "file" if m.type in ("file", "hardlink") else m.type
+        i = len(parts) - 1
+        while i >= 0 and parts[:i] not in parents:
+            parents.add(parts[:i])
+            kinds.setdefault(parts[:i], "dir")
+            i -= 1
+        steps.append(_Step(m, parts, link_parts))
+    if problems:
+        raise _unsafe_many(problems, label)
+    return steps
+
+
+def check_members(members: list[Member], label: str | None = None) -> None:
+    """Refuse (``UnsafeBundle``, naming every offending member) what extraction would refuse, from a
+    listing alone; for validate/plan. Links to folders outside are only found after unpacking."""
+    _plan(members, label)
+
+
+def _unsafe(name: str, why: str) -> UnsafeBundle:
+    return _unsafe_many([(name, why)], None)
+
+
+def _unsafe_many(problems: list[tuple[str, str]], label: str | None) -> UnsafeBundle:
+    shown = "; ".join(f"{name!r} {why}" for name, why in problems[:20])
+    if len(problems) > 20:
+        shown += f"; and {len(problems) - 20} more"
+    noun = "member" if len(problems) == 1 else "members"
+    err = UnsafeBundle(f"refusing unsafe bundle {noun}: {shown}", file=label,
+                       hint="cdsim never writes outside the deployment's archive folder; "
+                            "rebuild the bundle without these members")
+    err.members = tuple(name for name, _why in problems)  # for callers that list them (plan, validate)
+    return err
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction: every write relative to a directory descriptor opened with O_NOFOLLOW
+
+class _Tree:
+    """Directory descriptors under the archive folder, opened component by component without following."""
+
+    _KEEP = 128
+
+    def __init__(self, root: str):
+        self.fds: dict[tuple[str, ...], int] = {(): os.open(root, _DIR_OPEN)}
+
+    def dir_fd(self, parts: tuple[str, ...]) -> int:
+        """The descriptor of folder ``parts``, creating missing folders (0777 & ~umask, as tar does)."""
+        i = len(parts)
+        while parts[:i] not in self.fds:
+            i -= 1
+        fd = self.fds[parts[:i]]
+        for j in range(i, len(parts)):
+            name = parts[j]
+            try:
+                fd = os.open(name, _DIR_OPEN, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(name, 0o777, dir_fd=fd)
+                fd = os.open(name, _DIR_OPEN, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):  # checked before; defence in depth
+                    raise _unsafe("/".join(parts[:j + 1]), "is not a directory of the archive") from None
+                raise
+            self.fds[parts[:j + 1]] = fd
+        return fd
+
+    def replace(self, parts: tuple[str, ...], parent_fd: int) -> None:
+        """Remove whatever is at ``parts`` (and forget descriptors of folders that were under it)."""
+        if _clear(parts[-1], parent_fd):  # a folder went: its descriptors (and its children's) are stale
+            for key in [k for k in self.fds if k[:len(parts)] == parts]:
+                os.close(self.fds.pop(key))
+
+    def trim(self) -> None:
+        if len(self.fds) > self._KEEP:
+            for parts, fd in list(self.fds.items()):
+                if parts:
+                    os.close(fd)
+                    del self.fds[parts]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits) -> None:
+    if bundle_type in ("tar", "tgz"):
+        with _open_tar(path, bundle_type) as tf:
+            pairs = list(_tar_members(tf, path, bundle_type, limits))
+            steps = _plan([m for m, _ in pairs], path)
+            infos = {id(m): info for m, info in pairs}
+            plain = _compression(path) is None
+            with open(path, "rb") as raw:
+                def data(step: _Step, fd: int) -> None:
+                    info = infos[id(step.member)]
+                    if plain and info.sparse is None:
+                        _copy_range(raw.fileno(), fd, info.offset_data, info.size)
+                    else:
+                        with tf.extractfile(info) as f:
+                            _pump(f, fd)
+                _extract(steps, archive_dir, data, as_tar=True, owners=os.geteuid() == 0,
+                         label=path, bundle_type=bundle_type)
+    elif bundle_type == "zip":
+        with _open_zip(path) as zf:
+            pairs = list(_zip_members(zf, path, limits))
+            steps = _plan([m for m, _ in pairs], path)
+            infos = {id(m): info for m, info in pairs}
+
+            def data(step: _Step, fd: int) -> None:
+                with zf.open(infos[id(step.member)]) as f:
+                    _pump(f, fd)
+            _extract(steps, archive_dir, data, as_tar=False, owners=False, label=path,
+                     bundle_type="zip")
+    else:
+        raise UsageError(f"type {bundle_type} is not a valid type. Must be one of tgz,tar,zip,directory")
+
+
+def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    while size > 0:
+        n = os.copy_file_range(src, dst, size, offset)
+        if n == 0:
+            raise EOFError("unexpected end of archive data")
+        offset += n
+        size -= n
+
+
+def _pump(f, fd: int) -> None:
+    while chunk := f.read(_CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _extract(steps: list[_Step], archive_dir: str, data: Callable[[_Step, int], None], *,
+             as_tar: bool, owners: bool, label: str, bundle_type: str) -> None:
+    """Write the checked ``steps``. Like tar -xp (``as_tar``): every stored mode, symlink mtimes too;
+    like unzip: a mode only where the entry has one (else the umask applies), symlinks get no mtime.
+    Folder metadata is set last, deepest first, so creating their contents does not change it."""
+    tree = _Tree(archive_dir)
+    folders: dict[tuple[str, ...], Member] = {}
+    made: set[tuple[str, ...]] = set()  # the folder started empty: only these paths can exist
+    try:
+        for step in steps:
+            tree.trim()
+            m, parts = step.member, step.parts
+            if m.type == "dir":
+                if parts:
+                    parent = tree.dir_fd(parts[:-1])
+                    if parts in made and not _is_real_dir(parts[-1], parent):
+                        tree.replace(parts, parent)
+                    tree.dir_fd(parts)
+                    made.add(parts)
+                folders[parts] = m
+                continue
+            parent = tree.dir_fd(parts[:-1])
+            name = parts[-1]
+            if parts in made:  # a later member of the same name replaces the earlier, as tar does
+                tree.replace(parts, parent)
+                folders.pop(parts, None)
+            made.add(parts)
+            if m.type == "symlink":
+                os.symlink(m.link_target or "", name, dir_fd=parent)
+                if owners and m.uid is not None:
+                    os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+                if as_tar and m.mtime is not None:
+                    os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
+            elif m.type == "hardlink":
+                src_parent = tree.dir_fd(step.link_parts[:-1])
+                os.link(step.link_parts[-1], name, src_dir_fd=src_parent, dst_dir_fd=parent,
+                        follow_symlinks=False)
+            else:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600 if m.mode is not None else 0o666, dir_fd=parent)
+                try:
+                    data(step, fd)
+                    if owners and m.uid is not None:
+                        os.fchown(fd, m.uid, m.gid)
+                    if m.mode is not None:
+                        os.fchmod(fd, m.mode)
+                    if m.mtime is not None:
+                        os.utime(fd, (m.mtime, m.mtime))
+                finally:
+                    os.close(fd)
+        for parts in sorted(folders, key=len, reverse=True):
+            m = folders[parts]
+            fd = tree.dir_fd(parts)
+            if owners and m.uid is not None:
+                os.fchown(fd, m.uid, m.gid)
+            if m.mode is not None and (as_tar or m.mode):
+                os.fchmod(fd, m.mode)
+            if m.mtime is not None:
+                os.utime(fd, (m.mtime, m.mtime))
+    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise _corrupt(label, bundle_type, e) from None
+    finally:
+        tree.close()
+
+
+def _is_real_dir(name: str, parent_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
