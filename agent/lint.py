@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import posixpath
+import re
 import stat
 from dataclasses import asdict, dataclass
 
@@ -611,14 +612,46 @@ class _Lint:
         except OSError:
             pass  # unreadable sub-folders: reported where they matter
 
-    def check_owners(self, spec: A.AppSpec, shown: str) -> None:
+    def check_owners(self, spec: A.AppSpec, shown: str, created: frozenset[str] = frozenset()) -> None:
         for p in spec.permissions:
-            if p.owner is not None and not _user_exists(p.owner):
+            if p.owner is not None and p.owner not in created and not _user_exists(p.owner):
                 self.add("warning", "owner-unknown-user", f"owner {p.owner!r} of {p.object} does not exist on "
                          f"this machine: the agent fails with \"can't find user for {p.owner}\"", shown, p.mark)
-            if p.group is not None and not _group_exists(p.group):
+            if p.group is not None and p.group not in created and not _group_exists(p.group):
                 self.add("warning", "group-unknown-group", f"group {p.group!r} of {p.object} does not exist on "
                          f"this machine: the agent fails with \"can't find group for {p.group}\"", shown, p.mark)
+
+
+_ACCOUNT_TOOLS = re.compile(rb"\b(?:useradd|adduser|groupadd|addgroup)\b[^\n]*")
+
+
+class _Anything(frozenset):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ANY = _Anything()
+
+
+def _created_accounts(tree, spec: A.AppSpec) -> frozenset[str]:
+    """Users and groups that the bundle's BeforeInstall scripts create (permissions apply at Install,
+    after BeforeInstall, so an owner made there is fine). Every word on a useradd/groupadd line
+    counts, and a line that names the account through a variable counts for every name: a cheap,
+    generous reading that only silences warnings."""
+    words: set[str] = set()
+    for s in spec.scripts_for("BeforeInstall"):
+        rel = posixpath.normpath(s.location.lstrip("/"))
+        if rel.startswith("..") or tree.entry(rel) is None:
+            continue
+        try:
+            text = tree.read(rel, 256 * 1024)
+        except OSError:
+            continue
+        for m in _ACCOUNT_TOOLS.finditer(text):
+            if b"$" in m.group(0):
+                return _ANY
+            words.update(w.strip(b"\"'\"").decode("utf-8", "replace") for w in m.group(0).split())
+    return frozenset(words)
 
 
 def _rwx(mode: int) -> str:
@@ -630,6 +663,8 @@ def _looks_like_file(dest: str, base: str) -> bool:
     if not last or last.startswith("."):
         return False
     stem, dot, ext = last.rpartition(".")
+    if ext == "d":  # conf.d, cron.d, sudoers.d: folders by convention
+        return False
     return last == base or (bool(dot) and bool(stem) and ext.isalnum() and not ext.isdigit() and len(ext) <= 5)
 
 
@@ -683,7 +718,7 @@ def validate_bundle(path: str, appspec_filename: str | None = None) -> list[Find
     if spec is not None:
         lint.check_hooks(tree, spec, shown, posixpath.basename(install_name), _hook_marks(root, shown))
         lint.check_files(tree, spec, shown)
-        lint.check_owners(spec, shown)
+        lint.check_owners(spec, shown, _created_accounts(tree, spec))
     return sorted(lint.findings, key=_sort_key)
 
 

@@ -315,11 +315,11 @@ class TestDockerfile:
 
 class TestValidate:
     def test_validate_finds_no_errors_in_the_sample(self):
-        """`cdsim validate sample_app` exits 0: nothing in the sample makes the agent fail."""
-        done = subprocess.run([sys.executable, "-m", "agent", "validate", str(SAMPLE)],
+        """`cdsim validate --strict sample_app` exits 0: no error and no warning."""
+        done = subprocess.run([sys.executable, "-m", "agent", "validate", "--strict", str(SAMPLE)],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert " 0 errors" in done.stdout
+        assert " 0 errors, 0 warnings" in done.stdout
 
     def test_validate_names_the_crlf_script(self):
         """`cdsim validate` flags the broken variant's CRLF #! line before any deployment."""

@@ -197,6 +197,20 @@ class TestWarnings:
         unknown = [f for f in findings if f.code == "unknown-key"]
         assert len(unknown) == 1 and unknown[0].hint == hint
 
+    def test_conf_d_destination_is_a_folder(self, tmp_path):
+        """/etc/httpd/conf.d names a folder by convention: no file-name warning."""
+        text = HEAD + "files:\n  - {source: a.conf, destination: /etc/httpd/conf.d}\n"
+        assert "destination-looks-like-file" not in codes(self.warnings(tmp_path, text, {"a.conf": "x"}))
+
+    def test_owner_created_by_before_install_is_not_unknown(self, tmp_path):
+        """An owner that a BeforeInstall script creates with useradd gets no unknown-user warning."""
+        text = HEAD + ("permissions:\n  - {object: /srv/app, owner: cdsim-nosuch-user, group: cdsim-nosuch-user}\n"
+                       "hooks:\n  BeforeInstall:\n    - location: mk\n")
+        created = self.warnings(tmp_path / "a", text, {"mk": SCRIPT + "useradd cdsim-nosuch-user\n"})
+        assert "owner-unknown-user" not in codes(created) and "group-unknown-group" not in codes(created)
+        plain = self.warnings(tmp_path / "b", text, {"mk": SCRIPT})
+        assert "owner-unknown-user" in codes(plain) and "group-unknown-group" in codes(plain)
+
     def test_unquoted_octal_mode_says_what_is_applied(self, tmp_path):
         [f] = self.warnings(tmp_path, HEAD + "permissions:\n  - object: /x\n    mode: 0644\n")
         assert f.code == "mode-unquoted-octal"
