@@ -232,13 +232,21 @@ class _Deployment:
             return
         env = self.hook_env(event)
         cwd = self.req.cwd or os.getcwd()
-        log = HookLog(self.root.scripts_log(self.did), self.did, self.cfg.deployments_log,
-                      **({"on_line": self.on_output} if self.on_output else {}))
+        captured = _Capture()
+
+        def on_line(text: str) -> None:
+            if text.startswith(("[stdout]", "[stderr]")):
+                captured.add(text)
+                if self.on_output:
+                    self.on_output(text)
+
+        log = HookLog(self.root.scripts_log(self.did), self.did, self.cfg.deployments_log, on_line=on_line)
         with log:
             log.message(f"LifecycleEvent - {event}\n")
             for s in scripts:
                 script = Script(path=join(rev_dir, "deployment-archive", s.location),
                                 location=s.location, timeout=s.timeout, runas=s.runas, sudo=s.sudo)
+                captured.reset()
                 self.stream.emit("hook.start", event=event, location=s.location, path=script.path,
                                  timeout=s.timeout, runas=s.runas, revision_dir=rev_dir)
                 result = run_script(script, env=env, cwd=cwd, log=log,
@@ -247,7 +255,8 @@ class _Deployment:
                                     notify=self._notice)
                 self.hooks.append((event, result))
                 self.stream.emit("hook.end", event=event, **_hook_fields(result),
-                                 scripts_log=self.root.scripts_log(self.did))
+                                 scripts_log=self.root.scripts_log(self.did),
+                                 output=captured.text(), output_truncated=captured.truncated)
                 if not result.succeeded:
                     cls = HookTimedOut if result.error_code == 3 else HookFailed
                     raise cls(result.message, result=result, event=event,
@@ -257,6 +266,34 @@ class _Deployment:
         self.stream.emit("notice", text=text)
         if self.notify:
             self.notify(text)
+
+
+class _Capture:
+    """The last OUTPUT_CAP characters a hook printed, for its hook.end record and reports."""
+
+    OUTPUT_CAP = 256 * 1024
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        while self.size > self.OUTPUT_CAP and len(self.parts) > 1:
+            self.size -= len(self.parts.pop(0))
+            self.truncated = True
+
+    def text(self) -> str:
+        joined = "".join(self.parts)
+        if len(joined) > self.OUTPUT_CAP:
+            self.truncated = True
+            return joined[-self.OUTPUT_CAP:]
+        return joined
 
 
 def _summary_fields(summary) -> dict:

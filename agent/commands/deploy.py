@@ -167,10 +167,15 @@ class Printer:
         if self.quiet:
             return
         if t == "event.start":
-            self._p(f"{r['event']}")
-        elif t == "event.end" and r.get("status") == "Failed":
+            # hook events without scripts are no-ops: name an event only once something happens in it
+            self.pending = r["event"]
+            if r["event"] in ("DownloadBundle", "Install"):
+                self._event_header()
+        elif t == "event.end" and r.get("status") == "Failed" and not str(r.get("reference")).startswith("hook-"):
+            self._event_header()
             self._p(f"{r['event']} failed: {r.get('error')}")
         elif t == "hook.start":
+            self._event_header()
             runas = f", runas {r['runas']}" if r.get("runas") is not None else ""
             self._p(f"  {r['location']} (timeout {r['timeout']}s{runas})")
         elif t == "hook.end":
@@ -181,8 +186,16 @@ class Printer:
             for note in r.get("notes") or ():
                 self._p(f"    {note}")
 
-    def output_line(self, line: str) -> None:
-        self._p("    | " + line.rstrip("\n"))
+    pending: str | None = None
+
+    def _event_header(self) -> None:
+        if self.pending:
+            self._p(self.pending)
+            self.pending = None
+
+    def output_line(self, text: str) -> None:
+        tag, line = text[:8], text[8:].rstrip("\n")
+        self._p(("    | " if tag == "[stdout]" else "    ! ") + line)
 
     def notice(self, text: str) -> None:
         print(f"cdsim: {text}", file=sys.stderr, flush=True)

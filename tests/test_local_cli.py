@@ -1,0 +1,223 @@
+"""`cdsim local` (codedeploy-local's command line) and `cdsim deploy --host`, run as real subprocesses
+on real bundles built by the tests."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ExitStatus
+
+
+def make_bundle(root: Path, appspec: str, scripts: dict[str, str] | None = None,
+                files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "appspec.yml").write_text(textwrap.dedent(appspec))
+    for rel, body in (scripts or {}).items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("#!/bin/bash\n" + textwrap.dedent(body))
+        p.chmod(0o755)
+    for rel, body in (files or {}).items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(body)
+    return root
+
+
+def agent_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "agent.yml"
+    cfg.write_text(f":root_dir: '{tmp_path}/root'\n:log_dir: '{tmp_path}/log/'\n:max_revisions: 5\n")
+    return cfg
+
+
+def local(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "agent", "local", *args,
+                           "--agent-configuration-file", str(agent_config(tmp_path))],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+SIMPLE = """\
+    version: 0.0
+    os: linux
+    files:
+      - source: /
+        destination: {dest}
+    hooks:
+      ApplicationStop:
+        - location: scripts/stop.sh
+      AfterInstall:
+        - location: scripts/after.sh
+          timeout: 30
+"""
+
+
+class TestLocalHappyPath:
+    def test_prints_the_agents_three_lines_and_installs(self, tmp_path):
+        """A directory deployment prints Starting / See the log / valid, and installs the files."""
+        dest = tmp_path / "dest"
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=dest),
+                        {"scripts/stop.sh": "echo stop\n", "scripts/after.sh": "echo after $LIFECYCLE_EVENT\n"},
+                        {"index.html": "hi"})
+        r = local(tmp_path, "--bundle-location", str(b), "--type", "directory")
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"Starting to execute deployment from within folder {tmp_path}/root/"
+                                   "default-local-deployment-group/d-")
+        assert lines[1].startswith("See the deployment log at ") and lines[1].endswith(
+            "/logs/scripts.log for more details")
+        assert lines[2] == "AppSpec file valid. Local deployment successful"
+        assert (dest / "index.html").read_text() == "hi"
+        log = Path(lines[1].split(" at ", 1)[1].split(" for more")[0]).read_text()
+        assert "LifecycleEvent - AfterInstall\n" in log and "[stdout]after AfterInstall\n" in log
+        assert "ApplicationStop" not in log  # no previous revision: a no-op
+
+    def test_second_deployment_runs_previous_application_stop(self, tmp_path):
+        """ApplicationStop comes from the last successful revision's archive."""
+        dest = tmp_path / "dest"
+        spec = SIMPLE.format(dest=dest)
+        local(tmp_path, "-l", str(make_bundle(tmp_path / "r1", spec, {
+            "scripts/stop.sh": "echo stop-from-rev1 $0\n", "scripts/after.sh": "true\n"})))
+        r = local(tmp_path, "-l", str(make_bundle(tmp_path / "r2", spec, {
+            "scripts/stop.sh": "echo stop-from-rev2\n", "scripts/after.sh": "true\n"})))
+        assert r.returncode == 0, r.stdout + r.stderr
+        log = Path(r.stdout.splitlines()[1].split(" at ", 1)[1].split(" for more")[0]).read_text()
+        assert "[stdout]stop-from-rev1" in log and "stop-from-rev2" not in log
+
+    def test_event_stream_written_outside_the_root(self, tmp_path):
+        """The event stream lives under log_dir, one JSON object per line, hooks included."""
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
+                        {"scripts/stop.sh": "true\n", "scripts/after.sh": "echo x\n"})
+        assert local(tmp_path, "-l", str(b)).returncode == 0
+        files = list((tmp_path / "log" / "cdsim-events").rglob("*.jsonl"))
+        assert len(files) == 1
+        records = [json.loads(x) for x in files[0].read_text().splitlines()]
+        types = [r["type"] for r in records]
+        assert types[0] == "deployment.start" and types[-1] == "deployment.end"
+        hook = next(r for r in records if r["type"] == "hook.end")
+        assert hook["event"] == "AfterInstall" and hook["status"] == "Succeeded" and hook["exit_status"] == 0
+        assert not list((tmp_path / "root").rglob("*.jsonl"))
+
+
+class TestLocalFailures:
+    def test_hook_failure_lines_and_reason_on_stderr(self, tmp_path):
+        """A failing hook: the agent's stdout lines, and the reason (which the agent hides) on stderr."""
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
+                        {"scripts/stop.sh": "true\n", "scripts/after.sh": "echo bad >&2; exit 3\n"})
+        r = local(tmp_path, "-l", str(b))
+        assert r.returncode == ExitStatus.HOOK_FAILED
+        lines = r.stdout.splitlines()
+        assert lines[1].startswith("Your local deployment failed while trying to execute your script at ")
+        assert lines[1].endswith("/deployment-archive/scripts/after.sh")
+        assert lines[2].startswith("See the deployment log at ")
+        assert "Script at specified location: scripts/after.sh failed with exit code 3" in r.stderr
+        assert "Traceback" not in r.stderr
+
+    def test_appspec_error_prints_agent_message_and_position(self, tmp_path):
+        """An appspec rejection: the agent's text as ERROR:, our position on stderr."""
+        b = make_bundle(tmp_path / "rev", "version: 1.0\nos: linux\n")
+        r = local(tmp_path, "-l", str(b))
+        assert r.returncode == ExitStatus.INVALID
+        assert ("ERROR: The deployment failed because an invalid version value (1.0) was entered in the "
+                "application specification file.") in r.stdout
+        assert "appspec.yml:1:" in r.stderr and "Traceback" not in r.stderr
+
+    def test_redeploy_after_failed_deployment(self, tmp_path):
+        """After a failed hook, the next deployment of the group succeeds and replaces the files."""
+        dest = tmp_path / "dest"
+        spec = SIMPLE.format(dest=dest)
+        bad = make_bundle(tmp_path / "r1", spec, {"scripts/stop.sh": "true\n", "scripts/after.sh": "exit 1\n"},
+                          {"old.txt": "1"})
+        assert local(tmp_path, "-l", str(bad)).returncode == ExitStatus.HOOK_FAILED
+        good = make_bundle(tmp_path / "r2", spec, {"scripts/stop.sh": "true\n", "scripts/after.sh": "true\n"},
+                           {"new.txt": "2"})
+        r = local(tmp_path, "-l", str(good))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (dest / "new.txt").exists() and not (dest / "old.txt").exists()
+
+    def test_timeout_ends_setsid_grandchild(self, tmp_path):
+        """On timeout the hook's group gets TERM, and a setsid grandchild is ended too (the agent leaves it)."""
+        marker = tmp_path / "marker_setsid"
+        trapped = tmp_path / "trapped"
+        spec = f"""\
+            version: 0.0
+            os: linux
+            hooks:
+              ApplicationStart:
+                - location: scripts/slow.sh
+                  timeout: 2
+        """
+        b = make_bundle(tmp_path / "rev", spec, {"scripts/slow.sh": f"""\
+            setsid bash -c 'sleep 3; echo x > {marker}' </dev/null >/dev/null 2>&1 &
+            trap 'echo t > {trapped}; exit 143' TERM
+            sleep 30 & wait $!
+        """})
+        start = time.monotonic()
+        r = local(tmp_path, "-l", str(b), "--grace-period", "1")
+        took = time.monotonic() - start
+        assert r.returncode == ExitStatus.HOOK_TIMED_OUT
+        assert took < 2 + 1 + 5
+        assert trapped.exists()
+        time.sleep(3.5)
+        assert not marker.exists()
+
+
+class TestLocalCommandLine:
+    def test_version_and_help_exit_1(self, tmp_path):
+        """-v prints 1.0 and -h the help, both exiting 1 as the agent's docopt does."""
+        v = subprocess.run([sys.executable, "-m", "agent", "local", "-v"], capture_output=True, text=True)
+        assert (v.returncode, v.stdout) == (1, "1.0\n")
+        h = subprocess.run([sys.executable, "-m", "agent", "local", "--help"], capture_output=True, text=True)
+        assert h.returncode == 1 and "--bundle-location" in h.stdout
+
+    def test_ambiguous_prefix_and_unknown_option(self, tmp_path):
+        """docopt's texts for an ambiguous prefix and an unknown option."""
+        r = subprocess.run([sys.executable, "-m", "agent", "local", "--deployment", "x"],
+                           capture_output=True, text=True)
+        assert r.returncode != 0
+        assert r.stdout.splitlines()[0] == ("--deployment is not a unique prefix: --deployment-group, "
+                                            "--deployment-group-name?")
+        r = subprocess.run([sys.executable, "-m", "agent", "local", "-z"], capture_output=True, text=True)
+        assert r.stdout.splitlines()[0] == "-z is not recognized"
+
+    def test_prefix_and_equals_forms(self, tmp_path):
+        """--bundle=PATH and --ty are accepted abbreviations."""
+        b = make_bundle(tmp_path / "rev", "version: 0.0\nos: linux\n")
+        r = local(tmp_path, f"--bundle={b}", "--ty", "directory")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    @pytest.mark.parametrize("args, message", [
+        (["-t", "rar"], "ERROR: type rar is not a valid type. Must be one of tgz,tar,zip,directory"),
+        (["-l", "/tmp/my dir"], "ERROR: location /tmp/my dir is not a valid uri"),
+        (["-l", "http://x/y.zip", "-t", "zip"],
+         "ERROR: location http://x/y.zip cannot be http, only encrypted (https) url endpoints supported"),
+        (["-l", "/nonexistent-cdsim"],
+         "ERROR: location /nonexistent-cdsim is specified as a file or directory which does not exist"),
+    ])
+    def test_validation_messages(self, tmp_path, args, message):
+        """The agent's validation errors, printed as ERROR: lines on stdout."""
+        r = local(tmp_path, *args)
+        assert r.returncode != 0
+        assert message in r.stdout.splitlines()
+
+
+class TestDeployHost:
+    def test_deploy_host_prints_events_and_output(self, tmp_path):
+        """cdsim deploy --host runs the engine with a chosen root and shows hooks live."""
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
+                        {"scripts/stop.sh": "true\n", "scripts/after.sh": "echo hello-from-hook\n"})
+        env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
+        r = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir",
+                            str(tmp_path / "root"), str(b)], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "AfterInstall" in r.stdout and "scripts/after.sh succeeded" in r.stdout
+        assert "| hello-from-hook" in r.stdout
+        assert "succeeded in" in r.stdout.splitlines()[-1]
