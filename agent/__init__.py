@@ -1,7 +1,41 @@
 """cdsim: a local AWS CodeDeploy agent.
 
-The public API; the CLI (agent.cli) is a thin layer over these functions.
+The public API; every CLI command is a thin layer over these. Names are loaded lazily so that
+``import agent`` (and the CLI's start-up) stays cheap.
+
+    validate_bundle(path, appspec_filename=None) -> list[Finding]     cdsim validate
+    make_plan(bundle, ...) -> Plan                                    cdsim plan
+    deploy(DeploymentRequest(...)) -> DeploymentResult                cdsim deploy / cdsim local
+    parse_appspec(text, filename) -> AppSpec
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "AppSpec": "agent.appspec",
+    "parse_appspec": "agent.appspec",
+    "AgentConfig": "agent.config",
+    "DeploymentRequest": "agent.deploy",
+    "DeploymentResult": "agent.deploy",
+    "CdsimError": "agent.errors",
+    "ExitStatus": "agent.errors",
+    "Finding": "agent.lint",
+    "validate_bundle": "agent.lint",
+    "Plan": "agent.plan",
+    "make_plan": "agent.plan",
+    "LocalRevision": "agent.revision",
+}
+
+__all__ = sorted([*_LAZY, "__version__", "deploy"])
+
+
+def __getattr__(name: str):
+    if name == "deploy":  # the module agent.deploy is callable: agent.deploy(request)
+        import importlib
+        return importlib.import_module("agent.deploy")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

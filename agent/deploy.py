@@ -8,6 +8,8 @@ and hooks_runtime. Nothing here prints: the CLI renders the event stream.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -360,3 +362,14 @@ def deploy(request: DeploymentRequest, *, listeners: list | None = None,
                     reference=result.error.reference if result.error else None,
                     failed_event=result.failed_event)
     return result
+
+
+class _CallableModule(types.ModuleType):
+    """``agent.deploy`` is both this module and the public function: importing a submodule binds its
+    name on the package, so the module itself forwards calls to ``deploy()``."""
+
+    def __call__(self, request: DeploymentRequest, **kw) -> DeploymentResult:
+        return deploy(request, **kw)
+
+
+sys.modules[__name__].__class__ = _CallableModule
