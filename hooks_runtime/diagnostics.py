@@ -1,0 +1,127 @@
+"""What the hook's processes are doing: who they are, who holds the output pipe, what they cost.
+
+Owns the reading of ``/proc`` (process status, command lines, environments, open descriptors) and the
+human notes that name a process. Reads only; never signals or spawns (that is ``process``).
+Must not import ``agent``.
+
+Why raw ``/proc`` and not only psutil: a scan runs at the end of every hook (to report what was left
+running), so it has to cost well under a millisecond on a quiet host, and psutil's recursive
+``children()`` alone cannot find processes that were re-parented to init (``setsid``, double fork,
+``su``'s child).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+TOKEN_VARIABLE = "CDSIM_HOOK_TOKEN"
+"""Environment variable that marks every process of one hook run, so the sweep can find descendants
+that left the hook's process group and were re-parented away from it (read from /proc/PID/environ)."""
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """One process, as named to the user."""
+
+    pid: int
+    command: str   # the command line joined by spaces, or ``[comm]`` when it has none
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.command})"
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat that the runtime uses."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    cpu_seconds: float   # user + system time of this process (not its children)
+    start_ticks: int     # since boot: with ``pid``, identifies the process across pid reuse
+    rss: int             # bytes
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """The process's status, or None if it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: the fields start after the last ')'.
+    fields = raw[raw.rindex(b")") + 2:].split()
+    return ProcStat(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]),
+                    state=fields[0].decode(), cpu_seconds=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+                    start_ticks=int(fields[19]), rss=int(fields[21]) * _PAGE_SIZE)
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def has_token(pid: int, marker: bytes) -> bool:
+    """Whether the process was started with ``marker`` (``NAME=value``) in its environment."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def describe(pid: int) -> ProcInfo:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").split(b"\0")
+    except OSError:
+        argv = []
+    command = " ".join(a.decode(errors="replace") for a in argv if a)
+    if not command:
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                command = f"[{f.read().strip().decode(errors='replace')}]"
+        except OSError:
+            command = "[gone]"
+    return ProcInfo(pid, command)
+
+
+def pipe_holders(inodes: dict[int, str], candidates: Iterable[int]) -> dict[int, set[str]]:
+    """Which of ``candidates`` have one of the pipes open; ``inodes`` maps a pipe inode to its stream
+    name (``stdout``/``stderr``). Returns pid -> stream names. Our own process is never a holder."""
+    wanted = {f"pipe:[{inode}]": name for inode, name in inodes.items()}
+    me = os.getpid()
+    found: dict[int, set[str]] = {}
+    for pid in candidates:
+        if pid == me:
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            name = wanted.get(target)
+            if name:
+                found.setdefault(pid, set()).add(name)
+    return found
+
+
+def holder_fix(stream: str) -> str:
+    """How a hook author stops a background process from holding the hook's output."""
+    return (f"it inherited the hook's {stream}; start it with its output redirected "
+            f"(`cmd > /dev/null 2>&1 &`, or to a log file), or detach it with `nohup` or `setsid` "
+            f"plus a redirection, so the hook's output closes when the script exits")
