@@ -1,0 +1,90 @@
+"""`cdsim instance`: create, list, enter, inspect, stop and remove sandboxed instances.
+
+Thin: parses arguments, calls agent.instance, prints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from agent.errors import UsageError
+
+SUMMARY = "manage sandboxed instances (simulated EC2 instances made of Linux namespaces)"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("instance", help=SUMMARY, description=SUMMARY)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    c = actions.add_parser("create", help="create a stopped instance")
+    c.add_argument("name")
+    c.add_argument("--network", choices=("private", "host"), default="private",
+                   help="private: its own loopback (default); host: the host's network")
+    actions.add_parser("list", help="list instances: running or not, network, process count")
+    s = actions.add_parser("shell", help="an interactive shell inside the instance (as its root)")
+    s.add_argument("name")
+    e = actions.add_parser("exec", help="run a command inside the instance; exits with its status")
+    e.add_argument("name")
+    e.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    d = actions.add_parser("diff", help="files the instance added (A), changed (M) and deleted (D)")
+    d.add_argument("name")
+    d.add_argument("--format", choices=("text", "json"), default="text")
+    for action, text in (("stop", "end every process in the instance"),
+                         ("destroy", "stop the instance and remove its folder")):
+        actions.add_parser(action, help=text).add_argument("name")
+    p.set_defaults(func=run, parser=p)
+
+
+def run(args) -> int:
+    import agent.instance as inst  # not at import time: `cdsim --help` stays fast
+
+    action = getattr(args, "action", None)
+    if action is None:
+        args.parser.print_help()
+        return 2
+    if action == "create":
+        created = inst.create(args.name, network=args.network)
+        print(f"created instance {created.name} ({created.network} network) in {created.path}")
+        return 0
+    if action == "list":
+        rows = inst.list_instances()
+        if not rows:
+            print("no instances")
+            return 0
+        print(f"{'NAME':20} {'STATE':8} {'NETWORK':8} PROCESSES")
+        for row in rows:
+            print(f"{row.name:20} {'running' if row.running else 'stopped':8} {row.network:8} {row.processes}")
+        return 0
+    instance = inst.get(args.name)
+    if action == "shell":
+        shell = "/bin/bash" if shutil.which("bash") else "/bin/sh"
+        env = {"TERM": os.environ.get("TERM", "xterm"), "HOME": "/root", "USER": "root", "LOGNAME": "root",
+               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PS1": r"\u@\h:\w# "}
+        return inst.exec_in(instance, [shell, "-i"], env=env, cwd="/root")
+    if action == "exec":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            raise UsageError("nothing to run: cdsim instance exec NAME -- COMMAND [ARG...]",
+                             reference="instance-exec-empty")
+        return inst.exec_in(instance, command)
+    if action == "diff":
+        found = inst.diff(instance)
+        if args.format == "json":
+            json.dump([{"path": c.path, "kind": c.kind} for c in found], sys.stdout, indent=2)
+            print()
+        else:
+            for change in found:
+                print(f"{change.letter} {change.path}")
+        return 0
+    if action == "stop":
+        pids = inst.stop(instance)
+        print(f"stopped instance {instance.name} ({len(pids)} processes ended)" if pids
+              else f"instance {instance.name} was not running")
+        return 0
+    if action == "destroy":
+        inst.destroy(instance)
+        print(f"destroyed instance {instance.name}")
+        return 0
+    raise UsageError(f"unknown action {action!r}")

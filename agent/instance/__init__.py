@@ -1,0 +1,225 @@
+"""Sandboxed instances: a simulated EC2 instance made of Linux namespaces.
+
+Inside an instance `/` is an overlay of the host (lower) and the instance's upper layer, so every write
+lands in the instance's folder; processes get a private PID, UTS (hostname = instance name), IPC and
+mount namespace and, unless the instance was created with ``network="host"``, a private network
+namespace (their own loopback). Root gets this directly; other users through a user namespace.
+A keeper process per running instance holds the namespaces; :func:`exec_in` enters them.
+
+Module map: ``store`` (folders, metadata), ``namespaces`` (system calls), ``overlay`` (the root file
+system), ``keeper`` (start/stop), ``diff`` (what changed). Must not import the deploy engine or
+hooks_runtime.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from agent.errors import EnvironmentProblem, UsageError
+from agent.instance import keeper, store
+from agent.instance.diff import Change
+from agent.instance.diff import changes as _changes
+from agent.instance.store import Instance, state_dir
+
+__all__ = [
+    "Change",
+    "Instance",
+    "InstanceStatus",
+    "command_in",
+    "create",
+    "destroy",
+    "diff",
+    "exec_in",
+    "get",
+    "get_or_create",
+    "list_instances",
+    "processes",
+    "running",
+    "start",
+    "state_dir",
+    "stop",
+    "unmapped_user_problem",
+]
+
+# What root inside an instance keeps (Docker's default set, less mknod): no module loading, raw I/O,
+# reboot, clock, mounts or device nodes, so even a real-root hook can't reach the host around the
+# overlay. net_admin only where the network namespace is the instance's own.
+CAPABILITIES = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
+                "setuid", "setpcap", "net_bind_service", "net_raw", "sys_chroot", "audit_write", "setfcap")
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    """What `list_instances` tells about one instance."""
+
+    name: str
+    running: bool
+    network: str
+    processes: int
+    path: str
+
+
+def create(name: str, *, network: str = "private", state: str | None = None,
+           exist_ok: bool = False) -> Instance:
+    """Make a new (stopped) instance folder; UsageError if it exists, unless ``exist_ok``."""
+    store.check_name(name)
+    if network not in store.NETWORKS:
+        raise UsageError(f"unknown network {network!r}: use one of {', '.join(store.NETWORKS)}",
+                         reference="instance-network-invalid")
+    existing = store.load(name, state)
+    if existing:
+        if exist_ok:
+            return existing
+        raise UsageError(f"instance {name!r} exists already ({existing.path})", reference="instance-exists",
+                         hint=f"use it, or remove it first with `cdsim instance destroy {name}`")
+    path = os.path.join(store.instances_dir(state), name)
+    os.makedirs(store.instances_dir(state), exist_ok=True)
+    os.mkdir(path, 0o700)
+    for sub in ("upper", "work", "root"):
+        os.mkdir(os.path.join(path, sub), 0o755)
+    inst = Instance(name=name, path=path, network=network)
+    store.write_meta(inst)   # last: a folder without meta.json is not an instance
+    return inst
+
+
+def get(name: str, *, state: str | None = None) -> Instance:
+    """The instance called ``name``; UsageError if there is none."""
+    inst = store.load(name, state)
+    if inst is None:
+        raise UsageError(f"no instance named {name!r} (in {store.instances_dir(state)})",
+                         reference="instance-unknown", hint=f"create it with `cdsim instance create {name}`")
+    return inst
+
+
+def get_or_create(name: str, *, network: str = "private", state: str | None = None) -> Instance:
+    return create(name, network=network, state=state, exist_ok=True)
+
+
+def list_instances(*, state: str | None = None) -> list[InstanceStatus]:
+    out = []
+    for name in store.names(state):
+        inst = store.load(name, state)
+        if inst is None:
+            continue
+        record = keeper.running(inst)
+        out.append(InstanceStatus(name=name, running=record is not None, network=inst.network,
+                                  processes=len(keeper.processes(inst, record)) if record else 0,
+                                  path=inst.path))
+    return out
+
+
+def start(instance: Instance) -> int:
+    """Start the instance's keeper unless it runs; returns the host pid of the instance's init."""
+    _check_owner(instance)
+    return keeper.start(instance)["init_pid"]
+
+
+def running(instance: Instance) -> bool:
+    return keeper.running(instance) is not None
+
+
+def processes(instance: Instance) -> list[int]:
+    """Host pids of the processes running in the instance (its init included)."""
+    return keeper.processes(instance)
+
+
+def _check_owner(instance: Instance) -> None:
+    meta = store.read_meta(instance.path)
+    if meta.get("owner_uid") != os.geteuid():
+        raise EnvironmentProblem(
+            f"instance {instance.name!r} belongs to uid {meta.get('owner_uid')}, not to you "
+            f"(uid {os.geteuid()}): its files and id map are that user's",
+            reference="instance-owner", hint="use your own state folder (CDSIM_STATE_DIR)")
+
+
+def _enter_command(instance: Instance, init_pid: int, cwd: str | None) -> list[str]:
+    nsenter, setpriv = shutil.which("nsenter"), shutil.which("setpriv")
+    if not nsenter or not setpriv:
+        raise EnvironmentProblem("entering an instance needs nsenter and setpriv (package util-linux)",
+                                 hint=keeper.HINT, reference="instance-unavailable")
+    meta = store.read_meta(instance.path)
+    cmd = [nsenter, f"--target={init_pid}", "--mount", "--uts", "--ipc", "--pid"]
+    if instance.network == "private":
+        cmd.append("--net")
+    if meta.get("user_namespace"):
+        # keep our uid: it is root inside (nsenter's own switch to 0 would call setgroups, denied there)
+        cmd += ["--user", "--preserve-credentials"]
+    # --wd with a folder opens it before entering the mount namespace (a folder of the host's tree);
+    # without one it takes init's working folder, the instance's /, and sh changes from there
+    cmd += ["--root", "--wd", "--"]
+    caps = CAPABILITIES + (("net_admin",) if instance.network == "private" else ())
+    # setpriv runs inside (resolved in the instance's tree): it trims the bounding set, so the
+    # command and everything it starts can never hold the capabilities left out
+    cmd += ["setpriv", "--bounding-set", "-all," + ",".join("+" + c for c in caps), "--"]
+    if cwd and cwd != "/":
+        cmd += ["/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd]
+    return cmd
+
+
+def command_in(instance: Instance, argv: list[str], *, cwd: str | None = None) -> list[str]:
+    """The host command line that runs ``argv`` inside the instance (starting it if needed), for a
+    caller that spawns and supervises the process itself (timeouts, process groups, output pumps):
+    nsenter stays the child's parent in the instance and exits with its status."""
+    if not argv:
+        raise UsageError("nothing to run: give a command", reference="instance-exec-empty")
+    return _enter_command(instance, start(instance), cwd) + list(argv)
+
+
+def exec_in(instance: Instance, argv: list[str], *, env: dict | None = None, cwd: str | None = None,
+            stdin=None, stdout=None, stderr=None) -> int:
+    """Run ``argv`` inside the instance (starting it if needed) as its root; return its exit status.
+
+    Stdio is inherited unless given (anything subprocess accepts). Processes it leaves behind keep
+    running in the instance until :func:`stop`.
+    """
+    cmd = command_in(instance, argv, cwd=cwd)
+    completed = subprocess.run(cmd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, check=False)
+    return completed.returncode
+
+
+def unmapped_user_problem(uid: int, uid_map: str = "/proc/self/uid_map") -> str | None:
+    """Why this process can't switch to ``uid`` (runas), or None if it can. Call it inside an instance:
+    one started by a non-root user maps only that user (as root), so no other user can be run as."""
+    try:
+        with open(uid_map, encoding="ascii") as f:
+            ranges = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    except OSError:
+        return None
+    if any(inside <= uid < inside + count for inside, _outside, count in ranges):
+        return None
+    return (f"uid {uid} does not exist in this instance's user namespace: an instance started by a "
+            "non-root user maps only that user (as root), so hooks can't run as another user "
+            "(runas); start the instance as root (sudo) to use runas")
+
+
+def stop(instance: Instance) -> list[int]:
+    """End every process in the instance; returns their host pids (empty if it was not running)."""
+    return keeper.stop(instance)
+
+
+def destroy(instance: Instance) -> None:
+    """Stop the instance and remove its folder, and nothing else."""
+    stop(instance)
+    real = os.path.realpath(instance.path)
+    if os.path.dirname(real) != os.path.realpath(os.path.dirname(instance.path)) or \
+            not os.path.isfile(os.path.join(real, "meta.json")):
+        raise EnvironmentProblem(f"refusing to remove {real}: not an instance folder", reference="instance-path")
+    # rmtree never follows symlinks; overlayfs leaves its work folders mode 000, so open them up first
+    def allow(func, path, _exc):
+        parent = os.path.dirname(path)
+        os.chmod(parent, 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, onerror=allow)
+        else:
+            func(path)
+
+    shutil.rmtree(real, onerror=allow)
+
+
+def diff(instance: Instance) -> list[Change]:
+    """What the instance added, changed and deleted compared with the host, sorted by path."""
+    meta = store.read_meta(instance.path)
+    return _changes(instance.upper, meta)

@@ -1,0 +1,295 @@
+"""The keeper: the process that holds a running instance's namespaces, and starting/stopping it.
+
+``python -m agent.instance.keeper FOLDER FD`` (started by :func:`start`) unshares the namespaces,
+forks the instance's init (PID 1 of its PID namespace), which builds the root file system, pivots into
+it and then only reaps orphans until told to stop; the keeper itself stays outside as init's parent so
+init never lingers as a zombie. Both report on pipe FD: ``pid N`` (init's host pid), then ``ok`` or
+``error MESSAGE``. When init exits the kernel kills every process of the instance.
+Must not import the deploy engine or hooks_runtime.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+from agent.errors import EnvironmentProblem
+from agent.instance import namespaces as ns
+from agent.instance import overlay, store
+
+START_TIMEOUT = 30.0
+STOP_GRACE = 5.0
+HINT = ("sandboxed instances need Linux with user, mount and PID namespaces and overlayfs; on macOS or in a "
+        "locked-down container, run cdsim in a VM (see the Vagrantfile: `vagrant up`, then `vagrant ssh`) "
+        "or deploy onto the machine itself with `cdsim deploy --host`")
+
+
+# ---- inside: the keeper and the instance's init ---------------------------------------------------
+
+def _init_loop(report: int) -> None:
+    """PID 1 of the instance: reap orphans; on SIGTERM ask everyone to stop, then leave (the kernel
+    kills what is left when PID 1 exits)."""
+    os.close(report)
+    # our stdout/stderr are the host's keeper.log: no handle on a host file may stay reachable from
+    # inside (through /proc/1/fd)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    while True:
+        _reap()
+        info = signal.sigtimedwait({signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, 60)
+        if info is not None and info.si_signo == signal.SIGTERM:
+            break
+    try:
+        os.kill(-1, signal.SIGTERM)   # from PID 1: every other process of this PID namespace
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + STOP_GRACE
+    while time.monotonic() < deadline:
+        if _reap() is False:
+            break
+        signal.sigtimedwait({signal.SIGCHLD}, 0.1)
+    os._exit(0)
+
+
+def _reap() -> bool:
+    """Reap every exited child; False when no child is left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _write(fd: int, line: str) -> None:
+    os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+
+
+def _map_ids(meta: dict) -> None:
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    for kind in ("uid", "gid"):
+        with open(f"/proc/self/{kind}_map", "w") as f:
+            f.write("".join(f"{a} {b} {c}\n" for a, b, c in meta[f"{kind}_map"]))
+
+
+def keeper_main(folder: str, report: int) -> int:
+    if os.fork() != 0:
+        os._exit(0)   # the starting process reaps us at once; the keeper is nobody's child to wait for
+    _write(report, f"keeper {os.getpid()}")
+    meta = store.read_meta(folder)
+    inst = store.Instance(name=meta["name"], path=folder, network=meta["network"])
+    userns = bool(meta.get("user_namespace"))
+    flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
+    if inst.network == "private":
+        flags |= ns.CLONE_NEWNET
+    if userns:
+        flags |= ns.CLONE_NEWUSER
+    if userns:
+        try:
+            overlay.prepare_upper(inst.upper, inst.work)
+        except OSError as e:
+            _write(report, f"error cannot prepare the upper layer: {e}")
+            return 1
+    try:
+        ns.unshare(flags)
+        if userns:
+            _map_ids(meta)
+    except OSError as e:
+        _write(report, f"error cannot create the instance's namespaces ({e.strerror})")
+        return 1
+    init = os.fork()
+    if init == 0:
+        try:
+            os.setsid()
+            overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns)
+            overlay.mount_private(inst.root, in_user_namespace=userns, host_network=inst.network == "host")
+            overlay.enter(inst.root, inst.name, private_network=inst.network == "private")
+        except Exception as e:  # noqa: BLE001 - reported to the starting process, which raises
+            traceback.print_exc()
+            _write(report, f"error {e}")
+            os._exit(1)
+        _write(report, "ok")
+        _init_loop(report)
+    _write(report, f"pid {init}")
+    os.close(report)
+    os.close(0)
+    os.waitpid(init, 0)
+    return 0
+
+
+# ---- outside: start, find, stop -------------------------------------------------------------------
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a live process, from /proc (no psutil: the
+    instance code must run on a bare system python too); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[19])
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] not in "ZX" and (started is None or st[1] == started)
+
+
+def running(inst: store.Instance) -> dict | None:
+    """The keeper record of a running instance, or None (no record, or its init is gone)."""
+    record = store.read_keeper(inst)
+    if not record or not _alive(record.get("init_pid", -1), record.get("init_started")):
+        return None
+    if ns.pid_namespace(record["init_pid"]) != record.get("pid_namespace"):
+        return None
+    return record
+
+
+def start(inst: store.Instance) -> dict:
+    """Start the instance's keeper unless it runs; return its record. Serialised by a lock file."""
+    with open(inst.lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = running(inst)
+        if record:
+            return record
+        return _spawn(inst)
+
+
+def _spawn(inst: store.Instance) -> dict:
+    if sys.platform != "linux":
+        raise EnvironmentProblem(f"sandboxed instances need Linux (this is {sys.platform})",
+                                 hint=HINT, reference="instance-unsupported")
+    os.makedirs(inst.root, exist_ok=True)
+    read_end, write_end = os.pipe()
+    with open(inst.log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.instance.keeper", inst.path, str(write_end)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
+            start_new_session=True, cwd="/", env=_package_env())
+    os.close(write_end)
+    lines = _read_report(read_end)
+    proc.wait()
+    keeper_pid = next((int(line[7:]) for line in lines if line.startswith("keeper ")), None)
+    init_pid = next((int(line[4:]) for line in lines if line.startswith("pid ")), None)
+    errors = [line[6:] for line in lines if line.startswith("error ")]
+    if "ok" not in lines or init_pid is None:
+        for pid in (init_pid, keeper_pid):
+            if pid and not errors:   # timed out: don't leave a half-started instance behind
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        why = errors[0] if errors else "the keeper exited without reporting (see " + inst.log_file + ")"
+        why += "".join(f"; {reason}" for reason in _user_namespace_blockers())
+        raise EnvironmentProblem(f"cannot start instance {inst.name!r}: {why}", hint=HINT,
+                                 reference="instance-unavailable")
+    record = {"keeper_pid": keeper_pid, "init_pid": init_pid,
+              "init_started": (_stat(init_pid) or ("", 0))[1],
+              "pid_namespace": ns.pid_namespace(init_pid), "started": time.time()}
+    store.write_keeper(inst, record)
+    return record
+
+
+def _user_namespace_blockers() -> list[str]:
+    """Settings known to stop unprivileged user namespaces, as they stand on this machine."""
+    if os.geteuid() == 0:
+        return []
+    checks = (("/proc/sys/kernel/unprivileged_userns_clone", "0",
+               "kernel.unprivileged_userns_clone is 0 (unprivileged user namespaces are off)"),
+              ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
+              ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+               "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)"))
+    found = []
+    for path, bad, reason in checks:
+        try:
+            with open(path, encoding="ascii") as f:
+                if f.read().strip() == bad:
+                    found.append(reason)
+        except OSError:
+            continue
+    return found
+
+
+def _package_env() -> dict:
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _read_report(fd: int) -> list[str]:
+    deadline = time.monotonic() + START_TIMEOUT
+    data = b""
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+            lines = data.decode("utf-8", "replace").splitlines()
+            if any(line.startswith("error ") for line in lines) or (
+                    "ok" in lines and any(line.startswith("pid ") for line in lines)):
+                break
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").splitlines()
+
+
+def processes(inst: store.Instance, record: dict | None = None) -> list[int]:
+    """Host pids of every process in the instance (its init included)."""
+    record = record or running(inst)
+    if not record:
+        return []
+    wanted = record["pid_namespace"]
+    pids = (int(e) for e in os.listdir("/proc") if e.isdigit())
+    return sorted(pid for pid in pids if ns.pid_namespace(pid) == wanted and _alive(pid))
+
+
+def stop(inst: store.Instance) -> list[int]:
+    """End every process of the instance: SIGTERM to all through init, then SIGKILL to init (which
+    makes the kernel kill the rest). Returns the host pids that were running."""
+    record = running(inst)
+    if not record:
+        store.clear_keeper(inst)
+        return []
+    pids = processes(inst, record)
+    init = record["init_pid"]
+    try:
+        os.kill(init, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not _wait_gone(pids, STOP_GRACE + 2):
+        try:
+            os.kill(init, signal.SIGKILL)   # the kernel then kills every process of the namespace
+        except ProcessLookupError:
+            pass
+        _wait_gone(pids, 10)
+    _wait_gone([record["keeper_pid"]], 5)
+    store.clear_keeper(inst)
+    return pids
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(keeper_main(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,136 @@
+"""Where instances live on disk: the state folder, an instance's folder layout and its metadata.
+
+An instance folder holds ``meta.json`` (what the instance is: name, network, id maps; written once),
+``keeper.json`` (the running keeper, if any), ``upper/`` and ``work/`` (the overlay layers), ``root/``
+(the mount point of the merged tree, used only inside the keeper's mount namespace) and ``keeper.log``.
+Must not import the deploy engine or hooks_runtime.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from agent.errors import UsageError
+from agent.fsutil import atomic_write
+
+NETWORKS = ("private", "host")
+# a hostname label: the instance name becomes the hostname inside
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def state_dir() -> str:
+    """cdsim's state folder: $CDSIM_STATE_DIR, else $XDG_STATE_HOME/cdsim, else ~/.local/state/cdsim."""
+    explicit = os.environ.get("CDSIM_STATE_DIR")
+    if explicit:
+        return os.path.abspath(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "cdsim")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A sandboxed instance: its name, its folder and its network mode ('private' or 'host')."""
+
+    name: str
+    path: str
+    network: str
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.path, "upper")
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.path, "work")
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.path, "root")
+
+    @property
+    def meta_file(self) -> str:
+        return os.path.join(self.path, "meta.json")
+
+    @property
+    def keeper_file(self) -> str:
+        return os.path.join(self.path, "keeper.json")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.path, "keeper.log")
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.path, "lock")
+
+
+def instances_dir(state: str | None = None) -> str:
+    return os.path.join(state or state_dir(), "instances")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UsageError(
+            f"invalid instance name {name!r}: use 1 to 63 letters, digits and dashes "
+            "(not starting or ending with a dash); it becomes the hostname inside",
+            reference="instance-name-invalid")
+    return name
+
+
+def id_maps() -> dict:
+    """How ids inside the instance map to ids on disk: identity for root, else the caller as root."""
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        return {"user_namespace": False, "uid_map": [[0, 0, 4294967295]], "gid_map": [[0, 0, 4294967295]]}
+    return {"user_namespace": True, "uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]]}
+
+
+def write_meta(inst: Instance) -> None:
+    meta = {"schema": 1, "name": inst.name, "network": inst.network, "created": time.time(),
+            "owner_uid": os.geteuid(), **id_maps()}
+    atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(path: str) -> dict:
+    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load(name: str, state: str | None = None) -> Instance | None:
+    path = os.path.join(instances_dir(state), check_name(name))
+    try:
+        meta = read_meta(path)
+    except FileNotFoundError:
+        return None
+    return Instance(name=meta["name"], path=path, network=meta["network"])
+
+
+def names(state: str | None = None) -> list[str]:
+    try:
+        entries = sorted(os.listdir(instances_dir(state)))
+    except FileNotFoundError:
+        return []
+    return [e for e in entries if os.path.isfile(os.path.join(instances_dir(state), e, "meta.json"))]
+
+
+def write_keeper(inst: Instance, record: dict) -> None:
+    atomic_write(inst.keeper_file, json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_keeper(inst: Instance) -> dict | None:
+    try:
+        with open(inst.keeper_file, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def clear_keeper(inst: Instance) -> None:
+    try:
+        os.unlink(inst.keeper_file)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,579 @@
+"""Sandboxed instances: isolation of files, processes, hostname and network; diff; stop; destroy.
+
+Every test that starts an instance runs real namespaces and overlays (CI runs as root). Safety checks
+only ever touch files the test itself created on the host, and snapshot them before and after.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+
+import agent.instance as inst
+from agent.errors import ExitStatus, UsageError
+from agent.instance.diff import Change, changes
+from agent.instance.overlay import layered_mounts
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="instances need root on this machine (CI runs as root); "
+                                                 "the unprivileged case is test_unprivileged_user_*")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """A private state folder; every instance in it is stopped and destroyed afterwards, pass or fail."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("CDSIM_STATE_DIR", str(folder))
+    yield str(folder)
+    for status in inst.list_instances(state=str(folder)):
+        inst.destroy(inst.get(status.name, state=str(folder)))
+
+
+def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", "instance", *args], capture_output=True,
+                          text=True, input=input, timeout=120, check=False)
+
+
+def run_in(instance, script: str, **kw) -> subprocess.CompletedProcess:
+    """Run a shell script inside; return its status and output."""
+    out = os.path.join(instance.path, f"out-{uuid.uuid4().hex}")
+    with open(out, "w+") as f:
+        status = inst.exec_in(instance, ["/bin/sh", "-c", script], stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, **kw)
+        f.seek(0)
+        text = f.read()
+    os.unlink(out)
+    return subprocess.CompletedProcess(script, status, text, "")
+
+
+def snapshot(*paths: str) -> dict:
+    """Type, mode, owner and content hash of each path and everything below it."""
+    shot = {}
+    for top in paths:
+        for dirpath, dirs, files in os.walk(top) if os.path.isdir(top) else [(os.path.dirname(top), [], [os.path.basename(top)])]:
+            for name in [""] + dirs + files:
+                path = os.path.join(dirpath, name) if name else dirpath
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    shot[path] = None
+                    continue
+                digest = None
+                if stat.S_ISREG(st.st_mode):
+                    with open(path, "rb") as f:
+                        digest = hashlib.sha256(f.read()).hexdigest()
+                shot[path] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, digest)
+    return shot
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def _poll(check, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def live(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+SERVE = "cd {folder} && nohup python3 -m http.server 80 >/dev/null 2>&1 &"
+FETCH = ("import urllib.request,sys,time\n"
+         "for _ in range(100):\n"
+         "    try:\n"
+         "        print(urllib.request.urlopen('http://127.0.0.1:80/index.html', timeout=2).read().decode(), end=''); break\n"
+         "    except OSError: time.sleep(0.1)\n"
+         "else: sys.exit(9)\n")
+
+
+@needs_root
+class TestFilesStayInTheInstance:
+    def test_writes_and_deletions_leave_the_host_unchanged_and_show_in_diff(self, state):
+        """A hook's writes under /etc, /usr, /root and deletions of a host file and folder change only the instance."""
+        tag = uuid.uuid4().hex[:12]
+        host_conf = f"/etc/cdsim-test-{tag}.conf"
+        host_dir = f"/usr/share/cdsim-test-{tag}"
+        host_edit = f"/etc/cdsim-test-{tag}-edit.conf"
+        new_paths = [f"/etc/cdsim-test-{tag}-new.conf", f"/usr/local/bin/cdsim-test-{tag}",
+                     f"/root/cdsim-test-{tag}"]
+        try:
+            with open(host_conf, "w") as f:
+                f.write("host\n")
+            with open(host_edit, "w") as f:
+                f.write("original\n")
+            os.makedirs(host_dir + "/sub")
+            with open(host_dir + "/sub/data", "w") as f:
+                f.write("data\n")
+            before = snapshot(host_conf, host_dir, host_edit, *new_paths)
+            i = inst.create("files")
+            script = (f"echo new > {new_paths[0]} && touch {new_paths[1]} && mkdir {new_paths[2]} && "
+                      f"echo changed >> {host_edit} && rm {host_conf} && rm -r {host_dir} && "
+                      f"cat {host_edit} && ls {host_conf} {host_dir} 2>&1; true")
+            result = run_in(i, script)
+            assert "original\nchanged\n" in result.stdout
+            assert "No such file" in result.stdout
+            assert snapshot(host_conf, host_dir, host_edit, *new_paths) == before
+            found = {c for c in inst.diff(i) if tag in c.path}
+            assert found == {Change(new_paths[0], "added"), Change(new_paths[1], "added"),
+                             Change(new_paths[2], "added"), Change(host_edit, "changed"),
+                             Change(host_conf, "deleted"), Change(host_dir, "deleted")}
+            # after a restart the instance still has its changes
+            inst.stop(i)
+            again = run_in(i, f"cat {new_paths[0]}; test -e {host_conf} || echo gone")
+            assert again.stdout == "new\ngone\n"
+        finally:
+            os.unlink(host_conf)
+            os.unlink(host_edit)
+            shutil.rmtree(host_dir)
+
+    def test_folder_removed_and_made_again_hides_the_host_entries(self, state):
+        """`rm -r` then `mkdir` of a host folder makes it opaque: its host entries are deletions."""
+        folder = f"/usr/share/cdsim-test-{uuid.uuid4().hex[:12]}"
+        try:
+            os.makedirs(folder + "/sub")
+            for name in ("a", "sub/b"):
+                with open(os.path.join(folder, name), "w") as f:
+                    f.write(name)
+            before = snapshot(folder)
+            i = inst.create("opaque")
+            assert run_in(i, f"rm -r {folder} && mkdir {folder} && touch {folder}/c && ls {folder}").stdout == "c\n"
+            assert [c for c in inst.diff(i) if c.path.startswith(folder)] == [
+                Change(folder + "/a", "deleted"), Change(folder + "/c", "added"), Change(folder + "/sub", "deleted")]
+            assert snapshot(folder) == before
+        finally:
+            shutil.rmtree(folder)
+
+    def test_touch_in_usr_local_bin_shows_in_cli_diff(self, state):
+        """`touch /usr/local/bin/x` inside is an `A` line of `cdsim instance diff`, text and JSON."""
+        name = f"x-{uuid.uuid4().hex[:8]}"
+        assert cli("create", "diffy").returncode == 0
+        done = cli("exec", "diffy", "--", "touch", f"/usr/local/bin/{name}")
+        assert done.returncode == 0, done.stderr
+        assert not os.path.exists(f"/usr/local/bin/{name}")
+        text = cli("diff", "diffy")
+        assert f"A /usr/local/bin/{name}" in text.stdout.splitlines()
+        as_json = json.loads(cli("diff", "diffy", "--format", "json").stdout)
+        assert {"path": f"/usr/local/bin/{name}", "kind": "added"} in as_json
+
+    def test_instance_sees_files_the_host_has(self, state, tmp_path):
+        """The lower layer is the host: a file the test writes is readable inside, and a bundle folder too."""
+        marker = tmp_path / "marker.txt"
+        marker.write_text("from the host\n")
+        i = inst.create("lower")
+        assert run_in(i, f"cat {marker}").stdout == "from the host\n"
+
+
+@needs_root
+class TestProcessesAndNetwork:
+    def test_server_left_by_one_exec_answers_another(self, state):
+        """A server started in the background by one exec_in still answers on port 80 in a later one."""
+        i = inst.create("web")
+        assert run_in(i, "mkdir -p /var/www && echo hello-web > /var/www/index.html && "
+                         + SERVE.format(folder="/var/www")).returncode == 0
+        fetched = run_in(i, f"python3 -c \"{FETCH}\"")
+        assert fetched.returncode == 0 and fetched.stdout == "hello-web\n", fetched.stdout
+        assert len(inst.processes(i)) >= 2   # init and the server
+
+    def test_two_instances_bind_port_80_at_once(self, state):
+        """Private networks: each instance has its own loopback and its own port 80."""
+        pair = [inst.create(n) for n in ("one", "two")]
+        for i in pair:
+            assert run_in(i, f"mkdir -p /srv/w && echo {i.name} > /srv/w/index.html && "
+                             + SERVE.format(folder="/srv/w")).returncode == 0
+        for i in pair:
+            assert run_in(i, f"python3 -c \"{FETCH}\"").stdout == f"{i.name}\n"
+
+    def test_private_network_hides_host_loopback_and_host_network_shares_it(self, state):
+        """A server on the host's loopback is unreachable from a private instance, reachable with --network host."""
+        class Hello(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"host-side")
+
+            def log_message(self, *args):
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Hello)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.server_address[1]
+            probe = ("python3 -c \"import urllib.request;"
+                     f"print(urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3).read().decode())\"")
+            private = run_in(inst.create("priv"), probe)
+            assert private.returncode != 0 and "host-side" not in private.stdout
+            shared = run_in(inst.create("shared", network="host"), probe)
+            assert shared.returncode == 0 and shared.stdout == "host-side\n"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+    def test_stop_leaves_no_process(self, state):
+        """`instance stop` ends init, a background server and a process that ignores SIGTERM."""
+        i = inst.create("stopper")
+        run_in(i, "nohup sleep 300 >/dev/null 2>&1 & "
+                  "nohup sh -c 'trap \"\" TERM; sleep 300' >/dev/null 2>&1 &")
+        before = inst.processes(i)
+        assert len(before) >= 3
+        started = time.monotonic()
+        done = cli("stop", "stopper")
+        assert done.returncode == 0 and "processes ended" in done.stdout
+        assert time.monotonic() - started < 20
+        assert not [pid for pid in before if live(pid)]
+        assert inst.processes(i) == []
+        assert [s.running for s in inst.list_instances()] == [False]
+
+    def test_hostname_pid_namespace_and_capabilities(self, state):
+        """Inside: hostname = instance name, our init is PID 1, no CAP_SYS_ADMIN/SYS_MODULE/MKNOD."""
+        i = inst.create("box-7")
+        out = run_in(i, "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+                        "grep CapBnd /proc/self/status").stdout.splitlines()
+        assert out[0] == "box-7"
+        assert "agent.instance.keeper" in out[1]
+        bounding = int(out[2].split()[1], 16)
+        for cap in (21, 16, 27):   # sys_admin, sys_module, mknod
+            assert not bounding & (1 << cap)
+        assert socket.gethostname() != "box-7"
+
+    def test_root_inside_cannot_mount_make_devices_or_change_kernel_settings(self, state, tmp_path):
+        """Even a real-root hook can't mount, mknod or write /proc/sys, and can't read init's host fds.
+        (Harmless on the host too: a test folder as mount point, drop_caches as the setting.)"""
+        target = tmp_path / "mnt"
+        target.mkdir()
+        i = inst.create("hard")
+        out = run_in(i, f"mount -t tmpfs x {target} 2>/dev/null; echo mount=$?; "
+                        f"mknod {tmp_path}/dev b 8 0 2>/dev/null; echo mknod=$?; "
+                        "(echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null; echo sysctl=$?; "
+                        "readlink /proc/1/fd/1 >/dev/null 2>&1; echo fd=$?").stdout.split()
+        assert len(out) == 4 and not [x for x in out if x.endswith("=0")], out
+        assert not os.path.ismount(target) and not (tmp_path / "dev").exists()
+
+    def test_shell_reads_commands_from_stdin_and_exec_in_honours_cwd(self, state):
+        """`instance shell` runs an interactive shell inside; exec_in's cwd is a folder of the instance."""
+        cli("create", "sh1")
+        shell = cli("shell", "sh1", input="echo in-$(hostname) > /root/shell-was-here; cat /root/shell-was-here\nexit 4\n")
+        assert shell.returncode == 4 and "in-sh1" in shell.stdout
+        i = inst.get("sh1")
+        assert run_in(i, "mkdir -p /opt/app").returncode == 0
+        assert run_in(i, "pwd", cwd="/opt/app").stdout == "/opt/app\n"
+
+    def test_command_in_can_be_spawned_and_killed_as_a_process_group(self, state):
+        """command_in gives a host command line; killing its process group ends the command inside."""
+        i = inst.create("spawned")
+        proc = subprocess.Popen(inst.command_in(i, ["sh", "-c", "echo started; exec sleep 300"]),
+                                stdout=subprocess.PIPE, text=True, process_group=0)
+
+        def sleeping() -> bool:
+            return any(_cmdline(pid) == "sleep 300" for pid in inst.processes(i))
+
+        try:
+            assert proc.stdout.readline() == "started\n"
+            assert _poll(sleeping)
+            os.killpg(proc.pid, 9)
+            assert proc.wait(timeout=10) != 0
+            assert _poll(lambda: not sleeping())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+    def test_exec_returns_the_command_status(self, state):
+        """`cdsim instance exec` exits with the command's status; stdin reaches the command."""
+        cli("create", "codes")
+        assert cli("exec", "codes", "--", "sh", "-c", "exit 3").returncode == 3
+        echoed = cli("exec", "codes", "--", "cat", input="piped\n")
+        assert echoed.stdout == "piped\n"
+
+
+@needs_root
+class TestUsers:
+    def test_host_user_and_hook_created_user_work_with_su(self, state, runas_user):
+        """A host user exists inside; a user added inside works in a later exec and never reaches the host."""
+        i = inst.create("users")
+        added = f"cdsimin{uuid.uuid4().hex[:6]}"
+        assert run_in(i, f"useradd -m {added}").returncode == 0
+        later = run_in(i, f"su {added} -c 'id -un; touch ~/mine; ls ~' && su {runas_user.pw_name} -c 'id -un'")
+        assert later.stdout.split() == [added, "mine", runas_user.pw_name], later.stdout
+        assert subprocess.run(["id", added], capture_output=True, check=False).returncode != 0
+        assert not os.path.exists(f"/home/{added}")
+        paths = {c.path for c in inst.diff(i)}
+        assert {"/etc/passwd", "/etc/shadow", f"/home/{added}/mine"} <= paths
+
+
+class TestLifecycle:
+    def test_runas_is_possible_for_every_uid_as_root(self, tmp_path):
+        """With the identity map (root) any uid can be run as; with a one-uid map only that one."""
+        whole = tmp_path / "whole"
+        whole.write_text("         0          0 4294967295\n")
+        assert inst.unmapped_user_problem(1000, str(whole)) is None
+        single = tmp_path / "single"
+        single.write_text("         0       1003          1\n")
+        assert inst.unmapped_user_problem(0, str(single)) is None
+        assert "runas" in inst.unmapped_user_problem(1000, str(single))
+
+    def test_create_get_list_destroy_remove_only_the_instance_folder(self, state):
+        """destroy removes that instance's folder and nothing else in the state folder."""
+        keep = inst.create("keep")
+        gone = inst.create("gone", network="host")
+        other = os.path.join(state, "instances", "not-an-instance.txt")
+        with open(other, "w") as f:
+            f.write("x")
+        assert [s.name for s in inst.list_instances()] == ["gone", "keep"]
+        assert inst.get("gone").network == "host"
+        inst.destroy(gone)
+        assert not os.path.exists(gone.path)
+        assert os.path.isdir(keep.path) and os.path.isfile(other)
+        assert [s.name for s in inst.list_instances()] == ["keep"]
+
+    def test_errors_name_the_problem(self, state):
+        """Unknown or duplicate instances and bad names are usage errors with stable references."""
+        inst.create("dup")
+        with pytest.raises(UsageError) as dup:
+            inst.create("dup")
+        assert dup.value.reference == "instance-exists"
+        assert inst.get_or_create("dup").name == "dup"
+        with pytest.raises(UsageError) as unknown:
+            inst.get("nope")
+        assert unknown.value.reference == "instance-unknown"
+        with pytest.raises(UsageError) as bad:
+            inst.create("../evil")
+        assert bad.value.reference == "instance-name-invalid"
+        assert cli("exec", "nope", "--", "true").returncode == ExitStatus.USAGE
+        assert cli("create", "dup").returncode == ExitStatus.USAGE
+
+    @needs_root
+    def test_instance_that_cannot_start_is_an_environment_error(self, state):
+        """When overlayfs refuses the layers, exec exits ENVIRONMENT with why and where to go instead."""
+        broken = inst.create("broken")
+        os.rmdir(broken.upper)
+        with open(broken.upper, "w") as f:
+            f.write("not a folder")
+        failed = cli("exec", "broken", "--", "true")
+        assert failed.returncode == ExitStatus.ENVIRONMENT
+        assert "cannot start instance 'broken'" in failed.stderr and "Vagrantfile" in failed.stderr
+        assert not inst.running(broken)
+
+    def test_public_api_is_locked(self):
+        """The names the lead wires `cdsim deploy` onto."""
+        assert inst.__all__ == sorted(inst.__all__)
+        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "command_in", "create", "destroy", "diff",
+                                     "exec_in", "get", "get_or_create", "list_instances", "processes",
+                                     "running", "start", "state_dir", "stop", "unmapped_user_problem"}
+
+    def test_state_dir_follows_environment(self, monkeypatch):
+        """$CDSIM_STATE_DIR, then $XDG_STATE_HOME/cdsim, then ~/.local/state/cdsim."""
+        monkeypatch.setenv("CDSIM_STATE_DIR", "/x/y")
+        assert inst.state_dir() == "/x/y"
+        monkeypatch.delenv("CDSIM_STATE_DIR")
+        monkeypatch.setenv("XDG_STATE_HOME", "/xdg")
+        assert inst.state_dir() == "/xdg/cdsim"
+        monkeypatch.delenv("XDG_STATE_HOME")
+        monkeypatch.setenv("HOME", "/home/someone")
+        assert inst.state_dir() == "/home/someone/.local/state/cdsim"
+
+
+class TestDiffReadsTheUpperLayer:
+    """diff over hand-made upper layers (what overlayfs writes), against a hand-made host tree."""
+
+    MAPS: ClassVar[dict] = {"uid_map": [[0, 0, 4294967295]], "gid_map": [[0, 0, 4294967295]]}
+
+    def make(self, tmp_path):
+        host, upper = tmp_path / "host", tmp_path / "upper"
+        (host / "etc" / "app").mkdir(parents=True)
+        (host / "etc" / "app" / "a.conf").write_text("a")
+        (host / "etc" / "app" / "b.conf").write_text("b")
+        (host / "etc" / "keep.conf").write_text("same")
+        (host / "etc" / "link").symlink_to("keep.conf")
+        (upper / "etc").mkdir(parents=True)
+        os.chmod(upper / "etc", os.stat(host / "etc").st_mode & 0o7777)
+        return host, upper
+
+    def test_added_changed_and_unchanged_copies(self, tmp_path):
+        """New files are added; a copied-up file with the same content, mode and owner is not reported."""
+        host, upper = self.make(tmp_path)
+        (upper / "etc" / "keep.conf").write_text("same")
+        os.chmod(upper / "etc" / "keep.conf", os.stat(host / "etc" / "keep.conf").st_mode & 0o7777)
+        (upper / "etc" / "new.conf").write_text("n")
+        (upper / "etc" / "link").symlink_to("elsewhere")
+        assert changes(str(upper), self.MAPS, str(host)) == [
+            Change("/etc/link", "changed"), Change("/etc/new.conf", "added")]
+
+    @pytest.mark.skipif(not ROOT, reason="whiteouts (0/0 device nodes) and trusted.* xattrs need root")
+    def test_whiteouts_and_opaque_folders_are_deletions(self, tmp_path):
+        """A 0/0 char device and an xattr whiteout delete; an opaque folder deletes what the host had in it."""
+        host, upper = self.make(tmp_path)
+        os.mknod(upper / "etc" / "keep.conf", stat.S_IFCHR | 0o600, 0)
+        (upper / "etc" / "link").write_bytes(b"")
+        os.setxattr(upper / "etc" / "link", "trusted.overlay.whiteout", b"y")
+        (upper / "etc" / "app").mkdir()
+        os.chmod(upper / "etc" / "app", os.stat(host / "etc" / "app").st_mode & 0o7777)
+        os.setxattr(upper / "etc" / "app", "trusted.overlay.opaque", b"y")
+        (upper / "etc" / "app" / "b.conf").write_text("b2")
+        os.mknod(upper / "etc" / "ghost", stat.S_IFCHR | 0o600, 0)   # whiteout of nothing the host has
+        assert changes(str(upper), self.MAPS, str(host)) == [
+            Change("/etc/app/a.conf", "deleted"), Change("/etc/app/b.conf", "changed"),
+            Change("/etc/keep.conf", "deleted"), Change("/etc/link", "deleted")]
+
+    def test_owners_are_read_through_the_id_map(self, tmp_path):
+        """In a user namespace root's files are the caller's on disk: mapped back, they equal the host's."""
+        host, upper = self.make(tmp_path)
+        (upper / "etc" / "keep.conf").write_text("same")
+        os.chmod(upper / "etc" / "keep.conf", os.stat(host / "etc" / "keep.conf").st_mode & 0o7777)
+        uid, gid = os.getuid(), os.getgid()
+        as_root = {"uid_map": [[uid, uid, 1]], "gid_map": [[gid, gid, 1]]}
+        assert changes(str(upper), as_root, str(host)) == []
+        shifted = {"uid_map": [[uid + 1, uid, 1]], "gid_map": [[gid, gid, 1]]}
+        assert changes(str(upper), shifted, str(host)) == [Change("/etc", "changed"),
+                                                            Change("/etc/keep.conf", "changed")]
+
+
+class TestMountPlan:
+    def test_every_host_mount_but_the_private_ones_is_layered_parents_first(self):
+        """/proc, /sys, /dev, /run are the instance's own; other mounts get overlays, outermost first."""
+        points = ["/", "/proc", "/sys/fs/cgroup", "/home/x", "/dev/pts", "/home", "/run/user/1000", "/boot",
+                  "/home"]
+        assert layered_mounts(points) == ["/home", "/boot", "/home/x"]
+
+
+def _user_python(user: str) -> str | None:
+    """An interpreter the user can run that imports agent from this checkout, or None."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(["su", user, "-c", f"PYTHONPATH={REPO} {candidate} -c 'import agent.cli'"],
+                               capture_output=True, cwd="/", check=False)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.fixture
+def unprivileged(runas_user, shared_dir):
+    """Run `cdsim instance ...` as a real non-root user (via su) with its own state folder; destroys
+    that user's instances afterwards."""
+    python = _user_python(runas_user.pw_name)
+    if python is None:
+        pytest.skip(f"no interpreter both runnable by {runas_user.pw_name} and able to import agent "
+                    f"({sys.executable} sits under a folder other users can't enter, /usr/bin/python3 "
+                    "lacks PyYAML)")
+    state_dir = os.path.join(shared_dir, "state")
+    os.mkdir(state_dir)
+    os.chown(state_dir, runas_user.pw_uid, runas_user.pw_gid)
+
+    def as_user(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
+        command = " ".join(["env", f"CDSIM_STATE_DIR={state_dir}", f"PYTHONPATH={REPO}", python, "-m", "agent",
+                            "instance", *args])
+        if script is not None:
+            command += " -- /bin/sh -c " + shlex.quote(script)
+        return subprocess.run(["su", runas_user.pw_name, "-c", command], capture_output=True, text=True,
+                              cwd="/", timeout=180, check=False)
+
+    as_user.user = runas_user
+    as_user.state = state_dir
+    yield as_user
+    for name in os.listdir(os.path.join(state_dir, "instances")) if os.path.isdir(
+            os.path.join(state_dir, "instances")) else []:
+        as_user("destroy", name)
+
+
+@pytest.mark.skipif(not ROOT, reason="creating a user with useradd and su to it needs root (CI runs as root)")
+class TestUnprivilegedUser:
+    def test_unprivileged_instance_changes_only_itself(self, unprivileged):
+        """As a non-root user: writes under /etc, /usr, /root and deletions of root-owned host files land
+        in the instance; the host is unchanged; diff lists them; destroy leaves an empty state folder."""
+        tag = uuid.uuid4().hex[:12]
+        host_conf = f"/etc/cdsim-test-{tag}.conf"
+        host_dir = f"/usr/share/cdsim-test-{tag}"
+        host_edit = f"/etc/cdsim-test-{tag}-edit.conf"
+        new_paths = [f"/etc/cdsim-test-{tag}-new.conf", f"/usr/local/bin/cdsim-test-{tag}",
+                     f"/root/cdsim-test-{tag}", f"/var/www/cdsim-test-{tag}/index.html"]
+        try:
+            with open(host_conf, "w") as f:
+                f.write("host\n")
+            with open(host_edit, "w") as f:
+                f.write("original\n")
+            os.makedirs(host_dir + "/sub")
+            with open(host_dir + "/sub/data", "w") as f:
+                f.write("data\n")
+            before = snapshot(host_conf, host_dir, host_edit, *new_paths)
+            assert unprivileged("create", "mine").returncode == 0
+            # sed -i replaces the file (a root-owned host file can't be written in place from a user
+            # namespace: see agent.instance.overlay)
+            done = unprivileged("exec", "mine", script=(
+                f"echo new > {new_paths[0]} && touch {new_paths[1]} && mkdir {new_paths[2]} && "
+                f"mkdir -p $(dirname {new_paths[3]}) && echo page > {new_paths[3]} && "
+                f"sed -i s/original/changed/ {host_edit} && rm {host_conf} && rm -r {host_dir} && "
+                f"cat {host_edit} && id -u && hostname"))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split() == ["changed", "0", "mine"]
+            assert snapshot(host_conf, host_dir, host_edit, *new_paths) == before
+            listed = unprivileged("diff", "mine").stdout.splitlines()
+            assert {line for line in listed if tag in line} == {
+                f"A {new_paths[0]}", f"A {new_paths[1]}", f"A {new_paths[2]}", f"A /var/www/cdsim-test-{tag}",
+                f"A {new_paths[3]}", f"M {host_edit}", f"D {host_conf}", f"D {host_dir}"}
+            runas = unprivileged("exec", "mine", script=(
+                f"cd {REPO} && python3 -c 'from agent.instance import unmapped_user_problem as p; "
+                f"print(p(0)); print(p({unprivileged.user.pw_uid}))'"))
+            assert runas.stdout.splitlines()[0] == "None"
+            assert "maps only that user" in runas.stdout.splitlines()[1]
+            assert unprivileged("destroy", "mine").returncode == 0
+            assert os.listdir(os.path.join(unprivileged.state, "instances")) == []
+        finally:
+            os.unlink(host_conf)
+            os.unlink(host_edit)
+            shutil.rmtree(host_dir)
+
+    def test_unprivileged_servers_on_port_80_and_stop(self, unprivileged):
+        """As a non-root user: two instances each serve port 80; a second exec reaches the server; stop ends all."""
+        for name in ("ua", "ub"):
+            assert unprivileged("create", name).returncode == 0
+            started = unprivileged("exec", name, script=f"mkdir -p /srv/w && echo {name} > /srv/w/index.html && "
+                                                        + SERVE.format(folder="/srv/w"))
+            assert started.returncode == 0, started.stderr
+        for name in ("ua", "ub"):
+            fetched = unprivileged("exec", name, script=f"python3 -c \"{FETCH}\"")
+            assert fetched.stdout == f"{name}\n", fetched.stderr
+        listed = unprivileged("list").stdout
+        assert "ua" in listed and "running" in listed
+        for name in ("ua", "ub"):
+            assert unprivileged("stop", name).returncode == 0
+        uid = unprivileged.user.pw_uid
+        left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _owned_by(pid, uid)]
+        assert left == []
+
+
+def _owned_by(pid: str, uid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == uid and live(int(pid))
+    except OSError:
+        return False
