@@ -21,6 +21,36 @@ COMMANDS = {
     "local": "local",
     "deploy": "deploy",
     "instance": "instance",
+    "logs": "logs",
+    "history": "history",
+    "doctor": "doctor",
+    "schema": "schema",
+    "watch": "watch",
+    "server": "server",
+    "fleet": "fleet",
+    "wait": "wait",
+    "agent": "agent",
+}
+
+
+# The one-line help of each command, kept here so `cdsim --help` and `cdsim <command>` do not import
+# every command module (and what they import) just to list them. A command missing here is imported
+# for its SUMMARY instead. Keep in step with each module's SUMMARY.
+SUMMARIES = {
+    "validate": "check a bundle and its appspec: every problem the agent would hit, in one pass",
+    "plan": "show what a deployment would install, delete and change on this machine, changing nothing",
+    "local": "run a revision exactly as codedeploy-local does (same flags, output and on-disk layout)",
+    "deploy": "deploy a revision into a sandboxed instance (default) or onto this machine (--host)",
+    "instance": "manage sandboxed instances (simulated EC2 instances made of Linux namespaces)",
+    "logs": "print what a deployment's hooks printed (the latest by default); --follow while it runs",
+    "history": "list the deployments cdsim ran on this machine (newest last)",
+    "doctor": "check that this machine can run a bundle: namespaces, overlayfs, root, runas users, tools",
+    "schema": "print the JSON Schema of appspec.yml, for editors",
+    "watch": "re-run a deployment whenever a file of the bundle changes; show what changed since the last run",
+    "server": "run a local CodeDeploy service (the aws CLI's deploy commands work against it)",
+    "fleet": "launch or remove a fleet of tagged instances registered with the cdsim server",
+    "wait": "wait for a deployment to finish; exit non-zero with the failure when it fails",
+    "agent": "run an agent that polls a cdsim server for an instance's deployments",
 }
 
 
@@ -40,7 +70,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         if only and name != only:
             # a cheap placeholder so --help still lists every command
-            sub.add_parser(name, help=_summary(module), add_help=False)
+            sub.add_parser(name, help=_summary(name, module), add_help=False)
             continue
         try:
             mod = importlib.import_module(f"agent.commands.{module}")
@@ -52,7 +82,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(module: str) -> str:
+def _summary(name: str, module: str) -> str:
+    if name in SUMMARIES:
+        return SUMMARIES[name]
     try:
         mod = importlib.import_module(f"agent.commands.{module}")
     except ImportError:

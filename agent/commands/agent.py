@@ -1,0 +1,41 @@
+"""`cdsim agent`: poll a cdsim server for one instance's deployments and run them.
+
+By default the deployments run inside the sandboxed instance NAME of this machine; with --host they
+run on this machine itself (say inside a Vagrant box whose agent serves a server on the host).
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+SUMMARY = "run an agent that polls a cdsim server for an instance's deployments"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("agent", help=SUMMARY, description=__doc__)
+    p.add_argument("--endpoint", default=None, help="the server's URL (default: the running server's)")
+    p.add_argument("--instance", required=True, help="the on-premises instance name it serves")
+    p.add_argument("--host", action="store_true", help="deploy onto this machine, not into an instance")
+    p.add_argument("--root-dir", default=None,
+                   help="with --host: folder for the deployment root and logs (default: in the state folder)")
+    p.add_argument("--state", default=None, help="state folder (default: $CDSIM_STATE_DIR or ~/.local/state/cdsim)")
+    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from agent.service.agent_loop import Agent
+    from agent.service.client import find_endpoint, service_dir
+
+    endpoint = find_endpoint(args.endpoint, args.state)
+    work = os.path.join(service_dir(args.state), "agent-work", args.instance)
+    root = None
+    if args.host:
+        root = os.path.abspath(args.root_dir or os.path.join(service_dir(args.state), "hosts", args.instance))
+    agent = Agent(endpoint, args.instance, work_dir=work, state=args.state, host_root=root,
+                  poll_interval=args.poll_interval)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: agent.stop_event.set())
+    print(f"cdsim agent: instance {args.instance}, polling {endpoint}", flush=True)
+    agent.run()
+    return 0

@@ -1,0 +1,126 @@
+"""`cdsim fleet up|down`: launch (or remove) tagged sandboxed instances registered with a cdsim server.
+
+The local equivalent of the CloudFormation template that launches tagged EC2 instances with the
+agent: ``up`` creates N instances named after the tag value (``demofleet-1`` ...), registers them as
+on-premises instances with the tag, and creates the application and a deployment group selecting
+the tag when they are missing. The server runs an agent for each. ``down`` deregisters and destroys them.
+"""
+from __future__ import annotations
+
+import re
+
+from agent.errors import UsageError
+
+SUMMARY = "launch or remove a fleet of tagged instances registered with the cdsim server"
+ROLE_ARN = "arn:aws:iam::000000000000:role/cdsim-codedeploy"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fleet", help=SUMMARY, description=__doc__)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    up = actions.add_parser("up", help="create, tag and register instances (and the app and group)")
+    up.add_argument("--instances", type=int, default=3)
+    up.add_argument("--tag", required=True, help="KEY=VALUE tag the deployment group selects")
+    up.add_argument("--application", default=None)
+    up.add_argument("--deployment-group", default=None)
+    up.add_argument("--deployment-config", default=None, help="the group's deployment configuration")
+    up.add_argument("--network", choices=("private", "host"), default="private")
+    down = actions.add_parser("down", help="deregister and destroy the instances with a tag")
+    down.add_argument("--tag", required=True)
+    for a in (up, down):
+        a.add_argument("--state", default=None)
+        a.add_argument("--endpoint", default=None)
+    p.set_defaults(func=run, parser=p)
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise UsageError(f"--tag {text!r} is not KEY=VALUE", reference="fleet-tag-invalid")
+    return key, value
+
+
+def instance_names(value: str, count: int) -> list[str]:
+    prefix = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:50] or "instance"
+    return [f"{prefix}-{i}" for i in range(1, count + 1)]
+
+
+def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = None,
+             group: str | None = None, config: str | None = None, network: str = "private",
+             state: str | None = None) -> list[str]:
+    """Create, register and tag ``count`` instances; create the app and group if given and missing."""
+    from agent import instance as instances
+    from agent.service.client import ServiceError, call
+
+    if count < 1:
+        raise UsageError("--instances must be at least 1")
+    key, value = parse_tag(tag)
+    names = instance_names(value, count)
+    for name in names:
+        instances.get_or_create(name, network=network, state=state)
+        try:
+            info = call(endpoint, "GetOnPremisesInstance", {"instanceName": name})["instanceInfo"]
+            registered = not info.get("deregisterTime")
+        except ServiceError:
+            registered = False
+        if not registered:
+            call(endpoint, "RegisterOnPremisesInstance", {
+                "instanceName": name, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
+        call(endpoint, "AddTagsToOnPremisesInstances",
+             {"instanceNames": [name], "tags": [{"Key": key, "Value": value}]})
+    if application:
+        try:
+            call(endpoint, "GetApplication", {"applicationName": application})
+        except ServiceError as e:
+            if e.kind != "ApplicationDoesNotExistException":
+                raise
+            call(endpoint, "CreateApplication", {"applicationName": application})
+        if group:
+            try:
+                call(endpoint, "GetDeploymentGroup", {"applicationName": application, "deploymentGroupName": group})
+            except ServiceError as e:
+                if e.kind != "DeploymentGroupDoesNotExistException":
+                    raise
+                call(endpoint, "CreateDeploymentGroup", {
+                    "applicationName": application, "deploymentGroupName": group, "serviceRoleArn": ROLE_ARN,
+                    "onPremisesInstanceTagFilters": [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}],
+                    **({"deploymentConfigName": config} if config else {})})
+    return names
+
+
+def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str]:
+    """Deregister the registered instances with the tag and destroy those that are local instances."""
+    from agent import instance as instances
+    from agent.instance import store as instance_store
+    from agent.service.client import call
+
+    key, value = parse_tag(tag)
+    names = call(endpoint, "ListOnPremisesInstances", {
+        "registrationStatus": "Registered",
+        "tagFilters": [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}]})["instanceNames"]
+    for name in names:
+        call(endpoint, "DeregisterOnPremisesInstance", {"instanceName": name})
+        inst = instance_store.load(name, state)
+        if inst is not None:
+            instances.destroy(inst)
+    return names
+
+
+def run(args) -> int:
+    from agent.service.client import find_endpoint
+
+    if not getattr(args, "action", None):
+        args.parser.print_help()
+        return 2
+    endpoint = find_endpoint(args.endpoint, args.state)
+    if args.action == "up":
+        names = fleet_up(endpoint, count=args.instances, tag=args.tag, application=args.application,
+                         group=args.deployment_group, config=args.deployment_config, network=args.network,
+                         state=args.state)
+        print(f"fleet up: {', '.join(names)} registered with tag {args.tag}"
+              + (f"; application {args.application}" if args.application else "")
+              + (f", deployment group {args.deployment_group}" if args.deployment_group else ""))
+        return 0
+    names = fleet_down(endpoint, tag=args.tag, state=args.state)
+    print(f"fleet down: {', '.join(names) if names else 'no instances'}")
+    return 0

@@ -1,0 +1,35 @@
+"""`cdsim server`: a local CodeDeploy endpoint (and S3) for the aws CLI; `cdsim server env` prints
+the shell lines that point the aws CLI at the running one."""
+from __future__ import annotations
+
+from agent.errors import EnvironmentProblem
+
+SUMMARY = "run a local CodeDeploy service (the aws CLI's deploy commands work against it)"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("server", help=SUMMARY, description=__doc__)
+    p.add_argument("action", nargs="?", choices=("run", "env"), default="run",
+                   help="run (default): start the server; env: print the export lines of the running one")
+    p.add_argument("--state", default=None, help="state folder (default: $CDSIM_STATE_DIR or ~/.local/state/cdsim)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-s3", action="store_true", help="do not start the S3 emulator (moto)")
+    p.add_argument("--agent-timeout", type=float, default=600.0,
+                   help="seconds an instance's agent has to pick up its deployment before the instance "
+                        "fails (default 600)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from agent.service.client import server_info, service_dir
+    from agent.service.server import env_lines, serve
+
+    if args.action == "env":
+        info = server_info(args.state)
+        if info is None:
+            raise EnvironmentProblem(f"no cdsim server is running for {service_dir(args.state)}",
+                                     reference="server-not-running", hint="start one with `cdsim server`")
+        print("\n".join(env_lines(info)))
+        return 0
+    return serve(args.state, args.port, s3=not args.no_s3, quiet=not args.verbose, agent_timeout=args.agent_timeout)

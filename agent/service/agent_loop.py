@@ -1,0 +1,209 @@
+"""The cdsim agent: polls a cdsim server for its instance's next command and runs it.
+
+A command is a whole deployment to the instance. The agent fetches the revision onto this machine
+(S3 from the server's S3, GitHub as ``git archive`` of a local repository), runs
+``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
+agent, here, and forwards every lifecycle-event update the runner prints to the server.
+Must not import the server, the API or the engine's store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+from agent.errors import CdsimError, EnvironmentProblem
+from agent.service.client import AGENT_PREFIX, call
+from agent.service.s3 import download
+
+GITHUB_ROOT_ENV = "CDSIM_GITHUB_ROOT"
+
+
+class Agent:
+    """One instance's agent. ``host_root`` set: deploy onto this machine under that deployment root."""
+
+    def __init__(self, endpoint: str, instance: str, *, work_dir: str, state: str | None = None,
+                 host_root: str | None = None, poll_interval: float = 0.3, local: bool = False):
+        self.endpoint = endpoint
+        self.instance = instance
+        self.work_dir = work_dir
+        self.state = state
+        self.host_root = host_root
+        self.poll_interval = poll_interval
+        self.local = local
+        self.stop_event = threading.Event()
+
+    def _call(self, operation: str, body: dict) -> dict:
+        return call(self.endpoint, operation, body, prefix=AGENT_PREFIX)
+
+    def run(self) -> None:
+        """Poll until stopped; errors back off (as the real agent's poll loop does, §8.1, but shorter)."""
+        errors = 0
+        while not self.stop_event.is_set():
+            try:
+                command = self._call("PollCommand", {"instanceName": self.instance, "local": self.local})["command"]
+                errors = 0
+            except CdsimError:
+                errors += 1
+                self.stop_event.wait(min(0.5 * 2 ** errors, 10))
+                continue
+            if command:
+                try:
+                    self.execute(command)
+                except Exception as e:  # noqa: BLE001 - an agent outlives any one command
+                    print(f"cdsim agent {self.instance}: command {command.get('commandId')} failed: "
+                          f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            else:
+                self.stop_event.wait(self.poll_interval)
+
+    # -- one command ----------------------------------------------------------------------------
+    def execute(self, command: dict) -> None:
+        cid = command["commandId"]
+        folder = os.path.join(self.work_dir, f"{command['deploymentId']}-{self.instance}")
+        os.makedirs(folder, exist_ok=True)
+        last: list = []
+        try:
+            try:
+                spec = self._spec(command, folder)
+            except CdsimError as e:
+                # fetching the revision is DownloadBundle's work: nothing before it ran
+                self._call("ReportCommand", {"commandId": cid, "status": "Failed",
+                                             "lifecycleEvents": failed_events(None, str(e), "DownloadBundle")})
+                return
+            final = None
+            for update in self._run_runner(spec, folder):
+                last = update.get("lifecycleEvents") or last
+                if "status" in update:
+                    final = update
+                else:
+                    self._call("ReportCommand", {"commandId": cid, "lifecycleEvents": last})
+            if final is None:
+                raise EnvironmentProblem("the deployment ended without a result: " + self._stderr_tail(folder))
+            if final.get("error"):
+                raise EnvironmentProblem(final["error"])
+            self._call("ReportCommand", {"commandId": cid, "lifecycleEvents": final["lifecycleEvents"],
+                                         "status": final["status"]})
+        except CdsimError as e:
+            self._call("ReportCommand", {"commandId": cid, "status": "Failed",
+                                         "lifecycleEvents": failed_events(last, str(e))})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _spec(self, command: dict, folder: str) -> dict:
+        rev = command["revision"]
+        if rev["revisionType"] == "S3":
+            s3 = rev["s3Location"]
+            if not command.get("s3Endpoint"):
+                raise EnvironmentProblem("the server has no S3 endpoint for an S3 revision")
+            bundle = os.path.join(folder, "bundle." + s3["bundleType"])
+            path = "/" + urllib.parse.quote(s3["bucket"]) + "/" + urllib.parse.quote(s3["key"], safe="/~")
+            if s3.get("version"):
+                path += "?versionId=" + urllib.parse.quote(s3["version"])
+            download(command["s3Endpoint"], path, bundle)
+            bundle_type = s3["bundleType"]
+            env = {"BUNDLE_BUCKET": s3["bucket"], "BUNDLE_KEY": s3["key"], "BUNDLE_VERSION": s3.get("version"),
+                   "BUNDLE_ETAG": s3.get("eTag")}
+        else:
+            gh = rev["gitHubLocation"]
+            repo = github_repository(gh["repository"])
+            bundle, bundle_type = os.path.join(folder, "bundle.tar"), "tar"
+            done = subprocess.run(["git", "-C", repo, "archive", "--format=tar", "-o", bundle, gh["commitId"]],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise EnvironmentProblem(f"git archive of {gh['commitId']} in {repo} failed: {done.stderr.strip()}")
+            env = {"BUNDLE_COMMIT": gh["commitId"]}
+        spec = {k: command[k] for k in ("deploymentId", "applicationName", "deploymentGroupName",
+                                        "deploymentGroupId", "creator", "fileExistsBehavior",
+                                        "ignoreApplicationStopFailures")}
+        spec.update(bundle=bundle, bundleType=bundle_type, bundleEnv=env)
+        if self.host_root:
+            spec.update(rootDir=os.path.join(self.host_root, "deployment-root"),
+                        logDir=os.path.join(self.host_root, "log"))
+        return spec
+
+    def _run_runner(self, spec: dict, folder: str):
+        """Start the runner and yield each JSON line it prints."""
+        argv = [sys.executable, "-m", "agent.service.runner", json.dumps(spec)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        read_fd, write_fd = os.pipe()
+        status: list[int] = []
+        with open(os.path.join(folder, "runner.stderr"), "wb") as err:
+            if self.host_root:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=err,
+                                        env=env, cwd="/")
+                waiter = threading.Thread(target=lambda: status.append(proc.wait()))
+            else:
+                from agent import instance as instances
+                inst = instances.get(self.instance, state=self.state)
+                waiter = threading.Thread(target=lambda: status.append(instances.exec_in(
+                    inst, argv, env=dict(env, CDSIM_INSIDE_INSTANCE=self.instance), cwd="/",
+                    stdin=subprocess.DEVNULL, stdout=write_fd, stderr=err)))
+            waiter.start()
+            try:
+                with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as reader:
+                    # our copy of the write end closes once the child has it; EOF then means it ended
+                    if self.host_root:
+                        os.close(write_fd)
+                        write_fd = -1
+                    else:
+                        threading.Thread(target=_close_after, args=(waiter, write_fd), daemon=True).start()
+                        write_fd = -1
+                    for line in reader:
+                        try:
+                            yield json.loads(line)
+                        except ValueError:
+                            continue
+            finally:
+                if write_fd >= 0:
+                    os.close(write_fd)
+                waiter.join()
+
+    def _stderr_tail(self, folder: str) -> str:
+        try:
+            with open(os.path.join(folder, "runner.stderr"), encoding="utf-8", errors="replace") as f:
+                return f.read()[-1500:]
+        except OSError:
+            return ""
+
+
+def _close_after(thread: threading.Thread, fd: int) -> None:
+    # exec_in blocks until the command ends; only then may the write end close
+    thread.join()
+    os.close(fd)
+
+
+def github_repository(repository: str) -> str:
+    """A GitHub revision's repository as a local git repository: an absolute path, or owner/name
+    under $CDSIM_GITHUB_ROOT."""
+    if os.path.isabs(repository):
+        return repository
+    root = os.environ.get(GITHUB_ROOT_ENV)
+    if root and os.path.isdir(os.path.join(root, repository)):
+        return os.path.join(root, repository)
+    raise EnvironmentProblem(f"no local git repository for GitHub repository {repository!r}",
+                             hint=f"give an absolute path as the repository, or set {GITHUB_ROOT_ENV}")
+
+
+def failed_events(events: list[dict] | None, message: str, at: str | None = None) -> list[dict]:
+    """Lifecycle events after an agent-side failure: event ``at`` (default: the running or first
+    pending one) Failed, every other one not run Skipped."""
+    from agent.service.engine import pending_events
+    events = [dict(e) for e in (events or pending_events())]
+    now = time.time()
+    failed = False
+    for e in events:
+        if at and e["lifecycleEventName"] != at and not failed:
+            e["status"] = "Skipped"
+        elif not failed and e["status"] in ("InProgress", "Pending"):
+            e.update(status="Failed", endTime=now, diagnostics={"errorCode": "UnknownError", "scriptName": "",
+                                                                 "message": message, "logTail": ""})
+            e.setdefault("startTime", now)
+            failed = True
+        elif failed and e["status"] == "Pending":
+            e["status"] = "Skipped"
+    return events

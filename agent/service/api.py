@@ -1,0 +1,606 @@
+"""The CodeDeploy operations (service version 2014-10-06) over the store, with AWS-shaped errors.
+
+``Api.dispatch(operation, body)`` returns the response document or raises ``ApiError`` (its
+``__type``, message and HTTP status). Also the two operations cdsim's agents use
+(``AGENT_PREFIX``.PollCommand / ReportCommand). Must not import the server or the agent side.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, tag_matches
+from agent.service.store import Store
+
+TARGET_PREFIX = "CodeDeploy_20141006"
+AGENT_PREFIX = "CdsimAgent_20261127"
+BUNDLE_TYPES = ("tar", "tgz", "zip", "YAML", "JSON")
+FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
+_DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
+
+
+class ApiError(Exception):
+    """An error response: ``{"__type": kind, "message": message}`` with ``status``."""
+
+    def __init__(self, kind: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+    def body(self) -> dict:
+        return {"__type": self.kind, "message": self.message}
+
+
+def _str(body: dict, field: str, required: str | None = None, what: str | None = None) -> str | None:
+    """A string field; ``required`` names the exception when it is missing or empty."""
+    value = body.get(field)
+    if value is None or value == "":
+        if required:
+            raise ApiError(required, f"{what or field} must be specified")
+        return None
+    if not isinstance(value, str):
+        raise ApiError("SerializationException", f"{field}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _list(body: dict, field: str) -> list:
+    value = body.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ApiError("SerializationException", f"{field}: expected a list")
+    return value
+
+
+def _dict(body: dict, field: str) -> dict | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, dict):
+        raise ApiError("SerializationException", f"{field}: expected a structure")
+    return value
+
+
+def _tags(tags: list) -> list[dict]:
+    out = []
+    for t in tags:
+        if not isinstance(t, dict):
+            raise ApiError("InvalidTagException", "A tag must be a structure with Key and Value")
+        out.append({"Key": t.get("Key"), "Value": t.get("Value")})
+    return out
+
+
+def _filters(filters: list, kind: str) -> list[dict]:
+    for f in filters:
+        if not isinstance(f, dict) or f.get("Type") not in (None, "KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"):
+            raise ApiError(kind, f"Invalid tag filter: {json.dumps(f)}")
+    return filters
+
+
+def revision_key(rev: dict) -> str:
+    return json.dumps(rev, sort_keys=True)
+
+
+def check_revision(rev) -> dict:
+    """A RevisionLocation as stored: S3 (bucket, key, bundleType) or GitHub (repository, commitId)."""
+    if not isinstance(rev, dict) or not rev:
+        raise ApiError("RevisionRequiredException", "Revision must be specified")
+    kind = rev.get("revisionType")
+    if kind == "S3":
+        s3 = rev.get("s3Location")
+        if not isinstance(s3, dict) or not s3.get("bucket") or not s3.get("key"):
+            raise ApiError("InvalidRevisionException", "S3 revisions must specify a bucket and a key")
+        bundle = s3.get("bundleType")
+        if bundle is None:
+            key = s3["key"].lower()
+            bundle = next((b for b in ("tgz", "tar", "zip") if key.endswith("." + b) or
+                           (b == "tgz" and key.endswith(".tar.gz"))), None)
+        if bundle not in BUNDLE_TYPES:
+            raise ApiError("InvalidRevisionException",
+                           f"The bundle type must be one of {', '.join(BUNDLE_TYPES)} (got {bundle!r})")
+        loc = {k: s3[k] for k in ("bucket", "key", "version", "eTag") if s3.get(k)}
+        return {"revisionType": "S3", "s3Location": dict(loc, bundleType=bundle)}
+    if kind == "GitHub":
+        gh = rev.get("gitHubLocation")
+        if not isinstance(gh, dict) or not gh.get("repository") or not gh.get("commitId"):
+            raise ApiError("InvalidRevisionException", "GitHub revisions must specify a repository and a commitId")
+        return {"revisionType": "GitHub", "gitHubLocation": {"repository": gh["repository"],
+                                                             "commitId": gh["commitId"]}}
+    raise ApiError("InvalidRevisionException",
+                   f"Unsupported revision type {kind!r} for the Server compute platform (S3 or GitHub)")
+
+
+def _no_config(name: str) -> ApiError:
+    return ApiError("DeploymentConfigDoesNotExistException", f"No deployment configuration found for name: {name}")
+
+
+class Api:
+    def __init__(self, store: Store, engine: Engine):
+        self.store = store
+        self.engine = engine
+
+    def dispatch(self, operation: str, body: dict) -> dict:
+        handler = getattr(self, "op_" + operation, None) if re.fullmatch(r"[A-Z][A-Za-z]+", operation) else None
+        if handler is None:
+            raise ApiError("UnknownOperationException", f"Unknown operation {operation}")
+        return handler(body)
+
+    # -- lookups --------------------------------------------------------------------------------
+    def _app(self, body: dict) -> dict:
+        name = _str(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+        app = self.store.get("application", name)
+        if app is None:
+            raise ApiError("ApplicationDoesNotExistException", f"No application found for name: {name}")
+        return app
+
+    def _group(self, body: dict, field: str = "deploymentGroupName") -> dict:
+        app = self._app(body)
+        name = _str(body, field, "DeploymentGroupNameRequiredException", "Deployment group name")
+        group = self.store.get("group", f"{app['applicationName']}/{name}")
+        if group is None:
+            raise ApiError("DeploymentGroupDoesNotExistException", f"No Deployment Group found for name: {name}")
+        return group
+
+    def _deployment(self, body: dict) -> dict:
+        did = _str(body, "deploymentId", "DeploymentIdRequiredException", "Deployment id")
+        if not _DEPLOYMENT_ID.match(did):
+            raise ApiError("InvalidDeploymentIdException", f"Specified DeploymentId is not in the valid format: {did}")
+        doc = self.store.get("deployment", did)
+        if doc is None:
+            raise ApiError("DeploymentDoesNotExistException", f"The deployment {did} could not be found.")
+        return doc
+
+    def _deployment_info(self, doc: dict) -> dict:
+        return dict(public(doc), deploymentOverview=self.engine.overview(doc["deploymentId"]))
+
+    def _target(self, did: str, instance_id: str) -> dict:
+        name = instance_id.rsplit("/", 1)[-1] if instance_id.startswith("arn:") else instance_id
+        target = self.store.get("target", f"{did}/{name}")
+        if target is None:
+            raise ApiError("InstanceDoesNotExistException",
+                           f"The instance {instance_id} is not part of deployment {did}")
+        return target
+
+    def _register_revision(self, app: str, rev: dict, description: str | None = None,
+                           group: str | None = None) -> None:
+        key = f"{app}/{revision_key(rev)}"
+        now = time.time()
+        doc = self.store.get("revision", key) or {"revision": rev, "registerTime": now, "deploymentGroups": []}
+        if description is not None:
+            doc["description"] = description
+        if group:
+            doc.setdefault("firstUsedTime", now)
+            doc["lastUsedTime"] = now
+            if group not in doc["deploymentGroups"]:
+                doc["deploymentGroups"].append(group)
+        self.store.put("revision", key, doc)
+
+    # -- applications ---------------------------------------------------------------------------
+    def op_CreateApplication(self, body: dict) -> dict:
+        name = _str(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+        if len(name) > 100:
+            raise ApiError("InvalidApplicationNameException", "The application name is too long")
+        platform = _str(body, "computePlatform") or "Server"
+        if platform != "Server":
+            raise ApiError("InvalidComputePlatformException",
+                           f"Only the Server compute platform is supported, not {platform}")
+        with self.store.transaction():
+            if self.store.get("application", name):
+                raise ApiError("ApplicationAlreadyExistsException", f"Application {name} already exists")
+            app = {"applicationId": str(uuid.uuid4()), "applicationName": name, "createTime": time.time(),
+                   "linkedToGitHub": False, "computePlatform": "Server"}
+            self.store.put("application", name, app)
+        return {"applicationId": app["applicationId"]}
+
+    def op_GetApplication(self, body: dict) -> dict:
+        return {"application": self._app(body)}
+
+    def op_BatchGetApplications(self, body: dict) -> dict:
+        names = _list(body, "applicationNames")
+        found = [self.store.get("application", n) for n in names]
+        if any(a is None for a in found):
+            raise ApiError("ApplicationDoesNotExistException",
+                           "Applications not found: " + ", ".join(n for n, a in zip(names, found) if a is None))
+        return {"applicationsInfo": found}
+
+    def op_ListApplications(self, body: dict) -> dict:
+        return {"applications": [k for k, _ in self.store.items("application")]}
+
+    def op_DeleteApplication(self, body: dict) -> dict:
+        name = _str(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+        with self.store.transaction():
+            for kind in ("group", "revision"):
+                for key, _ in self.store.items(kind, f"{name}/"):
+                    self.store.delete(kind, key)
+            self.store.delete("application", name)   # deleting a missing application succeeds, as AWS does
+        return {}
+
+    # -- deployment groups ----------------------------------------------------------------------
+    def _group_fields(self, body: dict, group: dict) -> dict:
+        config = _str(body, "deploymentConfigName")
+        if config is not None:
+            if self.engine.config(config) is None:
+                raise _no_config(config)
+            group["deploymentConfigName"] = config
+        for field, kind in (("ec2TagFilters", "InvalidEC2TagException"),
+                            ("onPremisesInstanceTagFilters", "InvalidTagException")):
+            if field in body:
+                group[field] = _filters(_list(body, field), kind)
+        for field in ("ec2TagSet", "onPremisesTagSet", "alarmConfiguration", "deploymentStyle",
+                      "loadBalancerInfo", "blueGreenDeploymentConfiguration"):
+            if body.get(field) is not None:
+                group[field] = _dict(body, field)
+        if body.get("autoRollbackConfiguration") is not None:
+            auto = _dict(body, "autoRollbackConfiguration")
+            events = auto.get("events") or []
+            known = ("DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_ALARM", "DEPLOYMENT_STOP_ON_REQUEST")
+            if any(e not in known for e in events):
+                raise ApiError("InvalidAutoRollbackConfigException", f"Invalid rollback events: {events}")
+            group["autoRollbackConfiguration"] = {"enabled": bool(auto.get("enabled")), "events": events}
+        for field in ("serviceRoleArn", "outdatedInstancesStrategy"):
+            if body.get(field) is not None:
+                group[field] = _str(body, field)
+        if "autoScalingGroups" in body:
+            group["autoScalingGroups"] = _list(body, "autoScalingGroups")
+        if "triggerConfigurations" in body:
+            group["triggerConfigurations"] = _list(body, "triggerConfigurations")
+        return group
+
+    def op_CreateDeploymentGroup(self, body: dict) -> dict:
+        app = self._app(body)
+        name = _str(body, "deploymentGroupName", "DeploymentGroupNameRequiredException", "Deployment group name")
+        _str(body, "serviceRoleArn", "RoleRequiredException", "Service role ARN")
+        with self.store.transaction():
+            key = f"{app['applicationName']}/{name}"
+            if self.store.get("group", key):
+                raise ApiError("DeploymentGroupAlreadyExistsException",
+                               f"A deployment group named {name} already exists for application "
+                               f"{app['applicationName']}")
+            group = {"applicationName": app["applicationName"], "deploymentGroupId": str(uuid.uuid4()),
+                     "deploymentGroupName": name, "deploymentConfigName": "CodeDeployDefault.OneAtATime",
+                     "ec2TagFilters": [], "onPremisesInstanceTagFilters": [], "autoScalingGroups": [],
+                     "triggerConfigurations": [], "alarmConfiguration": {"enabled": False, "alarms": []},
+                     "autoRollbackConfiguration": {"enabled": False, "events": []},
+                     "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"},
+                     "outdatedInstancesStrategy": "UPDATE", "computePlatform": "Server",
+                     "terminationHookEnabled": False}
+            group = self._group_fields(body, group)
+            self.store.put("group", key, group)
+        return {"deploymentGroupId": group["deploymentGroupId"]}
+
+    def op_GetDeploymentGroup(self, body: dict) -> dict:
+        return {"deploymentGroupInfo": public(self._group(body))}
+
+    def op_BatchGetDeploymentGroups(self, body: dict) -> dict:
+        app = self._app(body)
+        out, missing = [], []
+        for name in _list(body, "deploymentGroupNames"):
+            g = self.store.get("group", f"{app['applicationName']}/{name}")
+            (out.append(public(g)) if g else missing.append(name))
+        return {"deploymentGroupsInfo": out,
+                "errorMessage": f"Deployment groups not found: {', '.join(missing)}" if missing else ""}
+
+    def op_ListDeploymentGroups(self, body: dict) -> dict:
+        app = self._app(body)
+        return {"applicationName": app["applicationName"],
+                "deploymentGroups": [g["deploymentGroupName"] for g in
+                                     self.store.values("group", f"{app['applicationName']}/")]}
+
+    def op_UpdateDeploymentGroup(self, body: dict) -> dict:
+        group = self._group(body, "currentDeploymentGroupName")
+        app = group["applicationName"]
+        with self.store.transaction():
+            old_key = f"{app}/{group['deploymentGroupName']}"
+            new_name = _str(body, "newDeploymentGroupName")
+            if new_name and new_name != group["deploymentGroupName"]:
+                if self.store.get("group", f"{app}/{new_name}"):
+                    raise ApiError("DeploymentGroupAlreadyExistsException",
+                                   f"A deployment group named {new_name} already exists")
+                self.store.delete("group", old_key)
+                group["deploymentGroupName"] = new_name
+            group = self._group_fields(body, group)
+            self.store.put("group", f"{app}/{group['deploymentGroupName']}", group)
+        return {"hooksNotCleanedUp": []}
+
+    def op_DeleteDeploymentGroup(self, body: dict) -> dict:
+        group = self._group(body)
+        self.store.delete("group", f"{group['applicationName']}/{group['deploymentGroupName']}")
+        return {"hooksNotCleanedUp": []}
+
+    # -- revisions ------------------------------------------------------------------------------
+    def op_RegisterApplicationRevision(self, body: dict) -> dict:
+        app = self._app(body)
+        rev = check_revision(body.get("revision"))
+        self._register_revision(app["applicationName"], rev, _str(body, "description") or "")
+        return {}
+
+    def op_GetApplicationRevision(self, body: dict) -> dict:
+        app = self._app(body)
+        rev = check_revision(body.get("revision"))
+        doc = self.store.get("revision", f"{app['applicationName']}/{revision_key(rev)}")
+        if doc is None:
+            raise ApiError("RevisionDoesNotExistException", "No application revision found for revision.")
+        info = {k: v for k, v in doc.items() if k != "revision"}
+        return {"applicationName": app["applicationName"], "revision": rev, "revisionInfo": info}
+
+    def op_BatchGetApplicationRevisions(self, body: dict) -> dict:
+        app = self._app(body)
+        out = []
+        for r in _list(body, "revisions"):
+            rev = check_revision(r)
+            doc = self.store.get("revision", f"{app['applicationName']}/{revision_key(rev)}")
+            if doc:
+                info = {k: v for k, v in doc.items() if k != "revision"}
+                out.append({"revisionLocation": rev, "genericRevisionInfo": info})
+        return {"applicationName": app["applicationName"], "errorMessage": "", "revisions": out}
+
+    def op_ListApplicationRevisions(self, body: dict) -> dict:
+        app = self._app(body)
+        docs = self.store.values("revision", f"{app['applicationName']}/")
+        bucket, prefix = _str(body, "s3Bucket"), _str(body, "s3KeyPrefix")
+        if bucket:
+            docs = [d for d in docs if (d["revision"].get("s3Location") or {}).get("bucket") == bucket]
+        if prefix:
+            docs = [d for d in docs if (d["revision"].get("s3Location") or {}).get("key", "").startswith(prefix)]
+        deployed = _str(body, "deployed")
+        if deployed == "include":
+            docs = [d for d in docs if d.get("deploymentGroups")]
+        elif deployed == "exclude":
+            docs = [d for d in docs if not d.get("deploymentGroups")]
+        order = _str(body, "sortBy")
+        if order:
+            docs.sort(key=lambda d: d.get(order) or 0, reverse=_str(body, "sortOrder") == "descending")
+        return {"revisions": [d["revision"] for d in docs]}
+
+    # -- deployment configurations --------------------------------------------------------------
+    def op_CreateDeploymentConfig(self, body: dict) -> dict:
+        name = _str(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+        if name.startswith("CodeDeployDefault."):
+            raise ApiError("InvalidDeploymentConfigNameException", "The CodeDeployDefault. prefix is reserved")
+        mhh = _dict(body, "minimumHealthyHosts")
+        if not mhh:
+            raise ApiError("InvalidMinimumHealthyHostValueException", "minimumHealthyHosts must be specified")
+        kind, value = mhh.get("type"), mhh.get("value")
+        if kind not in ("HOST_COUNT", "FLEET_PERCENT") or not isinstance(value, int) or value < 0 \
+                or (kind == "FLEET_PERCENT" and value > 100):
+            raise ApiError("InvalidMinimumHealthyHostValueException",
+                           f"The minimum healthy instance value is invalid: {json.dumps(mhh)}")
+        with self.store.transaction():
+            if self.store.get("config", name):
+                raise ApiError("DeploymentConfigAlreadyExistsException", f"Deployment config {name} already exists")
+            doc = {"deploymentConfigId": str(uuid.uuid4()), "deploymentConfigName": name,
+                   "minimumHealthyHosts": {"type": kind, "value": value}, "createTime": time.time(),
+                   "computePlatform": "Server"}
+            self.store.put("config", name, doc)
+        return {"deploymentConfigId": doc["deploymentConfigId"]}
+
+    def op_GetDeploymentConfig(self, body: dict) -> dict:
+        name = _str(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+        doc = self.engine.config(name)
+        if doc is None:
+            raise _no_config(name)
+        return {"deploymentConfigInfo": doc}
+
+    def op_ListDeploymentConfigs(self, body: dict) -> dict:
+        return {"deploymentConfigsList": list(BUILTIN_CONFIGS) + [k for k, _ in self.store.items("config")]}
+
+    def op_DeleteDeploymentConfig(self, body: dict) -> dict:
+        name = _str(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+        if name in BUILTIN_CONFIGS:
+            raise ApiError("InvalidOperationException", "The built-in deployment configurations cannot be deleted")
+        self.store.delete("config", name)
+        return {}
+
+    # -- deployments ----------------------------------------------------------------------------
+    def op_CreateDeployment(self, body: dict) -> dict:
+        group = self._group(body)
+        rev = body.get("revision")
+        rev = check_revision(rev) if rev is not None else group.get("targetRevision")
+        if rev is None:
+            raise ApiError("RevisionRequiredException", "Revision must be specified")
+        config = _str(body, "deploymentConfigName")
+        if config and self.engine.config(config) is None:
+            raise _no_config(config)
+        behaviour = _str(body, "fileExistsBehavior") or "DISALLOW"
+        if behaviour not in FILE_EXISTS:
+            raise ApiError("InvalidFileExistsBehaviorException",
+                           f"fileExistsBehavior must be one of {', '.join(FILE_EXISTS)}")
+        auto = _dict(body, "autoRollbackConfiguration")
+        if body.get("ignoreApplicationStopFailures") not in (None, True, False):
+            raise ApiError("SerializationException", "ignoreApplicationStopFailures: expected a boolean")
+        app = group["applicationName"]
+        with self.store.transaction():
+            for d in self.store.values("deployment"):
+                if d["status"] in ACTIVE and d["applicationName"] == app \
+                        and d["deploymentGroupName"] == group["deploymentGroupName"]:
+                    raise ApiError("DeploymentLimitExceededException",
+                                   f"The deployment group {group['deploymentGroupName']} already has an active "
+                                   f"deployment {d['deploymentId']}.")
+            self._register_revision(app, rev, group=group["deploymentGroupName"])
+            group["targetRevision"] = rev
+            self.store.put("group", f"{app}/{group['deploymentGroupName']}", group)
+            doc = self.engine.create(group, rev, config_name=config, description=_str(body, "description") or "",
+                                     ignore_stop_failures=bool(body.get("ignoreApplicationStopFailures")),
+                                     file_exists=behaviour,
+                                     auto_rollback={"enabled": bool(auto.get("enabled")),
+                                                    "events": auto.get("events") or []} if auto else None)
+        return {"deploymentId": doc["deploymentId"]}
+
+    def op_GetDeployment(self, body: dict) -> dict:
+        return {"deploymentInfo": self._deployment_info(self._deployment(body))}
+
+    def op_BatchGetDeployments(self, body: dict) -> dict:
+        docs = [self.store.get("deployment", d) for d in _list(body, "deploymentIds") if isinstance(d, str)]
+        return {"deploymentsInfo": [self._deployment_info(d) for d in docs if d]}
+
+    def op_ListDeployments(self, body: dict) -> dict:
+        app_name, group_name = _str(body, "applicationName"), _str(body, "deploymentGroupName")
+        if group_name and not app_name:
+            raise ApiError("ApplicationNameRequiredException", "Application name must be specified")
+        if app_name:
+            self._app(body)
+        if group_name:
+            self._group(body)
+        statuses = _list(body, "includeOnlyStatuses")
+        window = _dict(body, "createTimeRange") or {}
+        out = []
+        for d in self.store.values("deployment"):
+            if app_name and d["applicationName"] != app_name or group_name and d["deploymentGroupName"] != group_name:
+                continue
+            if statuses and d["status"] not in statuses:
+                continue
+            if window.get("start") is not None and d["createTime"] < float(window["start"]):
+                continue
+            if window.get("end") is not None and d["createTime"] > float(window["end"]):
+                continue
+            out.append(d["deploymentId"])
+        return {"deployments": list(reversed(out))}   # newest first
+
+    def op_StopDeployment(self, body: dict) -> dict:
+        doc = self._deployment(body)
+        if doc["status"] in DONE:
+            raise ApiError("DeploymentAlreadyCompletedException",
+                           f"The deployment {doc['deploymentId']} is already completed.")
+        status, message = self.engine.stop(doc["deploymentId"], bool(body.get("autoRollbackEnabled")))
+        return {"status": status, "statusMessage": message}
+
+    def _summary(self, t: dict) -> dict:
+        return {"deploymentId": t["deploymentId"], "instanceId": t["targetId"], "status": t["status"],
+                "lastUpdatedAt": t["lastUpdatedAt"], "lifecycleEvents": t["lifecycleEvents"], "instanceType": "Blue"}
+
+    def op_ListDeploymentInstances(self, body: dict) -> dict:
+        doc = self._deployment(body)
+        wanted = _list(body, "instanceStatusFilter")
+        return {"instancesList": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
+                                  if not wanted or t["status"] in wanted]}
+
+    def op_GetDeploymentInstance(self, body: dict) -> dict:
+        doc = self._deployment(body)
+        iid = _str(body, "instanceId", "InstanceIdRequiredException", "Instance id")
+        return {"instanceSummary": self._summary(self._target(doc["deploymentId"], iid))}
+
+    def op_BatchGetDeploymentInstances(self, body: dict) -> dict:
+        doc = self._deployment(body)
+        out = [self._summary(self._target(doc["deploymentId"], i)) for i in _list(body, "instanceIds")]
+        return {"instancesSummary": out, "errorMessage": ""}
+
+    def op_ListDeploymentTargets(self, body: dict) -> dict:
+        doc = self._deployment(body)
+        filters = _dict(body, "targetFilters") or {}
+        wanted = filters.get("TargetStatus") or []
+        return {"targetIds": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
+                              if not wanted or t["status"] in wanted]}
+
+    def op_BatchGetDeploymentTargets(self, body: dict) -> dict:
+        doc = self._deployment(body)
+        ids = _list(body, "targetIds")
+        if not ids:
+            raise ApiError("DeploymentTargetIdRequiredException", "Target ids must be specified")
+        out = []
+        for tid in ids:
+            try:
+                t = self._target(doc["deploymentId"], tid)
+            except ApiError:
+                raise ApiError("DeploymentTargetDoesNotExistException",
+                               f"The target {tid} is not part of deployment {doc['deploymentId']}") from None
+            out.append({"deploymentTargetType": "InstanceTarget", "instanceTarget": t})
+        return {"deploymentTargets": out}
+
+    # -- on-premises instances ------------------------------------------------------------------
+    def _instance(self, name: str) -> dict:
+        doc = self.store.get("instance", name)
+        if doc is None or doc.get("deregisterTime"):
+            raise ApiError("InstanceNotRegisteredException", f"The on-premises instance {name} is not registered.")
+        return doc
+
+    def op_RegisterOnPremisesInstance(self, body: dict) -> dict:
+        name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+        session, user = _str(body, "iamSessionArn"), _str(body, "iamUserArn")
+        if not session and not user:
+            raise ApiError("IamArnRequiredException", "An IAM user ARN or an IAM session ARN must be specified")
+        if session and user:
+            raise ApiError("MultipleIamArnsProvidedException", "Give an IAM user ARN or an IAM session ARN, not both")
+        with self.store.transaction():
+            old = self.store.get("instance", name)
+            if old and not old.get("deregisterTime"):
+                raise ApiError("InstanceNameAlreadyRegisteredException",
+                               f"The on-premises instance {name} is already registered.")
+            doc = {"instanceName": name, "instanceArn": self.engine.instance_arn(name), "registerTime": time.time(),
+                   "tags": [], **({"iamSessionArn": session} if session else {"iamUserArn": user})}
+            self.store.put("instance", name, doc)
+        return {}
+
+    def op_DeregisterOnPremisesInstance(self, body: dict) -> dict:
+        name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+        with self.store.transaction():
+            doc = self._instance(name)
+            self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+        return {}
+
+    def op_GetOnPremisesInstance(self, body: dict) -> dict:
+        name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+        doc = self.store.get("instance", name)
+        if doc is None:
+            raise ApiError("InstanceNotRegisteredException", f"The on-premises instance {name} is not registered.")
+        return {"instanceInfo": doc}
+
+    def op_BatchGetOnPremisesInstances(self, body: dict) -> dict:
+        docs = [self.store.get("instance", n) for n in _list(body, "instanceNames")]
+        return {"instanceInfos": [d for d in docs if d]}
+
+    def _tagging(self, body: dict, add: bool) -> dict:
+        tags = _tags(_list(body, "tags"))
+        names = _list(body, "instanceNames")
+        if not tags:
+            raise ApiError("TagRequiredException", "Tags must be specified")
+        if not names:
+            raise ApiError("InstanceNameRequiredException", "Instance names must be specified")
+        with self.store.transaction():
+            for name in names:
+                doc = self._instance(name)
+                keep = [t for t in doc["tags"] if all(t["Key"] != n["Key"] for n in tags)] if add else \
+                    [t for t in doc["tags"] if t not in tags]
+                doc["tags"] = keep + (tags if add else [])
+                self.store.put("instance", name, doc)
+        return {}
+
+    def op_AddTagsToOnPremisesInstances(self, body: dict) -> dict:
+        return self._tagging(body, True)
+
+    def op_RemoveTagsFromOnPremisesInstances(self, body: dict) -> dict:
+        return self._tagging(body, False)
+
+    def op_ListOnPremisesInstances(self, body: dict) -> dict:
+        status = _str(body, "registrationStatus")
+        if status not in (None, "Registered", "Deregistered"):
+            raise ApiError("InvalidRegistrationStatusException", f"Invalid registration status {status}")
+        filters = _filters(_list(body, "tagFilters"), "InvalidTagFilterException")
+        out = []
+        for d in self.store.values("instance"):
+            registered = not d.get("deregisterTime")
+            if status and (status == "Registered") != registered:
+                continue
+            if filters and not any(tag_matches(d["tags"], f) for f in filters):
+                continue
+            out.append(d["instanceName"])
+        return {"instanceNames": out}
+
+
+class AgentApi:
+    """What cdsim agents call: the next command of an instance, and progress reports."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def dispatch(self, operation: str, body: dict) -> dict:
+        if operation == "PollCommand":
+            name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+            return {"command": self.engine.poll(name, bool(body.get("local")))}
+        if operation == "ReportCommand":
+            cid = _str(body, "commandId", "InvalidInputException", "Command id")
+            status = _str(body, "status")
+            if status not in (None, "Succeeded", "Failed"):
+                raise ApiError("InvalidInputException", f"Invalid command status {status}")
+            return self.engine.report(cid, _list(body, "lifecycleEvents") or None, status)
+        raise ApiError("UnknownOperationException", f"Unknown operation {operation}")

@@ -1,0 +1,404 @@
+"""The service's deployment engine: deployment configurations, batching, failure, rollback and stop.
+
+The rules (behaviour doc §8.6 and the service's documentation):
+
+* A configuration fixes the *minimum healthy hosts*: ``HOST_COUNT`` n, ``FLEET_PERCENT`` p (rounded
+  up: 40 % of 9 is 4), or the built-in OneAtATime's ``MOST_CONCURRENCY`` 1 (all but one healthy).
+  An instance being deployed to, or whose deployment failed, is not healthy.
+* An instance is started only while the instances left healthy stay at or above the minimum, so
+  OneAtATime deploys one at a time, HalfAtATime up to half (rounded down), AllAtOnce all.
+* When nothing can start any more and nothing runs, the remaining instances are Skipped and the
+  deployment is Failed (HEALTH_CONSTRAINTS). When every instance is done, the deployment Succeeded
+  if at least the minimum (and at least one) instance succeeded — so a failure on the last instance
+  of a OneAtATime deployment still succeeds, as the real service does.
+* Automatic rollback on DEPLOYMENT_FAILURE (or StopDeployment with autoRollbackEnabled) is a new
+  deployment of the group's last successful revision, creator ``codeDeployRollback``.
+
+``plan`` and ``minimum_healthy`` are pure; ``Engine`` applies them to the documents of ``store`` and
+hands commands to agents. Must not import the API, the server or the agent side.
+"""
+from __future__ import annotations
+
+import math
+import random
+import string
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from agent.service.store import Store
+
+BUILTIN_CONFIGS = {
+    "CodeDeployDefault.OneAtATime": {"type": "MOST_CONCURRENCY", "value": 1},
+    "CodeDeployDefault.HalfAtATime": {"type": "FLEET_PERCENT", "value": 50},
+    "CodeDeployDefault.AllAtOnce": {"type": "HOST_COUNT", "value": 0},
+}
+DEFAULT_CONFIG = "CodeDeployDefault.OneAtATime"
+LIFECYCLE_EVENTS = ("BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop", "DownloadBundle",
+                    "BeforeInstall", "Install", "AfterInstall", "ApplicationStart", "ValidateService",
+                    "BeforeAllowTraffic", "AfterAllowTraffic")
+ACTIVE = ("Created", "Queued", "InProgress")
+DONE = ("Succeeded", "Failed", "Stopped")
+ROLLBACK_CREATOR = "codeDeployRollback"
+
+HEALTH_MESSAGE = ("The overall deployment failed because too many individual instances failed deployment, "
+                  "too few healthy instances are available for deployment, or some instances in your "
+                  "deployment group are experiencing problems.")
+NO_INSTANCES_MESSAGE = ("The deployment failed because no instances were found for your deployment group. "
+                        "Check your deployment group settings to make sure the tags for your Amazon EC2 "
+                        "instances or Auto Scaling groups correctly identify the instances you want to "
+                        "deploy to, and then try again.")
+STOP_MESSAGE = "The deployment was stopped by the user."
+RESTART_MESSAGE = "Failed: Failing in-progress lifecycle event after an agent restart."
+NO_AGENT_MESSAGE = ("CodeDeploy agent was not able to receive the lifecycle event. Check the CodeDeploy agent "
+                    "logs on your host and make sure the agent is running and can connect to the CodeDeploy "
+                    "server.")
+
+
+def minimum_healthy(mhh: dict, total: int) -> int:
+    """How many instances must stay healthy while ``total`` are deployed to."""
+    kind, value = mhh.get("type"), int(mhh.get("value", 0))
+    if kind == "MOST_CONCURRENCY":
+        return max(total - value, 0)
+    if kind == "FLEET_PERCENT":
+        return math.ceil(value * total / 100)
+    return value
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do next with one deployment."""
+
+    start: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    outcome: str | None = None            # Succeeded | Failed when the deployment is over
+    error: tuple[str, str] | None = None  # (errorInformation code, message) of a failure
+
+
+def plan(statuses: list[tuple[str, str]], mhh: dict) -> Step:
+    """The next step for instances ``[(name, status)]`` in deployment order."""
+    total = len(statuses)
+    if total == 0:
+        return Step(outcome="Failed", error=("NO_INSTANCES", NO_INSTANCES_MESSAGE))
+    minimum = minimum_healthy(mhh, total)
+    count = {s: sum(1 for _, x in statuses if x == s) for s in ("Pending", "InProgress", "Failed", "Succeeded")}
+    healthy = total - count["Failed"] - count["InProgress"]
+    start = []
+    for name, status in statuses:
+        if status != "Pending":
+            continue
+        if healthy - 1 < minimum:
+            break
+        start.append(name)
+        healthy -= 1
+    if start:
+        return Step(start=tuple(start))
+    if count["InProgress"]:
+        return Step()
+    pending = tuple(n for n, s in statuses if s == "Pending")
+    if pending:
+        code = "HEALTH_CONSTRAINTS" if count["Failed"] or count["Succeeded"] else "HEALTH_CONSTRAINTS_INVALID"
+        return Step(skip=pending, outcome="Failed", error=(code, HEALTH_MESSAGE))
+    if count["Succeeded"] >= max(minimum, 1):
+        return Step(outcome="Succeeded")
+    return Step(outcome="Failed", error=("HEALTH_CONSTRAINTS", HEALTH_MESSAGE))
+
+
+def tag_matches(tags: list[dict], f: dict) -> bool:
+    """One EC2/on-premises tag filter (KEY_ONLY, VALUE_ONLY, KEY_AND_VALUE) against an instance's tags."""
+    kind = f.get("Type") or ("KEY_AND_VALUE" if f.get("Key") and f.get("Value") else
+                             "KEY_ONLY" if f.get("Key") else "VALUE_ONLY")
+    for t in tags:
+        if kind == "KEY_ONLY" and t.get("Key") == f.get("Key"):
+            return True
+        if kind == "VALUE_ONLY" and t.get("Value") == f.get("Value"):
+            return True
+        if kind == "KEY_AND_VALUE" and t.get("Key") == f.get("Key") and t.get("Value") == f.get("Value"):
+            return True
+    return False
+
+
+def group_selects(group: dict, tags: list[dict]) -> bool:
+    """A group's filters (any of the list matches) or tag sets (every inner list matches)."""
+    filters = (group.get("ec2TagFilters") or []) + (group.get("onPremisesInstanceTagFilters") or [])
+    sets = ((group.get("ec2TagSet") or {}).get("ec2TagSetList") or []) + \
+        ((group.get("onPremisesTagSet") or {}).get("onPremisesTagSetList") or [])
+    if filters and any(tag_matches(tags, f) for f in filters):
+        return True
+    return bool(sets) and all(any(tag_matches(tags, f) for f in inner) for inner in sets)
+
+
+def new_deployment_id() -> str:
+    return "d-" + "".join(random.choices(string.ascii_uppercase + string.digits, k=9))
+
+
+def pending_events() -> list[dict]:
+    return [{"lifecycleEventName": e, "status": "Pending"} for e in LIFECYCLE_EVENTS]
+
+
+def public(doc: dict) -> dict:
+    """A document without its private (underscore) fields."""
+    return {k: v for k, v in doc.items() if not k.startswith("_")}
+
+
+class Engine:
+    """Deployments over the store: creation, scheduling (``tick``), agent commands, stop, rollback."""
+
+    def __init__(self, store: Store, *, region: str = "us-east-1", account: str = "000000000000",
+                 s3_endpoint: str | None = None, pickup_timeout: float = 600.0):
+        self.store = store
+        self.pickup_timeout = pickup_timeout
+        self.region = region
+        self.account = account
+        self.s3_endpoint = s3_endpoint
+        self.changed = threading.Condition()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def instance_arn(self, name: str) -> str:
+        return f"arn:aws:codedeploy:{self.region}:{self.account}:instance/{name}"
+
+    def config(self, name: str) -> dict | None:
+        if name in BUILTIN_CONFIGS:
+            return {"deploymentConfigName": name, "minimumHealthyHosts": BUILTIN_CONFIGS[name],
+                    "computePlatform": "Server", "createTime": 0.0,
+                    "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, name))}
+        return self.store.get("config", name)
+
+    def targets(self, did: str) -> list[dict]:
+        return self.store.values("target", f"{did}/")
+
+    def overview(self, did: str) -> dict:
+        counts = dict.fromkeys(("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Ready"), 0)
+        for t in self.targets(did):
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        return counts
+
+    def notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def selected_instances(self, group: dict) -> list[str]:
+        names = [i["instanceName"] for i in self.store.values("instance")
+                 if not i.get("deregisterTime") and group_selects(group, i.get("tags") or [])]
+        return sorted(names)
+
+    # -- creation -------------------------------------------------------------------------------
+    def create(self, group: dict, revision: dict, *, config_name: str | None, description: str = "",
+               creator: str = "user", ignore_stop_failures: bool = False,
+               file_exists: str = "DISALLOW", rollback_info: dict | None = None,
+               auto_rollback: dict | None = None) -> dict:
+        """A new deployment of ``revision`` to the group's instances (resolved now), status Created."""
+        now = time.time()
+        did = new_deployment_id()
+        while self.store.get("deployment", did):
+            did = new_deployment_id()
+        app = group["applicationName"]
+        doc = {
+            "applicationName": app, "deploymentGroupName": group["deploymentGroupName"],
+            "deploymentConfigName": config_name or group.get("deploymentConfigName") or DEFAULT_CONFIG,
+            "deploymentId": did, "revision": revision, "status": "Created", "createTime": now,
+            "description": description, "creator": creator,
+            "ignoreApplicationStopFailures": bool(ignore_stop_failures),
+            "autoRollbackConfiguration": auto_rollback or group.get("autoRollbackConfiguration")
+            or {"enabled": False},
+            "updateOutdatedInstancesOnly": False,
+            "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"},
+            "instanceTerminationWaitTimeStarted": False, "fileExistsBehavior": file_exists or "DISALLOW",
+            "computePlatform": "Server", "deploymentStatusMessages": [],
+            "_groupId": group["deploymentGroupId"],
+        }
+        if group.get("_lastGoodRevision"):
+            doc["previousRevision"] = group["_lastGoodRevision"]
+        if rollback_info:
+            doc["rollbackInfo"] = rollback_info
+        with self.store.transaction():
+            self.store.put("deployment", did, doc)
+            for name in self.selected_instances(group):
+                self.store.put("target", f"{did}/{name}", {
+                    "deploymentId": did, "targetId": name, "targetArn": self.instance_arn(name),
+                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": pending_events(),
+                    "instanceLabel": "Blue"})
+            group = dict(group, lastAttemptedDeployment={"deploymentId": did, "status": "Created",
+                                                         "createTime": now})
+            self.store.put("group", f"{app}/{group['deploymentGroupName']}", group)
+        self.notify()
+        return doc
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance every active deployment by one step."""
+        self._expire_commands()
+        for did, doc in self.store.items("deployment"):
+            if doc["status"] in ACTIVE:
+                self._advance(doc)
+
+    def _advance(self, doc: dict) -> None:
+        did = doc["deploymentId"]
+        with self.store.transaction():
+            doc = self.store.get("deployment", did)
+            if doc["status"] not in ACTIVE:
+                return
+            targets = self.targets(did)
+            if doc.get("_stopRequested"):
+                self._skip([t for t in targets if t["status"] == "Pending"])
+                if not any(t["status"] == "InProgress" for t in targets):
+                    self._finish(doc, "Stopped", ("MANUAL_STOP", STOP_MESSAGE))
+                return
+            config = self.config(doc["deploymentConfigName"]) or self.config(DEFAULT_CONFIG)
+            step = plan([(t["targetId"], t["status"]) for t in targets], config["minimumHealthyHosts"])
+            now = time.time()
+            if doc["status"] == "Created":
+                doc.update(status="InProgress", startTime=now)
+                self.store.put("deployment", did, doc)
+            by_name = {t["targetId"]: t for t in targets}
+            for name in step.start:
+                target = dict(by_name[name], status="InProgress", lastUpdatedAt=now)
+                self.store.put("target", f"{did}/{name}", target)
+                cid = str(uuid.uuid4())
+                self.store.put("command", cid, {"commandId": cid, "deploymentId": did, "instance": name,
+                                                "state": "Pending", "createTime": now})
+            self._skip([by_name[n] for n in step.skip])
+            if step.outcome:
+                self._finish(doc, step.outcome, step.error)
+
+    def _skip(self, targets: list[dict]) -> None:
+        now = time.time()
+        for t in targets:
+            events = [dict(e, status="Skipped") if e["status"] == "Pending" else e for e in t["lifecycleEvents"]]
+            self.store.put("target", f"{t['deploymentId']}/{t['targetId']}",
+                           dict(t, status="Skipped", lastUpdatedAt=now, lifecycleEvents=events))
+
+    def _finish(self, doc: dict, status: str, error: tuple[str, str] | None) -> None:
+        now = time.time()
+        did = doc["deploymentId"]
+        doc = dict(doc, status=status, completeTime=now)
+        doc.setdefault("startTime", now)
+        if error:
+            doc["errorInformation"] = {"code": error[0], "message": error[1]}
+        key = f"{doc['applicationName']}/{doc['deploymentGroupName']}"
+        group = self.store.get("group", key)
+        info = {"deploymentId": did, "status": status, "endTime": now, "createTime": doc["createTime"]}
+        rollback_to = None
+        if group is not None:
+            group["lastAttemptedDeployment"] = info
+            if status == "Succeeded":
+                group["lastSuccessfulDeployment"] = info
+                group["_lastGoodRevision"] = doc["revision"]
+            elif self._rolls_back(doc):
+                rollback_to = group.get("_lastGoodRevision")
+                if rollback_to is None:
+                    doc["rollbackInfo"] = {"rollbackMessage": "No deployment found for rollback."}
+            self.store.put("group", key, group)
+        self.store.put("deployment", did, doc)
+        if rollback_to is not None:
+            self.rollback(doc, group, rollback_to)
+        self.notify()
+
+    def _rolls_back(self, doc: dict) -> bool:
+        if doc["creator"] == ROLLBACK_CREATOR:
+            return False  # a failed rollback is not rolled back again
+        if doc["status"] == "Stopped":
+            return bool(doc.get("_rollbackOnStop"))
+        auto = doc.get("autoRollbackConfiguration") or {}
+        return bool(auto.get("enabled")) and "DEPLOYMENT_FAILURE" in (auto.get("events") or [])
+
+    def rollback(self, failed: dict, group: dict, revision: dict) -> dict:
+        """Redeploy ``revision`` to the group as a new deployment, linking both rollbackInfos."""
+        new = self.create(group, revision, config_name=failed["deploymentConfigName"],
+                          creator=ROLLBACK_CREATOR,
+                          ignore_stop_failures=failed.get("ignoreApplicationStopFailures", False),
+                          file_exists=failed.get("fileExistsBehavior", "DISALLOW"),
+                          rollback_info={"rollbackTriggeringDeploymentId": failed["deploymentId"]})
+        failed = dict(self.store.get("deployment", failed["deploymentId"]), rollbackInfo={
+            "rollbackDeploymentId": new["deploymentId"],
+            "rollbackMessage": f"Deployment {failed['deploymentId']} failed; {new['deploymentId']} "
+                               "redeploys the last successful revision."})
+        self.store.put("deployment", failed["deploymentId"], failed)
+        return new
+
+    def stop(self, did: str, auto_rollback: bool) -> tuple[str, str]:
+        """StopDeployment: nothing new starts; running instances finish; then the deployment is Stopped."""
+        with self.store.transaction():
+            doc = self.store.get("deployment", did)
+            doc["_stopRequested"] = True
+            doc["_rollbackOnStop"] = bool(auto_rollback)
+            self.store.put("deployment", did, doc)
+            running = any(t["status"] == "InProgress" for t in self.targets(did))
+        self._advance(doc)
+        self.notify()
+        if running:
+            return "Pending", "Stopping the deployment: instances being deployed to finish first."
+        return "Succeeded", "The deployment is stopped."
+
+    # -- agents ---------------------------------------------------------------------------------
+    def poll(self, instance: str, local: bool = False) -> dict | None:
+        """The next command for an instance, with everything its agent needs, or None."""
+        with self.store.transaction():
+            for cid, cmd in self.store.items("command"):
+                if cmd["instance"] != instance or cmd["state"] != "Pending":
+                    continue
+                doc = self.store.get("deployment", cmd["deploymentId"])
+                cmd = dict(cmd, state="InProgress", pickedTime=time.time(), local=local)
+                self.store.put("command", cid, cmd)
+                return {"commandId": cid, "deploymentId": doc["deploymentId"],
+                        "applicationName": doc["applicationName"],
+                        "deploymentGroupName": doc["deploymentGroupName"],
+                        "deploymentGroupId": doc["_groupId"], "revision": doc["revision"],
+                        "creator": doc["creator"], "deploymentType": "IN_PLACE",
+                        "fileExistsBehavior": doc["fileExistsBehavior"],
+                        "ignoreApplicationStopFailures": doc["ignoreApplicationStopFailures"],
+                        "s3Endpoint": self.s3_endpoint}
+        return None
+
+    def report(self, cid: str, events: list[dict] | None, status: str | None = None) -> dict:
+        """An agent's progress (lifecycle events) and, with ``status``, the command's end."""
+        with self.store.transaction():
+            cmd = self.store.get("command", cid)
+            if cmd is None or cmd["state"] == "Done":
+                return {"known": cmd is not None}
+            key = f"{cmd['deploymentId']}/{cmd['instance']}"
+            target = self.store.get("target", key)
+            now = time.time()
+            if events:
+                target["lifecycleEvents"] = events
+            if status:
+                target["status"] = "Succeeded" if status == "Succeeded" else "Failed"
+                self.store.put("command", cid, dict(cmd, state="Done", status=status, doneTime=now))
+            target["lastUpdatedAt"] = now
+            self.store.put("target", key, target)
+        if status:
+            self.tick()
+        self.notify()
+        return {"known": True}
+
+    def _expire_commands(self) -> None:
+        """A command no agent picked up in time fails its instance, as the service's lifecycle timeout."""
+        limit = time.time() - self.pickup_timeout
+        for cid, cmd in self.store.items("command"):
+            if cmd["state"] == "Pending" and cmd["createTime"] < limit:
+                events = pending_events()
+                events[0].update(status="Failed", startTime=cmd["createTime"], endTime=time.time(), diagnostics={
+                    "errorCode": "UnknownError", "scriptName": "", "message": NO_AGENT_MESSAGE, "logTail": ""})
+                for e in events[1:]:
+                    e["status"] = "Skipped"
+                self.store.put("command", cid, dict(cmd, state="InProgress"))
+                self.report(cid, events, "Failed")
+
+    def fail_orphaned_commands(self, local_instances: set[str]) -> None:
+        """After a restart: commands that our own (now gone) agents were running failed (§8.5)."""
+        for cid, cmd in self.store.items("command"):
+            if cmd["state"] == "InProgress" and cmd["instance"] in local_instances:
+                target = self.store.get("target", f"{cmd['deploymentId']}/{cmd['instance']}")
+                events = []
+                failed = False
+                for e in target["lifecycleEvents"]:
+                    if e["status"] == "InProgress":
+                        e = dict(e, status="Failed", endTime=time.time(), diagnostics={
+                            "errorCode": "UnknownError", "scriptName": "", "message": RESTART_MESSAGE,
+                            "logTail": ""})
+                        failed = True
+                    elif e["status"] == "Pending" and failed:
+                        e = dict(e, status="Skipped")
+                    events.append(e)
+                self.report(cid, events, "Failed")

@@ -1,0 +1,122 @@
+"""One deployment on one machine, for an agent: ``python -m agent.service.runner SPEC_JSON``.
+
+The agent starts this inside the instance (or on the host for a host agent). It runs the engine of
+``agent.deploy`` and writes the instance's lifecycle events, as the service reports them, to stdout:
+one JSON object per line, ``{"lifecycleEvents": [...]}`` after every change and finally
+``{"status": "Succeeded"|"Failed", "lifecycleEvents": [...]}``. Diagnostics are shaped as the
+service's: errorCode, scriptName, message and the §7.8 log tail of the failing event.
+
+With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
+goes on from DownloadBundle, as the service's option does. Imports the engine; nothing imports this.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from agent.service.engine import LIFECYCLE_EVENTS
+
+# ScriptError codes (§7.7) as the service names them (LifecycleErrorCode)
+ERROR_CODES = {0: "Success", 1: "ScriptMissing", 2: "ScriptNotExecutable", 3: "ScriptTimedOut",
+               4: "ScriptFailed", 5: "UnknownError", 6: "ScriptFailed", 7: "UnknownError"}
+AFTER_APPLICATION_STOP = ",".join(LIFECYCLE_EVENTS[LIFECYCLE_EVENTS.index("DownloadBundle"):])
+INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
+INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
+
+
+class Tracker:
+    """Turns the engine's event stream into the service's lifecycle events."""
+
+    def __init__(self, out=None):
+        from hooks_runtime.output import DiagnosticTail
+
+        self._tail_class = DiagnosticTail
+        self.out = out or sys.stdout
+        self.events = {e: {"lifecycleEventName": e, "status": "Pending"} for e in LIFECYCLE_EVENTS}
+        self.tail = DiagnosticTail()
+        self.failed_hook: dict | None = None
+
+    def send(self, **extra) -> None:
+        self.out.write(json.dumps({"lifecycleEvents": list(self.events.values()), **extra}) + "\n")
+        self.out.flush()
+
+    def on_output(self, line: str) -> None:
+        self.tail.append(line)
+
+    def on_record(self, r: dict) -> None:
+        t = r["type"]
+        if t == "event.start":
+            self.tail = self._tail_class()
+            self.failed_hook = None
+            self.events[r["event"]] = {"lifecycleEventName": r["event"], "status": "InProgress",
+                                       "startTime": r["time"]}
+            self.send()
+        elif t == "hook.end" and r.get("status") == "Failed":
+            self.failed_hook = r
+        elif t == "event.end":
+            e = self.events.setdefault(r["event"], {"lifecycleEventName": r["event"], "startTime": r["time"]})
+            e.update(status=r["status"], endTime=r["time"])
+            if r["status"] == "Succeeded":
+                e["diagnostics"] = {"errorCode": "Success", "scriptName": "", "message": "Succeeded",
+                                    "logTail": ""}
+            elif self.failed_hook is not None:
+                h = self.failed_hook
+                e["diagnostics"] = {"errorCode": ERROR_CODES.get(h.get("error_code"), "UnknownError"),
+                                    "scriptName": h.get("location") or "", "message": h.get("message") or "",
+                                    "logTail": self.tail.text()}
+            else:
+                e["diagnostics"] = {"errorCode": "UnknownError", "scriptName": "",
+                                    "message": r.get("error") or "", "logTail": ""}
+            self.send()
+
+    def finish(self, succeeded: bool) -> None:
+        for e in self.events.values():
+            if e["status"] == "Pending":
+                e["status"] = "Skipped"
+        self.send(status="Succeeded" if succeeded else "Failed")
+
+
+def run(spec: dict, out=None) -> bool:
+    from agent.config import config_from_mapping
+    from agent.deploy import DeploymentRequest, deploy
+    from agent.revision import LocalRevision
+
+    tracker = Tracker(out)
+    config = config_from_mapping({"root_dir": spec.get("rootDir") or INSTANCE_ROOT_DIR,
+                                  "log_dir": spec.get("logDir") or INSTANCE_LOG_DIR})
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update({k: v for k, v in (spec.get("bundleEnv") or {}).items() if v is not None})
+
+    def one(events: str | None):
+        request = DeploymentRequest(
+            revision=LocalRevision(spec["bundle"], spec["bundleType"]), config=config,
+            deployment_group_id=spec["deploymentGroupId"], deployment_group_name=spec["deploymentGroupName"],
+            application_name=spec["applicationName"], events=events,
+            file_exists_behavior=(spec.get("fileExistsBehavior") or "DISALLOW").upper(),
+            deployment_id=spec["deploymentId"], cwd="/", base_env=env,
+            deployment_creator=spec.get("creator") or "user", deployment_type="IN_PLACE")
+        return deploy(request, listeners=[tracker.on_record], on_output=tracker.on_output)
+
+    result = one(None)
+    if not result.succeeded and result.failed_event == "ApplicationStop" and spec.get("ignoreApplicationStopFailures"):
+        result = one(AFTER_APPLICATION_STOP)
+    tracker.finish(result.succeeded)
+    return result.succeeded
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    started = time.time()
+    try:
+        ok = run(spec)
+    except Exception as e:  # noqa: BLE001 - the agent must hear of any failure, as the service would
+        print(json.dumps({"status": "Failed", "error": f"{type(e).__name__}: {e}", "started": started}),
+              flush=True)
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
