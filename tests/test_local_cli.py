@@ -221,3 +221,21 @@ class TestDeployHost:
         assert "AfterInstall" in r.stdout and "scripts/after.sh succeeded" in r.stdout
         assert "| hello-from-hook" in r.stdout
         assert "succeeded in" in r.stdout.splitlines()[-1]
+
+    @pytest.mark.skipif(not os.path.exists("/usr/bin/script"), reason="needs script(1) from util-linux for a terminal")
+    def test_terminal_shows_elapsed_time_against_timeout(self, tmp_path):
+        """On a terminal, a running hook shows its elapsed time against its timeout."""
+        b = make_bundle(tmp_path / "rev", """\
+            version: 0.0
+            os: linux
+            hooks:
+              AfterInstall:
+                - location: slow.sh
+                  timeout: 9
+        """, {"slow.sh": "sleep 2.5\n"})
+        env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
+        cmd = f"{sys.executable} -m agent deploy --host --root-dir {tmp_path / 'root'} {b}"
+        r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, env=env,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stdout
+        assert "slow.sh: 2s of 9s" in r.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from agent.errors import ExitStatus, UsageError
@@ -154,9 +155,38 @@ class Printer:
         self.out = stream or sys.stdout
         self.tty = self.out.isatty()
         self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._ticker: threading.Event | None = None
 
     def _p(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        with self._lock:
+            # on a terminal the last line may be the hook's elapsed-time status: overwrite it
+            print(("\r\033[K" if self._ticker else "") + text, file=self.out, flush=True)
+
+    def _start_ticker(self, location: str, timeout: int) -> None:
+        """On a terminal, a status line with the running hook's elapsed time against its timeout."""
+        if not self.tty or self.quiet:
+            return
+        stop = self._ticker = threading.Event()
+        began = time.monotonic()
+
+        def tick() -> None:
+            while not stop.wait(1.0):
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    self.out.write(f"\r\033[K    {location}: {time.monotonic() - began:.0f}s of {timeout}s")
+                    self.out.flush()
+
+        threading.Thread(target=tick, daemon=True).start()
+
+    def _stop_ticker(self) -> None:
+        if self._ticker:
+            self._ticker.set()
+            with self._lock:
+                self.out.write("\r\033[K")
+                self.out.flush()
+            self._ticker = None
 
     def on_record(self, r: dict) -> None:
         t = r["type"]
@@ -178,7 +208,9 @@ class Printer:
             self._event_header()
             runas = f", runas {r['runas']}" if r.get("runas") is not None else ""
             self._p(f"  {r['location']} (timeout {r['timeout']}s{runas})")
+            self._start_ticker(r["location"], r["timeout"])
         elif t == "hook.end":
+            self._stop_ticker()
             if r["status"] == "Succeeded":
                 self._p(f"  {r['location']} succeeded in {r['duration']:.2f}s")
             else:
