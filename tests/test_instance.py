@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shlex
 import shutil
 import socket
@@ -25,7 +26,8 @@ import pytest
 import agent.instance as inst
 from agent.errors import ExitStatus, UsageError
 from agent.instance.diff import Change, changes
-from agent.instance.overlay import layered_mounts
+from agent.instance.idmap import plan, subordinate_range
+from agent.instance.overlay import layered_mounts, shadow_lines, synthesize_accounts
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="instances need root on this machine (CI runs as root); "
@@ -389,7 +391,8 @@ class TestLifecycle:
         """The names the lead wires `cdsim deploy` onto."""
         assert inst.__all__ == sorted(inst.__all__)
         assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "command_in", "create", "destroy", "diff",
-                                     "exec_in", "get", "get_or_create", "list_instances", "processes",
+                                     "exec_in", "get", "get_or_create", "id_map_problem", "list_instances",
+                                     "processes",
                                      "running", "start", "state_dir", "stop", "unmapped_user_problem"}
 
     def test_state_dir_follows_environment(self, monkeypatch):
@@ -477,33 +480,78 @@ def _user_python(user: str) -> str | None:
     return None
 
 
-@pytest.fixture
-def unprivileged(runas_user, shared_dir):
-    """Run `cdsim instance ...` as a real non-root user (via su) with its own state folder; destroys
-    that user's instances afterwards."""
-    python = _user_python(runas_user.pw_name)
+def _user_cli(user, shared_dir: str):
+    """`cdsim instance ...` run as ``user`` (via su) with its own state folder in ``shared_dir``."""
+    python = _user_python(user.pw_name)
     if python is None:
-        pytest.skip(f"no interpreter both runnable by {runas_user.pw_name} and able to import agent "
+        pytest.skip(f"no interpreter both runnable by {user.pw_name} and able to import agent "
                     f"({sys.executable} sits under a folder other users can't enter, /usr/bin/python3 "
                     "lacks PyYAML)")
-    state_dir = os.path.join(shared_dir, "state")
+    state_dir = os.path.join(shared_dir, f"state-{user.pw_name}")
     os.mkdir(state_dir)
-    os.chown(state_dir, runas_user.pw_uid, runas_user.pw_gid)
+    os.chown(state_dir, user.pw_uid, user.pw_gid)
 
     def as_user(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
         command = " ".join(["env", f"CDSIM_STATE_DIR={state_dir}", f"PYTHONPATH={REPO}", python, "-m", "agent",
                             "instance", *args])
         if script is not None:
             command += " -- /bin/sh -c " + shlex.quote(script)
-        return subprocess.run(["su", runas_user.pw_name, "-c", command], capture_output=True, text=True,
+        return subprocess.run(["su", user.pw_name, "-c", command], capture_output=True, text=True,
                               cwd="/", timeout=180, check=False)
 
-    as_user.user = runas_user
+    as_user.user = user
     as_user.state = state_dir
-    yield as_user
-    for name in os.listdir(os.path.join(state_dir, "instances")) if os.path.isdir(
-            os.path.join(state_dir, "instances")) else []:
+
+    def meta(name: str) -> dict:
+        with open(os.path.join(state_dir, "instances", name, "meta.json")) as f:
+            return json.load(f)
+
+    as_user.meta = meta
+    return as_user
+
+
+def _destroy_all(as_user) -> None:
+    folder = os.path.join(as_user.state, "instances")
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
         as_user("destroy", name)
+
+
+@pytest.fixture
+def unprivileged(runas_user, shared_dir):
+    """Run `cdsim instance ...` as a real non-root user (via su) with its own state folder; destroys
+    that user's instances afterwards."""
+    as_user = _user_cli(runas_user, shared_dir)
+    yield as_user
+    _destroy_all(as_user)
+
+
+def subordinate_ids(user: str) -> None:
+    """Make sure ``user`` has subordinate uid and gid ranges (useradd gives them where login.defs says
+    so; else usermod adds a range after every range already given)."""
+    text = {}
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path, "a+") as f:
+            f.seek(0)
+            text[path] = f.read()
+    if all(any(line.split(":")[0] == user for line in t.splitlines()) for t in text.values()):
+        return
+    ends = [int(f[1]) + int(f[2]) for t in text.values() for f in (line.split(":") for line in t.splitlines())
+            if len(f) == 3 and f[1].isdigit() and f[2].isdigit()]
+    start = max([100000] + ends)
+    subprocess.run(["usermod", "--add-subuids", f"{start}-{start + 65535}", "--add-subgids",
+                    f"{start}-{start + 65535}", user], check=True, capture_output=True)
+
+
+@pytest.fixture
+def plain_user():
+    """A real user without subordinate ids (useradd told not to give any), removed afterwards."""
+    name = f"cdsimnr{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
 
 
 @pytest.mark.skipif(not ROOT, reason="creating a user with useradd and su to it needs root (CI runs as root)")
@@ -545,7 +593,10 @@ class TestUnprivilegedUser:
                 f"cd {REPO} && python3 -c 'from agent.instance import unmapped_user_problem as p; "
                 f"print(p(0)); print(p({unprivileged.user.pw_uid}))'"))
             assert runas.stdout.splitlines()[0] == "None"
-            assert "maps only that user" in runas.stdout.splitlines()[1]
+            if unprivileged.meta("mine").get("id_helpers"):   # subordinate ids: every uid up to 65536
+                assert runas.stdout.splitlines()[1] == "None"
+            else:
+                assert "maps only that user" in runas.stdout.splitlines()[1]
             assert unprivileged("destroy", "mine").returncode == 0
             assert os.listdir(os.path.join(unprivileged.state, "instances")) == []
         finally:
@@ -570,6 +621,135 @@ class TestUnprivilegedUser:
         uid = unprivileged.user.pw_uid
         left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _owned_by(pid, uid)]
         assert left == []
+
+
+    def test_subordinate_ids_let_root_inside_add_users_and_destroy_removes_their_files(self, unprivileged):
+        """With newuidmap and subordinate ranges: useradd, su and chown work inside, the host gets no
+        user, files of the new user belong to a subordinate uid on disk, and destroy still removes them."""
+        assert shutil.which("newuidmap") and shutil.which("newgidmap"), \
+            "needs newuidmap/newgidmap: apt-get install uidmap"
+        subordinate_ids(unprivileged.user.pw_name)
+        added = f"cdsimin{uuid.uuid4().hex[:6]}"
+        assert unprivileged("create", "subs").returncode == 0
+        meta = unprivileged.meta("subs")
+        assert meta["id_helpers"] and meta["uid_map"][0] == [0, unprivileged.user.pw_uid, 1]
+        fresh = unprivileged("exec", "subs", script="cat /etc/shadow >/dev/null && grep -c '^root:' /etc/gshadow")
+        assert fresh.returncode == 0 and fresh.stdout == "1\n", fresh.stderr
+        assert not [line for line in unprivileged("diff", "subs").stdout.splitlines()
+                    if "shadow" in line or ".pwd.lock" in line]   # cdsim's stand-ins are no change
+        done = unprivileged("exec", "subs", script=(
+            f"useradd -m {added} && su {added} -c 'id -un; touch ~/mine; chmod 700 ~' && id -u {added} && "
+            f"install -d -o {added} -m 700 /srv/private-{added} && su root -c 'id -u'"))
+        assert done.returncode == 0, done.stderr
+        name, inside_uid, root = done.stdout.split()
+        assert (name, root) == (added, "0")
+        assert subprocess.run(["id", added], capture_output=True, check=False).returncode != 0
+        assert not os.path.exists(f"/home/{added}") and not os.path.exists(f"/srv/private-{added}")
+        listed = unprivileged("diff", "subs").stdout.splitlines()
+        assert {"M /etc/passwd", "M /etc/shadow", f"A /home/{added}"} <= set(listed)
+        folder = os.path.join(unprivileged.state, "instances", "subs")
+        home = os.stat(os.path.join(folder, "upper", "home", added))
+        assert home.st_uid == meta["uid_map"][1][1] + int(inside_uid) - 1 and stat.S_IMODE(home.st_mode) == 0o700
+        destroyed = unprivileged("destroy", "subs")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert not os.path.exists(folder)
+
+    def test_a_map_newuidmap_refuses_is_an_environment_error(self, unprivileged):
+        """When newuidmap refuses the recorded map (a range that is not the user's), exec exits
+        ENVIRONMENT naming newuidmap, no keeper or init is left running, and destroy still works."""
+        assert shutil.which("newuidmap"), "needs newuidmap/newgidmap: apt-get install uidmap"
+        subordinate_ids(unprivileged.user.pw_name)
+        assert unprivileged("create", "refused").returncode == 0
+        meta_file = os.path.join(unprivileged.state, "instances", "refused", "meta.json")
+        meta = unprivileged.meta("refused")
+        meta["uid_map"][1] = [1, 1, 1000]   # the host's own uids 1..1000: never a user's subordinate range
+        with open(meta_file, "w") as f:
+            json.dump(meta, f)
+        failed = unprivileged("exec", "refused", script="true")
+        assert failed.returncode == ExitStatus.ENVIRONMENT
+        assert "cannot start instance 'refused'" in failed.stderr and "newuidmap" in failed.stderr
+        uid = unprivileged.user.pw_uid
+        assert _poll(lambda: not [pid for pid in os.listdir("/proc") if pid.isdigit() and _owned_by(pid, uid)])
+        # the maps can't be entered to remove it, but nothing in it belongs to another user: destroy works
+        assert unprivileged("destroy", "refused").returncode == 0
+        assert not os.path.exists(os.path.dirname(meta_file))
+
+    def test_without_subordinate_ids_only_the_caller_is_mapped_and_the_fix_is_named(self, plain_user, shared_dir):
+        """A user without subordinate ranges still gets an instance (root inside = that user); runas of
+        another uid and su fail, and the error names the usermod command that fixes it."""
+        as_user = _user_cli(plain_user, shared_dir)
+        fix = f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {plain_user.pw_name}"
+        try:
+            assert as_user("create", "plain").returncode == 0
+            meta = as_user.meta("plain")
+            assert meta["uid_map"] == [[0, plain_user.pw_uid, 1]] and not meta.get("id_helpers")
+            problem = inst.id_map_problem(inst.get("plain", state=as_user.state))
+            assert fix in problem and "/etc/subuid" in problem
+            done = as_user("exec", "plain", script=(
+                f"cd {REPO} && python3 -c 'from agent.instance import unmapped_user_problem as p; print(p(1000))' "
+                "&& id -u && su root -c true"))   # su sets groups: denied with a one-id map
+            assert fix in done.stdout and "runas" in done.stdout
+            assert done.returncode != 0 and done.stdout.splitlines()[-1] == "0"
+            assert as_user("destroy", "plain").returncode == 0
+            assert os.listdir(os.path.join(as_user.state, "instances")) == []
+        finally:
+            _destroy_all(as_user)
+
+
+class TestIdMaps:
+    """Which ids an instance maps (pure), and the account files cdsim puts in the upper layer."""
+
+    def test_root_gets_the_identity_and_no_user_namespace(self):
+        """Root's instances see the host's ids as they are."""
+        maps = plan(0, 0, "root", subuid="", subgid="", helpers=True)
+        assert maps == {"user_namespace": False, "uid_map": [[0, 0, 4294967295]], "gid_map": [[0, 0, 4294967295]]}
+
+    def test_subordinate_ranges_map_one_and_up(self):
+        """With the helpers and both ranges: 0 = the caller, 1..N = the range (by name or by uid)."""
+        maps = plan(1005, 1006, "ann", subuid="# x\nbob:100000:65536\nann:200000:65536\n",
+                    subgid="1006:300000:1000\n", helpers=True)
+        assert maps["uid_map"] == [[0, 1005, 1], [1, 200000, 65536]]
+        assert maps["gid_map"] == [[0, 1006, 1], [1, 300000, 1000]]
+        assert maps["id_helpers"] and "id_map_problem" not in maps
+
+    def test_without_helpers_or_ranges_only_the_caller_with_the_fix(self):
+        """Missing helpers or a missing (or empty) range: the one-id map, and a problem naming what is
+        missing and the usermod command."""
+        no_helpers = plan(1005, 1005, "ann", subuid="ann:200000:65536", subgid="ann:200000:65536", helpers=False)
+        assert no_helpers["uid_map"] == [[0, 1005, 1]] and "newuidmap" in no_helpers["id_map_problem"]
+        no_range = plan(1005, 1005, "ann", subuid="ann:200000:0\nbob:1:2", subgid="ann:200000:65536", helpers=True)
+        assert no_range["gid_map"] == [[0, 1005, 1]] and not no_range.get("id_helpers")
+        assert "/etc/subuid" in no_range["id_map_problem"] and "/etc/subgid" not in no_range["id_map_problem"]
+        assert "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 ann" in no_range["id_map_problem"]
+        assert subordinate_range("ann:x:1\nann:5", "ann", 1) is None
+
+    def test_shadow_stand_ins_lock_every_account(self):
+        """The stand-ins list every account of passwd/group with a locked password, group members kept."""
+        assert shadow_lines("shadow", "root:x:0:0:root:/root:/bin/bash\n\nann:x:1000:1000::/home/ann:/bin/sh\n") \
+            == "root:*:::::::\nann:*:::::::\n"
+        assert shadow_lines("gshadow-", "root:x:0:\nsudo:x:27:ann,bob\n") == "root:*::\nsudo:*::ann,bob\n"
+
+    def test_stand_ins_are_written_once_and_are_no_change_until_edited(self, tmp_path):
+        """synthesize_accounts writes shadow, gshadow (and a backup only where the host has one) once;
+        diff skips them while they hold what cdsim wrote and reports them once edited."""
+        host, upper = tmp_path / "host", tmp_path / "upper"
+        (host / "etc").mkdir(parents=True)
+        (upper / "etc").mkdir(parents=True)
+        os.chmod(upper / "etc", os.stat(host / "etc").st_mode & 0o7777)
+        (host / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+        (host / "etc" / "group").write_text("root:x:0:\n")
+        for name in ("shadow", "gshadow", "gshadow-"):
+            (host / "etc" / name).write_text("root:$6$secret:::::::\n")
+            os.chmod(host / "etc" / name, 0o640)
+        written = synthesize_accounts(str(host / "etc"), str(upper / "etc"))
+        assert sorted(written) == ["/etc/gshadow", "/etc/gshadow-", "/etc/shadow"]
+        assert (upper / "etc" / "shadow").read_text() == "root:*:::::::\n"
+        assert stat.S_IMODE(os.stat(upper / "etc" / "shadow").st_mode) == 0o640
+        assert synthesize_accounts(str(host / "etc"), str(upper / "etc")) == {}
+        maps = {"uid_map": [[os.getuid(), os.getuid(), 1]], "gid_map": [[os.getgid(), os.getgid(), 1]]}
+        assert changes(str(upper), maps, str(host), synthesized=written) == []
+        (upper / "etc" / "shadow").write_text("root:*:::::::\nann:*:::::::\n")
+        assert changes(str(upper), maps, str(host), synthesized=written) == [Change("/etc/shadow", "changed")]
 
 
 def _owned_by(pid: str, uid: int) -> bool:

@@ -3,22 +3,26 @@
 Inside an instance `/` is an overlay of the host (lower) and the instance's upper layer, so every write
 lands in the instance's folder; processes get a private PID, UTS (hostname = instance name), IPC and
 mount namespace and, unless the instance was created with ``network="host"``, a private network
-namespace (their own loopback). Root gets this directly; other users through a user namespace.
+namespace (their own loopback). Root gets this directly; other users through a user namespace that
+maps them as root and, where the system gives them subordinate ids, 1..N to those (``idmap``).
 A keeper process per running instance holds the namespaces; :func:`exec_in` enters them.
 
 Module map: ``store`` (folders, metadata), ``namespaces`` (system calls), ``overlay`` (the root file
-system), ``keeper`` (start/stop), ``diff`` (what changed). Must not import the deploy engine or
-hooks_runtime.
+system), ``keeper`` (start/stop), ``idmap`` (user namespace id maps), ``diff`` (what changed). Must not
+import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
 import os
+import pwd
+import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 from agent.errors import EnvironmentProblem, UsageError
-from agent.instance import keeper, store
+from agent.instance import idmap, keeper, store
 from agent.instance.diff import Change
 from agent.instance.diff import changes as _changes
 from agent.instance.store import Instance, state_dir
@@ -34,6 +38,7 @@ __all__ = [
     "exec_in",
     "get",
     "get_or_create",
+    "id_map_problem",
     "list_instances",
     "processes",
     "running",
@@ -181,7 +186,8 @@ def exec_in(instance: Instance, argv: list[str], *, env: dict | None = None, cwd
 
 def unmapped_user_problem(uid: int, uid_map: str = "/proc/self/uid_map") -> str | None:
     """Why this process can't switch to ``uid`` (runas), or None if it can. Call it inside an instance:
-    one started by a non-root user maps only that user (as root), so no other user can be run as."""
+    one started by a non-root user without subordinate ids maps only that user (as root), so no other
+    user can be run as."""
     try:
         with open(uid_map, encoding="ascii") as f:
             ranges = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
@@ -189,9 +195,20 @@ def unmapped_user_problem(uid: int, uid_map: str = "/proc/self/uid_map") -> str 
         return None
     if any(inside <= uid < inside + count for inside, _outside, count in ranges):
         return None
+    outside = next((o for i, o, _c in ranges if i == 0), None)
+    try:
+        user = pwd.getpwuid(outside).pw_name if outside is not None else "USER"
+    except KeyError:
+        user = str(outside)
     return (f"uid {uid} does not exist in this instance's user namespace: an instance started by a "
-            "non-root user maps only that user (as root), so hooks can't run as another user "
-            "(runas); start the instance as root (sudo) to use runas")
+            "non-root user without subordinate ids maps only that user (as root), so hooks can't run as "
+            f"another user (runas); start the instance as root (sudo), or {idmap.fix_hint(user)}")
+
+
+def id_map_problem(instance: Instance) -> str | None:
+    """Why only its creator is mapped into the instance (no useradd, su or runas inside) and how to fix
+    it, or None when the instance maps other users too (root's, or one with subordinate ids)."""
+    return store.read_meta(instance.path).get("id_map_problem")
 
 
 def stop(instance: Instance) -> list[int]:
@@ -206,6 +223,26 @@ def destroy(instance: Instance) -> None:
     if os.path.dirname(real) != os.path.realpath(os.path.dirname(instance.path)) or \
             not os.path.isfile(os.path.join(real, "meta.json")):
         raise EnvironmentProblem(f"refusing to remove {real}: not an instance folder", reference="instance-path")
+    if store.read_meta(real).get("id_helpers") and os.geteuid() != 0:
+        # files of users made inside belong to the caller's subordinate ids, which the caller can't
+        # remove as itself: remove the folder as root of a user namespace with the instance's maps
+        remover = "import sys; from agent.instance.idmap import remove_folder; sys.exit(remove_folder(sys.argv[1]))"
+        done = subprocess.run([sys.executable, "-c", remover, real],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/",
+                              env=keeper.package_env(), check=False)
+        if not os.path.lexists(real):
+            return
+        try:   # the maps may be gone (uidmap removed): without files of other users, we can still
+            _remove_as_caller(real)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot remove instance {instance.name!r}: {done.stderr.strip()}; "
+                                     f"as yourself: {e}", reference="instance-remove",
+                                     hint=f"as root: rm -rf {shlex.quote(real)}") from e
+        return
+    _remove_as_caller(real)
+
+
+def _remove_as_caller(real: str) -> None:
     # rmtree never follows symlinks; overlayfs leaves its work folders mode 000, so open them up first
     def allow(func, path, _exc):
         parent = os.path.dirname(path)
@@ -222,4 +259,4 @@ def destroy(instance: Instance) -> None:
 def diff(instance: Instance) -> list[Change]:
     """What the instance added, changed and deleted compared with the host, sorted by path."""
     meta = store.read_meta(instance.path)
-    return _changes(instance.upper, meta)
+    return _changes(instance.upper, meta, synthesized=store.read_synthesized(instance))

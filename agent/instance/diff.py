@@ -5,10 +5,12 @@ owner, symlink target or content differ (a folder that is only there because som
 is not reported); a whiteout (a 0/0 character device, or a file carrying an ``overlay.whiteout`` xattr)
 is a deletion, and so is every host entry missing from an opaque folder. Owners on disk are translated
 through the instance's id map first (in a user namespace, files root writes are owned by the caller
-on disk). Must not import the deploy engine or hooks_runtime.
+on disk); files cdsim itself wrote into the upper layer (stand-ins for /etc/shadow) are no change
+while they keep the content it wrote. Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -82,7 +84,8 @@ def _differs(upper_path: str, ust: os.stat_result, host_path: str, hst: os.stat_
     if stat.S_ISLNK(ust.st_mode):
         return os.readlink(upper_path) != os.readlink(host_path)
     if stat.S_ISREG(ust.st_mode):
-        return ust.st_size != hst.st_size or not _same_content(upper_path, host_path)
+        # two empty files are the same even when only root may open the host's (/etc/.pwd.lock)
+        return ust.st_size != hst.st_size or (ust.st_size > 0 and not _same_content(upper_path, host_path))
     if stat.S_ISCHR(ust.st_mode) or stat.S_ISBLK(ust.st_mode):
         return ust.st_rdev != hst.st_rdev
     return False
@@ -95,9 +98,22 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def changes(upper: str, maps: dict, host_root: str = "/") -> list[Change]:
-    """Every change recorded in ``upper`` against the tree at ``host_root``, sorted by path."""
+def _sha256(path: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 16):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def changes(upper: str, maps: dict, host_root: str = "/", synthesized: dict | None = None) -> list[Change]:
+    """Every change recorded in ``upper`` against the tree at ``host_root``, sorted by path.
+    ``synthesized`` ({path: sha256}) names files cdsim wrote itself: unchanged, they are no change."""
     found: list[Change] = []
+    synthesized = synthesized or {}
 
     def walk(rel: str) -> None:
         folder = os.path.join(upper, rel)
@@ -122,6 +138,9 @@ def changes(upper: str, maps: dict, host_root: str = "/") -> list[Change]:
             if is_whiteout(upper_path, ust):
                 if hst is not None:
                     found.append(Change("/" + child, "deleted"))
+                continue
+            if "/" + child in synthesized and stat.S_ISREG(ust.st_mode) and \
+                    _sha256(upper_path) == synthesized["/" + child]:
                 continue
             if hst is None:
                 found.append(Change("/" + child, "added"))

@@ -1,9 +1,9 @@
 """The keeper: the process that holds a running instance's namespaces, and starting/stopping it.
 
-``python -m agent.instance.keeper FOLDER FD`` (started by :func:`start`) unshares the namespaces,
-forks the instance's init (PID 1 of its PID namespace), which builds the root file system, pivots into
-it and then only reaps orphans until told to stop; the keeper itself stays outside as init's parent so
-init never lingers as a zombie. Both report on pipe FD: ``pid N`` (init's host pid), then ``ok`` or
+:func:`keeper_main` (FOLDER, FD), run in a process of its own by :func:`start`, unshares the
+namespaces, forks the instance's init (PID 1 of its PID namespace), which builds the root file system,
+pivots into it and then only reaps orphans until told to stop; the keeper itself stays outside as
+init's parent so init never lingers as a zombie. Both report on pipe FD: ``pid N`` (init's host pid), then ``ok`` or
 ``error MESSAGE``. When init exits the kernel kills every process of the instance.
 Must not import the deploy engine or hooks_runtime.
 """
@@ -19,8 +19,8 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
+from agent.instance import idmap, overlay, store
 from agent.instance import namespaces as ns
-from agent.instance import overlay, store
 
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0
@@ -74,14 +74,6 @@ def _write(fd: int, line: str) -> None:
     os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
 
 
-def _map_ids(meta: dict) -> None:
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    for kind in ("uid", "gid"):
-        with open(f"/proc/self/{kind}_map", "w") as f:
-            f.write("".join(f"{a} {b} {c}\n" for a, b, c in meta[f"{kind}_map"]))
-
-
 def keeper_main(folder: str, report: int) -> int:
     if os.fork() != 0:
         os._exit(0)   # the starting process reaps us at once; the keeper is nobody's child to wait for
@@ -96,14 +88,15 @@ def keeper_main(folder: str, report: int) -> int:
         flags |= ns.CLONE_NEWUSER
     if userns:
         try:
-            overlay.prepare_upper(inst.upper, inst.work)
+            store.add_synthesized(inst, overlay.prepare_upper(inst.upper, inst.work))
         except OSError as e:
             _write(report, f"error cannot prepare the upper layer: {e}")
             return 1
     try:
-        ns.unshare(flags)
         if userns:
-            _map_ids(meta)
+            idmap.enter_user_namespace(flags, meta)
+        else:
+            ns.unshare(flags)
     except OSError as e:
         _write(report, f"error cannot create the instance's namespaces ({e.strerror})")
         return 1
@@ -165,6 +158,11 @@ def start(inst: store.Instance) -> dict:
         return _spawn(inst)
 
 
+# run with -c, not -m: `-m agent.instance.keeper` runs a module its package has imported already
+_KEEPER_MAIN = ("import sys; from agent.instance.keeper import keeper_main; "
+                "sys.exit(keeper_main(sys.argv[1], int(sys.argv[2])))")
+
+
 def _spawn(inst: store.Instance) -> dict:
     if sys.platform != "linux":
         raise EnvironmentProblem(f"sandboxed instances need Linux (this is {sys.platform})",
@@ -173,9 +171,9 @@ def _spawn(inst: store.Instance) -> dict:
     read_end, write_end = os.pipe()
     with open(inst.log_file, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.instance.keeper", inst.path, str(write_end)],
+            [sys.executable, "-c", _KEEPER_MAIN, inst.path, str(write_end)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
-            start_new_session=True, cwd="/", env=_package_env())
+            start_new_session=True, cwd="/", env=package_env())
     os.close(write_end)
     lines = _read_report(read_end)
     proc.wait()
@@ -220,7 +218,8 @@ def _user_namespace_blockers() -> list[str]:
     return found
 
 
-def _package_env() -> dict:
+def package_env() -> dict:
+    """Our environment, with this checkout first on PYTHONPATH (for `python -m agent.instance...`)."""
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

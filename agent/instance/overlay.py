@@ -178,7 +178,8 @@ def enter(root: str, hostname: str, *, private_network: bool) -> None:
 # entries anywhere work; a host folder the caller can't read becomes an empty opaque folder.
 # Root-owned files of /etc are copied up front (config files get edited in place); elsewhere writing
 # into an existing root-owned file in place stays impossible (replacing it works). Files only root
-# may read (/etc/shadow) stay unreadable, and only the caller's uid is mapped: no useradd, no su.
+# may read (/etc/shadow, /etc/gshadow) get readable stand-ins with every password locked. Whether
+# other users exist inside (useradd, su) depends on the id maps: see agent.instance.idmap.
 
 def _contains_mounts(path: str, mounts: list[str]) -> bool:
     prefix = path.rstrip("/") + "/"
@@ -259,8 +260,9 @@ def mirror_folders(lower: str, upper: str, skip: str) -> None:
 
 
 def copy_up_config(etc: str, upper_etc: str) -> None:
-    """Copy the host's readable root-owned files of /etc into the upper layer (once, if missing), so
-    tools that rewrite a config file in place (`echo >> /etc/hosts`, lckpwdf) work in the instance.
+    """Copy the host's readable (or empty) root-owned files of /etc into the upper layer (once, if
+    missing), so tools that rewrite a config file in place (`echo >> /etc/hosts`, lckpwdf) work in the
+    instance.
     Not a change: same content, mode and owner (the caller is root inside)."""
     for dirpath, dirs, files in os.walk(etc):
         rel = os.path.relpath(dirpath, etc)
@@ -274,14 +276,63 @@ def copy_up_config(etc: str, upper_etc: str) -> None:
                 st = os.lstat(src)
                 if not stat.S_ISREG(st.st_mode) or st.st_uid or st.st_gid or os.path.lexists(dest):
                     continue
-                with open(src, "rb") as f:
-                    data = f.read()
+                if st.st_size == 0:
+                    data = b""   # known without reading: an empty file only root may open (/etc/.pwd.lock)
+                else:
+                    with open(src, "rb") as f:
+                        data = f.read()
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o7777)
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
                 os.chmod(dest, st.st_mode & 0o7777)
             except OSError:
                 continue
+
+
+# (file only root may read, the readable file its stand-in is made from); the '-' files are the backups
+# shadow's tools rewrite in place
+ACCOUNT_FILES = (("shadow", "passwd"), ("shadow-", "passwd"), ("gshadow", "group"), ("gshadow-", "group"))
+
+
+def shadow_lines(kind: str, source: str) -> str:
+    """A stand-in for /etc/shadow ('shadow' or 'shadow-', from /etc/passwd's text) or /etc/gshadow
+    ('gshadow' or 'gshadow-', from /etc/group's): every account with a locked password (pure)."""
+    out = []
+    for line in source.splitlines():
+        fields = line.split(":")
+        if len(fields) < 4 or not fields[0] or line.startswith(("#", "+", "-")):
+            continue
+        out.append(f"{fields[0]}:*:::::::" if kind.startswith("shadow") else f"{fields[0]}:*::{fields[3]}")
+    return "".join(line + "\n" for line in out)
+
+
+def synthesize_accounts(etc: str, upper_etc: str) -> dict[str, str]:
+    """Give the upper layer an /etc/shadow and /etc/gshadow (and their backups) that root inside can
+    read and rewrite (the host's belong to the host's root, unmapped, and the caller can't read them):
+    every account of the host's passwd/group, password locked (root inside needs none for su; nothing
+    of the host's hashes leaks). Once, if missing. Returns {instance path: sha256} of what it wrote,
+    so diff can tell them apart from changes."""
+    written = {}
+    for name, source in ACCOUNT_FILES:
+        dest = os.path.join(upper_etc, name)
+        try:
+            if os.path.lexists(dest) or not os.path.isdir(upper_etc) or \
+                    (name.endswith("-") and not os.path.lexists(os.path.join(etc, name))):
+                continue
+            with open(os.path.join(etc, source), encoding="utf-8", errors="surrogateescape") as f:
+                data = shadow_lines(name, f.read()).encode("utf-8", "surrogateescape")
+            try:
+                mode = os.stat(os.path.join(etc, name)).st_mode & 0o7777
+            except OSError:
+                mode = 0o640
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(dest, mode)
+            written["/etc/" + name] = hashlib.sha256(data).hexdigest()
+        except OSError:
+            continue
+    return written
 
 
 def _user_namespace_layout() -> tuple[list[str], list[str]]:
@@ -291,18 +342,23 @@ def _user_namespace_layout() -> tuple[list[str], list[str]]:
     return skeleton, [p for p in lower_roots if os.access(p, os.R_OK | os.X_OK)]
 
 
-def prepare_upper(upper: str, work: str) -> None:
+def prepare_upper(upper: str, work: str) -> dict[str, str]:
     """Before entering the user namespace (where the host's owners all read as 'nobody'): mirror the
-    host's folders and copy /etc's root-owned files into the upper layer."""
+    host's folders, copy /etc's root-owned files into the upper layer and give it account files root
+    inside can use; returns what :func:`synthesize_accounts` wrote."""
     _, lower_roots = _user_namespace_layout()
     instance_folder = os.path.dirname(upper)
     for point in lower_roots:
         _mirror_dirs(upper, point)
-        mirror_folders(point, upper + point, instance_folder)
+        if os.stat(point).st_mode & 0o1002 != 0o1002:
+            # as below (mirror_folders): /tmp's entries are its users', and it is often the busiest tree
+            mirror_folders(point, upper + point, instance_folder)
         os.makedirs(work_dir(work, point), exist_ok=True)
     os.makedirs(work_dir(work, "/"), exist_ok=True)
-    if "/etc" in lower_roots:
-        copy_up_config("/etc", upper + "/etc")
+    if "/etc" not in lower_roots:
+        return {}
+    copy_up_config("/etc", upper + "/etc")
+    return synthesize_accounts("/etc", upper + "/etc")
 
 
 def _build_root_in_user_namespace(upper: str, work: str, root: str) -> None:

@@ -1,8 +1,9 @@
 """Where instances live on disk: the state folder, an instance's folder layout and its metadata.
 
 An instance folder holds ``meta.json`` (what the instance is: name, network, id maps; written once),
-``keeper.json`` (the running keeper, if any), ``upper/`` and ``work/`` (the overlay layers), ``root/``
-(the mount point of the merged tree, used only inside the keeper's mount namespace) and ``keeper.log``.
+``keeper.json`` (the running keeper, if any), ``synthesized.json`` (files cdsim itself put in the upper
+layer, with their sha256: no change of the instance's), ``upper/`` and ``work/`` (the overlay layers),
+``root/`` (the mount point of the merged tree, used only inside the keeper's mount namespace) and ``keeper.log``.
 Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from agent.errors import UsageError
 from agent.fsutil import atomic_write
+from agent.instance import idmap
 
 NETWORKS = ("private", "host")
 # a hostname label: the instance name becomes the hostname inside
@@ -64,6 +66,10 @@ class Instance:
         return os.path.join(self.path, "keeper.log")
 
     @property
+    def synthesized_file(self) -> str:
+        return os.path.join(self.path, "synthesized.json")
+
+    @property
     def lock_file(self) -> str:
         return os.path.join(self.path, "lock")
 
@@ -82,11 +88,9 @@ def check_name(name: str) -> str:
 
 
 def id_maps() -> dict:
-    """How ids inside the instance map to ids on disk: identity for root, else the caller as root."""
-    uid, gid = os.geteuid(), os.getegid()
-    if uid == 0:
-        return {"user_namespace": False, "uid_map": [[0, 0, 4294967295]], "gid_map": [[0, 0, 4294967295]]}
-    return {"user_namespace": True, "uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]]}
+    """How ids inside the instance map to ids on disk (see agent.instance.idmap): identity for root;
+    else the caller as root, plus the caller's subordinate ranges when the system provides them."""
+    return idmap.current()
 
 
 def write_meta(inst: Instance) -> None:
@@ -134,3 +138,16 @@ def clear_keeper(inst: Instance) -> None:
         os.unlink(inst.keeper_file)
     except FileNotFoundError:
         pass
+
+
+def read_synthesized(inst: Instance) -> dict:
+    try:
+        with open(inst.synthesized_file, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def add_synthesized(inst: Instance, written: dict) -> None:
+    if written:
+        atomic_write(inst.synthesized_file, json.dumps({**read_synthesized(inst), **written}, sort_keys=True) + "\n")

@@ -1,0 +1,116 @@
+"""The README's promise: `cdsim deploy sample_app` works without root.
+
+A real user made with useradd (with subordinate uid/gid ranges, as useradd gives on Debian, or usermod
+adds) deploys the sample app twice into its default instance: BeforeInstall's `useradd ec2-user` under
+`su root`, Install's chown to ec2-user, the server on port 80 and ValidateService all happen inside the
+instance; `cdsim instance destroy default` as that user then removes everything, files of ec2-user
+(a subordinate uid on disk) included. The host gains no user and no file.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+from test_instance import _user_python, subordinate_ids
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPECTED_TEXT = "Hello from cdsim sample app"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="creating a user with useradd and su to it needs root (CI runs as root)")
+
+
+@pytest.fixture
+def deployer():
+    """A fresh user with subordinate ids, removed afterwards."""
+    name = f"cdsimdp{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        subordinate_ids(name)
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+
+
+def _flask_venv(python: str, folder: str) -> str:
+    """A virtual environment of ``python`` (which the user can run) with Flask, in ``folder``; returns
+    its bin folder. Flask comes from PyPI (or pip's cache), installed by our own pip into it."""
+    venv = os.path.join(folder, "venv")
+    subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True, capture_output=True)
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", os.path.join(venv, "bin", "python"),
+                                "install", "--quiet", "--disable-pip-version-check", "flask"],
+                               capture_output=True, text=True, timeout=300, check=False)
+    assert installed.returncode == 0, installed.stderr
+    subprocess.run(["chmod", "-R", "a+rX", venv], check=True)
+    return os.path.join(venv, "bin")
+
+
+def _user_processes(uid: int) -> list[int]:
+    left = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if os.stat(f"/proc/{pid}").st_uid == uid and state not in "ZX":
+                left.append(pid)
+        except OSError:
+            continue
+    return left
+
+
+def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everything(deployer, shared_dir):
+    """As a non-root user with subordinate ids: two deployments of sample_app succeed (ValidateService
+    prints the page), ec2-user's files belong to a subordinate uid inside the instance folder, destroy
+    as that user removes it all, and the host has no ec2-user and no /home/ec2-user/sample-app."""
+    assert shutil.which("newuidmap") and shutil.which("newgidmap"), \
+        "needs newuidmap/newgidmap: apt-get install uidmap"
+    python = _user_python(deployer.pw_name)
+    if python is None:   # as in test_instance: a checkout other users can't read can't be run by them
+        pytest.skip(f"no interpreter both runnable by {deployer.pw_name} and able to import agent from {REPO}")
+    host_user = subprocess.run(["id", "ec2-user"], capture_output=True, check=False).returncode == 0
+    host_app = os.path.lexists("/home/ec2-user/sample-app")
+    bundle = os.path.join(shared_dir, "sample_app")
+    shutil.copytree(os.path.join(REPO, "sample_app"), bundle)
+    subprocess.run(["chmod", "-R", "a+rX", bundle], check=True)
+    state = os.path.join(shared_dir, "state")
+    os.mkdir(state)
+    os.chown(state, deployer.pw_uid, deployer.pw_gid)
+    path = ":".join([_flask_venv(python, shared_dir), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+                     "/usr/bin", "/sbin", "/bin"])
+
+    def cdsim(*args: str) -> subprocess.CompletedProcess:
+        command = ["env", f"PATH={path}", f"CDSIM_STATE_DIR={state}", f"PYTHONPATH={REPO}", python, "-m", "agent",
+                   *args]
+        return subprocess.run(["su", deployer.pw_name, "-c", shlex.join(command)], capture_output=True,
+                              text=True, cwd=shared_dir, timeout=180, check=False)
+
+    folder = os.path.join(state, "instances", "default")
+    try:
+        first = cdsim("deploy", bundle)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert EXPECTED_TEXT in first.stdout and "ValidateService passed" in first.stdout
+        assert host_user or "created user ec2-user" in first.stdout
+        second = cdsim("deploy", bundle)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "stopped the server" in second.stdout and "user ec2-user exists" in second.stdout
+        assert EXPECTED_TEXT in second.stdout
+
+        with open(os.path.join(folder, "meta.json")) as f:
+            assert '"id_helpers": true' in f.read()
+        app = os.stat(os.path.join(folder, "upper", "home", "ec2-user", "sample-app", "serve.py"))
+        assert app.st_uid not in (0, deployer.pw_uid)   # chowned to ec2-user: a subordinate uid
+
+        destroyed = cdsim("instance", "destroy", "default")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert os.listdir(os.path.join(state, "instances")) == []
+        assert _user_processes(deployer.pw_uid) == []
+    finally:
+        if os.path.isdir(folder):
+            cdsim("instance", "destroy", "default")
+    assert (subprocess.run(["id", "ec2-user"], capture_output=True, check=False).returncode == 0) == host_user
+    assert os.path.lexists("/home/ec2-user/sample-app") == host_app
