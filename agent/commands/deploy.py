@@ -114,6 +114,9 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
 
     name = args.instance or DEFAULT_INSTANCE
     inst = instances.get_or_create(name, network=args.network)
+    problem = instances.id_map_problem(inst)
+    if problem:
+        print(f"cdsim: note: {problem}", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "agent", "deploy", "--host", bundle, "--type", btype,
             "-g", args.deployment_group, "-d", args.deployment_group_name,
             "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
