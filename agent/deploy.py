@@ -44,6 +44,7 @@ class DeploymentRequest:
     deployment_creator: str = "user"
     deployment_type: str = "IN_PLACE"
     events_path: str | None = None            # where the JSON-lines event stream goes
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)  # Install's (done, total)
 
 
 @dataclass
@@ -158,6 +159,15 @@ class _Deployment:
     def _parse(self, path: str):
         from agent.appspec import parse_appspec
 
+        # cdsim, not the agent: an appspec that is a link out of the revision is not read (its values
+        # would be echoed in error messages: a bundle could make us print a host file)
+        cut = path.rfind("/deployment-archive/")
+        if cut >= 0:
+            real, top = os.path.realpath(path), os.path.realpath(path[:cut + len("/deployment-archive")])
+            if not real.startswith(top + "/"):
+                from agent.errors import UnsafeBundle
+                raise UnsafeBundle(f"{os.path.basename(path)} is a symbolic link to {real}, outside the "
+                                   "revision; cdsim reads only the revision's own appspec")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -186,7 +196,8 @@ class _Deployment:
                 "You specified a lifecycle event which is not a default one and doesn't exist in "
                 f"your {base} file: {','.join(missing)}")
         summary = installer.install(spec, archive, self.root.instructions_dir,
-                                    self.req.deployment_group_id, self.req.file_exists_behavior)
+                                    self.req.deployment_group_id, self.req.file_exists_behavior,
+                                    progress=self.req.progress)
         self.root.mark_last_successful(self.did)
         self.stream.emit("install.done", **_summary_fields(summary))
 
@@ -232,6 +243,14 @@ class _Deployment:
         scripts = spec.scripts_for(event)
         if not scripts:
             return
+        # cdsim, not the agent (§5.5 allows '..'): a script must be a file of the revision
+        archive = os.path.normpath(join(rev_dir, "deployment-archive"))
+        for s in scripts:
+            if not os.path.normpath(join(archive, s.location)).startswith(archive + "/"):
+                from agent.errors import UnsafeBundle
+                raise UnsafeBundle(f"the {event} script {s.location} is outside the revision; "
+                                   "cdsim only runs scripts of the revision (the agent would run it)",
+                                   hint="give a location relative to the revision root, without '..'")
         env = self.hook_env(event)
         cwd = self.req.cwd or os.getcwd()
         captured = _Capture()
@@ -332,24 +351,43 @@ def default_events_path(config: AgentConfig, group: str, deployment_id: str) -> 
 
 def deploy(request: DeploymentRequest, *, listeners: list | None = None,
            notify: Callable[[str], None] | None = None,
-           on_output: Callable[[str], None] | None = None) -> DeploymentResult:
-    """Run one deployment to completion. Never raises for a failed deployment: see ``.error``."""
+           on_output: Callable[[str], None] | None = None,
+           lock: str | None = None) -> DeploymentResult:
+    """Run one deployment to completion. Never raises for a failed deployment: see ``.error``.
+
+    The deployment root is locked for the whole deployment (agent.locking): ``lock`` "wait" (the
+    default, or $CDSIM_LOCK) or "fail" when another deployment holds it."""
+    from agent.locking import deployment_lock
+
     did = request.deployment_id or new_deployment_id()
     events_path = request.events_path or default_events_path(
         request.config, request.deployment_group_id, did)
+    log_dirs = [p for p in (request.config.log_dir, events_path and os.path.dirname(events_path)) if p]
+    try:
+        for folder in log_dirs:
+            os.makedirs(folder, exist_ok=True)
+    except PermissionError as e:  # e.g. the agent's /var/log/... as a non-root user: say so, no traceback
+        from agent.errors import EnvironmentProblem
+        error = EnvironmentProblem(
+            f"cannot write the log folder {e.filename}: permission denied", reference="root-needed",
+            hint="this log folder needs root: run cdsim with sudo, or choose another log_dir")
+        return DeploymentResult(did, f"{request.config.root_dir}/{request.deployment_group_id}/{did}",
+                                False, error=error)
     with EventStream(did, events_path, listeners) as stream:
         d = _Deployment(request, stream, notify, on_output)
         result = DeploymentResult(did, d.console_dir, False, events_path=events_path)
         stream.emit("deployment.start", deployment_dir=d.console_dir,
                     group_id=request.deployment_group_id, group_name=request.deployment_group_name,
-                    application=request.application_name, revision=repr(request.revision))
+                    application=request.application_name, revision=repr(request.revision),
+                    bundle_location=getattr(request.revision, "location", None))
         try:
             bad = lifecycle.not_pascal_case(request.events)
             if bad is not None:
                 raise DeploymentError(f"Received command is not in PascalCase form: {bad}",
                                       reference="events-invalid")
-            result.entered_event_loop = True
-            d.run()
+            with deployment_lock(request.config.root_dir, mode=lock, notice=d._notice):
+                result.entered_event_loop = True
+                d.run()
             result.succeeded = True
         except CdsimError as e:
             result.error = e
@@ -360,6 +398,8 @@ def deploy(request: DeploymentRequest, *, listeners: list | None = None,
         stream.emit("deployment.end", status="Succeeded" if result.succeeded else "Failed",
                     error=str(result.error) if result.error else None,
                     reference=result.error.reference if result.error else None,
+                    file=getattr(result.error, "file", None), line=getattr(result.error, "line", None),
+                    column=getattr(result.error, "column", None),
                     failed_event=result.failed_event)
     return result
 

@@ -106,3 +106,18 @@ class TestParity:
         instance = inst.get("parity")
         in_box = tree(os.path.join(instance.upper, str(dest).lstrip("/")))
         assert in_box == on_host
+
+
+class TestReportsFromInstance:
+    def test_report_is_written_on_the_host(self, state, tmp_path):
+        """--report with an instance: the report lands on the host, built from the run inside."""
+        bundle = tmp_path / "b"
+        bundle.mkdir()
+        (bundle / "hi.sh").write_text("#!/bin/sh\necho from-inside\n")
+        (bundle / "hi.sh").chmod(0o755)
+        (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n"
+                                            "    - location: hi.sh\n")
+        r = cdsim("deploy", "--instance", "rep", "--report", f"junit={tmp_path}/j.xml", str(bundle))
+        assert r.returncode == 0, r.stdout + r.stderr
+        text = (tmp_path / "j.xml").read_text()
+        assert "from-inside" in text and 'classname="AfterInstall"' in text

@@ -239,3 +239,33 @@ class TestDeployHost:
                            timeout=60, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stdout
         assert "slow.sh: 2s of 9s" in r.stdout
+
+
+class TestReports:
+    def test_local_writes_junit_and_json(self, tmp_path):
+        """cdsim local --report junit=... --report json=...: one testcase per hook, stdout unchanged."""
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
+                        {"scripts/stop.sh": "true\n", "scripts/after.sh": "echo reported\n"})
+        r = local(tmp_path, "-l", str(b), "--report", f"junit={tmp_path}/j.xml",
+                  "--report", f"json={tmp_path}/r.json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(r.stdout.splitlines()) == 3
+        import xml.etree.ElementTree as ET
+        cases = ET.parse(tmp_path / "j.xml").getroot().findall(".//testcase")
+        assert [c.get("classname") for c in cases] == ["AfterInstall"]
+        assert "reported" in cases[0].find("system-out").text
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert "reported" in json.dumps(report)
+
+    def test_deploy_host_report_records_the_failure(self, tmp_path):
+        """cdsim deploy --report junit=FILE marks the failing hook as a failure."""
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
+                        {"scripts/stop.sh": "true\n", "scripts/after.sh": "exit 7\n"})
+        env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
+        r = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir", str(tmp_path / "root"),
+                            "--report", f"junit={tmp_path}/j.xml", str(b)], capture_output=True, text=True,
+                           env=env, timeout=60)
+        assert r.returncode == ExitStatus.HOOK_FAILED
+        import xml.etree.ElementTree as ET
+        failure = ET.parse(tmp_path / "j.xml").getroot().find(".//testcase/failure")
+        assert "failed with exit code 7" in failure.get("message")

@@ -40,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--root-dir", default=None, help="deployment root (default: in the state folder)")
     p.add_argument("--grace-period", type=float, default=5.0,
                    help="seconds between SIGTERM and SIGKILL when a hook times out (default 5)")
+    from agent.reports import add_report_option
+    add_report_option(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
     out.add_argument("-v", "--verbose", action="store_true", help="also print where logs and events are")
@@ -88,6 +90,7 @@ def _config(args, root_default: str, log_default: str):
 def deploy_here(args, bundle: str, btype: str) -> int:
     """Run the engine in this process (on the host, or already inside an instance)."""
     from agent.deploy import DeploymentRequest, deploy
+    from agent.reports.progress import ProgressBar
     from agent.revision import LocalRevision
 
     if os.environ.get("CDSIM_INSIDE_INSTANCE"):
@@ -102,11 +105,22 @@ def deploy_here(args, bundle: str, btype: str) -> int:
         deployment_group_id=args.deployment_group, deployment_group_name=args.deployment_group_name,
         application_name=args.application_name or bundle, events=args.events,
         file_exists_behavior=args.file_exists_behavior.upper(),
-        appspec_filename=args.appspec_filename, cwd=os.getcwd(), grace_seconds=args.grace_period)
-    result = deploy(request, listeners=[printer.on_record], notify=printer.notice,
+        appspec_filename=args.appspec_filename, cwd=os.getcwd(), grace_seconds=args.grace_period,
+        progress=None if args.quiet else ProgressBar("  copying files"))
+    records: list[dict] = []
+    result = deploy(request, listeners=[printer.on_record, records.append], notify=printer.notice,
                     on_output=None if args.quiet else printer.output_line)
     printer.finish(result)
+    if not os.environ.get("CDSIM_INSIDE_INSTANCE"):  # inside, the outer cdsim writes the reports
+        _reports(args, records)
     return result.exit_status
+
+
+def _reports(args, records: list[dict]) -> None:
+    from agent.reports import write_reports
+    for path in write_reports(args.report, records):
+        if not args.quiet and path != "-":
+            print(f"report: {path}", file=sys.stderr)
 
 
 def deploy_in_instance(args, bundle: str, btype: str) -> int:
@@ -133,7 +147,23 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
         print(f"cdsim: deploying into instance {name!r} (cdsim instance shell {name} to look around)",
               flush=True)
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
-    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd())
+    started = time.time()
+    status = instances.exec_in(inst, argv, env=env, cwd=os.getcwd())
+    if args.report or os.environ.get("GITHUB_ACTIONS") == "true":
+        _reports(args, _records_from_instance(inst, args.deployment_group, started))
+    return status
+
+
+def _records_from_instance(inst, group: str, since: float) -> list[dict]:
+    """The event stream the run inside wrote, read from the instance's upper layer."""
+    import glob
+
+    from agent.events import read_events
+    folder = os.path.join(inst.upper + INSTANCE_LOG_DIR.rstrip("/"), "cdsim-events", group)
+    fresh = [p for p in glob.glob(os.path.join(folder, "*.jsonl")) if os.path.getmtime(p) >= since - 1]
+    if not fresh:
+        return []
+    return read_events(max(fresh, key=os.path.getmtime))
 
 
 def run_local_in_instance(opts: dict) -> int:
@@ -144,6 +174,8 @@ def run_local_in_instance(opts: dict) -> int:
     inst = instances.get_or_create(name)
     argv = [sys.executable, "-m", "agent", "local"]
     for k, v in opts.items():
+        if k == "--report":
+            continue  # written inside, a report would land in the instance's overlay
         argv += [k] if v is None else [k, v]
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
     return instances.exec_in(inst, argv, env=env, cwd=os.getcwd())

@@ -17,8 +17,9 @@ OPTIONS = {
     "--bundle-location": "-l", "--type": "-t", "--file-exists-behavior": "-b",
     "--deployment-group": "-g", "--deployment-group-name": "-d", "--application-name": "-a",
     "--events": "-e", "--agent-configuration-file": "-c", "--appspec-filename": "-A",
-    "--grace-period": None, "--instance": None,
+    "--grace-period": None, "--instance": None, "--report": None,
 }
+REPEATABLE = ("--report",)
 FLAGS = {"--help": "-h", "--version": "-v"}
 SHORT = {v: k for k, v in {**OPTIONS, **FLAGS}.items() if v}
 TYPES = ("tgz", "tar", "zip", "directory")
@@ -73,6 +74,7 @@ Options:
   -A, --appspec-filename <name>           AppSpec file name in the bundle [default: appspec.yml].
   --grace-period <seconds>                cdsim: seconds between SIGTERM and SIGKILL on timeout [default: 5].
   --instance <name>                       cdsim: deploy inside this sandboxed instance.
+  --report <kind>=<file>                  cdsim: write a junit, json or html report (repeatable).
   -h, --help                              This help (exits 1, as the agent does).
   -v, --version                           Print the version (exits 1, as the agent does).
 """
@@ -133,6 +135,9 @@ def parse_args(argv: list[str]) -> dict[str, str]:
                 i += 1
         else:
             raise _Usage(*usage_lines(), detail=f"unexpected argument {a!r}: codedeploy-local takes none")
+        if full in REPEATABLE:
+            out.setdefault(full, []).append(value)
+            continue
         if full in out:
             raise _Usage(*usage_lines(), detail=f"{full} given twice")
         out[full] = value
@@ -227,6 +232,12 @@ def run(opts: dict) -> int:
     except CdsimError as e:
         print(f"ERROR: {e.message}", file=out)
         return int(e.exit_status)
+    from agent.reports import parse_report_option
+    try:
+        opts["--report"] = [parse_report_option(r) for r in opts.get("--report", [])]
+    except CdsimError as e:
+        print(f"cdsim: {e}" + (f" ({e.hint})" if e.hint else ""), file=sys.stderr)
+        return int(e.exit_status)
     problem = validate(opts, cwd)
     if problem:
         print(f"ERROR: {problem}", file=out)
@@ -263,7 +274,12 @@ def _execute(opts: dict, config, cwd: str) -> int:
         file_exists_behavior=(opts.get("--file-exists-behavior") or "DISALLOW").upper(),
         appspec_filename=opts.get("--appspec-filename"), deployment_id=did, cwd=cwd,
         grace_seconds=float(grace) if grace else 5.0)
-    result = deploy(request, notify=lambda text: print(f"cdsim: {text}", file=sys.stderr, flush=True))
+    records: list[dict] = []
+    result = deploy(request, listeners=[records.append],
+                    notify=lambda text: print(f"cdsim: {text}", file=sys.stderr, flush=True))
+    if not os.environ.get("CDSIM_INSIDE_INSTANCE"):
+        from agent.reports import write_reports
+        write_reports(opts["--report"], records, stream=sys.stderr)
     err = result.error
     if isinstance(err, HookFailed) and err.script_path:
         print(f"Your local deployment failed while trying to execute your script at {err.script_path}",

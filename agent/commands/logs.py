@@ -1,0 +1,285 @@
+"""`cdsim logs [DEPLOYMENT] [--event E] [--follow]` and `cdsim history`: what hooks printed, and which
+deployments ran.
+
+Deployments are found in two places and merged by id: event streams (``<log dir>/cdsim-events/<group>/
+<id>.jsonl``, written by the engine; they tell status and timings) and deployment roots
+(``<root>/<group>/<id>/logs/scripts.log``, the agent's layout; they hold the output). Searched: the
+host state folder of `cdsim deploy --host` (``agent.instance.state_dir()/host``), any ``--root-dir``,
+an instance's upper layer with ``--instance`` and, unless a root is given, the agent's default folders
+(`cdsim local`). Reads files only; imports no engine module. ``agent.commands.history`` registers
+`cdsim history` from here (the CLI registers one command per module).
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+from agent.errors import ExitStatus, UsageError
+
+SUMMARY = "print what a deployment's hooks printed (the latest by default); --follow while it runs"
+HISTORY_SUMMARY = "list the deployments cdsim ran on this machine (newest last)"
+AGENT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
+AGENT_LOG_DIR = "/var/log/aws/codedeploy-agent"
+_ID = re.compile(r"^d-[A-Z0-9]{9}(-local)?$|^[0-9a-f-]{36}$")
+
+
+@dataclass
+class FoundDeployment:
+    """One deployment as found on disk; ``prefix`` maps paths recorded inside an instance to the host."""
+
+    deployment_id: str
+    group: str = ""
+    started: float | None = None
+    ended: float | None = None
+    status: str = "Unknown"
+    failed_event: str | None = None
+    error: str | None = None
+    events_path: str | None = None
+    deployment_dir: str | None = None
+    hooks: list[dict] = field(default_factory=list)
+    prefix: str = ""
+
+    @property
+    def scripts_log(self) -> str | None:
+        if not self.deployment_dir:
+            return None
+        return _host_path(f"{self.deployment_dir}/logs/scripts.log", self.prefix)
+
+    def to_dict(self) -> dict:
+        return {"deployment_id": self.deployment_id, "group": self.group, "started": self.started,
+                "ended": self.ended, "status": self.status, "failed_event": self.failed_event,
+                "error": self.error, "events_path": self.events_path, "scripts_log": self.scripts_log,
+                "hooks": self.hooks}
+
+
+def _host_path(path: str, prefix: str) -> str:
+    """A path recorded inside an instance, seen from the host (its upper layer), when it exists there."""
+    if prefix and not os.path.exists(path) and os.path.exists(prefix + path):
+        return prefix + path
+    return path
+
+
+def _sources(args) -> list[tuple[str, str, str]]:
+    """(root dir, log dir, path prefix) triples to search."""
+    from agent.instance import state_dir
+
+    host = os.path.join(state_dir(), "host")
+    out = [(os.path.join(host, "deployment-root"), os.path.join(host, "log"), "")]
+    roots = getattr(args, "root_dir", None) or []
+    for root in roots:
+        out.append((os.path.abspath(root), "", ""))
+    if getattr(args, "instance", None):
+        from agent import instance as instances
+
+        upper = instances.get(args.instance).upper
+        out.append((upper + AGENT_ROOT_DIR, upper + AGENT_LOG_DIR, upper))
+    if not roots and not getattr(args, "instance", None):
+        out.append((AGENT_ROOT_DIR, AGENT_LOG_DIR, ""))
+    return out
+
+
+def _from_events(path: str, prefix: str) -> FoundDeployment | None:
+    from agent.events import read_events
+    from agent.reports.model import summarize
+
+    try:
+        records = read_events(path)
+    except OSError:
+        return None
+    if not records:
+        return None
+    dep = summarize(records)
+    return FoundDeployment(
+        deployment_id=str(dep["deployment_id"]), group=dep.get("group_id") or os.path.basename(os.path.dirname(path)),
+        started=dep["started"], ended=dep["ended"] if dep["status"] != "Unfinished" else None,
+        status=dep["status"], failed_event=dep["failed_event"], error=dep["error"], events_path=path,
+        deployment_dir=dep["deployment_dir"], prefix=prefix,
+        hooks=[{k: h.get(k) for k in ("event", "location", "status", "duration", "message")} for h in dep["hooks"]])
+
+
+def find_deployments(args) -> list[FoundDeployment]:
+    """Every deployment found, oldest first."""
+    found: dict[str, FoundDeployment] = {}
+    for root, log_dir, prefix in _sources(args):
+        if log_dir:
+            for path in glob.glob(os.path.join(log_dir, "cdsim-events", "*", "*.jsonl")):
+                dep = _from_events(path, prefix)
+                if dep and (dep.deployment_id not in found or not found[dep.deployment_id].events_path):
+                    found[dep.deployment_id] = dep
+        for folder in glob.glob(os.path.join(root, "*", "*")):
+            did = os.path.basename(folder)
+            if not _ID.match(did) or not os.path.isdir(folder):
+                continue
+            group = os.path.basename(os.path.dirname(folder))
+            inside = folder[len(prefix):] if prefix else folder
+            if did in found:
+                if not found[did].deployment_dir:
+                    found[did].deployment_dir = inside
+                continue
+            try:
+                started = os.stat(folder).st_mtime
+            except OSError:
+                continue
+            found[did] = FoundDeployment(deployment_id=did, group=group, started=started,
+                                         deployment_dir=inside, prefix=prefix)
+    return sorted(found.values(), key=lambda d: (d.started or 0.0, d.deployment_id))
+
+
+def pick(deployments: list[FoundDeployment], wanted: str | None) -> FoundDeployment:
+    """The deployment named by id (or a unique prefix of it), or the latest."""
+    if not deployments:
+        raise UsageError("no deployment found", reference="deployment-unknown",
+                         hint="run one with `cdsim deploy`, or say where with --root-dir / --instance")
+    if not wanted or wanted == "latest":
+        return deployments[-1]
+    exact = [d for d in deployments if d.deployment_id == wanted]
+    matches = exact or [d for d in deployments if d.deployment_id.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"no deployment {wanted!r} found", reference="deployment-unknown",
+                         hint="`cdsim history` lists the deployments found")
+    raise UsageError(f"{wanted!r} names {len(matches)} deployments: "
+                     + ", ".join(d.deployment_id for d in matches), reference="deployment-ambiguous")
+
+
+def _add_search_options(p) -> None:
+    p.add_argument("--root-dir", action="append", metavar="DIR",
+                   help="also search this deployment root (repeatable); the agent's default root is then "
+                        "not searched")
+    p.add_argument("--instance", metavar="NAME", help="also search inside this sandboxed instance")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("logs", help=SUMMARY, description=__doc__)
+    p.add_argument("deployment", nargs="?", metavar="DEPLOYMENT",
+                   help="deployment id or a unique prefix of it (default: the latest)")
+    p.add_argument("--event", "-e", action="append", metavar="EVENT",
+                   help="only this lifecycle event's output (repeatable)")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new output until the deployment ends (or Ctrl-C)")
+    p.add_argument("--no-timestamps", action="store_true", help="leave out the time of each line")
+    _add_search_options(p)
+    p.set_defaults(func=run)
+
+
+def register_history(sub) -> None:
+    h = sub.add_parser("history", help=HISTORY_SUMMARY, description=__doc__)
+    h.add_argument("--limit", "-n", type=int, default=20, help="show the last N deployments (default 20, 0: all)")
+    h.add_argument("--format", choices=("text", "json"), default="text")
+    _add_search_options(h)
+    h.set_defaults(func=run_history)
+
+
+# ------------------------------------------------------------------------------------------- logs
+class _Filter:
+    """Passes scripts.log lines belonging to the chosen events (all when none chosen)."""
+
+    _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+
+    def __init__(self, events: list[str] | None, timestamps: bool):
+        self.events = set(events or ())
+        self.timestamps = timestamps
+        self.current = ""
+
+    def __call__(self, line: str) -> str | None:
+        body = self._STAMP.sub("", line, count=1)
+        if body.startswith("LifecycleEvent - "):
+            self.current = body[len("LifecycleEvent - "):].strip()
+        if self.events and self.current not in self.events:
+            return None
+        return line if self.timestamps else body
+
+
+def _ended(dep: FoundDeployment) -> bool:
+    if not dep.events_path:
+        return False
+    try:
+        with open(dep.events_path, encoding="utf-8") as f:
+            return any('"deployment.end"' in line for line in f)
+    except OSError:
+        return False
+
+
+def run(args) -> int:
+    dep = pick(find_deployments(args), args.deployment)
+    keep = _Filter(args.event, timestamps=not args.no_timestamps)
+    out = sys.stdout
+    path = dep.scripts_log
+    if not args.follow:
+        if not path or not os.path.exists(path):
+            print(f"cdsim: deployment {dep.deployment_id} has no hook output (no scripts.log"
+                  + (f" at {path}" if path else "") + ")", file=sys.stderr)
+            return int(ExitStatus.SUCCESS)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                shown = keep(line)
+                if shown is not None:
+                    out.write(shown)
+        out.flush()
+        return int(ExitStatus.SUCCESS)
+    return _follow(dep, keep, out)
+
+
+def _follow(dep: FoundDeployment, keep: _Filter, out) -> int:
+    """Print scripts.log as it grows until the event stream records the deployment's end."""
+    print(f"cdsim: following deployment {dep.deployment_id} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    f = None
+    pending = ""
+    try:
+        while True:
+            done = _ended(dep)   # checked before reading, so the last lines are never missed
+            path = dep.scripts_log
+            if f is None and path and os.path.exists(path):
+                f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in finally, opened once it exists
+            if f is not None:
+                chunk = f.read()
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        shown = keep(line + "\n")
+                        if shown is not None:
+                            out.write(shown)
+                    out.flush()
+            if done:
+                if pending and keep(pending) is not None:
+                    out.write(keep(pending) + "\n")
+                return int(ExitStatus.SUCCESS)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return int(ExitStatus.SUCCESS)
+    finally:
+        if f is not None:
+            f.close()
+
+
+# ---------------------------------------------------------------------------------------- history
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "?" * 19
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run_history(args) -> int:
+    deps = find_deployments(args)
+    if args.limit and args.limit > 0:
+        deps = deps[-args.limit:]
+    if args.format == "json":
+        print(json.dumps([d.to_dict() for d in deps], indent=2))
+        return int(ExitStatus.SUCCESS)
+    if not deps:
+        print("no deployment found", file=sys.stderr)
+        return int(ExitStatus.SUCCESS)
+    for d in deps:
+        took = f"{d.ended - d.started:7.2f}s" if d.ended and d.started else "       -"
+        failed = f" at {d.failed_event}" if d.failed_event else ""
+        hooks = f"{len(d.hooks)} hook{'s' if len(d.hooks) != 1 else ''}" if d.events_path else ""
+        print(f"{_when(d.started)}  {d.deployment_id:<19} {d.status + failed:<28} {took}  {hooks:<9} {d.group}")
+    return int(ExitStatus.SUCCESS)

@@ -1,0 +1,60 @@
+"""GitHub Actions annotations (workflow commands) for a deployment's failures.
+
+``::error file=F,line=L,col=C,title=T::message`` for the failed hook (the script file in the bundle)
+or for an appspec error (the appspec file at its line), ``::warning::`` for notices. Paths are made
+relative to the workspace, as GitHub resolves them from the repository root. Pure: summaries and a
+workspace folder in, lines out.
+"""
+from __future__ import annotations
+
+import os
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _prop(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _command(level: str, message: str, **props) -> str:
+    given = ",".join(f"{k}={_prop(str(v))}" for k, v in props.items() if v is not None)
+    return f"::{level}{' ' + given if given else ''}::{_data(message)}"
+
+
+def _in_bundle(dep: dict, name: str, workspace: str) -> str | None:
+    """``name`` inside a directory bundle, relative to the workspace; None for archives."""
+    bundle = dep.get("bundle_location")
+    if not bundle or not os.path.isdir(bundle):
+        return None
+    path = os.path.join(bundle, name.lstrip("/"))
+    return os.path.relpath(path, workspace) if os.path.isabs(path) else path
+
+
+def annotations(deployments: list[dict], workspace: str) -> list[str]:
+    lines = []
+    for dep in deployments:
+        did = dep["deployment_id"]
+        for hook in dep["hooks"]:
+            if hook.get("status") == "Failed":
+                lines.append(_command(
+                    "error", hook.get("message") or "hook failed",
+                    file=_in_bundle(dep, str(hook["location"]), workspace),
+                    title=f"cdsim {did}: {hook['event']} {hook['location']} failed"))
+        if dep["status"] == "Failed" and not any(h.get("status") == "Failed" for h in dep["hooks"]):
+            file = _in_bundle(dep, dep["error_file"], workspace) if dep.get("error_file") else None
+            message = dep.get("error") or "deployment failed"
+            if file and message.startswith(f"{dep['error_file']}:{dep['error_line']}"):
+                message = message.split(": ", 1)[-1]   # the location is in the annotation already
+            lines.append(_command("error", message, file=file,
+                                  line=dep.get("error_line") if file else None,
+                                  col=dep.get("error_column") if file else None,
+                                  title=f"cdsim {did}: {dep.get('failed_event') or 'deployment'} failed"))
+        for notice in dep["notices"]:
+            lines.append(_command("warning", notice["text"], title=f"cdsim {did}"))
+    return lines
+
+
+def render(deployments: list[dict], workspace: str) -> str:
+    return "".join(line + "\n" for line in annotations(deployments, workspace))

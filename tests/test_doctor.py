@@ -1,0 +1,167 @@
+"""`cdsim doctor`: real probes of this machine and of a bundle's runas users and tools; and
+`cdsim schema` (the appspec's JSON Schema), the other command that helps before a deployment."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.errors import ExitStatus
+
+
+def doctor(*args: str, env: dict | None = None) -> tuple[int, dict]:
+    proc = subprocess.run([sys.executable, "-m", "agent", "doctor", "--format", "json", *args],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
+    return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else {"stderr": proc.stderr})
+
+
+def checks(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def appspec(folder: Path, runas: list[str] = (), extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["version: 0.0", "os: linux"]
+    if runas:
+        lines.append("hooks:\n  BeforeInstall:")
+        for user in runas:
+            lines += ["    - location: hook.sh", f"      runas: {user}"]
+    (folder / "appspec.yml").write_text("\n".join(lines) + "\n" + extra)
+    return folder
+
+
+@pytest.fixture
+def nologin_user():
+    """A real user whose shell refuses to run commands (as system accounts often have)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root (CI runs as root)")
+    name = f"cdsimnl{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+class TestMachine:
+    def test_namespace_verdict_matches_a_probe_of_our_own(self):
+        """The namespaces line says ok exactly when unshare can create the namespaces here, and the
+        exit status is ENVIRONMENT exactly when some check failed."""
+        code, report = doctor()
+        probe = subprocess.run(["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork", "true"],
+                               capture_output=True, check=False)
+        assert (checks(report)["namespaces"]["status"] == "ok") == (probe.returncode == 0)
+        failed = any(c["status"] == "FAIL" for c in report["checks"])
+        assert code == (ExitStatus.ENVIRONMENT if failed else ExitStatus.SUCCESS)
+        assert checks(report)["root"]["status"] == ("ok" if os.geteuid() == 0 else "warn")
+
+    def test_missing_tools_fail(self, tmp_path):
+        """With no unshare/nsenter on PATH the namespace and instance-tool checks fail."""
+        code, report = doctor(env={"PATH": str(tmp_path)})
+        assert code == ExitStatus.ENVIRONMENT
+        assert checks(report)["namespaces"]["status"] == "FAIL"
+        assert "nsenter" in checks(report)["instance tools"]["detail"]
+
+
+class TestBundle:
+    def test_unknown_runas_user_fails(self, tmp_path):
+        """A runas user that does not exist is a failure naming the user."""
+        code, report = doctor(str(appspec(tmp_path / "b", ["cdsim-no-such-user"])))
+        assert code == ExitStatus.ENVIRONMENT
+        assert checks(report)["runas cdsim-no-such-user"]["detail"] == "user 'cdsim-no-such-user' does not exist"
+
+    def test_user_whose_shell_refuses_su_fails(self, tmp_path, nologin_user):
+        """su to a user with a nologin shell fails the way a runas hook would, and says why."""
+        code, report = doctor(str(appspec(tmp_path / "b", [nologin_user])))
+        assert code == ExitStatus.ENVIRONMENT
+        check = checks(report)[f"runas {nologin_user}"]
+        assert check["status"] == "FAIL" and "nologin" in check["hint"]
+
+    def test_working_user_gets_its_home_and_path_compared(self, tmp_path, runas_user):
+        """A real user: su works; HOME as hooks get it is the user's home, same as a login shell's."""
+        _code, report = doctor(str(appspec(tmp_path / "b", [runas_user.pw_name])))
+        found = checks(report)
+        assert found[f"runas {runas_user.pw_name}"]["status"] == "ok"
+        home = found[f"runas {runas_user.pw_name} HOME"]
+        assert home["status"] == "ok" and home["detail"] == f"hooks get HOME={runas_user.pw_dir}"
+        assert f"runas {runas_user.pw_name} PATH" in found
+
+    def test_acls_need_setfacl(self, tmp_path):
+        """An appspec with ACLs fails the setfacl check when setfacl is not on PATH, passes when it is."""
+        b = appspec(tmp_path / "b", extra="permissions:\n  - object: /tmp/x\n    acls:\n      - u:root:rw\n")
+        code, report = doctor(str(b), env={"PATH": str(tmp_path)})
+        assert code == ExitStatus.ENVIRONMENT and checks(report)["setfacl"]["status"] == "FAIL"
+        if not any(os.access(os.path.join(d, "setfacl"), os.X_OK) for d in os.environ["PATH"].split(":")):
+            pytest.skip("setfacl is not installed here (apt-get install acl)")
+        _, report = doctor(str(b))
+        assert checks(report)["setfacl"]["status"] == "ok"
+
+    def test_zip_bundle_is_read(self, tmp_path):
+        """The appspec is read from inside a zip bundle."""
+        src = appspec(tmp_path / "b", ["cdsim-no-such-user"])
+        with zipfile.ZipFile(tmp_path / "b.zip", "w") as zf:
+            zf.write(src / "appspec.yml", "appspec.yml")
+        code, report = doctor(str(tmp_path / "b.zip"))
+        assert code == ExitStatus.ENVIRONMENT and "runas cdsim-no-such-user" in checks(report)
+
+    def test_invalid_appspec_is_invalid(self, tmp_path):
+        """An appspec that does not parse exits INVALID, not ENVIRONMENT."""
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "appspec.yml").write_text("version: 0.0\nos: windows-ish\n")
+        code, _ = doctor(str(tmp_path / "b"))
+        assert code == ExitStatus.INVALID
+
+
+class TestSchema:
+    """`cdsim schema` prints the shipped JSON Schema; it accepts real appspecs and rejects broken ones."""
+
+    @pytest.fixture(scope="class")
+    def validator(self):
+        jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the schema (pip install jsonschema)")
+        proc = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0
+        schema = json.loads(proc.stdout)
+        jsonschema.Draft7Validator.check_schema(schema)
+        return jsonschema.Draft7Validator(schema)
+
+    def test_shipped_appspecs_are_valid(self, validator):
+        """The sample app's appspec and every broken variant's (their mistakes are not in the appspec)."""
+        root = Path(__file__).resolve().parent.parent
+        specs = [root / "sample_app" / "appspec.yml", *sorted((root / "sample_app_broken").rglob("appspec.yml"))]
+        assert len(specs) > 1
+        for path in specs:
+            errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+            assert errors == [], f"{path}: {errors[0].message if errors else ''}"
+
+    def test_every_lifecycle_hook_is_described(self, validator):
+        """Each hook event of the lifecycle is a named property (editors complete them)."""
+        from agent.lifecycle import HOOK_EVENTS
+        hooks = validator.schema["properties"]["hooks"]["oneOf"][1]["properties"]
+        assert set(hooks) == set(HOOK_EVENTS)
+
+    @pytest.mark.parametrize("text", [
+        "version: 0.0\nos: Linux\n",
+        "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - timeout: 10\n",
+        "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: a.sh\n      timeout: abc\n",
+        "version: 0.0\nos: linux\nhooks:\n  afterInstall:\n    - location: a.sh\n",
+        "version: 0.0\nos: linux\nfiles:\n  - source: /\n",
+        "version: 0.0\nos: linux\nfile_exists_behavior: REPLACE\n",
+        "os: linux\n",
+    ])
+    def test_broken_appspecs_are_rejected(self, validator, text):
+        """Wrong os, a script without location, a non-numeric timeout, a lower-case event, a file
+        mapping without destination, an unknown behaviour, no version."""
+        assert list(validator.iter_errors(yaml.safe_load(text)))
+
+    def test_output_option_writes_the_file(self, tmp_path):
+        """--output writes the same schema to a file."""
+        out = tmp_path / "schema.json"
+        subprocess.run([sys.executable, "-m", "agent", "schema", "-o", str(out)], check=True, timeout=60)
+        from agent.commands.schema import schema_text
+        assert json.loads(out.read_text()) == json.loads(schema_text())
