@@ -331,6 +331,16 @@ def _within(real: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip("/") + "/")
 
 
+def _check_journal_safe(path: str) -> None:
+    """cdsim, not the agent: the cleanup journal holds one path a line, stripped (§3.2), so a path with a
+    newline or ending in white space would be read back as another path, which the next Install's
+    cleanup would delete (possibly outside the destination)."""
+    if "\n" in path or path != path.rstrip(_STRIP):
+        raise UnsafeBundle(f"cannot install {path!r}: it has a newline in its name or a name ending in "
+                           "white space, which the cleanup journal could not name",
+                           hint="rename the file in the bundle (or the destination in the appspec)")
+
+
 @dataclass(frozen=True)
 class Conflict:
     """A file this deployment would install where something already exists (what the behaviour decides)."""
@@ -363,6 +373,7 @@ class Generator:
 
     # -- the instruction builder, with the duplicate/collision checks of §6.5
     def mkdir(self, directory: str) -> None:
+        _check_journal_safe(directory)
         if directory in self.copy_targets:
             raise DeploymentError(
                 f"The deployment failed because the application specification file includes an mkdir command "
@@ -374,6 +385,7 @@ class Generator:
             self.instructions.append(Mkdir(directory))
 
     def copy(self, source: str, destination: str, replaces: bool = False) -> None:
+        _check_journal_safe(destination)
         previous = self.copy_targets.get(destination)
         if previous is not None:
             raise DeploymentError(
@@ -779,15 +791,19 @@ def install(appspec: AppSpec, archive_dir: str, instructions_dir: str, group_id:
             progress: Callable[[int, int], None] | None = None) -> InstallSummary:
     """The Install step (§6.1): cleanup → generate → write install.json → execute.
 
-    A generation failure leaves the previous install.json untouched, after the previous deployment's
-    files were already removed and its cleanup file deleted (Q13), as the agent does.
+    cdsim generates the instructions *before* the cleanup, against the filesystem as the cleanup will
+    leave it (the same view ``cdsim plan`` uses), so a refused Install (a collision, a duplicate
+    destination, a bad permission entry) changes nothing: the previous deployment's files and its
+    cleanup file stay (the agent has already removed and forgotten them, Q13). A successful Install
+    ends exactly as the agent's.
     """
     start = time.monotonic()
     os.makedirs(instructions_dir, exist_ok=True)
     cleanup_path = os.path.join(instructions_dir, f"{group_id}-cleanup")
-    removed = run_cleanup(cleanup_path)
     behavior = effective_file_exists_behavior(appspec, cli_file_exists_behavior)
-    instructions = generate_instructions(appspec, archive_dir, behavior, cwd)
+    instructions = generate_instructions(appspec, archive_dir, behavior, cwd,
+                                         fs=AfterCleanupView(preview_cleanup(cleanup_path).removes))
+    removed = run_cleanup(cleanup_path)
     atomic_write(os.path.join(instructions_dir, f"{group_id}-install.json"), install_json(instructions))
     summary = execute_instructions(instructions, cleanup_path, progress=progress)
     return dataclasses.replace(summary, cleanup_removed=len(removed), elapsed_s=time.monotonic() - start)

@@ -515,8 +515,9 @@ class _Lint:
     def check_script(self, tree, event: str, s: A.HookScript, shown: str) -> None:
         rel = posixpath.normpath(s.location.lstrip("/"))
         if rel == ".." or rel.startswith("../"):
-            self.add("warning", "script-outside-bundle", f"script {s.location} ({event}) is outside the "
-                     "bundle; it can only run if that path exists on the instance", shown, s.mark)
+            self.add("error", "script-outside-bundle", f"script {s.location} ({event}) is outside the "
+                     "bundle: cdsim refuses to run it (the agent would run whatever is at that path on "
+                     "the instance)", shown, s.mark, hint="give a location inside the bundle, without '..'")
         else:
             e = tree.entry(rel)
             if e is None:

@@ -486,9 +486,9 @@ class TestRedeploy:
         (tmp_path / "app/d.txt").write_text("foreign\n")
         with pytest.raises(FileCollision, match="app/d.txt"):
             dep.install(spec(("/", app)), dep.archive(self.REV2))
-        # Q13: the refused Install had already removed rev1's files and forgotten them
-        assert not (tmp_path / "app/b.txt").exists()
-        assert not Path(dep.instructions_dir, f"{GROUP}-cleanup").exists()
+        # cdsim fixes Q13: the refused Install changed nothing, rev1's files and cleanup file are intact
+        assert (tmp_path / "app/b.txt").exists()
+        assert f"{app}/b.txt" in dep.cleanup_lines()
         dep.install(spec(("/", app)), dep.archive(self.REV2), cli="RETAIN")
         assert (tmp_path / "app/d.txt").read_text() == "foreign\n"
         assert f"{app}/d.txt" not in dep.cleanup_lines()

@@ -197,6 +197,12 @@ class TestWarnings:
         unknown = [f for f in findings if f.code == "unknown-key"]
         assert len(unknown) == 1 and unknown[0].hint == hint
 
+    def test_script_outside_the_bundle_is_an_error(self, tmp_path):
+        """A hook location leaving the bundle is refused at deploy time, so validate calls it an error."""
+        text = HEAD + "hooks:\n  AfterInstall:\n    - location: ../../bin/true\n"
+        findings = validate_bundle(str(bundle(tmp_path / "b", text)))
+        assert "script-outside-bundle" in codes(findings, "error")
+
     def test_conf_d_destination_is_a_folder(self, tmp_path):
         """/etc/httpd/conf.d names a folder by convention: no file-name warning."""
         text = HEAD + "files:\n  - {source: a.conf, destination: /etc/httpd/conf.d}\n"

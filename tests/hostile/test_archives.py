@@ -3,7 +3,6 @@ outside the deployment's archive folder (a sentinel folder beside the deployment
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
@@ -14,6 +13,8 @@ import pytest
 from agent.bundle import Limits, check_members, fetch_and_unpack, list_members
 from agent.errors import BundleError, UnsafeBundle
 from agent.revision import LocalRevision
+
+from .harness import DIR, LNK, REG, SYM, snapshot, tar_with, zip_with
 
 UP = "../../../../outside"  # from <tmp>/root/g1/d-1/deployment-archive to <tmp>/outside
 
@@ -28,24 +29,6 @@ def site(tmp_path):
     deployment_dir = tmp_path / "root" / "g1" / "d-1"
     deployment_dir.mkdir(parents=True)
     return tmp_path
-
-
-def snapshot(top) -> dict[str, tuple]:
-    """Everything under ``top``: type, mode, size, content and link target (folder mtimes aside)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            rel = os.path.relpath(full, top)
-            if stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as f:
-                    out[rel] = ("file", st.st_mode, st.st_nlink, f.read(), st.st_mtime_ns)
-            elif stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(full))
-            else:
-                out[rel] = ("other", st.st_mode)
-    return out
 
 
 def assert_refused_cleanly(site, kind: str, archive: str, *names: str, error=UnsafeBundle):
@@ -68,38 +51,6 @@ def assert_refused_cleanly(site, kind: str, archive: str, *names: str, error=Uns
     assert os.listdir(os.path.join(deployment_dir, "deployment-archive")) == []
     assert {k: v for k, v in after.items() if k != link and k in before} == before
     return e.value
-
-
-def tar_with(path, *members: tuple[str, str, dict]) -> str:
-    """A tar of (name, type, attrs) members; attrs may set data, linkname, mode, devmajor..."""
-    with tarfile.open(path, "w:gz" if str(path).endswith("gz") else "w") as t:
-        for name, kind, attrs in members:
-            ti = tarfile.TarInfo(name)
-            ti.type = kind
-            data = attrs.pop("data", b"")
-            for key, value in attrs.items():
-                setattr(ti, key, value)
-            if kind == tarfile.REGTYPE:
-                ti.size = len(data)
-                t.addfile(ti, io.BytesIO(data))
-            else:
-                t.addfile(ti)
-    return str(path)
-
-
-def zip_with(path, *entries: tuple[str, bytes, int | None]) -> str:
-    """A zip of (name, data, unix st_mode or None) entries."""
-    with zipfile.ZipFile(path, "w") as z:
-        for name, data, mode in entries:
-            zi = zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0))
-            if mode is not None:
-                zi.create_system = 3
-                zi.external_attr = mode << 16
-            z.writestr(zi, data)
-    return str(path)
-
-
-REG, DIR, SYM, LNK = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 
 
 class TestEscapingNames:
