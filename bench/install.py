@@ -1,117 +1,103 @@
-"""Benchmark: cdsim's DownloadBundle + Install of a directory bundle against the `cp -a` floor.
+"""Figures 1-3 of issue 9: DownloadBundle + Install of a bundle against the system tools.
 
-Two bundles (issue 3): N files of 1-8 KiB in nested folders (default 5,000) and 200 files of 1 MiB.
-For each, on tmpfs (/dev/shm, which measures our code) and on the disk (/var/tmp):
-  floor: `cp -a bundle archive && cp -a archive dest`
-  cdsim: agent.bundle.fetch_and_unpack (the directory-bundle copy into deployment-archive) + parse the
-         appspec + agent.install.install (cleanup, generation, install.json, execution with the journal)
-Runs alternate floor/cdsim, everything is removed between runs (untimed), median of --runs.
+    python bench/install.py [--figure dir tgz big] [--files 20000] [--runs 5] [--where /dev/shm /var/tmp]
 
-    python bench/install.py [--files 5000] [--runs 5] [--where /dev/shm /var/tmp]
+  dir: 20,000 files of 1-8 KiB, directory bundle. floor: `cp -a bundle archive` + `cp -a archive dest`
+  tgz: the same bundle as a tgz.                   floor: `tar -xzf bundle.tgz -C archive` + `cp -a archive dest`
+  big: 200 files of 1 MiB, directory and tgz bundle, the same floors.
+cdsim: agent.bundle.fetch_and_unpack into a deployment folder, the appspec parsed, agent.install.install
+(cleanup, generation, install.json, execution with the cleanup journal), in this process (start-up is
+figure 8's business). Each run starts from nothing; medians of per-pair ratios.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import random
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from agent.appspec import parse_appspec
-from agent.install import install
+from common import Row, clear, common_args, make_bundle, make_tgz, paired, print_rows, run, timed  # noqa: E402
 
-try:
-    from agent.bundle import fetch_and_unpack
-    from agent.revision import LocalRevision
-except ImportError:  # before agent.bundle existed: a plain copy stands in for DownloadBundle
-    fetch_and_unpack = None
+from agent.appspec import parse_appspec  # noqa: E402
+from agent.bundle import fetch_and_unpack  # noqa: E402
+from agent.install import install  # noqa: E402
+from agent.revision import LocalRevision  # noqa: E402
 
-
-def make_bundle(path: str, dest: str, files: int, size: tuple[int, int], seed: int) -> None:
-    rnd = random.Random(seed)
-    os.makedirs(path)
-    with open(os.path.join(path, "appspec.yml"), "w") as f:
-        f.write(f"version: 0.0\nos: linux\nfiles:\n  - source: /\n    destination: {dest}\n")
-    per_leaf = 50
-    for n in range(files):
-        leaf = n // per_leaf
-        folder = os.path.join(path, f"d{leaf // 10:02d}", f"s{leaf % 10}")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, f"f{n:05d}.dat"), "wb") as f:
-            f.write(rnd.randbytes(rnd.randint(*size)))
+TARGETS = {"dir": 1.3, "tgz": 1.3, "big": 1.2}
 
 
-def floor(bundle: str, work: str) -> float:
-    archive, dest = os.path.join(work, "archive"), os.path.join(work, "dest")
-    t = time.perf_counter()
-    subprocess.run(["cp", "-a", bundle, archive], check=True)
-    subprocess.run(["cp", "-a", archive, dest], check=True)
-    return time.perf_counter() - t
-
-
-def ours(bundle: str, root: str) -> float:
+def deploy(location: str, kind: str, root: str) -> None:
+    """DownloadBundle + Install as the engine runs them, into deployment root ``root``."""
     deployment_dir = os.path.join(root, "g", "d-1")
-    t = time.perf_counter()
     os.makedirs(deployment_dir)
-    if fetch_and_unpack is not None:
-        archive = fetch_and_unpack(LocalRevision(bundle, "directory"), deployment_dir)
-    else:
-        archive = os.path.join(deployment_dir, "deployment-archive")
-        shutil.copytree(bundle, archive, symlinks=True)
+    archive = fetch_and_unpack(LocalRevision(location, kind), deployment_dir)
     with open(os.path.join(archive, "appspec.yml"), "rb") as f:
         spec = parse_appspec(f.read())
     install(spec, archive, os.path.join(root, "deployment-instructions"), "g", None)
-    return time.perf_counter() - t
 
 
-def clear(*paths: str) -> None:
-    for p in paths:
-        shutil.rmtree(p, ignore_errors=True)
+def floor_unpack(location: str, kind: str, archive: str) -> None:
+    if kind == "directory":
+        run(["cp", "-a", location, archive])
+    else:
+        os.mkdir(archive)
+        run(["tar", "-xzf", location, "-C", archive])
 
 
-def bench(where: str, files: int, runs: int) -> list[tuple[str, float, float]]:
+def measure(where: str, label: str, kind: str, files: int, size: tuple[int, int], runs: int,
+            target: float) -> Row:
     base = tempfile.mkdtemp(prefix="cdsim-bench-", dir=where)
-    results = []
     try:
-        for label, count, size in ((f"{files} files of 1-8 KiB", files, (1024, 8192)),
-                                   ("200 files of 1 MiB", 200, (1 << 20, 1 << 20))):
-            bundle = os.path.join(base, "bundle")
-            work = os.path.join(base, "work")
-            dest = os.path.join(work, "dest")
-            make_bundle(bundle, dest, count, size, seed=count)
-            a, b = [], []
-            for _ in range(runs):
-                os.makedirs(work)
-                a.append(floor(bundle, work))
-                clear(work)
-                os.makedirs(work)
-                b.append(ours(bundle, os.path.join(work, "root")))
-                clear(work)
-            results.append((label, statistics.median(a), statistics.median(b)))
-            clear(bundle)
+        bundle, work = os.path.join(base, "bundle"), os.path.join(base, "work")
+        dest = os.path.join(work, "dest")
+        make_bundle(bundle, dest, files, size, seed=files)
+        location = bundle
+        if kind == "tgz":
+            location = os.path.join(base, "bundle.tgz")
+            make_tgz(bundle, location)
+
+        def floor() -> float:
+            os.makedirs(work)
+            archive = os.path.join(work, "archive")
+            return timed(lambda: (floor_unpack(location, kind, archive), run(["cp", "-a", archive, dest])))
+
+        def ours() -> float:
+            os.makedirs(work)
+            return timed(lambda: deploy(location, kind, os.path.join(work, "root")))
+
+        fl, us, ratio = paired(floor, ours, runs, reset=lambda: clear(work))
     finally:
         clear(base)
-    return results
+    floor_name = ("cp -a" if kind == "directory" else "tar -xzf") + " + cp -a"
+    return Row(label, where, floor_name, fl, us, ratio, "x", target)
+
+
+def rows(figures: list[str], files: int, runs: int, where: list[str]) -> list[Row]:
+    out = []
+    for fig in figures:
+        for w in where:
+            if fig == "dir":
+                out.append(measure(w, f"DownloadBundle+Install, {files} files, directory", "directory",
+                                   files, (1024, 8192), runs, TARGETS[fig]))
+            elif fig == "tgz":
+                out.append(measure(w, f"DownloadBundle+Install, {files} files, tgz", "tgz",
+                                   files, (1024, 8192), runs, TARGETS[fig]))
+            else:
+                for kind in ("directory", "tgz"):
+                    out.append(measure(w, f"DownloadBundle+Install, 200 x 1 MiB, {kind}", kind,
+                                       200, (1 << 20, 1 << 20), runs, TARGETS[fig]))
+            print_rows(out[-1:] if fig != "big" else out[-2:])
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=5000)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--where", nargs="+", default=["/dev/shm", "/var/tmp"])
+    ap.add_argument("--figure", nargs="+", choices=("dir", "tgz", "big"), default=["dir", "tgz", "big"])
+    common_args(ap)
     args = ap.parse_args()
-    if fetch_and_unpack is None:
-        print("note: agent.bundle is missing; shutil.copytree stands in for DownloadBundle")
-    print(f"{'where':10} {'bundle':24} {'cp -a floor':>12} {'cdsim':>9} {'ratio':>7}")
-    for where in args.where:
-        for label, fl, us in bench(where, args.files, args.runs):
-            print(f"{where:10} {label:24} {fl:11.3f}s {us:8.3f}s {us / fl:6.2f}x", flush=True)
+    rows(args.figure, args.files, max(5, args.runs), args.where)
     return 0
 
 

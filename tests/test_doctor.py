@@ -118,17 +118,19 @@ class TestBundle:
         assert code == ExitStatus.INVALID
 
 
+@pytest.fixture(scope="module")
+def validator():
+    """The schema `cdsim schema` prints, as a Draft 7 validator."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the schema (pip install jsonschema)")
+    proc = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0
+    schema = json.loads(proc.stdout)
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
 class TestSchema:
     """`cdsim schema` prints the shipped JSON Schema; it accepts real appspecs and rejects broken ones."""
-
-    @pytest.fixture(scope="class")
-    def validator(self):
-        jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the schema (pip install jsonschema)")
-        proc = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, timeout=60, check=False)
-        assert proc.returncode == 0
-        schema = json.loads(proc.stdout)
-        jsonschema.Draft7Validator.check_schema(schema)
-        return jsonschema.Draft7Validator(schema)
 
     def test_shipped_appspecs_are_valid(self, validator):
         """The sample app's appspec and every broken variant's (their mistakes are not in the appspec)."""

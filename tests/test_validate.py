@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import resource
 import shutil
 import stat
 import subprocess
@@ -49,13 +48,26 @@ def codes(findings: list[Finding], severity: str | None = None) -> list[str]:
 
 
 def cdsim(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run `python -m agent validate ...`; returns the result, the wall time and the children's max RSS (MiB)."""
+    """Run `python -m agent validate ...`; returns the result, the wall time and that child's peak RSS
+    (MiB, from wait4: RUSAGE_CHILDREN would be the peak of every child this test run ever waited for)."""
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "agent", "validate", *args], check=False, capture_output=True, text=True,
-                            timeout=30, cwd=cwd or REPO, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "validate", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd or REPO, stdin=subprocess.DEVNULL)
+    import threading
+    outs: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda n=n, f=f: outs.__setitem__(n, f.read()))
+               for n, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    for t in readers:
+        t.join(timeout=30)
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - start
-    rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return result, elapsed, rss_mib
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, outs.get("out", ""), outs.get("err", ""))
+    return result, elapsed, usage.ru_maxrss / 1024
 
 
 class TestValidBundles:
