@@ -86,3 +86,15 @@ def shared_dir():
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """A private cdsim state folder; every instance in it is stopped and destroyed afterwards, pass or fail."""
+    import agent.instance as inst
+
+    folder = tmp_path / "state"
+    monkeypatch.setenv("CDSIM_STATE_DIR", str(folder))
+    yield str(folder)
+    for status in inst.list_instances(state=str(folder)):
+        inst.destroy(inst.get(status.name, state=str(folder)))

@@ -16,16 +16,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests deploy as
                                 "onto the host (CI runs as root); test_instance.py covers unprivileged use")
 
 
-@pytest.fixture
-def state(tmp_path, monkeypatch):
-    """A private state folder whose instances are destroyed afterwards, pass or fail."""
-    folder = tmp_path / "state"
-    monkeypatch.setenv("CDSIM_STATE_DIR", str(folder))
-    yield str(folder)
-    for status in inst.list_instances(state=str(folder)):
-        inst.destroy(inst.get(status.name, state=str(folder)))
-
-
 def cdsim(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)

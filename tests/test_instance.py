@@ -35,15 +35,6 @@ needs_root = pytest.mark.skipif(not ROOT, reason="instances need root on this ma
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def state(tmp_path, monkeypatch):
-    """A private state folder; every instance in it is stopped and destroyed afterwards, pass or fail."""
-    folder = tmp_path / "state"
-    monkeypatch.setenv("CDSIM_STATE_DIR", str(folder))
-    yield str(folder)
-    for status in inst.list_instances(state=str(folder)):
-        inst.destroy(inst.get(status.name, state=str(folder)))
-
 
 def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent", "instance", *args], capture_output=True,
