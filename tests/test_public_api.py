@@ -28,3 +28,13 @@ def test_every_public_name_resolves():
     for name in agent.__all__:
         assert getattr(agent, name) is not None
     assert callable(agent.deploy) and agent.deploy.__call__ is not None
+
+
+def test_cli_summaries_match_the_command_modules():
+    """cdsim --help lists every command from static summaries; each equals its module's SUMMARY."""
+    import importlib
+
+    from agent.cli import COMMANDS, SUMMARIES
+    assert set(SUMMARIES) == set(COMMANDS)
+    for name, module in COMMANDS.items():
+        assert importlib.import_module(f"agent.commands.{module}").SUMMARY == SUMMARIES[name], name
