@@ -158,3 +158,23 @@ def common_args(parser, files: int = 20000, runs: int = 5) -> None:
     parser.add_argument("--runs", type=int, default=runs, help=f"pairs timed, median taken (default {runs}, min 5)")
     parser.add_argument("--where", nargs="+", default=list(WHERE),
                         help="folders to work in (default: /dev/shm, the tmpfs, and /var/tmp, the disk)")
+
+
+def rows_per_place(measure: Callable[[str, int, int], Row], files: int, runs: int,
+                   where: list[str]) -> list[Row]:
+    """One row per place, printed as soon as it is measured."""
+    out = []
+    for w in where:
+        out.append(measure(w, files, runs))
+        print_rows(out[-1:])
+    return out
+
+
+def script_main(doc: str, rows: Callable[[int, int, list[str]], list[Row]]) -> int:
+    """The command line of a one-figure bench script: --files, --runs, --where."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    common_args(ap)
+    args = ap.parse_args()
+    rows(args.files, max(5, args.runs), args.where)
+    return 0

@@ -9,14 +9,13 @@ this process; the caches are warm for both (each runs right after the other).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Row, clear, common_args, make_bundle, paired, print_rows, timed  # noqa: E402
+from common import Row, clear, make_bundle, paired, rows_per_place, script_main, timed  # noqa: E402
 from install import deploy  # noqa: E402
 
 from agent.plan import make_plan, render_text  # noqa: E402
@@ -60,20 +59,8 @@ def measure(where: str, files: int, runs: int) -> Row:
 
 
 def rows(files: int, runs: int, where: list[str]) -> list[Row]:
-    out = []
-    for w in where:
-        out.append(measure(w, files, runs))
-        print_rows(out[-1:])
-    return out
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common_args(ap)
-    args = ap.parse_args()
-    rows(args.files, max(5, args.runs), args.where)
-    return 0
+    return rows_per_place(measure, files, runs, where)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(__doc__, rows))
