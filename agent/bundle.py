@@ -6,7 +6,8 @@ owners, mtimes per §6.8), and the single-top-level-folder stripping rule (§4.5
 a pure-data listing of an archive for validate/plan.
 
 Where cdsim deliberately differs from the agent (safe extraction): every member of an archive is checked
-before anything is written, and a bundle is refused (``UnsafeBundle``, naming the members) when a member
+(zip: all before anything is written; tar/tgz: one by one as they are read, against those before, what
+was written being removed on a refusal), and a bundle is refused (``UnsafeBundle``, naming the members) when a member
 would leave the archive folder (``..``, absolute names, drive letters, backslash escapes), pass through a
 symbolic link or a file of the same archive, hard-link to anything but an earlier regular member, is a
 device, FIFO or socket, or carries a setuid/setgid bit; and, after unpacking any bundle type, when a
