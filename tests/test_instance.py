@@ -53,6 +53,17 @@ def run_in(instance, script: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(script, status, text, "")
 
 
+def make_host_files(conf: str, edit: str, folder: str) -> None:
+    """Host files the test owns (never real system files): a file to delete, one to edit, a folder."""
+    with open(conf, "w") as f:
+        f.write("host\n")
+    with open(edit, "w") as f:
+        f.write("original\n")
+    os.makedirs(folder + "/sub")
+    with open(folder + "/sub/data", "w") as f:
+        f.write("data\n")
+
+
 def snapshot(*paths: str) -> dict:
     """Type, mode, owner and content hash of each path and everything below it."""
     shot = {}
@@ -119,13 +130,7 @@ class TestFilesStayInTheInstance:
         new_paths = [f"/etc/cdsim-test-{tag}-new.conf", f"/usr/local/bin/cdsim-test-{tag}",
                      f"/root/cdsim-test-{tag}"]
         try:
-            with open(host_conf, "w") as f:
-                f.write("host\n")
-            with open(host_edit, "w") as f:
-                f.write("original\n")
-            os.makedirs(host_dir + "/sub")
-            with open(host_dir + "/sub/data", "w") as f:
-                f.write("data\n")
+            make_host_files(host_conf, host_edit, host_dir)
             before = snapshot(host_conf, host_dir, host_edit, *new_paths)
             i = inst.create("files")
             script = (f"echo new > {new_paths[0]} && touch {new_paths[1]} && mkdir {new_paths[2]} && "
@@ -557,13 +562,7 @@ class TestUnprivilegedUser:
         new_paths = [f"/etc/cdsim-test-{tag}-new.conf", f"/usr/local/bin/cdsim-test-{tag}",
                      f"/root/cdsim-test-{tag}", f"/var/www/cdsim-test-{tag}/index.html"]
         try:
-            with open(host_conf, "w") as f:
-                f.write("host\n")
-            with open(host_edit, "w") as f:
-                f.write("original\n")
-            os.makedirs(host_dir + "/sub")
-            with open(host_dir + "/sub/data", "w") as f:
-                f.write("data\n")
+            make_host_files(host_conf, host_edit, host_dir)
             before = snapshot(host_conf, host_dir, host_edit, *new_paths)
             assert unprivileged("create", "mine").returncode == 0
             # sed -i replaces the file (a root-owned host file can't be written in place from a user
