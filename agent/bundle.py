@@ -10,12 +10,15 @@ Where cdsim deliberately differs from the agent (safe extraction): every member 
 was written being removed on a refusal), and a bundle is refused (``UnsafeBundle``, naming the members) when a member
 would leave the archive folder (``..``, absolute names, drive letters, backslash escapes), pass through a
 symbolic link or a file of the same archive, hard-link to anything but an earlier regular member, is a
-device, FIFO or socket, or carries a setuid/setgid bit; and, after unpacking any bundle type, when a
+device, FIFO or socket, or (tar, directory) carries a setuid/setgid bit; and, after unpacking any bundle type, when a
 symbolic link resolves to a directory outside the bundle or to a folder containing itself (the install step
 would copy that folder's files). Symlinks themselves may point anywhere: they are recreated as symlinks and
 never written through; every write is relative to an O_NOFOLLOW directory descriptor. Archives above the
-size, member-count or compression-ratio ``Limits`` are refused (``bundle-too-large``). zip entries always keep
-their stored modes (the agent's Ruby fallback drops them, Q31).
+size, member-count or compression-ratio ``Limits`` are refused (``bundle-too-large``). zip entries get the
+modes unzip's own path gives them (the agent's Ruby fallback drops them, Q31), and the names and modes unzip
+makes safe (a leading ``/``, ``..`` components, setuid/setgid/sticky bits) are made safe the same way, with a
+warning. tar members are owned by name where the name exists here, as GNU tar does as root. The archive
+folder itself never takes a member's owner, nor write for group and others (hooks run from it as root).
 
 I/O module. Must not import install, deploy, hooks_runtime or the CLI.
 """
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import bisect
 import errno
+import grp
 import gzip
 import io
 import os
+import pwd
 import queue
 import re
 import shutil
@@ -78,6 +83,7 @@ class Member:
     mtime: float | None = None
     uid: int | None = None
     gid: int | None = None
+    create_mode: int = 0o666  # without a stored mode: created with this, less the umask (unzip's MS-DOS rules)
 
 
 _SPECIAL = {"char": "a character device", "block": "a block device", "fifo": "a FIFO",
@@ -91,11 +97,13 @@ _SYMLINK_MAX = 4095
 # DownloadBundle
 
 def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits = DEFAULT_LIMITS,
-                     log: Callable[[str], None] | None = None) -> str:
+                     log: Callable[[str], None] | None = None,
+                     warn: Callable[[str], None] | None = None) -> str:
     """Put ``revision`` into ``{deployment_dir}/deployment-archive`` as DownloadBundle does; return that path.
 
     ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
-    ``Stripping leading directory from archive bundle contents.``). Raises ``BundleError`` (corrupt or
+    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed
+    the way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises ``BundleError`` (corrupt or
     mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError`` (``same file: …``
     when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem`` (``disk-full``).
     A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
@@ -111,6 +119,7 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
         _copy_directory_bundle(revision.location, deployment_dir)
         return archive_dir
 
+    _require_regular_file(revision.location, revision.bundle_type)
     link = os.path.join(deployment_dir, BUNDLE_LINK)
     say(f"Handle local file {link}")
     _link_bundle(revision.location, link)
@@ -118,7 +127,7 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     os.mkdir(archive_dir)
     try:
         # Read through the source path (the file bundle.tar names) so messages name the user's file.
-        _unpack(revision.location, revision.bundle_type, archive_dir, limits)
+        _unpack(revision.location, revision.bundle_type, archive_dir, limits, warn or (lambda _msg: None))
         if _strip_leading_directory(deployment_dir):
             say("Stripping leading directory from archive bundle contents.")
         check_archive_links(archive_dir)
@@ -175,10 +184,28 @@ def _strip_leading_directory(deployment_dir: str) -> bool:
         return False
     temp = os.path.join(deployment_dir, ARCHIVE_TEMP_DIR)
     _remove(temp)
+    own = os.lstat(archive_dir)
     os.rename(archive_dir, temp)
     os.rename(os.path.join(temp, entries[0]), archive_dir)
     os.rmdir(temp)
+    fd = os.open(archive_dir, _DIR_OPEN)
+    try:
+        _guard_archive_folder(fd, stat.S_IMODE(os.fstat(fd).st_mode), own.st_uid, own.st_gid)
+    finally:
+        os.close(fd)
     return True
+
+
+def _guard_archive_folder(fd: int, mode: int, uid: int, gid: int) -> None:
+    """Give the archive folder (open as ``fd``) ``mode`` without write for group and others, and keep
+    it owned by ``uid``:``gid``. Hooks run (as root) from this folder: tar -xp would give it the mode
+    and owner of the bundle's ``./`` (or stripped top-level) folder, so a bundle folder of mode 0777,
+    or owned by another user, would let any local user swap the scripts before they run."""
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)
+    if stat.S_IMODE(st.st_mode) != mode & ~0o022:
+        os.fchmod(fd, mode & ~0o022)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -409,6 +436,25 @@ def _on_cycles(folder_links: dict[str, tuple[str, str]]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Reading archives
 
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+
+
+def _require_regular_file(path: str, bundle_type: str) -> None:
+    """Refuse, before anything opens it, an archive bundle that is not a regular file: reading a FIFO
+    or a device (``/dev/zero``) would block or never end."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # opening it reports the problem in the usual words
+    if not stat.S_ISREG(st.st_mode):
+        what = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        hint = ("a folder is a bundle of type directory (--type directory)" if stat.S_ISDIR(st.st_mode)
+                else "give the archive file itself")
+        raise BundleError(f"{path} is {what}, not a {bundle_type} archive file", hint=hint,
+                          reference="bundle-invalid")
+
+
 def list_members(path: str, bundle_type: str, *, limits: Limits = DEFAULT_LIMITS) -> list[Member]:
     """The members of the bundle at ``path`` without extracting anything.
 
@@ -418,11 +464,13 @@ def list_members(path: str, bundle_type: str, *, limits: Limits = DEFAULT_LIMITS
     if bundle_type == "directory":
         return list(_walk_members(path))
     if bundle_type in ("tar", "tgz"):
+        _require_regular_file(path, bundle_type)
         with _open_tar(path, bundle_type) as tf:
             return [m for m, _info in _tar_members(tf, path, bundle_type, limits)]
     if bundle_type == "zip":
+        _require_regular_file(path, bundle_type)
         with _open_zip(path) as zf:
-            return [m for m, _info in _zip_members(zf, path, limits)]
+            return [m for m, _info in _zip_members(zf, path, limits, lambda _msg: None)]
     raise UsageError(f"type {bundle_type} is not a valid type. Must be one of tgz,tar,zip,directory")
 
 
@@ -593,9 +641,41 @@ def _corrupt(path: str, bundle_type: str, cause: BaseException | str) -> BundleE
                        hint=hint, reference="bundle-corrupt")
 
 
+class _Owners:
+    """GNU tar's rule for a member's owner (run as root, without --numeric-owner): the user and group
+    *named* in the header when that name exists on this machine, else the numbers in the header."""
+
+    def __init__(self) -> None:
+        self._uids: dict[str, int | None] = {}
+        self._gids: dict[str, int | None] = {}
+
+    def uid(self, name: str, number: int) -> int:
+        if not name:
+            return number
+        if name not in self._uids:
+            try:
+                self._uids[name] = pwd.getpwnam(name).pw_uid
+            except KeyError:
+                self._uids[name] = None
+        found = self._uids[name]
+        return number if found is None else found
+
+    def gid(self, name: str, number: int) -> int:
+        if not name:
+            return number
+        if name not in self._gids:
+            try:
+                self._gids[name] = grp.getgrnam(name).gr_gid
+            except KeyError:
+                self._gids[name] = None
+        found = self._gids[name]
+        return number if found is None else found
+
+
 def _tar_members(tf: tarfile.TarFile, path: str, bundle_type: str,
                  limits: Limits) -> Iterator[tuple[Member, tarfile.TarInfo]]:
     budget = _Budget(path, limits)
+    owners = _Owners()
     try:
         for info in _tar_infos(tf):
             if info.isdir():
@@ -616,7 +696,7 @@ def _tar_members(tf: tarfile.TarFile, path: str, bundle_type: str,
             budget.add(size)
             target = info.linkname if kind in ("symlink", "hardlink") else None
             yield Member(info.name, kind, info.mode & 0o7777, size, target, float(info.mtime),
-                         info.uid, info.gid), info
+                         owners.uid(info.uname, info.uid), owners.gid(info.gname, info.gid)), info
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise _corrupt(path, bundle_type, e) from None
 
@@ -787,7 +867,12 @@ def _open_zip(path: str) -> zipfile.ZipFile:
         raise _corrupt(path, "zip", e) from None
 
 
-def _zip_members(zf: zipfile.ZipFile, path: str, limits: Limits) -> Iterator[tuple[Member, zipfile.ZipInfo]]:
+def _zip_members(zf: zipfile.ZipFile, path: str, limits: Limits,
+                 warn: Callable[[str], None]) -> Iterator[tuple[Member, zipfile.ZipInfo]]:
+    """The entries as ``unzip -qo`` (Info-ZIP 6, no -K) would write them: a Unix mode less the setuid,
+    setgid and sticky bits; for entries made elsewhere (MS-DOS, Windows: no Unix mode) 0600 when their
+    attributes are 0, else ``0444`` (read-only) or ``0666``, less the umask; a leading ``/`` and ``..``
+    components stripped from names. What was changed is said through ``warn``."""
     budget = _Budget(path, limits)
     for info in zf.infolist():
         unix = info.external_attr >> 16 if info.create_system == 3 else 0
@@ -803,8 +888,30 @@ def _zip_members(zf: zipfile.ZipFile, path: str, limits: Limits) -> Iterator[tup
             if info.file_size > _SYMLINK_MAX:
                 raise _unsafe_many([(info.filename, "is a symbolic link with an over-long target")], path)
             target = os.fsdecode(_read_zip(zf, info, path))
-        yield Member(info.filename.rstrip("/") if kind == "dir" else info.filename, kind,
-                     stat.S_IMODE(unix) if unix else None, size, target, _zip_mtime(info)), info
+        name = _unzip_name(info.filename, warn)
+        mode, create_mode = None, 0o666
+        if unix:
+            mode = stat.S_IMODE(unix)
+            if mode & (stat.S_ISUID | stat.S_ISGID) and kind == "file":
+                warn(f"zip member {info.filename!r}: setuid/setgid bits dropped, as unzip does")
+            mode &= ~(stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
+        elif kind == "file":
+            dos = info.external_attr & 0xFF
+            if dos == 0:
+                mode = 0o600
+            elif dos & 0x01:  # read-only
+                create_mode = 0o444
+        yield Member(name.rstrip("/") if kind == "dir" else name, kind, mode, size, target,
+                     _zip_mtime(info), create_mode=create_mode), info
+
+
+def _unzip_name(name: str, warn: Callable[[str], None]) -> str:
+    """unzip's rewriting of a member name: a leading ``/`` stripped, ``..`` components skipped."""
+    fixed = "/".join(p for p in name.lstrip("/").split("/") if p != "..")
+    if fixed != name:
+        warn(f"zip member {name!r} is unpacked as {fixed!r}: unzip strips a leading '/' and skips "
+             "'..' components")
+    return fixed
 
 
 def _read_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
@@ -1011,7 +1118,8 @@ class _Tree:
         self.fds.clear()
 
 
-def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits) -> None:
+def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits,
+            warn: Callable[[str], None]) -> None:
     # One pass: each member is checked against the ones before it and written as it is read, so a tgz
     # is decompressed once. A refusal (or a corrupt or over-limit archive) found later is raised after
     # earlier members were written; the caller then empties the archive folder, and nothing outside it
@@ -1036,7 +1144,7 @@ def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits) -> No
             def data(step: _Step, fd: int) -> None:
                 with zf.open(step.source) as f:
                     _pump(f, fd)
-            _extract(_checked(_zip_members(zf, path, limits), path), archive_dir, data, as_tar=False,
+            _extract(_checked(_zip_members(zf, path, limits, warn), path), archive_dir, data, as_tar=False,
                      owners=False, label=path, bundle_type="zip")
     else:
         raise UsageError(f"type {bundle_type} is not a valid type. Must be one of tgz,tar,zip,directory")
@@ -1074,7 +1182,8 @@ def _pump(f, fd: int) -> None:
 def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, int], None], *,
              as_tar: bool, owners: bool, label: str, bundle_type: str) -> None:
     """Write the checked ``steps``. Like tar -xp (``as_tar``): every stored mode, symlink mtimes too;
-    like unzip: a mode only where the entry has one (else the umask applies), symlinks get no mtime.
+    like unzip: a mode only where the entry has one (else its ``create_mode`` less the umask), symlinks
+    get no mtime, a folder's entry that comes after its contents is ignored.
     Folder metadata is set last, deepest first, so creating their contents does not change it."""
     tree = _Tree(archive_dir)
     folders: dict[tuple[str, ...], Member] = {}
@@ -1086,6 +1195,8 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
             if m.type == "dir":
                 if parts:
                     parent = tree.dir_fd(parts[:-1])
+                    if not as_tar and parts not in made and _is_real_dir(parts[-1], parent):
+                        continue  # unzip ignores a folder's entry that comes after its contents
                     if parts in made and not _is_real_dir(parts[-1], parent):
                         tree.replace(parts, parent)
                     tree.dir_fd(parts)
@@ -1110,7 +1221,7 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
                         follow_symlinks=False)
             else:
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600 if m.mode is not None else 0o666, dir_fd=parent)
+                             0o600 if m.mode is not None else m.create_mode, dir_fd=parent)
                 try:
                     data(step, fd)
                     if owners and m.uid is not None:
@@ -1124,10 +1235,15 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
         for parts in sorted(folders, key=len, reverse=True):
             m = folders[parts]
             fd = tree.dir_fd(parts)
-            if owners and m.uid is not None:
-                os.fchown(fd, m.uid, m.gid)
-            if m.mode is not None and (as_tar or m.mode):
-                os.fchmod(fd, m.mode)
+            if not parts:  # the bundle's "./": the archive folder keeps its owner, and no write for others
+                if m.mode is not None and (as_tar or m.mode):
+                    own = os.fstat(fd)
+                    _guard_archive_folder(fd, m.mode, own.st_uid, own.st_gid)
+            else:
+                if owners and m.uid is not None:
+                    os.fchown(fd, m.uid, m.gid)
+                if m.mode is not None and (as_tar or m.mode):
+                    os.fchmod(fd, m.mode)
             if m.mtime is not None:
                 os.utime(fd, (m.mtime, m.mtime))
     except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error) as e:

@@ -142,7 +142,7 @@ class _Deployment:
             else:
                 self.agent_log.info("CommandExecutor",
                                     f"Handle local file {join(self.root.deployment_dir(self.did), 'bundle.tar')}")
-        archive = bundle.fetch_and_unpack(rev, self.root.deployment_dir(self.did))
+        archive = bundle.fetch_and_unpack(rev, self.root.deployment_dir(self.did), warn=self._notice)
         bundle.check_archive_links(archive)
         self.root.mark_most_recent(self.did)
         self.stream.emit("bundle.unpacked", archive=archive, retention_removed=removed)

@@ -147,21 +147,6 @@ class TestArchiveBundles:
         arch = fetch_and_unpack(LocalRevision(archive, "zip"), deployment_dir)
         assert os.lstat(f"{arch}/data/file.txt").st_uid == os.geteuid()
 
-    def test_zip_entry_without_unix_mode_gets_default_mode(self, tmp_path, deployment_dir):
-        """An entry made on another system (no Unix attributes) is created 0666 & ~umask."""
-        archive = str(tmp_path / "dos.zip")
-        with zipfile.ZipFile(archive, "w") as z:
-            zi = zipfile.ZipInfo("appspec.yml", (2020, 1, 2, 3, 4, 6))
-            zi.create_system = 0
-            z.writestr(zi, "version: 0.0\n")
-        old = os.umask(0o022)
-        try:
-            arch = fetch_and_unpack(LocalRevision(archive, "zip"), deployment_dir)
-        finally:
-            os.umask(old)
-        assert mode(f"{arch}/appspec.yml") == 0o644
-        assert os.lstat(f"{arch}/appspec.yml").st_mtime == time.mktime((2020, 1, 2, 3, 4, 6, 0, 0, -1))
-
     def test_zip_extended_timestamp_wins_over_dos_time(self, tmp_path, deployment_dir):
         """Like unzip, the UTC mtime of the 'UT' extra field is used when present."""
         archive = str(tmp_path / "ut.zip")
