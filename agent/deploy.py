@@ -231,6 +231,7 @@ class _Deployment:
     def hook_event(self, event: str) -> None:
         from agent.appspec import appspec_not_found_message
         from hooks_runtime import HookLog, Script, run_script
+        from hooks_runtime.environment import missing_command_hint
 
         rev_dir = self._revision_dir_for(event)
         if rev_dir is None:
@@ -280,7 +281,9 @@ class _Deployment:
                                  output=captured.text(), output_truncated=captured.truncated)
                 if not result.succeeded:
                     cls = HookTimedOut if result.error_code == 3 else HookFailed
-                    raise cls(result.message, result=result, event=event,
+                    hint = missing_command_hint(captured.text(), result.exit_status, env.get("PATH", ""),
+                                                os.environ.get("PATH"))
+                    raise cls(result.message, result=result, event=event, hint=hint,
                               script_path=f"{self.console_dir}/deployment-archive/{s.location}")
 
     def _notice(self, text: str) -> None:

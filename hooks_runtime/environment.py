@@ -19,11 +19,13 @@ Must not import ``agent``.
 from __future__ import annotations
 
 import functools
+import re
 import os
 import shutil
 import subprocess
 
-__all__ = ["AGENT_REMOVED_VARIABLES", "SYSTEMD_PATH", "UNIT_COMMAND", "service_environment", "systemd_environment"]
+__all__ = ["AGENT_REMOVED_VARIABLES", "SYSTEMD_PATH", "UNIT_COMMAND", "missing_command_hint", "missing_commands",
+           "service_environment", "systemd_environment"]
 
 # systemd's default PATH for services (merged /usr, as on Amazon Linux 2023)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
@@ -100,3 +102,45 @@ def service_environment(*, profile: str = "/etc/profile") -> dict[str, str]:
     if "PPID" in env:
         env["PPID"] = "1"
     return env
+
+
+_NOT_FOUND = (
+    re.compile(r": line \d+: ([^\s:/][^\s:]*): command not found\s*$"),   # bash script
+    re.compile(r"^\S*sh: ([^\s:/][^\s:]*): command not found\s*$"),       # bash -c
+    re.compile(r": \d+: ([^\s:/][^\s:]*): not found\s*$"),                # dash
+    re.compile(r"command not found: ([^\s:/]\S*)\s*$"),                   # zsh
+    re.compile(r"env: ['‘]([^'’/]+)['’]: No such file or directory\s*$"),  # #!/usr/bin/env NAME
+)
+
+
+def missing_commands(output: str) -> list[str]:
+    """Commands a shell said it could not find, in the order it said so, each once."""
+    found: list[str] = []
+    for line in output.splitlines():
+        text = line[8:] if line.startswith(("[stdout]", "[stderr]")) else line
+        for pattern in _NOT_FOUND:
+            match = pattern.search(text)
+            if match and match.group(1) not in found:
+                found.append(match.group(1))
+                break
+    return found
+
+
+def missing_command_hint(output: str, exit_code: int | None, hook_path: str, caller_path: str | None) -> str | None:
+    """Why a hook that exited 127 or said "command not found" may pass in a terminal and fail as a
+    hook: the commands it could not find that the caller's PATH has, where they are, and the hook's
+    PATH. None when there is nothing to say."""
+    names = missing_commands(output)
+    if not names and exit_code != 127:
+        return None
+    located = [(name, shutil.which(name, path=caller_path)) for name in names] if caller_path else []
+    located = [(name, where) for name, where in located
+               if where and not shutil.which(name, path=hook_path)]
+    if located:
+        what = ", ".join(f"{name} is {where}" for name, where in located)
+        return (f"not found on the hook's PATH, but on yours: {what}. Hooks get the agent service's "
+                f"environment, as on an EC2 instance, with PATH={hook_path}; call the command by its full "
+                "path or set PATH in the script (--inherit-env gives hooks your environment instead)")
+    if names:
+        return f"{', '.join(names)}: not found on the hook's PATH={hook_path}"
+    return f"exit code 127 is the shell's 'command not found'; the hook's PATH was {hook_path}"

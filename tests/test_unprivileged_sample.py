@@ -13,7 +13,6 @@ import pwd
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
 from test_instance import _user_python, subordinate_ids
@@ -35,19 +34,6 @@ def deployer():
         yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
-
-
-def _flask_venv(python: str, folder: str) -> str:
-    """A virtual environment of ``python`` (which the user can run) with Flask, in ``folder``; returns
-    its bin folder. Flask comes from PyPI (or pip's cache), installed by our own pip into it."""
-    venv = os.path.join(folder, "venv")
-    subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True, capture_output=True)
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", os.path.join(venv, "bin", "python"),
-                                "install", "--quiet", "--disable-pip-version-check", "flask"],
-                               capture_output=True, text=True, timeout=300, check=False)
-    assert installed.returncode == 0, installed.stderr
-    subprocess.run(["chmod", "-R", "a+rX", venv], check=True)
-    return os.path.join(venv, "bin")
 
 
 def _user_processes(uid: int) -> list[int]:
@@ -80,8 +66,9 @@ def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everythi
     state = os.path.join(shared_dir, "state")
     os.mkdir(state)
     os.chown(state, deployer.pw_uid, deployer.pw_gid)
-    path = ":".join([_flask_venv(python, shared_dir), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
-                     "/usr/bin", "/sbin", "/bin"])
+    # an ordinary Debian user's PATH (no /usr/sbin, where groupadd and useradd are): hooks get the agent
+    # service's environment, not this one, so the sample's BeforeInstall still finds them
+    path = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
 
     def cdsim(*args: str) -> subprocess.CompletedProcess:
         command = ["env", f"PATH={path}", f"CDSIM_STATE_DIR={state}", f"PYTHONPATH={REPO}", python, "-m", "agent",

@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--root-dir", default=None, help="deployment root (default: in the state folder)")
     p.add_argument("--grace-period", type=float, default=5.0,
                    help="seconds between SIGTERM and SIGKILL when a hook times out (default 5)")
+    p.add_argument("--inherit-env", action="store_true",
+                   help="give hooks your environment and working directory instead of the agent "
+                        "service's (cwd /, the systemd unit's environment, as on an EC2 instance)")
     from agent.reports import add_report_option
     add_report_option(p)
     out = p.add_mutually_exclusive_group()
@@ -105,7 +108,8 @@ def deploy_here(args, bundle: str, btype: str) -> int:
         deployment_group_id=args.deployment_group, deployment_group_name=args.deployment_group_name,
         application_name=args.application_name or bundle, events=args.events,
         file_exists_behavior=args.file_exists_behavior.upper(),
-        appspec_filename=args.appspec_filename, cwd=os.getcwd(), grace_seconds=args.grace_period,
+        appspec_filename=args.appspec_filename, grace_seconds=args.grace_period,
+        **hook_environment(args.inherit_env),
         progress=None if args.quiet else ProgressBar("  copying files"))
     records: list[dict] = []
     result = deploy(request, listeners=[printer.on_record, records.append], notify=printer.notice,
@@ -114,6 +118,16 @@ def deploy_here(args, bundle: str, btype: str) -> int:
     if not os.environ.get("CDSIM_INSIDE_INSTANCE"):  # inside, the outer cdsim writes the reports
         _reports(args, records)
     return result.exit_status
+
+
+def hook_environment(inherit: bool) -> dict:
+    """The hooks' ``base_env`` and ``cwd`` for a DeploymentRequest: the agent service's (spec §7.3,
+    §9.1: cwd ``/``, the systemd unit's environment, AWS key variables removed), or with ``inherit``
+    the caller's, as codedeploy-local gives them."""
+    if inherit:
+        return {"base_env": dict(os.environ), "cwd": os.getcwd()}
+    from hooks_runtime.environment import service_environment
+    return {"base_env": service_environment(), "cwd": "/"}
 
 
 def _reports(args, records: list[dict]) -> None:
@@ -143,6 +157,8 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
         argv.append("-q")
     if args.verbose:
         argv.append("-v")
+    if args.inherit_env:
+        argv.append("--inherit-env")
     if not args.quiet:
         print(f"cdsim: deploying into instance {name!r} (cdsim instance shell {name} to look around)",
               flush=True)

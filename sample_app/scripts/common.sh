@@ -18,12 +18,12 @@ has_systemd() {
     [ -d /run/systemd/system ]
 }
 
-# The interpreter that runs the app: the one mod_wsgi embeds, or the first python3 on PATH
-# (the hooks inherit cdsim's PATH, so an activated virtual environment is used).
+# The interpreter that runs the app: the one mod_wsgi embeds, or the first python3 on the PATH the
+# agent service gives hooks (its systemd unit sources /etc/profile: the system's python3, not yours).
 if uses_httpd; then
     APP_PYTHON=/usr/bin/python3
 else
-    APP_PYTHON=$(command -v python3) || { echo "python3 is not on PATH" >&2; exit 1; }
+    APP_PYTHON=$(command -v python3) || { echo "python3 is not on PATH ($PATH): install it" >&2; exit 1; }
 fi
 
 # True while process $1 exists and is not a zombie.
