@@ -65,10 +65,12 @@ def _base_parser() -> argparse.ArgumentParser:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command; with ``only``, only that command's module is imported (the
+    others are placeholders that still list in --help; ``only=""`` imports none)."""
     parser = _base_parser()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
-        if only and name != only:
+        if only is not None and name != only:
             # a cheap placeholder so --help still lists every command
             sub.add_parser(name, help=_summary(name, module), add_help=False)
             continue
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         from agent.commands import local
         return _run(local.run_argv, rest[1:], debug)
     first = next((a for a in rest if not a.startswith("-")), None)
-    parser = build_parser(only=first if first in COMMANDS else None)
+    # no command (--version, --help) or an unknown one: no command module is imported
+    parser = build_parser(only=first if first in COMMANDS else "")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help/--version
