@@ -281,8 +281,9 @@ class _Deployment:
                                  output=captured.text(), output_truncated=captured.truncated)
                 if not result.succeeded:
                     cls = HookTimedOut if result.error_code == 3 else HookFailed
-                    hint = missing_command_hint(captured.text(), result.exit_status, env.get("PATH", ""),
-                                                os.environ.get("PATH"))
+                    hint = (_crlf_hint(script.path, s.location) or
+                            missing_command_hint(captured.text(), result.exit_status, env.get("PATH", ""),
+                                                 os.environ.get("PATH")))
                     raise cls(result.message, result=result, event=event, hint=hint,
                               script_path=f"{self.console_dir}/deployment-archive/{s.location}")
 
@@ -290,6 +291,20 @@ class _Deployment:
         self.stream.emit("notice", text=text)
         if self.notify:
             self.notify(text)
+
+
+def _crlf_hint(path: str, location: str) -> str | None:
+    """The fix for a script whose #! line ends in a carriage return (the kernel looks for an interpreter
+    named "/bin/bash\\r"), as `cdsim validate` gives it."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    if first.startswith(b"#!") and first.rstrip(b"\n").endswith(b"\r"):
+        return (f"the #! line of {location} ends with a carriage return (CRLF line endings): convert it to "
+                f"LF line endings (dos2unix {location}); `cdsim validate` finds this before a deployment")
+    return None
 
 
 class _Capture:

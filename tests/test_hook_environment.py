@@ -151,3 +151,14 @@ class TestCommandNotFound:
         proc = cdsim(tmp_path, "deploy", "--host", "--root-dir", str(tmp_path / "root"), str(bundle))
         assert proc.returncode == ExitStatus.HOOK_FAILED
         assert "exit code 127 is the shell's 'command not found'; the hook's PATH was" in proc.stdout
+
+
+class TestCrlfHint:
+    def test_crlf_script_failure_says_how_to_fix_it(self, tmp_path):
+        """sample_app_broken/crlf_script fails at deploy time with the fix validate gives."""
+        proc = cdsim(tmp_path, "deploy", "--host", "--root-dir", str(tmp_path / "root"),
+                     str(REPO / "sample_app_broken" / "crlf_script"))
+        assert proc.returncode == ExitStatus.HOOK_FAILED, proc.stdout + proc.stderr
+        assert ("hint: the #! line of scripts/create_app_user ends with a carriage return (CRLF line endings)"
+                in proc.stdout)
+        assert "dos2unix scripts/create_app_user" in proc.stdout
