@@ -1,6 +1,8 @@
 """The agent's own log (``{log_dir}/codedeploy-local.log``, behaviour doc §3.6), line for line.
 
 Format: ``{YYYY-MM-DDTHH:MM:SS} {LEVEL:<5} [{program_name}({pid})]: {Class}: {message}``.
+The file is opened for appending per line; created by the first line with mode ``0666 & ~umask`` and
+its folder ``0777 & ~umask``, as the agent's (Q40); an existing file keeps its mode.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@
     <root>/deployment-logs/<program_name>-deployments.log
 
 Owns: paths, deployment ids, the two marker files (written atomically), max_revisions retention.
+Folders and files get the modes the process umask gives, as the agent's do (Q40): folders
+``0777 & ~umask``, files ``0666 & ~umask`` (agent.fsutil.atomic_write); nothing is chmod'ed.
 """
 from __future__ import annotations
 

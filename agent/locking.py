@@ -2,7 +2,8 @@
 
 Owns the deployment lock: an exclusive ``flock(2)`` on a descriptor of the deployment root folder
 itself (opened ``O_RDONLY|O_DIRECTORY``, the folder created first), held for the whole deployment.
-No lock file is added, so the root's layout stays exactly the agent's; the kernel drops the lock when
+No lock file is added, so the root's layout stays exactly the agent's (the root, when missing, is
+created ``0777 & ~umask`` like every folder in it); the kernel drops the lock when
 the descriptor closes, so a killed cdsim never leaves a stale lock behind. The descriptor is
 close-on-exec: a hook (or a daemon it leaves running) never inherits the lock.
 

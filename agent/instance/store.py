@@ -4,6 +4,7 @@ An instance folder holds ``meta.json`` (what the instance is: name, network, id 
 ``keeper.json`` (the running keeper, if any), ``synthesized.json`` (files cdsim itself put in the upper
 layer, with their sha256: no change of the instance's), ``upper/`` and ``work/`` (the overlay layers),
 ``root/`` (the mount point of the merged tree, used only inside the keeper's mount namespace) and ``keeper.log``.
+The folder is 0700 and the three state files are written private (0600 & ~umask), whatever the umask.
 Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
@@ -96,7 +97,7 @@ def id_maps() -> dict:
 def write_meta(inst: Instance) -> None:
     meta = {"schema": 1, "name": inst.name, "network": inst.network, "created": time.time(),
             "owner_uid": os.geteuid(), **id_maps()}
-    atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n", private=True)
 
 
 def read_meta(path: str) -> dict:
@@ -122,7 +123,7 @@ def names(state: str | None = None) -> list[str]:
 
 
 def write_keeper(inst: Instance, record: dict) -> None:
-    atomic_write(inst.keeper_file, json.dumps(record, sort_keys=True) + "\n")
+    atomic_write(inst.keeper_file, json.dumps(record, sort_keys=True) + "\n", private=True)
 
 
 def read_keeper(inst: Instance) -> dict | None:
@@ -150,4 +151,5 @@ def read_synthesized(inst: Instance) -> dict:
 
 def add_synthesized(inst: Instance, written: dict) -> None:
     if written:
-        atomic_write(inst.synthesized_file, json.dumps({**read_synthesized(inst), **written}, sort_keys=True) + "\n")
+        atomic_write(inst.synthesized_file, json.dumps({**read_synthesized(inst), **written}, sort_keys=True) + "\n",
+                     private=True)
