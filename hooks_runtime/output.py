@@ -93,7 +93,7 @@ def _open_append(path: str) -> tuple[BinaryIO, bool]:
     """Open for appending, creating parent folders; returns (file, created)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         created = True
     except FileExistsError:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)

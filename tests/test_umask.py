@@ -21,12 +21,6 @@ import pytest
 
 UMASKS = (0o077, 0o027, 0o022, 0o002)
 GROUP = "g1"
-HOOK_LOGS_OPEN_0644 = (
-    "hooks_runtime/output.py creates scripts.log and the deployments log with os.open(..., 0o644): "
-    "right under 077/027/022, 0644 instead of 0664 under 002 (owned by the hooks_runtime rewrite: "
-    "0o666 there fixes it)")
-
-
 def run(argv: list[str], umask: int, cwd: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, preexec_fn=lambda: os.umask(umask), **kw)
@@ -144,8 +138,6 @@ def test_scripts_log_and_deployments_log_modes_follow_the_umask(deployed):
     f = "f %04o" % (0o666 & ~umask)
     want = {"deployment-logs/codedeploy-agent-deployments.log": f, f"{GROUP}/{did}/logs/scripts.log": f}
     got = {p: m for p, m in tree(base / "root").items() if _is_hook_log(p)}
-    if got != want and got == {p: "f %04o" % (0o644 & ~umask) for p in want}:
-        pytest.xfail(HOOK_LOGS_OPEN_0644)   # the known gap, and nothing else
     assert got == want
 
 
