@@ -66,6 +66,18 @@ def no_leftover_processes(monkeypatch: pytest.MonkeyPatch):
             pytest.fail("test left processes behind: " + ", ".join(names), pytrace=False)
 
 
+def require_tool(tool: str, package: str) -> str:
+    """The path of ``tool``; when it is missing, skip with the Debian package and its install line, or,
+    under CI (``CI`` set), fail: CI installs every package the suite needs and must not pass by skipping."""
+    path = shutil.which(tool)
+    if path:
+        return path
+    why = f"needs {tool}: apt-get install -y {package}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI must install it: .ci/run)", pytrace=False)
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def runas_user():
     """A real user created with useradd (login shell /bin/sh, a home directory), removed afterwards."""
