@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from conftest import require_tool
 
 from agent import permissions as perm
 from agent.appspec import (
@@ -678,10 +679,10 @@ class TestPermissionExecution:
                 Permission(object=f"{tmp_path}/app", owner=owner, group=group),)), arch)
         assert e.value.message == message
 
-    @pytest.mark.skipif(shutil.which("setfacl") is None, reason="needs setfacl (apt-get install acl)")
     def test_setfacl_applied_with_mask_from_group_bits(self, dep, tmp_path, real_user):
         """A named user on a 644 file is limited by the derived mask (r--); a second path of the same
         entry reuses the first path's mask (Q9)."""
+        require_tool("setfacl", "acl")
         arch = dep.archive({"a.txt": "a", "b.txt": "b"})
         os.chmod(Path(arch) / "a.txt", 0o644)
         os.chmod(Path(arch) / "b.txt", 0o664)

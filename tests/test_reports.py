@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 
 from agent.errors import UsageError
 from agent.events import read_events
@@ -232,9 +233,7 @@ class TestHtml:
     def test_timeline_shows_every_hook_to_scale_in_a_browser(self, runs, tmp_path):
         """Chromium lays the page out: each hook has a bar whose pixel box matches its start and duration
         as fractions of the deployment's span; the failed hook's output is on the page."""
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        if not chromium:
-            pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+        chromium = shutil.which("chromium-browser") or require_tool("chromium", "chromium")
         _, records = runs["failed"]
         page = tmp_path / "report.html"
         render("html", records, str(page))

@@ -25,6 +25,7 @@ import wsgiref.validate
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 import yaml
 
 from agent.appspec import parse_appspec
@@ -242,8 +243,7 @@ def _vagrant_provision_script() -> str:
 class TestVagrantfile:
     def test_ruby_syntax(self):
         """`ruby -c Vagrantfile` says Syntax OK."""
-        if shutil.which("ruby") is None:
-            pytest.skip("ruby is not installed (apt-get install ruby): cannot check the Vagrantfile's syntax")
+        require_tool("ruby", "ruby")
         done = subprocess.run(["ruby", "-c", "Vagrantfile"], cwd=ROOT, capture_output=True, text=True, check=False)
         assert done.returncode == 0 and "Syntax OK" in done.stdout, done.stderr
 

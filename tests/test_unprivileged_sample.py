@@ -15,6 +15,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import require_tool
 from test_instance import _user_python, subordinate_ids
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,8 +54,8 @@ def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everythi
     """As a non-root user with subordinate ids: two deployments of sample_app succeed (ValidateService
     prints the page), ec2-user's files belong to a subordinate uid inside the instance folder, destroy
     as that user removes it all, and the host has no ec2-user and no /home/ec2-user/sample-app."""
-    assert shutil.which("newuidmap") and shutil.which("newgidmap"), \
-        "needs newuidmap/newgidmap: apt-get install uidmap"
+    require_tool("newuidmap", "uidmap")
+    require_tool("newgidmap", "uidmap")
     python = _user_python(deployer.pw_name)
     if python is None:   # as in test_instance: a checkout other users can't read can't be run by them
         pytest.skip(f"no interpreter both runnable by {deployer.pw_name} and able to import agent from {REPO}")
