@@ -14,8 +14,14 @@ too, so we reject with our own message naming the key and its position.
 How the YAML is read (§5.1): the events of the first document (libyaml through ``yaml.CSafeLoader``
 when available, the same parser Psych uses, so syntax errors read like the agent's) are composed into
 ``yaml.nodes`` keeping each value's line and column, then converted the way Psych 4's ``YAML.load``
-does: YAML 1.1 scalars, aliases rejected (``Unknown alias: x``), dates and symbols rejected
+does: every scalar through ``psych_tokenize``, our rendering of Psych 4.0's scalar scanner (YAML 1.1
+as Psych reads it, base 60 included: ``0:02`` is 120, ``1:30`` is 5400, Q39; PyYAML's resolver differs
+and is not used for values), aliases rejected (``Unknown alias: x``), dates and symbols rejected
 (``Tried to load unspecified class: Date``), a later duplicate key winning.
+
+One check is cdsim's, not the agent's: a ``runas`` that is not a user name (``valid_user_name``; the
+agent hands ``--help`` or ``-c id`` to su, which reads them as options) is refused with the code
+``invalid-runas``, after every error of the agent's own.
 """
 from __future__ import annotations
 
@@ -1057,7 +1063,10 @@ class _Parser:
         for ch in mode:
             if ch not in "01234567":
                 hint = None
-                if isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
+                if _plain_base60(node):
+                    hint = (f"YAML 1.1 (Psych) reads the unquoted {node.value} as the base-60 number {ruby_to_s(v)}; "
+                            "write the mode as octal digits, e.g. mode: '644'")
+                elif isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
                     hint = f"YAML reads the unquoted {node.value} as the octal number {v}; quote it: mode: '{node.value}'"
                 self.fail(_msg_mode_char(mode, ch), node, code="invalid-mode", hint=hint)
                 return _CRASH

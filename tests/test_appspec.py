@@ -483,6 +483,12 @@ class TestPsychScalars:
         """mode is to_s of the resolved number: 0:10 is 600, 0x1a4 is 420."""
         assert perm(f"    mode: {raw}\n").mode == mode
 
+    def test_base60_mode_with_a_non_octal_digit_has_a_base60_hint(self):
+        """mode: 0:15 is 900 for the agent: its invalid-character error, and a hint that says base 60."""
+        e = perm_error("    mode: 0:15\n")
+        assert e.message == A._msg_mode_char("900", "9")
+        assert "base-60 number 900" in e.hint
+
 
 class TestRunas:
     @pytest.mark.parametrize("name", ["app", "web-app", "a.b", "_svc", "123", "svc$", "A_b-c.9"])
