@@ -632,7 +632,7 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
         loader.dispose()
 
 
-def _plain_base60(node) -> bool:
+def is_base60_node(node) -> bool:
     """Whether a node is a scalar Psych tokenizes and reads as a base-60 number."""
     return (node is not None and getattr(node, "id", "") == "scalar"
             and not getattr(node, "psych_quoted", node.style is not None)
@@ -906,7 +906,7 @@ class _Parser:
                 return None
             timeout = int(t) if isinstance(t, (int, float)) else _ruby_str_to_i(t)
             if timeout <= 0:
-                if _plain_base60(t_node):
+                if is_base60_node(t_node):
                     read_as = (f"the agent (Psych, YAML 1.1) reads {t_node.value} as the base-60 number "
                                f"{ruby_to_s(t)}, hence {timeout} s; ")
                 elif isinstance(t, int):
@@ -1063,7 +1063,7 @@ class _Parser:
         for ch in mode:
             if ch not in "01234567":
                 hint = None
-                if _plain_base60(node):
+                if is_base60_node(node):
                     hint = (f"YAML 1.1 (Psych) reads the unquoted {node.value} as the base-60 number {ruby_to_s(v)}; "
                             "write the mode as octal digits, e.g. mode: '644'")
                 elif isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):

@@ -448,7 +448,7 @@ class _Lint:
                     except AppSpecError:
                         kv = None
                     stack.append((v, kv if isinstance(kv, str) else None))
-            elif A._plain_base60(node):
+            elif A.is_base60_node(node):
                 try:
                     v = A.scalar_value(node, shown)
                 except AppSpecError:
@@ -507,7 +507,7 @@ class _Lint:
             return
         if isinstance(v, int) and not isinstance(v, bool) and node.value != str(v):
             applied = str(v).rjust(3, "0")
-            if A._plain_base60(node) and all(c in "01234567" for c in applied) and len(applied) <= 4:
+            if A.is_base60_node(node) and all(c in "01234567" for c in applied) and len(applied) <= 4:
                 self.add("warning", "mode-base60",
                          f"mode {node.value} is the base-60 number {v} for the agent's YAML (Psych, YAML 1.1), "
                          f"so the agent applies mode {applied} ({_rwx(int(applied, 8))})", shown,
