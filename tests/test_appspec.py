@@ -490,6 +490,72 @@ class TestPsychScalars:
         assert "base-60 number 900" in e.hint
 
 
+# More cases for the cross-check against the real Psych (edge cases of each rule, tags, quoting).
+PSYCH_EXTRA = [
+    "1:30.", "1:30.5_5", "1:3_0", "+.INF", ".nAn", "tRUE", "nUlL", "~x", "0b_", "0x_", ".e+3", "-.e+3", "0,7",
+    "1,,000", "+0x1f", "-0", "+0", "-0b", "0b", "0x", "2000-11-31", "2001-12-15T02:59:73.1Z", "12:30:45",
+    "-1:2:3", "1:5", "00:00:00:00:00.0", "1__0:00", "1.5e+3", "1.5E-3", ".5e+3", "00.5", "9:59:59", "0:60",
+    "'0:02'", '"0644"', "!!str 0:02", "!!int 1:30", '!!int "12"', "! 12", '! "12"', "!!float 7", "!!float 1:30",
+    "!!bool yes", "!!bool y", "!!null ''", "!foo bar", "!!binary aGk=",
+]
+_RUBY_ORACLE = r"""
+require 'psych'
+require 'json'
+out = JSON.parse(STDIN.read).map do |c|
+  begin
+    v = Psych.load("x: #{c}\n")["x"]
+    s = v.is_a?(Float) ? (v.nan? ? 'nan' : v.infinite? ? (v > 0 ? 'inf' : '-inf') : v.to_s) : v.to_s
+    [v.class.name, s]
+  rescue Exception => e
+    ['error', "#{e.class}: #{e.message}"]
+  end
+end
+puts JSON.generate([Psych::VERSION, out])
+"""
+
+
+def _as_ruby(text: str) -> tuple[str, str]:
+    """(Ruby class, to_s) of what cdsim loads for ``x: text``, or ('error', message)."""
+    try:
+        v = loaded(text)
+    except AppSpecError as e:
+        return "error", e.message
+    if v is None or isinstance(v, bool):
+        return {None: "NilClass", True: "TrueClass", False: "FalseClass"}[v], A.ruby_to_s(v)
+    if isinstance(v, float):
+        text = "nan" if v != v else "inf" if v == math.inf else "-inf" if v == -math.inf else A.ruby_to_s(v)
+        return "Float", text
+    return ("Integer" if isinstance(v, int) else "String"), A.ruby_to_s(v)
+
+
+def test_resolver_agrees_with_the_real_psych():
+    """Every table case, quoted and tagged too, against Ruby 3.1's Psych 4.0 itself (the agent's YAML)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    def unavailable(why: str):
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+    if shutil.which("ruby") is None:
+        unavailable("ruby is not installed (apt-get install ruby): cannot compare with the real Psych")
+    cases = [t for t, _ in PSYCH_TABLE if t] + PSYCH_EXTRA
+    done = subprocess.run(["ruby", "-e", _RUBY_ORACLE], input=json.dumps(cases), capture_output=True, text=True,
+                          timeout=120, check=True)
+    version, results = json.loads(done.stdout)
+    if not version.startswith("4.0."):
+        unavailable(f"Psych {version} is not the agent's Psych 4.0 (Ruby 3.1: apt-get install ruby3.1)")
+    differ = []
+    for case, (cls, text) in zip(cases, results):
+        ours = _as_ruby(case)
+        if ours[0] != cls or (cls != "error" and ours[1] != text):
+            differ.append((case, (cls, text), ours))
+    assert differ == []
+
+
 class TestRunas:
     @pytest.mark.parametrize("name", ["app", "web-app", "a.b", "_svc", "123", "svc$", "A_b-c.9"])
     def test_user_names_accepted(self, name):
