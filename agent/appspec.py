@@ -14,8 +14,14 @@ too, so we reject with our own message naming the key and its position.
 How the YAML is read (§5.1): the events of the first document (libyaml through ``yaml.CSafeLoader``
 when available, the same parser Psych uses, so syntax errors read like the agent's) are composed into
 ``yaml.nodes`` keeping each value's line and column, then converted the way Psych 4's ``YAML.load``
-does: YAML 1.1 scalars, aliases rejected (``Unknown alias: x``), dates and symbols rejected
+does: every scalar through ``psych_tokenize``, our rendering of Psych 4.0's scalar scanner (YAML 1.1
+as Psych reads it, base 60 included: ``0:02`` is 120, ``1:30`` is 5400, Q39; PyYAML's resolver differs
+and is not used for values), aliases rejected (``Unknown alias: x``), dates and symbols rejected
 (``Tried to load unspecified class: Date``), a later duplicate key winning.
+
+One check is cdsim's, not the agent's: a ``runas`` that is not a user name (``valid_user_name``; the
+agent hands ``--help`` or ``-c id`` to su, which reads them as options) is refused with the code
+``invalid-runas``, after every error of the agent's own.
 """
 from __future__ import annotations
 
@@ -159,6 +165,25 @@ def install_appspec_candidates(filename_option: str | None) -> tuple[str, ...]:
         if name not in out:
             out.append(name)
     return tuple(out)
+
+
+# A user name cdsim hands to su (runas): POSIX portable characters, not starting with '-' (su would read
+# it as an option), '$' allowed at the end as useradd allows it (machine accounts), not . or ..
+_USER_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*\$?\Z")
+MAX_USER_NAME = 256  # LOGIN_NAME_MAX on Linux
+
+
+def valid_user_name(name: str) -> bool:
+    """Whether ``name`` is a user name cdsim will pass to su for runas (never read as an option)."""
+    return (len(name) <= MAX_USER_NAME and name not in (".", "..")
+            and _USER_NAME.match(name) is not None)
+
+
+def msg_invalid_runas(name: str) -> str:
+    """cdsim's message (not the agent's) for a runas value that is not a user name."""
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    return (f"runas {ruby_inspect(shown)} is not a user name: cdsim refuses to run the script (the agent "
+            "passes it to su, which reads a value starting with '-' as an option)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -336,12 +361,136 @@ class _RubyHash:
 # YAML: compose the first document into nodes with marks, convert scalars the Psych 4 way
 
 _TAG = "tag:yaml.org,2002:"
-_PSYCH_DATE = re.compile(r"\d{4}-(?:1[012]|0\d|\d)-(?:[12]\d|3[01]|0\d|\d)\Z")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Psych 4's scalar resolution (the one Ruby 3.1's YAML.load applies, behaviour doc §5.1, Q39), written
+# from its documented behaviour. Checked in this order, the first that applies decides:
+#   1. a short word: text starting (after at most one other character) with letters/punctuation of
+#      _WORDISH, or containing a newline -> a string, except when at most 5 characters long:
+#      ~ and null (any case) -> nil; yes/true/on -> true; no/false/off -> false (any case; not y/n)
+#   2. a time stamp -> Time, a date -> Date: both refused by Psych 4 (DisallowedClass)
+#   3. .inf, +.inf, -.inf, .nan (any case)
+#   4. :text -> a Symbol, refused by Psych 4
+#   5. base 60 with 2 or 3 parts (the first may be signed and have underscores, the others are 0-59):
+#      part i (from the left, from 0) counts 60 ** |i - 2|, so a:b is a*3600 + b*60, a:b:c is
+#      a*3600 + b*60 + c; a float when the last part has a fraction
+#   6. a decimal float (digits, commas and underscores before a '.', an optional e+N / e-N exponent)
+#   7. an integer: 0b binary, 0 octal, 0x hex (lower-case prefixes), decimal; commas and single
+#      underscores between digits are dropped
+#   8. anything else is the string itself.
+# Ruby's ^ and $ are line anchors; text reaching steps 2-8 has no newline, so they act as \A and \Z.
+
+_WORDISH = r"[^\W\d_]|[_ \t\r\n\f\v!@#$%^&*(){}<>|/\\~;=]"
+_PSYCH_WORD = re.compile(rf"(?:[^0-9.:\-](?:{_WORDISH})|(?:{_WORDISH}))")
 _PSYCH_TIME = re.compile(r"-?\d{4}-\d{1,2}-\d{1,2}(?:[Tt]|\s+)\d{1,2}:\d\d:\d\d(?:\.\d*)?"
-                         r"(?:\s*(?:Z|[-+]\d{1,2}:?(?:\d\d)?))?\Z")
-# Psych accepts commas in integers ("1,000" -> 1000, not YAML 1.1 but kept by Psych for compatibility)
-_PSYCH_COMMA_INT = re.compile(r"[-+]?(?:0b[0-1_,]+|0[0-7_,]+|(?:0|[1-9](?:[0-9]|,[0-9]|_[0-9])*)"
-                              r"|0x[0-9a-fA-F_,]+)\Z")
+                         r"(?:\s*(?:Z|[-+]\d{1,2}:?(?:\d\d)?))?\Z", re.ASCII)
+_PSYCH_DATE = re.compile(r"\d{4}-(?:1[012]|0\d|\d)-(?:[12]\d|3[01]|0\d|\d)\Z", re.ASCII)
+_PSYCH_BASE60_INT = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9]){1,2}\Z")
+_PSYCH_BASE60_FLOAT = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9]){1,2}\.[0-9_]*\Z")
+_PSYCH_FLOAT = re.compile(r"[-+]?(?:[0-9][0-9_,]*)?\.[0-9]*(?:[eE][-+][0-9]+)?\Z")
+_PSYCH_INT = re.compile(r"[-+]?(?:0b[01_,]+|0[0-7_,]+|(?:0|[1-9](?:[0-9]|,[0-9]|_[0-9])*)|0x[0-9a-fA-F_,]+)\Z")
+
+
+class PsychRefused(ValueError):
+    """Psych 4 raises on this scalar: ``cls`` is its exception class, ``message`` its text."""
+
+    def __init__(self, cls: str, message: str):
+        super().__init__(message)
+        self.cls = cls
+        self.message = message
+
+
+def _ruby_str_to_f(s: str) -> float:
+    """Ruby ``String#to_f`` for the parts of a base-60 number: a leading signed decimal, single
+    underscores between digits, a fraction only when a digit follows the '.'."""
+    m = re.match(r"([+-]?)([0-9]+(?:_[0-9]+)*)(?:\.([0-9]+(?:_[0-9]+)*))?", s)
+    if not m:
+        return 0.0
+    text = m.group(2).replace("_", "") + "." + (m.group(3) or "0").replace("_", "")
+    return -float(text) if m.group(1) == "-" else float(text)
+
+
+def is_base60(text: str) -> bool:
+    """Whether Psych reads this plain scalar as a base-60 number (``0:02``, ``1:30``, ``1:30.5``)."""
+    return bool(_PSYCH_BASE60_INT.match(text) or _PSYCH_BASE60_FLOAT.match(text)) and "\n" not in text
+
+
+def _base60(text: str, part) -> int | float:
+    total = 0
+    for i, piece in enumerate(text.split(":")):
+        total += part(piece) * 60 ** abs(i - 2)
+    return total
+
+
+def _ruby_integer(text: str) -> int:
+    """Ruby ``Integer()`` of what passed _PSYCH_INT, commas and underscores removed."""
+    digits = text.replace(",", "").replace("_", "")
+    sign = -1 if digits[:1] == "-" else 1
+    body = digits[1:] if digits[:1] in "+-" else digits
+    if body[:2] in ("0b", "0x"):
+        base, body = (2 if body[1] == "b" else 16), body[2:]
+    elif len(body) > 1 and body[0] == "0":
+        base = 8
+    else:
+        base = 10
+    if not body:  # "0b_" -> "0b": Ruby's Integer() raises
+        raise PsychRefused("ArgumentError", f"invalid value for Integer(): {_ruby_str_inspect(digits)}")
+    return sign * int(body, base)
+
+
+def _ruby_float_of(text: str) -> float:
+    """Ruby ``Float()`` of what passed _PSYCH_FLOAT: commas and underscores dropped, a '.' before the
+    exponent or at the end dropped."""
+    cleaned = re.sub(r"\.([Ee]|\Z)", r"\1", text.replace(",", "").replace("_", ""))
+    if not re.fullmatch(r"[-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+][0-9]+)?", cleaned):
+        raise PsychRefused("ArgumentError", f"invalid value for Float(): {_ruby_str_inspect(cleaned)}")
+    return float(cleaned)
+
+
+def psych_tokenize(text: str) -> object:
+    """The Ruby value Psych 4 gives an untagged plain scalar (Python None, bool, int, float or str).
+
+    Raises PsychRefused where Psych 4's ``YAML.load`` raises (dates, times, symbols, ``0b_``)."""
+    if text == "":
+        return None
+    if "\n" in text or _PSYCH_WORD.match(text):
+        if len(text) > 5:
+            return text
+        low = text.lower()
+        if low[0] not in "ytonf~":
+            return text
+        if low in ("~", "null"):
+            return None
+        if low in ("yes", "true", "on"):
+            return True
+        if low in ("no", "false", "off"):
+            return False
+        return text
+    if _PSYCH_TIME.match(text):
+        raise PsychRefused("Psych::DisallowedClass", "Tried to load unspecified class: Time")
+    if _PSYCH_DATE.match(text):
+        raise PsychRefused("Psych::DisallowedClass", "Tried to load unspecified class: Date")
+    low = text.lower()
+    if low in (".inf", "+.inf"):
+        return math.inf
+    if low == "-.inf":
+        return -math.inf
+    if low == ".nan":
+        return math.nan
+    if len(text) > 1 and text[0] == ":":
+        raise PsychRefused("Psych::DisallowedClass", "Tried to load unspecified class: Symbol")
+    if _PSYCH_BASE60_INT.match(text):
+        return _base60(text, _ruby_str_to_i)
+    if _PSYCH_BASE60_FLOAT.match(text):
+        return _base60(text, _ruby_str_to_f)
+    if _PSYCH_FLOAT.match(text):
+        if text.lstrip("+-") == ".":
+            return text
+        return _ruby_float_of(text)
+    if _PSYCH_INT.match(text):
+        return _ruby_integer(text)
+    return text
 
 
 class AliasNode:
@@ -446,6 +595,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
             tag = event.tag if explicit else loader.resolve(ScalarNode, event.value, event.implicit)
             # libyaml reports the plain style as '', the pure-Python parser as None
             node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style or None)
+            # what Psych sees: "quoted" is libyaml's quoted_implicit (not plain, no tag), and the raw tag
+            node.psych_quoted = bool(event.implicit[1])
+            node.psych_tag = event.tag
         elif isinstance(event, ev.SequenceStartEvent):
             tag = event.tag if explicit else loader.resolve(SequenceNode, None, event.implicit)
             node = SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
@@ -480,90 +632,56 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
         loader.dispose()
 
 
-def _disallowed(cls: str, node, filename: str) -> AppSpecError:
-    return _err(f"Tried to load unspecified class: {cls}", filename, node_mark(node),
-                code="yaml-disallowed-class", agent_class="Psych::DisallowedClass",
-                hint="quote the value to make it a string")
+def is_base60_node(node) -> bool:
+    """Whether a node is a scalar Psych tokenizes and reads as a base-60 number."""
+    return (node is not None and getattr(node, "id", "") == "scalar"
+            and not getattr(node, "psych_quoted", node.style is not None)
+            and getattr(node, "psych_tag", None) in (None, "!") and is_base60(node.value))
 
 
-def _yaml_int(text: str) -> int:
-    """A YAML 1.1 integer (``0644`` octal, ``0x1f``, ``0b101``, ``1_000``, ``1:30`` base 60)."""
-    v = text.replace("_", "").replace(",", "")
-    sign = -1 if v[:1] == "-" else 1
-    v = v[1:] if v[:1] in "+-" else v
-    if v == "0":
-        return 0
-    if v.startswith("0b"):
-        return sign * int(v, 0)
-    if v.startswith("0x"):
-        return sign * int(v, 0)
-    if ":" in v:
-        n = 0
-        for digit in v.split(":"):
-            n = n * 60 + int(digit)
-        return sign * n
-    if v.startswith("0"):
-        return sign * int(v, 8)
-    return sign * int(v)
-
-
-def _yaml_float(text: str) -> float:
-    v = text.replace("_", "").lower()
-    sign = -1.0 if v[:1] == "-" else 1.0
-    v = v[1:] if v[:1] in "+-" else v
-    if v == ".inf":
-        return sign * float("inf")
-    if v == ".nan":
-        return float("nan")
-    if ":" in v:
-        n = 0.0
-        for digit in v.split(":"):
-            n = n * 60 + float(digit)
-        return sign * n
-    return sign * float(v)
+_RUBY_TAG_PREFIXES = ("!ruby/", "tag:ruby.yaml.org,2002:")
 
 
 def scalar_value(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
-    """The Ruby value Psych 4 gives a scalar node (as Python: None, bool, int, float, str)."""
+    """The Ruby value Psych 4 gives a scalar node (as Python: None, bool, int, float, str).
+
+    Like Psych: a quoted or block scalar without a tag is a string; an untagged plain scalar, or one
+    tagged ``!``, ``!!int``, ``!!bool``, ``!!null`` or any tag Psych has no rule for, is tokenized
+    (psych_tokenize, whatever the tag says); ``!!str`` keeps the text; ``!!float`` is ``Float()`` of the
+    tokenized value; ``!!binary`` is base64-decoded. Ruby object tags are refused."""
     v = node.value
-    tag = node.tag
-    plain = node.style is None and not getattr(node, "explicit_tag", False)
-    if plain:
-        # Psych's scalar scanner, where it differs from the YAML 1.1 resolver
-        if _PSYCH_TIME.match(v):
-            raise _disallowed("Time", node, filename)
-        if _PSYCH_DATE.match(v):
-            raise _disallowed("Date", node, filename)
-        if len(v) > 1 and v[0] == ":":
-            raise _disallowed("Symbol", node, filename)
-        if len(v) <= 5 and tag == _TAG + "str":
-            low = v.lower()
-            if low in ("yes", "true", "on"):
-                return True
-            if low in ("no", "false", "off"):
-                return False
-            if low == "null":
-                return None
-        if tag == _TAG + "str" and "," in v and _PSYCH_COMMA_INT.match(v):
-            return _yaml_int(v)
+    explicit = getattr(node, "explicit_tag", False)
+    quoted = getattr(node, "psych_quoted", node.style is not None and not explicit)
+    tag = getattr(node, "psych_tag", node.tag if explicit else None)
     try:
-        if tag == _TAG + "null":
-            return None
-        if tag == _TAG + "bool":
-            return v.lower() in ("yes", "true", "on", "y")
-        if tag == _TAG + "int":
-            return _yaml_int(v)
-        if tag == _TAG + "float":
-            return _yaml_float(v)
-    except ValueError:
-        raise _err(f"cannot read {v!r} as {tag.rsplit(':', 1)[-1]}", filename, node_mark(node),
-                   code="yaml-unsupported-tag", agent_class=None) from None
-    if tag == _TAG + "timestamp":
-        raise _disallowed("Time" if ":" in v else "Date", node, filename)
-    if tag in (_TAG + "str", _TAG + "value", _TAG + "merge", "!"):
-        return v
-    raise _err(f"unsupported YAML tag {tag} on {v!r}", filename, node_mark(node),
-               code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
+        if quoted:
+            return v
+        if tag is None or tag == "!":
+            return psych_tokenize(v)
+        if tag in (_TAG + "str", "!str"):
+            return v
+        if tag in (_TAG + "binary", "!binary"):
+            import base64
+            import binascii
+            try:
+                return base64.b64decode(re.sub(r"[^A-Za-z0-9+/=]", "", v) + "===").decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                return ""
+        if tag in (_TAG + "float", "!float"):
+            t = psych_tokenize(v)
+            if isinstance(t, bool) or t is None:
+                raise PsychRefused("TypeError", f"can't convert {ruby_to_s(t) or 'nil'} into Float")
+            return float(t) if isinstance(t, (int, float)) else _ruby_float_of(t)
+        if tag.startswith(_RUBY_TAG_PREFIXES):
+            raise _err(f"unsupported YAML tag {tag} on {v!r}", filename, node_mark(node),
+                       code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
+        return psych_tokenize(v)
+    except PsychRefused as e:
+        if e.cls == "Psych::DisallowedClass":
+            raise _err(e.message, filename, node_mark(node), code="yaml-disallowed-class",
+                       agent_class=e.cls, hint="quote the value to make it a string") from None
+        raise _err(f"{e.message} (the agent crashes reading {v!r})", filename, node_mark(node),
+                   code="yaml-invalid-number", agent_class=None, hint="quote the value to make it a string") from None
 
 
 def _check_loadable(root, filename: str) -> None:
@@ -772,6 +890,12 @@ class _Parser:
         runas_node = get("runas")
         runas_v = self.val(runas_node)
         runas = None if runas_v is None else _ruby_strip(ruby_to_s(runas_v))
+        if runas and not valid_user_name(runas):
+            # cdsim, not the agent: the agent hands the value to su, which reads "--help" or "-c id"
+            # as options (the hook "succeeds" without running); checked after the agent's own errors
+            self.fail(msg_invalid_runas(runas), runas_node, code="invalid-runas", agent=False, later=True,
+                      hint="runas takes a user name: letters, digits, '.', '_', '-' (not first), "
+                           "and '$' only at the end")
         sudo_v = self.val(get("sudo"))
         t_node = get("timeout")
         t = self.val(t_node)
@@ -782,10 +906,18 @@ class _Parser:
                 return None
             timeout = int(t) if isinstance(t, (int, float)) else _ruby_str_to_i(t)
             if timeout <= 0:
-                read_as = "" if isinstance(t, int) else f"the agent reads {ruby_inspect(t)} as {timeout}; "
+                if is_base60_node(t_node):
+                    read_as = (f"the agent (Psych, YAML 1.1) reads {t_node.value} as the base-60 number "
+                               f"{ruby_to_s(t)}, hence {timeout} s; ")
+                elif isinstance(t, int):
+                    read_as = ""
+                else:
+                    read_as = f"the agent reads {ruby_inspect(t)} as {timeout}; "
                 self.fail(MSG_TIMEOUT, t_node, code="invalid-timeout",
                           hint=read_as + "give a whole number of seconds above 0")
                 return None
+        if runas and not valid_user_name(runas):
+            return None
         return HookScript(location=location, timeout=timeout, runas=runas,
                           sudo=sudo_v is not None and sudo_v is not False, mark=node_mark(node))
 
@@ -931,7 +1063,10 @@ class _Parser:
         for ch in mode:
             if ch not in "01234567":
                 hint = None
-                if isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
+                if is_base60_node(node):
+                    hint = (f"YAML 1.1 (Psych) reads the unquoted {node.value} as the base-60 number {ruby_to_s(v)}; "
+                            "write the mode as octal digits, e.g. mode: '644'")
+                elif isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
                     hint = f"YAML reads the unquoted {node.value} as the octal number {v}; quote it: mode: '{node.value}'"
                 self.fail(_msg_mode_char(mode, ch), node, code="invalid-mode", hint=hint)
                 return _CRASH

@@ -373,6 +373,7 @@ class _Lint:
 
     def yaml_warnings(self, root, shown: str) -> None:
         self._duplicates(root, shown)
+        self._base60(root, shown)
         if root.id != "mapping":
             return
         top = A.mapping_entries(root, shown)
@@ -433,6 +434,46 @@ class _Lint:
                     seen[hk] = A.node_mark(k).line
                     stack.append(v)
 
+    def _base60(self, root, shown: str) -> None:
+        """Psych reads a:b as a*3600 + b*60 (Q39): 1:30 is 5400, not 90. Say what each such value is."""
+        stack = [(root, None)]
+        while stack:
+            node, key = stack.pop()
+            if node.id == "sequence":
+                stack.extend((v, key) for v in node.value)
+            elif node.id == "mapping":
+                for k, v in node.value:
+                    try:
+                        kv = A.to_python(k, shown)
+                    except AppSpecError:
+                        kv = None
+                    stack.append((v, kv if isinstance(kv, str) else None))
+            elif A.is_base60_node(node):
+                try:
+                    v = A.scalar_value(node, shown)
+                except AppSpecError:
+                    continue
+                if node.value.count(":") != 1:
+                    continue  # a:b:c is hours, minutes and seconds, as everyone reads it
+                if key == "mode":
+                    continue  # _mode says what mode that number gives
+                shown_v = A.ruby_to_s(v)
+                if key == "timeout" and isinstance(v, (int, float)):
+                    secs = int(v)
+                    if secs <= 0:
+                        continue  # an error already, with its hint
+                    self.add("warning", "timeout-base60",
+                             f"timeout {node.value} is {secs} s ({_duration(secs)}): the agent's YAML (Psych, "
+                             "YAML 1.1 base 60) reads a:b as a hours and b minutes, not minutes and seconds",
+                             shown, A.node_mark(node), hint=_timeout_hint(node.value, secs))
+                else:
+                    what = f"{key} " if key else ""
+                    self.add("warning", "yaml-base60",
+                             f"{what}{node.value} is the number {shown_v}: the agent's YAML (Psych, YAML 1.1 "
+                             "base 60) reads a:b as a*3600 + b*60", shown, A.node_mark(node),
+                             hint="write version: 0.0" if key == "version"
+                             else f"quote it if you mean the text: '{node.value}'")
+
     def _unknown_keys(self, entries: dict, known: tuple[str, ...], where: str, shown: str,
                       top_level: bool = False) -> None:
         for knode, _v, key in entries.values():
@@ -466,7 +507,12 @@ class _Lint:
             return
         if isinstance(v, int) and not isinstance(v, bool) and node.value != str(v):
             applied = str(v).rjust(3, "0")
-            if all(c in "01234567" for c in applied) and len(applied) <= 4:
+            if A.is_base60_node(node) and all(c in "01234567" for c in applied) and len(applied) <= 4:
+                self.add("warning", "mode-base60",
+                         f"mode {node.value} is the base-60 number {v} for the agent's YAML (Psych, YAML 1.1), "
+                         f"so the agent applies mode {applied} ({_rwx(int(applied, 8))})", shown,
+                         A.node_mark(node), hint="write the mode as octal digits, e.g. mode: '644'")
+            elif all(c in "01234567" for c in applied) and len(applied) <= 4:
                 bits = _rwx(int(applied, 8))
                 self.add("warning", "mode-unquoted-octal",
                          f"mode {node.value} is not quoted: YAML reads it as the number {v}, so the agent "
@@ -653,6 +699,24 @@ def _created_accounts(tree, spec: A.AppSpec) -> frozenset[str]:
                 return _ANY
             words.update(w.strip(b"\"'\"").decode("utf-8", "replace") for w in m.group(0).split())
     return frozenset(words)
+
+
+def _duration(secs: int) -> str:
+    """5400 -> '1 h 30 min', 120 -> '2 min', 45 -> '45 s'."""
+    h, rest = divmod(abs(secs), 3600)
+    m, sec = divmod(rest, 60)
+    parts = [f"{h} h"] * bool(h) + [f"{m} min"] * bool(m) + [f"{sec} s"] * bool(sec)
+    return ("-" if secs < 0 else "") + (" ".join(parts) or "0 s")
+
+
+def _timeout_hint(text: str, secs: int) -> str:
+    """Write seconds: both readings of a:b spelled out (1:30 -> 90 if minutes:seconds was meant)."""
+    m = re.fullmatch(r"\+?([0-9]+):([0-5]?[0-9])", text)
+    if not m:
+        return "write the timeout as a whole number of seconds"
+    meant = int(m.group(1)) * 60 + int(m.group(2))
+    return (f"write seconds: timeout: {meant} if you meant {text} as minutes:seconds, "
+            f"timeout: {secs} to keep what the agent does")
 
 
 def _rwx(mode: int) -> str:

@@ -40,10 +40,11 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 def build_command(path: str, runas: str | None, sudo: bool) -> list[str]:
     """The argv for one script (§7.2). The agent builds ``su {user} -c {path}`` unquoted (Q23); we
     pass ``user`` as one argument and quote the path for the user's shell, so paths with spaces,
-    quotes or ``$`` run the named file. An empty runas gives ``su -c path`` (root), as the agent's
+    quotes or ``$`` run the named file, and put ``user`` after ``--`` (``su -c path -- user``), so su
+    never reads it as an option. An empty runas gives ``su -c path`` (root), as the agent's
     space-split string does."""
     if runas is not None:
-        argv = ["su", *([runas] if runas else []), "-c", shlex.quote(path)]
+        argv = ["su", "-c", shlex.quote(path), *(["--", runas] if runas else [])]
     else:
         argv = [path]
     return ["sudo", *argv] if sudo else argv

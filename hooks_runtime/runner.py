@@ -125,6 +125,9 @@ def run_script(script: Script, *, env: Mapping[str, str], cwd: str, log: HookLog
         return HookResult(script.location, int(code), message, None, None, started, ended, ended - started,
                           None, None)
 
+    if script.runas and (script.runas.startswith("-") or not script.runas.isprintable()):
+        # never a user name (the appspec parser refuses these first): su would read it as an option
+        return early(ScriptErrorCode.FAILED, f"{script.prefix} refused: {script.runas!r} is not a user name")
     if not os.path.exists(script.path):
         return early(ScriptErrorCode.SCRIPT_MISSING,
                      f"Script does not exist at specified location: {os.path.abspath(script.path)}")

@@ -1,6 +1,8 @@
 """The appspec parser: the agent's acceptance, rejections and message texts (behaviour doc §4.6, §5)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from agent import appspec as A
@@ -379,3 +381,200 @@ class TestRubyRenderings:
                                              (float("inf"), "Infinity")])
     def test_inspect(self, value, text):
         assert A.ruby_inspect(value) == text
+
+
+def loaded(scalar_yaml: str):
+    """The Ruby value of ``x: <scalar_yaml>`` as the agent's YAML.load gives it."""
+    root = A.compose_appspec(f"x: {scalar_yaml}\n")
+    return A.to_python(root.value[0][1])
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # both NaN
+    return type(a) is type(b) and a == b
+
+
+# (plain scalar, Psych 4.0.3's value): from Psych's own tests (test_scalar_scanner.rb, test_boolean.rb,
+# test_yaml_special_cases.rb, marked P), the behaviour doc (§5.1, Q39, marked D), or its resolver's rules.
+PSYCH_TABLE = [
+    # base 60: part i counts 60 ** |i - 2| (Q39)
+    ("0:02", 120), ("0:0:2", 2), ("1:30", 5400), ("0:00", 0),                        # D
+    ("190:20:30", 685230), ("190:20:30.15", 685230.15),                              # P
+    ("1:30.5", 5430.0), ("0:0:2.5", 2.5), ("-1:30", -1800), ("-0:30", 1800), ("+1:00", 3600),
+    ("1_0:00", 36000), ("1:60", "1:60"), ("1:2:3:4", "1:2:3:4"),
+    ("00:00:00:00:00", "00:00:00:00:00"), ("00:00:00:00:0f", "00:00:00:00:0f"),      # P
+    # integers
+    ("1", 1), ("+1", 1), ("-1", -1), ("0", 0), ("00", 0),                            # P
+    ("0644", 420), ("0755", 493), ("08", "08"), ("0_644", 420), ("-0644", -420),     # D
+    ("01234567", 0o1234567), ("0_,,,1_2,_34567", 0o1234567),                         # P
+    ("0x123456789abcdef", 0x123456789abcdef), ("0x_12_,34,_56,_789abcdef__", 0x123456789abcdef),  # P
+    ("0X1F", "0X1F"), ("0o17", "0o17"), ("0b101", 5), ("0b0,1_0,1_,0,1_01,0", 0b010101010), ("-0b11", -3),
+    ("123_456_789", 123456789), ("123,456,789", 123456789), ("1_2,3,4_5,6_789", 123456789),  # P
+    ("1_000", 1000), ("1__0", "1__0"), ("100_", "100_"), ("_100", "_100"), ("450D", "450D"),  # P
+    ("1e3", "1e3"),
+    # floats
+    ("1.2", 1.2), ("0.E+0", 0.0), ("0.0", 0.0), ("0.00", 0.0), ("1.", 1.0), (".5", 0.5), ("-.5", -0.5),  # P, D
+    ("1_0.5", 10.5), ("1,000.5", 1000.5), ("1.5_5", "1.5_5"), ("1.0e+3", 1000.0), ("1.0e3", "1.0e3"),
+    (".", "."), ("+.", "+."), ("-.", "-."),                                          # P
+    (".inf", math.inf), ("+.inf", math.inf), ("-.inf", -math.inf), (".Inf", math.inf), (".INF", math.inf),  # P
+    (".nan", math.nan), (".NaN", math.nan), ("-.nan", "-.nan"),                      # P
+    # booleans: yes/true/on, no/false/off in any case; never y/n
+    ("true", True), ("yes", True), ("Yes", True), ("YES", True), ("on", True), ("ON", True), ("yEs", True),
+    ("false", False), ("no", False), ("No", False), ("off", False), ("Off", False), ("FALSE", False),
+    ("y", "y"), ("Y", "Y"), ("n", "n"), ("N", "N"), ("yes!", "yes!"),                # P
+    # nulls
+    ("~", None), ("null", None), ("Null", None), ("NULL", None), ("", None), ("nil", "nil"),  # P
+    # strings
+    ("<<", "<<"), ("abc", "abc"), ("+a", "+a"), ("2000-15-01", "2000-15-01"), ("2000-10-32", "2000-10-32"),  # P
+    ("linux", "linux"), ("--help", "--help"), ("-c id", "-c id"),
+]
+
+
+class TestPsychScalars:
+    """Every appspec scalar is resolved exactly as Psych 4 (Ruby 3.1's YAML.load) resolves it (§5.1, Q39)."""
+
+    @pytest.mark.parametrize("text, value", PSYCH_TABLE, ids=[repr(t) for t, _ in PSYCH_TABLE])
+    def test_resolver_table(self, text, value):
+        """The plain scalar gives Psych's value (type included: 0.0 is a Float, 0 an Integer)."""
+        assert same(A.psych_tokenize(text), value)
+        if text:
+            assert same(loaded(text), value)
+
+    @pytest.mark.parametrize("yaml_text, value", [
+        ("'0:02'", "0:02"), ('"0644"', "0644"), ("|\n  12\n", "12\n"), ("!!str 0:02", "0:02"),
+        ("!!int 1:30", 5400), ('!!int "12"', 12), ("! 12", 12), ('! "12"', 12), ("!!float 7", 7.0),
+        ("!!float 1:30", 5400.0), ("!!bool yes", True), ("!!bool y", "y"), ("!!null ''", None)])
+    def test_quoting_and_tags(self, yaml_text, value):
+        """Quoted and block scalars stay text; a tag other than str/float/binary is tokenized like plain."""
+        assert same(loaded(yaml_text), value)
+
+    @pytest.mark.parametrize("text, message", [
+        ("0b_", 'invalid value for Integer(): "0b"'), (".e+3", 'invalid value for Float(): "e+3"')])
+    def test_what_psych_crashes_on_is_refused(self, text, message):
+        """Ruby's Integer()/Float() raise on these: the agent crashes, we refuse with the reason."""
+        e = rejected(HEAD + f"hooks:\n  AfterInstall:\n    - location: a.sh\n      timeout: {text}\n")
+        assert message in e.message and e.code == "yaml-invalid-number" and (e.line, e.column) == (6, 16)
+
+    @pytest.mark.parametrize("raw, timeout", [("0:02", 120), ("0:0:2", 2), ("1:30", 5400), ("1:30.5", 5430),
+                                              ("0x10", 16), ("0644", 420), ("1,000", 1000), ("'0:02'", 0)])
+    def test_timeouts_downstream(self, raw, timeout):
+        """The timeout is the resolved number's to_i (a quoted "0:02" is the string: to_i 0, rejected)."""
+        text = HEAD + f"hooks:\n  AfterInstall:\n    - location: a.sh\n      timeout: {raw}\n"
+        if timeout <= 0:
+            e = rejected(text)
+            assert e.message == A.MSG_TIMEOUT
+            return
+        t = parse_appspec(text).scripts_for("AfterInstall")[0].timeout
+        assert type(t) is int and t == timeout
+
+    def test_base60_zero_timeout_hint_says_base_60(self):
+        """timeout: 0:00 is 0 for the agent: rejected, and the hint says why."""
+        e = rejected(HEAD + "hooks:\n  AfterInstall:\n    - location: a.sh\n      timeout: 0:00\n")
+        assert e.message == A.MSG_TIMEOUT and "base-60 number 0" in e.hint
+
+    @pytest.mark.parametrize("raw", ["0:00", "0:0:0", "-0:00", "0:00.0", "0x0", "0b0", "+0", "000"])
+    def test_version_numbers_equal_to_zero(self, raw):
+        """version: 0:00 (base 60) is the integer 0 and accepted, as the agent accepts it."""
+        assert parse_appspec(f"version: {raw}\nos: linux\n").version == 0
+
+    @pytest.mark.parametrize("raw, mode", [("0:10", "600"), ("0:07", "420"), ("0_644", "420"), ("0x1a4", "420")])
+    def test_mode_downstream(self, raw, mode):
+        """mode is to_s of the resolved number: 0:10 is 600, 0x1a4 is 420."""
+        assert perm(f"    mode: {raw}\n").mode == mode
+
+    def test_base60_mode_with_a_non_octal_digit_has_a_base60_hint(self):
+        """mode: 0:15 is 900 for the agent: its invalid-character error, and a hint that says base 60."""
+        e = perm_error("    mode: 0:15\n")
+        assert e.message == A._msg_mode_char("900", "9")
+        assert "base-60 number 900" in e.hint
+
+
+# More cases for the cross-check against the real Psych (edge cases of each rule, tags, quoting).
+PSYCH_EXTRA = [
+    "1:30.", "1:30.5_5", "1:3_0", "+.INF", ".nAn", "tRUE", "nUlL", "~x", "0b_", "0x_", ".e+3", "-.e+3", "0,7",
+    "1,,000", "+0x1f", "-0", "+0", "-0b", "0b", "0x", "2000-11-31", "2001-12-15T02:59:73.1Z", "12:30:45",
+    "-1:2:3", "1:5", "00:00:00:00:00.0", "1__0:00", "1.5e+3", "1.5E-3", ".5e+3", "00.5", "9:59:59", "0:60",
+    "'0:02'", '"0644"', "!!str 0:02", "!!int 1:30", '!!int "12"', "! 12", '! "12"', "!!float 7", "!!float 1:30",
+    "!!bool yes", "!!bool y", "!!null ''", "!foo bar", "!!binary aGk=",
+]
+_RUBY_ORACLE = r"""
+require 'psych'
+require 'json'
+out = JSON.parse(STDIN.read).map do |c|
+  begin
+    v = Psych.load("x: #{c}\n")["x"]
+    s = v.is_a?(Float) ? (v.nan? ? 'nan' : v.infinite? ? (v > 0 ? 'inf' : '-inf') : v.to_s) : v.to_s
+    [v.class.name, s]
+  rescue Exception => e
+    ['error', "#{e.class}: #{e.message}"]
+  end
+end
+puts JSON.generate([Psych::VERSION, out])
+"""
+
+
+def _as_ruby(text: str) -> tuple[str, str]:
+    """(Ruby class, to_s) of what cdsim loads for ``x: text``, or ('error', message)."""
+    try:
+        v = loaded(text)
+    except AppSpecError as e:
+        return "error", e.message
+    if v is None or isinstance(v, bool):
+        return {None: "NilClass", True: "TrueClass", False: "FalseClass"}[v], A.ruby_to_s(v)
+    if isinstance(v, float):
+        text = "nan" if v != v else "inf" if v == math.inf else "-inf" if v == -math.inf else A.ruby_to_s(v)
+        return "Float", text
+    return ("Integer" if isinstance(v, int) else "String"), A.ruby_to_s(v)
+
+
+def test_resolver_agrees_with_the_real_psych():
+    """Every table case, quoted and tagged too, against Ruby 3.1's Psych 4.0 itself (the agent's YAML)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    def unavailable(why: str):
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+    if shutil.which("ruby") is None:
+        unavailable("ruby is not installed (apt-get install ruby): cannot compare with the real Psych")
+    cases = [t for t, _ in PSYCH_TABLE if t] + PSYCH_EXTRA
+    done = subprocess.run(["ruby", "-e", _RUBY_ORACLE], input=json.dumps(cases), capture_output=True, text=True,
+                          timeout=120, check=True)
+    version, results = json.loads(done.stdout)
+    if not version.startswith("4.0."):
+        unavailable(f"Psych {version} is not the agent's Psych 4.0 (Ruby 3.1: apt-get install ruby3.1)")
+    differ = []
+    for case, (cls, text) in zip(cases, results):
+        ours = _as_ruby(case)
+        if ours[0] != cls or (cls != "error" and ours[1] != text):
+            differ.append((case, (cls, text), ours))
+    assert differ == []
+
+
+class TestRunas:
+    @pytest.mark.parametrize("name", ["app", "web-app", "a.b", "_svc", "123", "svc$", "A_b-c.9"])
+    def test_user_names_accepted(self, name):
+        spec = parse_appspec(HEAD + f"hooks:\n  AfterInstall:\n    - location: a.sh\n      runas: '{name}'\n")
+        assert spec.scripts_for("AfterInstall")[0].runas == name
+
+    @pytest.mark.parametrize("name", ["--help", "-c id", "-", "-root", "a b", "a;id", "$(id)", "a$b", ".", "..",
+                                      "app\\tx", "ünï", "x" * 257])
+    def test_not_user_names_refused(self, name):
+        """cdsim's check (not the agent's): a value su could read as options, or not a user name at all."""
+        e = rejected(HEAD + f"hooks:\n  AfterInstall:\n    - location: a.sh\n      runas: \"{name}\"\n")
+        assert e.code == "invalid-runas" and e.agent_class is None
+        assert "is not a user name" in e.message and (e.line, e.column) == (6, 14)
+
+    def test_agent_errors_come_first(self):
+        """The agent's own errors (in its parse order) win over cdsim's runas refusal."""
+        e = rejected(HEAD + "hooks:\n  AfterInstall:\n    - location: a.sh\n      runas: '--help'\n"
+                     "      timeout: 0\n")
+        assert e.message == A.MSG_TIMEOUT
+        e = rejected(HEAD + "hooks:\n  AfterInstall:\n    - location: a.sh\n      runas: '--help'\n"
+                     "file_exists_behavior: nope\n")
+        assert e.code == "invalid-file-exists-behavior"

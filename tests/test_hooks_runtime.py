@@ -430,7 +430,7 @@ class TestRunas:
         env = dict(os.environ, DEPLOYMENT_ID=DID)
         result = hooks.run(path, runas=runas_user.pw_name, env=env, cwd=shared_dir)
         assert result.succeeded, result
-        assert result.command == ("su", runas_user.pw_name, "-c", shlex.quote(path))
+        assert result.command == ("su", "-c", shlex.quote(path), "--", runas_user.pw_name)
         u = runas_user
         assert hooks.messages()[1] == (f"[stdout]whoami={u.pw_name} HOME={u.pw_dir} USER={u.pw_name} "
                                        f"LOGNAME={u.pw_name} SHELL=/bin/sh PWD={shared_dir} id={DID}")

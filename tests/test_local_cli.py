@@ -269,3 +269,163 @@ class TestReports:
         import xml.etree.ElementTree as ET
         failure = ET.parse(tmp_path / "j.xml").getroot().find(".//testcase/failure")
         assert "failed with exit code 7" in failure.get("message")
+
+
+class TestBase60Timeouts:
+    """Psych reads a:b as a*3600 + b*60 and a:b:c as seconds (Q39); the hook's timeout is that number."""
+
+    def test_base60_timeouts_and_version_are_accepted(self, tmp_path):
+        """version: 0:00 is 0 and timeout: 0:02 (120 s) / 1:30 (5400 s) are valid: the hooks run."""
+        b = make_bundle(tmp_path / "rev", """\
+            version: 0:00
+            os: linux
+            hooks:
+              AfterInstall:
+                - location: a.sh
+                  timeout: 0:02
+                - location: b.sh
+                  timeout: 1:30
+        """, {"a.sh": f"touch {tmp_path}/a-ran\n", "b.sh": f"touch {tmp_path}/b-ran\n"})
+        r = local(tmp_path, "-l", str(b))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines()[-1] == "AppSpec file valid. Local deployment successful"
+        assert (tmp_path / "a-ran").exists() and (tmp_path / "b-ran").exists()
+        [stream] = (tmp_path / "log" / "cdsim-events" / "default-local-deployment-group").iterdir()
+        records = [json.loads(line) for line in stream.read_text().splitlines()]
+        assert [(e["location"], e["timeout"]) for e in records if e["type"] == "hook.start"] == [
+            ("a.sh", 120), ("b.sh", 5400)]
+
+    def test_three_part_base60_timeout_times_the_hook_out_after_2_seconds(self, tmp_path):
+        """timeout: 0:0:2 is 2 s: a hook sleeping 5 s is ended and the deployment fails as timed out."""
+        b = make_bundle(tmp_path / "rev", """\
+            version: 0.0
+            os: linux
+            hooks:
+              AfterInstall:
+                - location: slow.sh
+                  timeout: 0:0:2
+        """, {"slow.sh": f"sleep 5\ntouch {tmp_path}/finished\n"})
+        r = local(tmp_path, "-l", str(b), "--grace-period", "1")
+        assert r.returncode == ExitStatus.HOOK_TIMED_OUT, r.stdout + r.stderr
+        assert "Script at specified location: slow.sh failed to complete in 2 seconds" in r.stderr
+        assert not (tmp_path / "finished").exists()
+
+
+RUNAS_APPSPEC = """\
+    version: 0.0
+    os: linux
+    hooks:
+      BeforeInstall:
+        - location: hook.sh
+          runas: {runas}
+"""
+BAD_RUNAS = ['"--help"', '"-c id"']
+
+
+class TestRunasRefused:
+    """A runas that is not a user name never reaches su: the hook does not run, the deployment fails."""
+
+    def bundle(self, tmp_path: Path, runas: str) -> Path:
+        return make_bundle(tmp_path / "rev", RUNAS_APPSPEC.format(runas=runas),
+                           {"hook.sh": f"touch {tmp_path}/hook-ran\n"})
+
+    @pytest.mark.parametrize("runas", BAD_RUNAS)
+    def test_cdsim_local(self, tmp_path, runas):
+        r = local(tmp_path, "-l", str(self.bundle(tmp_path, runas)))
+        assert r.returncode == ExitStatus.INVALID, r.stdout + r.stderr
+        assert f"ERROR: runas {runas} is not a user name: cdsim refuses to run the script" in r.stdout
+        assert "cdsim: appspec.yml:6:14: invalid-runas" in r.stderr.splitlines()
+        assert "Traceback" not in r.stdout + r.stderr
+        assert not (tmp_path / "hook-ran").exists()
+
+    @pytest.mark.parametrize("runas", BAD_RUNAS)
+    def test_cdsim_deploy_host(self, tmp_path, runas):
+        env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
+        r = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir", str(tmp_path / "root"),
+                            str(self.bundle(tmp_path, runas))], capture_output=True, text=True, env=env, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == ExitStatus.INVALID, r.stdout + r.stderr
+        assert f"failed at BeforeInstall: appspec.yml:6:14: runas {runas} is not a user name" in r.stdout + r.stderr
+        assert "Traceback" not in r.stdout + r.stderr
+        assert not (tmp_path / "hook-ran").exists()
+
+    @pytest.mark.parametrize("runas", BAD_RUNAS)
+    def test_library_deploy(self, tmp_path, runas):
+        import agent
+        cfg = agent.AgentConfig(root_dir=str(tmp_path / "root"), log_dir=str(tmp_path / "log"))
+        result = agent.deploy(agent.DeploymentRequest(
+            agent.LocalRevision(str(self.bundle(tmp_path, runas)), "directory"), cfg))
+        assert not result.succeeded and result.failed_event == "BeforeInstall"
+        assert result.error.code == "invalid-runas" and result.exit_status == ExitStatus.INVALID
+        assert (result.error.line, result.error.column) == (6, 14)
+        assert result.hooks == [] and not (tmp_path / "hook-ran").exists()
+
+    def test_runner_refuses_an_option_like_name_and_su_gets_the_user_after_double_dash(self, tmp_path):
+        """Below the parser: hooks_runtime never starts su with a name that begins with '-'."""
+        from hooks_runtime import HookLog, Script, run_script
+        from hooks_runtime.process import build_command
+        assert build_command("/a b/x.sh", "app", False) == ["su", "-c", "'/a b/x.sh'", "--", "app"]
+        assert build_command("/x.sh", "app", True) == ["sudo", "su", "-c", "/x.sh", "--", "app"]
+        assert build_command("/x.sh", "", False) == ["su", "-c", "/x.sh"]
+        hook = tmp_path / "hook.sh"
+        hook.write_text(f"#!/bin/sh\ntouch {tmp_path}/hook-ran\n")
+        hook.chmod(0o755)
+        with HookLog(str(tmp_path / "scripts.log"), "d-1", None) as log:
+            result = run_script(Script(str(hook), "hook.sh", 10, runas="--help"), env=dict(os.environ),
+                                cwd=str(tmp_path), log=log)
+        assert result.error_code == 4 and "refused" in result.message
+        assert not (tmp_path / "hook-ran").exists()
+
+
+class TestBundlePathsWithSpecialCharacters:
+    """cdsim, not the agent (Q27): an existing bundle path with a space, a quote and '$' is a local bundle."""
+
+    @pytest.mark.parametrize("btype", ["directory", "zip", "tar", "tgz"])
+    def test_each_bundle_type(self, tmp_path, btype):
+        import shutil
+        import tarfile
+        import zipfile
+        dest = tmp_path / "dest"
+        src = make_bundle(tmp_path / "src", f"""\
+            version: 0.0
+            os: linux
+            files:
+              - source: f.txt
+                destination: {dest}
+            hooks:
+              AfterInstall:
+                - location: hook.sh
+        """, {"hook.sh": f"touch {tmp_path}/hook-ran\n"}, {"f.txt": "landed"})
+        place = tmp_path / "my app's \"$HOME\" dir"
+        place.mkdir()
+        if btype == "directory":
+            location = place / "b"
+            shutil.copytree(src, location)
+        elif btype == "zip":
+            location = place / "b.zip"
+            with zipfile.ZipFile(location, "w") as z:
+                for p in sorted(src.rglob("*")):
+                    info = zipfile.ZipInfo(str(p.relative_to(src)))
+                    info.external_attr = (p.stat().st_mode & 0o777) << 16
+                    z.writestr(info, p.read_bytes())
+        else:
+            location = place / f"b.{btype}"
+            with tarfile.open(location, "w:gz" if btype == "tgz" else "w") as t:
+                t.add(src, arcname=".")
+        r = local(tmp_path, "-l", str(location), "-t", btype)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines()[-1] == "AppSpec file valid. Local deployment successful"
+        assert (dest / "f.txt").read_text() == "landed"
+        assert (tmp_path / "hook-ran").exists()
+
+    def test_relative_path_with_a_space(self, tmp_path):
+        b = make_bundle(tmp_path / "cwd" / "my app", "version: 0.0\nos: linux\n")
+        r = local(tmp_path, "-l", "my app")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert b.is_dir()
+
+    @pytest.mark.parametrize("location", ["/nonexistent dir/b", "https://example.com/a b.zip", "file:///tmp/x y"])
+    def test_strings_that_are_neither_uri_nor_existing_path_keep_the_agents_message(self, tmp_path, location):
+        r = local(tmp_path, "-l", location)
+        assert r.returncode == ExitStatus.USAGE
+        assert f"ERROR: location {location} is not a valid uri" in r.stdout.splitlines()

@@ -293,6 +293,61 @@ def _zip(path: Path, members: dict[str, tuple[bytes, int]]) -> Path:
     return path
 
 
+class TestBase60AndRunas:
+    """Psych's base 60 (Q39) and cdsim's runas refusal, through the command line."""
+
+    def test_base60_timeouts_and_version_are_accepted_with_warnings_naming_the_seconds(self, tmp_path):
+        """timeout 1:30 is 5400 s, 0:02 is 120 s (warned); 0:0:2 is 2 s (no surprise); version 0:00 is 0."""
+        text = ("version: 0:00\nos: linux\nhooks:\n  AfterInstall:\n"
+                "    - location: a.sh\n      timeout: 1:30\n"
+                "    - location: a.sh\n      timeout: 0:02\n"
+                "    - location: a.sh\n      timeout: 0:0:2\n")
+        b = bundle(tmp_path / "b", text, {"a.sh": SCRIPT})
+        findings = validate_bundle(str(b))
+        assert codes(findings, "error") == []
+        timeouts = {(f.line, f.column): f for f in findings if f.code == "timeout-base60"}
+        assert set(timeouts) == {(6, 16), (8, 16)}
+        assert timeouts[(6, 16)].message.startswith("timeout 1:30 is 5400 s (1 h 30 min)")
+        assert "timeout: 90 if you meant 1:30 as minutes:seconds" in timeouts[(6, 16)].hint
+        assert timeouts[(8, 16)].message.startswith("timeout 0:02 is 120 s (2 min)")
+        [version] = [f for f in findings if f.code == "yaml-base60"]
+        assert (version.line, version.message) == (1, "version 0:00 is the number 0: the agent's YAML (Psych, "
+                                                       "YAML 1.1 base 60) reads a:b as a*3600 + b*60")
+        assert version.hint == "write version: 0.0"
+        r, _, _ = cdsim(str(b))
+        assert r.returncode == 0, r.stdout
+        assert f"{b}/appspec.yml:6:16: warning: timeout 1:30 is 5400 s" in r.stdout
+        assert r.stdout.splitlines()[-1] == f"{b}: valid: 0 errors, 4 warnings"  # + 5522 s over the event limit
+
+    def test_base60_zero_timeout_is_an_error_whose_hint_says_why(self, tmp_path):
+        b = bundle(tmp_path / "b", HEAD + "hooks:\n  AfterInstall:\n    - location: a.sh\n      timeout: 0:00\n",
+                   {"a.sh": SCRIPT})
+        [f] = validate_bundle(str(b))
+        assert (f.code, f.line, f.column) == ("invalid-timeout", 6, 16)
+        assert "reads 0:00 as the base-60 number 0" in f.hint
+
+    def test_base60_mode_says_what_is_applied(self, tmp_path):
+        b = bundle(tmp_path / "b", HEAD + "permissions:\n  - object: /x\n    mode: 0:10\n")
+        [f] = validate_bundle(str(b))
+        assert f.code == "mode-base60" and "applies mode 600 (rw-------)" in f.message
+
+    @pytest.mark.parametrize("value", ['"--help"', '"-c id"', "-root", "'a b'"])
+    def test_runas_that_is_not_a_user_name_is_an_error(self, tmp_path, value):
+        """cdsim refuses it (su would read it as options): error with file:line:col and a stable code."""
+        b = bundle(tmp_path / "b", HEAD + f"hooks:\n  AfterInstall:\n    - location: a.sh\n      runas: {value}\n",
+                   {"a.sh": SCRIPT})
+        r, _, _ = cdsim(str(b))
+        assert r.returncode == ExitStatus.INVALID
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"{b}/appspec.yml:6:14: error: runas ")
+        assert lines[0].endswith(" is not a user name: cdsim refuses to run the script (the agent passes it to su, "
+                                 "which reads a value starting with '-' as an option) [invalid-runas]")
+        assert lines[-1] == f"{b}: invalid: 1 error, 0 warnings"
+        r, _, _ = cdsim(str(b), "--format", "json")
+        [f] = json.loads(r.stdout)["findings"]
+        assert (f["code"], f["line"], f["column"]) == ("invalid-runas", 6, 14)
+
+
 def _tgz(path: Path, members: dict[str, tuple[bytes, int]]) -> Path:
     with tarfile.open(path, "w:gz") as t:
         for name, (data, mode) in members.items():

@@ -151,6 +151,16 @@ def _uri_problem(location: str) -> bool:
     return re.search(r"%(?![0-9A-Fa-f]{2})", location) is not None
 
 
+def _existing_local_path(location: str, cwd: str) -> bool:
+    """A location without a URI scheme that names something on disk (absolute, or relative to cwd)."""
+    if _scheme(location) is not None:
+        return False
+    try:
+        return os.path.exists(os.path.join(cwd, location))
+    except (ValueError, OSError):  # a NUL in the string
+        return False
+
+
 def _scheme(location: str) -> str | None:
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", location)
     return m.group(1).lower() if m else None
@@ -162,7 +172,8 @@ def validate(opts: dict, cwd: str) -> str | None:
     btype = opts.get("--type", "directory")
     if btype not in TYPES:
         return f"type {btype} is not a valid type. Must be one of tgz,tar,zip,directory"
-    if _uri_problem(location):
+    # cdsim, not the agent (Q27): a path with spaces, quotes or '$' that exists is a local bundle
+    if _uri_problem(location) and not _existing_local_path(location, cwd):
         return f"location {location} is not a valid uri"
     scheme = _scheme(location)
     if scheme == "http":
@@ -294,7 +305,7 @@ def _execute(opts: dict, config, cwd: str) -> int:
     else:
         where = err.location()
         if where:
-            print(f"cdsim: {where}: {err.reference}", file=sys.stderr)
+            print(f"cdsim: {where}: {getattr(err, 'code', None) or err.reference}", file=sys.stderr)
         print(f"ERROR: {err.message}", file=out)
         if err.hint:
             print(f"cdsim: hint: {err.hint}", file=sys.stderr)
