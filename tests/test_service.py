@@ -518,7 +518,8 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     with open(os.path.join(repo.path, "appspec.yml"), "w") as f:   # no files section: the host stays untouched
         f.write("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/AfterInstall.sh\n")
     with open(os.path.join(repo.path, "scripts", "AfterInstall.sh"), "w") as f:
-        f.write('#!/bin/sh\necho "commit $BUNDLE_COMMIT for $DEPLOYMENT_GROUP_NAME" > "$(dirname "$0")/../seen"\n')
+        f.write('#!/bin/sh\necho "commit $BUNDLE_COMMIT for $DEPLOYMENT_GROUP_NAME, secret ${AWS_SECRET_ACCESS_KEY:-unset}" '
+                '> "$(dirname "$0")/../seen"\n')
     os.chmod(os.path.join(repo.path, "scripts", "AfterInstall.sh"), 0o755)
     repo.git("add", "-A")
     repo.git("commit", "-qm", "host")
@@ -552,7 +553,7 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     group_id = call(ep, "GetDeploymentGroup", {"applicationName": "A", "deploymentGroupName": "G"})[
         "deploymentGroupInfo"]["deploymentGroupId"]
     seen = root / "deployment-root" / group_id / did / "deployment-archive" / "seen"
-    assert seen.read_text() == f"commit {sha} for G\n"
+    assert seen.read_text() == f"commit {sha} for G, secret unset\n"   # the agent's credentials stay with it
     assert call(ep, "ListOnPremisesInstances", {"tagFilters": [{"Key": "Role", "Value": "web",
                                                                  "Type": "KEY_AND_VALUE"}]})["instanceNames"] == ["box"]
 

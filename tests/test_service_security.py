@@ -435,3 +435,13 @@ def test_the_content_sha_header_is_checked_against_the_body(service):
     assert headers["X-Amz-Content-SHA256"] == hashlib.sha256(b"a").hexdigest()
     assert send(ep, "PUT", "/bucket/x.zip", b"b", headers)[0] == 400
     assert send(ep, "PUT", "/bucket/x.zip", b"a", headers)[0] == 200
+
+
+@pytest.mark.parametrize("check, value", [("check_deployment_id", "../../etc"), ("check_deployment_id", "d-abc"),
+                                          ("check_group_id", "../x"), ("check_group_id", "-rf"),
+                                          ("check_group_id", "a/b")])
+def test_the_agent_refuses_ids_that_would_leave_its_folders(check, value):
+    """The agent's second line: ids it joins into paths (work folder, deployment root) are checked again."""
+    from agent.service import revisions
+    with pytest.raises(RevisionError):
+        getattr(revisions, check)(value)

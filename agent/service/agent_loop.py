@@ -69,6 +69,7 @@ class Agent:
         cid = command["commandId"]
         try:
             revisions.check_deployment_id(command.get("deploymentId"))
+            revisions.check_group_id(command.get("deploymentGroupId"))
             if not revisions.valid_instance_name(self.instance):
                 raise RevisionError(f"the instance name {self.instance!r} is not valid")
         except RevisionError as e:

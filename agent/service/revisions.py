@@ -19,6 +19,7 @@ _OWNER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 # S3's legacy (us-east-1) bucket names: a superset of today's rules, and never a path
 _BUCKET = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
 _DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
+_GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
 
 
@@ -101,6 +102,13 @@ def check_deployment_id(did) -> str:
     if not isinstance(did, str) or not _DEPLOYMENT_ID.match(did):
         raise RevisionError(f"The deployment id {did!r} is not of the form d-XXXXXXXXX")
     return did
+
+
+def check_group_id(gid) -> str:
+    """A deployment group id (the server makes UUIDs): it names a folder of the deployment root."""
+    if not isinstance(gid, str) or not _GROUP_ID.match(gid):
+        raise RevisionError(f"The deployment group id {gid!r} is not an id")
+    return gid
 
 
 def valid_instance_name(name) -> bool:
