@@ -445,3 +445,34 @@ def test_the_agent_refuses_ids_that_would_leave_its_folders(check, value):
     from agent.service import revisions
     with pytest.raises(RevisionError):
         getattr(revisions, check)(value)
+
+
+def test_a_moto_child_left_by_an_earlier_version_is_ended_at_start(tmp_path):
+    """Earlier servers ran moto as a child that outlived a kill -9; the next start ends it (and only it)."""
+    import psutil
+
+    from agent.service.server import Service
+
+    def free_port_for_test() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    folder = tmp_path / "state" / "service" / "s3"
+    os.makedirs(folder)
+    other = tmp_path / "other.log"
+    children = []
+    for log in (folder / "moto.log", other):     # the second is some other folder's: left alone
+        with open(log, "ab") as out:
+            children.append(subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                              str(free_port_for_test())], stdout=out, stderr=out,
+                                             stdin=subprocess.DEVNULL))
+    try:
+        with Service(str(tmp_path / "state"), agents=False):
+            assert children[0].wait(timeout=30) is not None
+            assert children[1].poll() is None and psutil.pid_exists(children[1].pid)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+            child.wait()

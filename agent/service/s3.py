@@ -34,6 +34,7 @@ class MotoS3:
     def start(self) -> None:
         from agent.service.auth import private_folder
         private_folder(self.folder)
+        stop_stale_children(self.folder)
         os.makedirs(os.path.join(self.folder, "objects"), exist_ok=True)
         try:
             from moto.moto_server.werkzeug_app import create_backend_app
@@ -102,3 +103,31 @@ class MotoS3:
             self.ensure_bucket(req["path"])
             headers = {k: v for k, v in req["headers"].items() if k.lower() not in ("authorization", "host")}
             self.request(req["method"], req["path"], body, headers)
+
+
+def stop_stale_children(folder: str) -> list[int]:
+    """End moto servers that an earlier cdsim (which ran moto as a child) left behind for this folder.
+
+    Such a child is recognised by three facts, all required: it belongs to this user, its command line
+    is ``python -m moto.server``, and its standard output is this folder's ``moto.log``. Returns the pids ended."""
+    import psutil
+
+    log = os.path.realpath(os.path.join(folder, "moto.log"))
+    ended = []
+    for proc in psutil.process_iter(["pid", "uids", "cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if proc.info["uids"] is None or proc.info["uids"].real != os.getuid() \
+                    or cmd[1:3] != ["-m", "moto.server"]:
+                continue
+            if os.path.realpath(f"/proc/{proc.pid}/fd/1") != log:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            ended.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return ended
