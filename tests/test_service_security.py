@@ -476,3 +476,17 @@ def test_a_moto_child_left_by_an_earlier_version_is_ended_at_start(tmp_path):
             if child.poll() is None:
                 child.kill()
             child.wait()
+
+
+def test_an_api_body_must_match_a_signed_content_hash(service):
+    """A JSON request may sign x-amz-content-sha256 in place of its body: the body must then be that one."""
+    ep, good = service.endpoint, service.credentials
+    data = b'{"applicationName": "Good"}'
+    headers = sign(good, "POST", ep + "/", {"X-Amz-Target": TARGET + "CreateApplication",
+                                            "Content-Type": "application/x-amz-json-1.1",
+                                            "X-Amz-Content-SHA256": hashlib.sha256(data).hexdigest()},
+                   data, service="codedeploy", region="us-east-1")
+    status, _, text = send(ep, "POST", "/", b'{"applicationName": "Evil"}', headers)
+    assert (status, json.loads(text)["__type"]) == (400, "InvalidSignatureException")
+    assert send(ep, "POST", "/", data, headers)[0] == 200
+    assert call(ep, "ListApplications", {})["applications"] == ["Good"]

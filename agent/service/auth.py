@@ -159,14 +159,16 @@ def verify(creds: Credentials, *, method: str, url: str, headers: dict[str, str]
         raise AuthError("RequestTimeTooSkewed" if s3 else "InvalidSignatureException",
                         f"Signature expired: {stamp} is more than 15 minutes from the server's time",
                         403 if s3 else 400)
-    if s3:
-        claimed = headers.get("x-amz-content-sha256", "")
-        if _HEX64.match(claimed):
+    # the signature covers x-amz-content-sha256 in place of the body: the body must be what it says
+    claimed = headers.get("x-amz-content-sha256")
+    if claimed is not None or s3:
+        if _HEX64.match(claimed or ""):
             if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), claimed):
-                raise AuthError("XAmzContentSHA256Mismatch",
+                raise AuthError("XAmzContentSHA256Mismatch" if s3 else "InvalidSignatureException",
                                 "The provided 'x-amz-content-sha256' header does not match what was computed.", 400)
-        elif claimed not in _SIGNABLE_PAYLOADS:
-            raise _bad_signature(s3, "x-amz-content-sha256 must be the payload's SHA-256 or UNSIGNED-PAYLOAD")
+        elif not s3 or claimed not in _SIGNABLE_PAYLOADS:
+            raise _bad_signature(s3, "x-amz-content-sha256 must be the payload's SHA-256"
+                                 + (" or UNSIGNED-PAYLOAD" if s3 else ""))
     request = AWSRequest(method=method, url=url, headers={h: headers[h] for h in signed}, data=body)
     request.context["timestamp"] = stamp
     signer = _signer(creds, service, region)
