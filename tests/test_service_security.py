@@ -490,3 +490,28 @@ def test_an_api_body_must_match_a_signed_content_hash(service):
     assert (status, json.loads(text)["__type"]) == (400, "InvalidSignatureException")
     assert send(ep, "POST", "/", data, headers)[0] == 200
     assert call(ep, "ListApplications", {})["applications"] == ["Good"]
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_deadline(service):
+    """Each byte comes well within the idle timeout, but the headers never end: the server closes it."""
+    from agent.service.server import HEADER_DEADLINE
+    ep = service.endpoint
+    sock = raw_socket(ep)
+    sock.sendall(b"POST / HTTP/1.1\r\nX-Slow: ")
+    began = time.monotonic()
+    closed = False
+    while time.monotonic() - began < HEADER_DEADLINE + 30:
+        try:
+            sock.sendall(b"a")
+            sock.settimeout(1)
+            if sock.recv(65536) == b"":
+                closed = True
+                break
+        except socket.timeout:
+            continue
+        except OSError:
+            closed = True
+            break
+    sock.close()
+    assert closed and time.monotonic() - began >= HEADER_DEADLINE - 1
+    assert call(ep, "ListApplications", {})["applications"] == []

@@ -2,8 +2,8 @@
 
 ``Service`` owns the state folder's ``service/`` directory (0700: the SQLite file, ``server.json``
 telling other commands where it listens, the credentials file, moto's records), an HTTP server
-(werkzeug's threaded WSGI server with a large listen backlog, an idle timeout on every read and body
-size limits) whose WSGI application ``App`` refuses every request not signed with the server's
+(werkzeug's threaded WSGI server with a large listen backlog, an idle timeout on every read, deadlines
+for the headers and the body, and body size limits) whose WSGI application ``App`` refuses every request not signed with the server's
 credentials (``agent.service.auth``), then answers AWS JSON 1.1 requests with ``X-Amz-Target`` and
 hands any other request to moto's S3 running in this process, so one ``AWS_ENDPOINT_URL`` serves the
 aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the supervisor that runs an agent for
@@ -34,6 +34,7 @@ from agent.service.store import Store
 DB_FILE = "codedeploy.sqlite3"
 LISTEN_BACKLOG = 1024            # pending connections the kernel queues (capped by net.core.somaxconn)
 IDLE_TIMEOUT = 10.0              # seconds any one read of a request (line, headers, body) may wait
+HEADER_DEADLINE = 15.0           # seconds from the connection to the end of the request's headers
 BODY_DEADLINE = 30.0             # seconds a body may take, plus one second per MiB
 API_BODY_LIMIT = 1 << 20         # bytes: CodeDeploy API requests are small JSON documents
 S3_BODY_LIMIT = 256 << 20        # bytes: one S3 PUT or part (the aws CLI sends 8 MiB parts above 8 MiB)
@@ -65,6 +66,7 @@ class Service:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.httpd: ThreadedWSGIServer | None = None
+        self.deadlines = HeaderDeadlines()
         self.endpoint = ""
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -85,7 +87,7 @@ class Service:
         if self.moto:
             self.moto.start()
         try:
-            self.httpd = _Server("127.0.0.1", self.port, App(self), handler=_handler(self.quiet))
+            self.httpd = _Server("127.0.0.1", self.port, App(self), handler=_handler(self.quiet, self.deadlines))
         except OSError as e:
             raise EnvironmentProblem(f"cannot listen on 127.0.0.1:{self.port}: {e.strerror or e}",
                                      reference="server-port", hint="choose another --port, or 0 for any") from None
@@ -95,7 +97,7 @@ class Service:
         remember(self.endpoint, self.credentials)
         if self.run_agents:
             self.engine.fail_orphaned_commands(set(self._local_instances()))
-        for target in (self._serve, self._engine_loop, self._supervise):
+        for target in (self._serve, self._engine_loop, self._supervise, self._cut_slow_headers):
             t = threading.Thread(target=target, daemon=True, name=f"cdsim{target.__name__}")
             t.start()
             self.threads.append(t)
@@ -138,6 +140,10 @@ class Service:
         self.close()
 
     # -- background work ------------------------------------------------------------------------
+    def _cut_slow_headers(self) -> None:
+        while not self.stopping.wait(0.5):
+            self.deadlines.expire()
+
     def _serve(self) -> None:
         self.httpd.serve_forever(poll_interval=0.05)   # shutdown() waits for one poll
 
@@ -215,10 +221,51 @@ class _Server(ThreadedWSGIServer):
     request_queue_size = LISTEN_BACKLOG
 
 
-def _handler(quiet: bool):
+class HeaderDeadlines:
+    """Connections still sending their request line and headers, and when they must be done: a client
+    that trickles them a byte at a time (each read within IDLE_TIMEOUT) is cut at HEADER_DEADLINE."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pending: dict[socket.socket, float] = {}
+
+    def add(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.pending[conn] = time.monotonic() + HEADER_DEADLINE
+
+    def done(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.pending.pop(conn, None)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [c for c, deadline in self.pending.items() if deadline <= now]
+            for conn in late:
+                del self.pending[conn]
+        for conn in late:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)   # the blocked read returns; the handler ends
+            except OSError:
+                pass
+
+
+def _handler(quiet: bool, deadlines: HeaderDeadlines):
     class Handler(WSGIRequestHandler):
         timeout = IDLE_TIMEOUT           # the socket's timeout: every read of the request
         server_version = "cdsim"
+
+        def setup(self) -> None:
+            super().setup()
+            deadlines.add(self.connection)
+
+        def run_wsgi(self) -> None:      # the request line and headers are in
+            deadlines.done(self.connection)
+            super().run_wsgi()
+
+        def finish(self) -> None:
+            deadlines.done(self.connection)
+            super().finish()
 
         def log_request(self, code="-", size="-") -> None:
             if not quiet:
