@@ -13,7 +13,7 @@ import uuid
 
 from agent.service import revisions
 from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, tag_matches
-from agent.service.revisions import BUNDLE_TYPES, RevisionError
+from agent.service.revisions import RevisionError
 from agent.service.store import Store
 
 TARGET_PREFIX = "CodeDeploy_20141006"

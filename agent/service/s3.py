@@ -24,7 +24,13 @@ _AUTH = ("AWS4-HMAC-SHA256 Credential=cdsim/20000101/us-east-1/s3/aws4_request, 
 
 
 class MotoS3:
-    """moto's S3 application in this process; ``app`` once started."""
+    """moto's S3 application in this process; ``app`` once started.
+
+    moto keeps S3 in one store per process: the first server of a process starts it empty (then
+    replays its records); a second server in the same process (tests) shares it."""
+
+    _active = 0
+    _active_lock = threading.Lock()
 
     def __init__(self, folder: str):
         self.folder = folder
@@ -41,10 +47,19 @@ class MotoS3:
         except ImportError as e:
             raise EnvironmentProblem(f"the S3 emulator (moto) cannot be loaded: {e}", reference="s3-unavailable",
                                      hint="install it: pip install 'moto[server]' (or run with --no-s3)") from None
+        from moto.s3.models import s3_backends
+        with MotoS3._active_lock:
+            if MotoS3._active == 0:
+                for account in list(s3_backends.values()):
+                    account.reset()
+            MotoS3._active += 1
         self.app = create_backend_app("s3")
         self._replay()
 
     def stop(self) -> None:
+        if self.app is not None:
+            with MotoS3._active_lock:
+                MotoS3._active -= 1
         self.app = None
 
     def wsgi(self, environ: dict, start_response):

@@ -74,6 +74,8 @@ class Service:
         try:
             return self._start()
         except BaseException:
+            if self.moto:
+                self.moto.stop()
             self.store.close()
             raise
 
