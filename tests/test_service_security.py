@@ -515,3 +515,33 @@ def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_deadline(service):
     sock.close()
     assert closed and time.monotonic() - began >= HEADER_DEADLINE - 1
     assert call(ep, "ListApplications", {})["applications"] == []
+
+
+def test_the_server_listens_on_loopback_only(service):
+    assert service.httpd.server_address[0] == "127.0.0.1" and service.endpoint.startswith("http://127.0.0.1:")
+    done = subprocess.run(["ss", "-Hltn", f"sport = :{service.httpd.server_address[1]}"], capture_output=True,
+                          text=True, check=False)
+    if done.returncode == 0:
+        assert [line.split()[3] for line in done.stdout.splitlines()] == [service.endpoint[7:]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder or file to another user")
+def test_a_service_folder_or_credentials_file_of_another_user_is_not_trusted(tmp_path):
+    from agent.errors import EnvironmentProblem
+    from agent.service.server import Service
+
+    foreign = tmp_path / "foreign" / "service"
+    os.makedirs(foreign)
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(EnvironmentProblem) as e:
+        Service(str(tmp_path / "foreign"), s3=False, agents=False)
+    assert e.value.reference == "service-folder-unsafe"
+    state = tmp_path / "state"
+    os.makedirs(state / "service", mode=0o700)
+    planted = state / "service" / "credentials.json"
+    planted.write_text('{"accessKeyId": "CDSIMPLANTEDKEY00000", "secretAccessKey": "known-to-the-planter"}')
+    os.chmod(planted, 0o600)
+    os.chown(planted, 65534, 65534)
+    with Service(str(state), s3=False, agents=False) as svc:
+        assert svc.credentials.access_key != "CDSIMPLANTEDKEY00000"
+        assert os.stat(planted).st_uid == 0
