@@ -3,6 +3,8 @@ the shell lines that point the aws CLI at the running one, with its credentials 
 signed with them; only the server's user can read them)."""
 from __future__ import annotations
 
+import os
+
 from agent.errors import EnvironmentProblem
 
 SUMMARY = "run a local CodeDeploy service (the aws CLI's deploy commands work against it)"
@@ -31,6 +33,11 @@ def run(args) -> int:
     from agent.service.server import env_lines, serve
 
     if args.action == "env":
+        folder = service_dir(args.state)
+        if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+            raise EnvironmentProblem(f"cannot read {folder}: only the server's user may use its credentials",
+                                     reference="server-credentials",
+                                     hint="run `cdsim server env` as the user who runs the server")
         info = server_info(args.state)
         if info is None:
             raise EnvironmentProblem(f"no cdsim server is running for {service_dir(args.state)}",
