@@ -148,6 +148,8 @@ def test_option_injection_through_commit_id_is_refused_and_the_file_stays(servic
     command = {"deploymentId": "d-ABCDEFGH1", "revision": github(str(repo), f"--output={victim}")}
     with pytest.raises(RevisionError):
         agent._spec(command, str(tmp_path / "work"))
+    with pytest.raises(RevisionError, match="not a folder under a configured GitHub root"):
+        agent._spec({**command, "revision": github("/", git(repo, "rev-parse", "HEAD"))}, str(tmp_path / "work"))
     assert victim.read_text() == "precious\n"
     # a ref name is passed after --end-of-options and fetched as it should
     branch = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
