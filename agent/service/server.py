@@ -274,7 +274,9 @@ def _handler(quiet: bool, deadlines: HeaderDeadlines):
                 super().log_request(code, size)
 
         def log(self, type, message, *args) -> None:  # noqa: A002 - the base class's names
-            if not quiet or type == "error":
+            # quiet: a client's bad or timed-out request is no news (a failure of ours is the
+            # server's log, "Error on request", and still shows)
+            if not quiet:
                 super().log(type, message, *args)
 
     return Handler
