@@ -123,6 +123,30 @@ def test_commit_ids_that_are_no_commit_or_ref_name_are_refused(commit):
         check_commit(commit)
 
 
+def test_ref_names_are_checked_as_git_check_ref_format_does():
+    """git itself is the oracle (names starting with '-' are ours to refuse, whatever git says)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    def git_says(name: str) -> bool:
+        return subprocess.run(["git", "check-ref-format", "--allow-onelevel", name], capture_output=True,
+                              check=False).returncode == 0
+
+    samples = ["a", "a/b", "a..b", "a/.b", "a.lock", "a/", "/a", "a//b", "a@{b", "@", "a b", "a~", "a^", "a:",
+               "a?", "a*", "a[", "a\\b", "a.", "é", "a/b.lock/c", ".a", "a@b", "@a", "a.lock.b", "x/.lock",
+               "a/-b", "refs/heads/main", "v1.0", "a\x7fb", "a\tb"]
+    for name in samples:
+        assert check_ref_name(name) == git_says(name), name
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(alphabet="ab./@{}~^:?*[\\ -\x01é", min_size=1, max_size=12))
+    def agrees(name):
+        if not name.startswith("-") and "\x00" not in name:
+            assert check_ref_name(name) == git_says(name), repr(name)
+
+    agrees()
+
+
 @pytest.mark.parametrize("commit", ["0123abc", "a" * 40, "b" * 64, "main", "v1.2.3", "refs/tags/v1.0",
                                     "feature/login-page", "release_2026.12"])
 def test_commit_ids_and_ref_names_are_accepted(commit):
