@@ -74,7 +74,7 @@ def measure(instances: int, runs: int, where: str) -> Row:
         _git(repo, "commit", "-qm", "v1")
         revision = {"revisionType": "GitHub",
                     "gitHubLocation": {"repository": repo, "commitId": _git(repo, "rev-parse", "HEAD")}}
-        service = Service(state, s3=False).start()
+        service = Service(state, s3=False, github_root=[repo]).start()
         ep = service.endpoint
         fleet_up(ep, count=1, tag="Name=Solo", application="A", group="Solo",
                  config="CodeDeployDefault.AllAtOnce", state=state)

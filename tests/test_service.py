@@ -149,7 +149,7 @@ def state(tmp_path, monkeypatch):
 @pytest.fixture
 def fleet(state, tmp_path):
     from agent.service.server import Service
-    service = Service(state, s3=False).start()
+    service = Service(state, s3=False, github_root=[str(tmp_path)]).start()
     try:
         yield Fleet(service, state, Repo(tmp_path / "repo"))
     finally:
@@ -192,10 +192,14 @@ class TestPlan:
 
 
 # -- bad requests ------------------------------------------------------------------------------------
-def raw_request(endpoint: str, body: bytes, target: str | None) -> tuple[int, dict, str]:
+def raw_request(endpoint: str, body: bytes, target: str | None, creds=None) -> tuple[int, dict, str]:
+    """A request as given (signed with ``creds`` when given)."""
+    from agent.service.auth import sign
     headers = {"Content-Type": "application/x-amz-json-1.1"}
     if target is not None:
         headers["X-Amz-Target"] = target
+    if creds is not None:
+        headers = sign(creds, "POST", endpoint + "/", headers, body, service="codedeploy", region="us-east-1")
     req = urllib.request.Request(endpoint + "/", data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -208,7 +212,7 @@ def raw_request(endpoint: str, body: bytes, target: str | None) -> tuple[int, di
 @pytest.fixture
 def bare_service(tmp_path):
     from agent.service.server import Service
-    with Service(str(tmp_path / "state"), s3=False, agents=False) as service:
+    with Service(str(tmp_path / "state"), s3=False, agents=False, github_root=[str(tmp_path)]) as service:
         yield service
 
 
@@ -235,7 +239,7 @@ def bare_service(tmp_path):
     (b'{"instanceName": "i"}', "CodeDeploy_20141006.RegisterOnPremisesInstance", "IamArnRequiredException"),
 ])
 def test_bad_requests_get_the_aws_error_shape(bare_service, body, target, kind):
-    status, doc, ctype = raw_request(bare_service.endpoint, body, target)
+    status, doc, ctype = raw_request(bare_service.endpoint, body, target, bare_service.credentials)
     assert status == 400
     assert ctype == "application/x-amz-json-1.1"
     assert doc["__type"] == kind and doc["message"]
@@ -464,14 +468,14 @@ def test_server_restart_keeps_every_deployment(state, tmp_path):
     from agent.service.server import Service
 
     repo = Repo(tmp_path / "repo")
-    with Service(state, s3=False) as service:
+    with Service(state, s3=False, github_root=[str(tmp_path)]) as service:
         f = Fleet(service, state, repo)
         fleet_up(service.endpoint, count=2, tag="Name=Fleet", application="A", group="G", state=state)
         ok = f.wait(f.deploy(repo.commit("v1", {})))
         bad = f.wait(f.deploy(repo.commit("v2", {"ValidateService": "exit 1"})))
         before = {d: (call(service.endpoint, "GetDeployment", {"deploymentId": d})["deploymentInfo"], f.targets(d))
                   for d in (ok["deploymentId"], bad["deploymentId"])}
-    with Service(state, s3=False) as service:
+    with Service(state, s3=False, github_root=[str(tmp_path)]) as service:
         assert sorted(call(service.endpoint, "ListDeployments", {"applicationName": "A",
                                                                   "deploymentGroupName": "G"})["deployments"]) \
             == sorted(before)
@@ -514,7 +518,8 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     with open(os.path.join(repo.path, "appspec.yml"), "w") as f:   # no files section: the host stays untouched
         f.write("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/AfterInstall.sh\n")
     with open(os.path.join(repo.path, "scripts", "AfterInstall.sh"), "w") as f:
-        f.write('#!/bin/sh\necho "commit $BUNDLE_COMMIT for $DEPLOYMENT_GROUP_NAME" > "$(dirname "$0")/../seen"\n')
+        f.write('#!/bin/sh\necho "commit $BUNDLE_COMMIT for $DEPLOYMENT_GROUP_NAME, secret ${AWS_SECRET_ACCESS_KEY:-unset}" '
+                '> "$(dirname "$0")/../seen"\n')
     os.chmod(os.path.join(repo.path, "scripts", "AfterInstall.sh"), 0o755)
     repo.git("add", "-A")
     repo.git("commit", "-qm", "host")
@@ -527,8 +532,12 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     root = tmp_path / "box"
     agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--endpoint", ep, "--instance", "box",
                               "--host", "--root-dir", str(root), "--poll-interval", "0.1",
+                              "--github-root", str(tmp_path),
                               "--state", str(tmp_path / "agent-state")],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             # as inside a Vagrant box: the credentials `cdsim server env` exports
+                             env=dict(os.environ, AWS_ACCESS_KEY_ID=bare_service.credentials.access_key,
+                                      AWS_SECRET_ACCESS_KEY=bare_service.credentials.secret_key))
     try:
         did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G",
                                             "revision": repo.revision(sha)})["deploymentId"]
@@ -544,7 +553,7 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     group_id = call(ep, "GetDeploymentGroup", {"applicationName": "A", "deploymentGroupName": "G"})[
         "deploymentGroupInfo"]["deploymentGroupId"]
     seen = root / "deployment-root" / group_id / did / "deployment-archive" / "seen"
-    assert seen.read_text() == f"commit {sha} for G\n"
+    assert seen.read_text() == f"commit {sha} for G, secret unset\n"   # the agent's credentials stay with it
     assert call(ep, "ListOnPremisesInstances", {"tagFilters": [{"Key": "Role", "Value": "web",
                                                                  "Type": "KEY_AND_VALUE"}]})["instanceNames"] == ["box"]
 
@@ -558,7 +567,8 @@ def test_a_server_killed_mid_deployment_fails_the_running_instance_on_restart(st
     from agent.service.client import server_info
     from agent.service.server import Service
 
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "server", "--state", state, "--no-s3"],
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "server", "--state", state, "--no-s3",
+                             "--github-root", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -576,7 +586,7 @@ def test_a_server_killed_mid_deployment_fails_the_running_instance_on_restart(st
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    with Service(state, s3=False) as service:
+    with Service(state, s3=False, github_root=[str(tmp_path)]) as service:
         f = Fleet(service, state, repo)
         assert f.wait(did)["status"] == "Failed"
         events = {e["lifecycleEventName"]: e for e in f.targets(did)["fleet-1"]["lifecycleEvents"]}

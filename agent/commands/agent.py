@@ -2,6 +2,8 @@
 
 By default the deployments run inside the sandboxed instance NAME of this machine; with --host they
 run on this machine itself (say inside a Vagrant box whose agent serves a server on the host).
+Its calls are signed with the server's credentials: the state folder's, when this user runs that
+server, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (`eval "$(cdsim server env)"` on the server's side).
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ def register(sub) -> None:
                    help="with --host: folder for the deployment root and logs (default: in the state folder)")
     p.add_argument("--state", default=None, help="state folder (default: $CDSIM_STATE_DIR or ~/.local/state/cdsim)")
     p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument("--github-root", action="append", default=[], metavar="DIR",
+                   help="a folder of git repositories (owner/name) or a repository that GitHub revisions may "
+                        "name; repeatable (also $CDSIM_GITHUB_ROOT)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +38,7 @@ def run(args) -> int:
     if args.host:
         root = os.path.abspath(args.root_dir or os.path.join(service_dir(args.state), "hosts", args.instance))
     agent = Agent(endpoint, args.instance, work_dir=work, state=args.state, host_root=root,
-                  poll_interval=args.poll_interval)
+                  poll_interval=args.poll_interval, github_roots=args.github_root)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop_event.set())
     print(f"cdsim agent: instance {args.instance}, polling {endpoint}", flush=True)

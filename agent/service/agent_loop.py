@@ -1,7 +1,8 @@
 """The cdsim agent: polls a cdsim server for its instance's next command and runs it.
 
 A command is a whole deployment to the instance. The agent fetches the revision onto this machine
-(S3 from the server's S3, GitHub as ``git archive`` of a local repository), runs
+(S3 from the server's S3, GitHub as ``git archive`` of a local repository under a configured GitHub
+root; every revision field is checked again here, ``agent.service.revisions``), runs
 ``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
 agent, here, and forwards every lifecycle-event update the runner prints to the server.
 Must not import the server, the API or the engine's store.
@@ -15,21 +16,23 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 
 from agent.errors import CdsimError, EnvironmentProblem
-from agent.service.client import AGENT_PREFIX, call
-from agent.service.s3 import download
-
-GITHUB_ROOT_ENV = "CDSIM_GITHUB_ROOT"
+from agent.service import revisions
+from agent.service.auth import Credentials
+from agent.service.client import AGENT_PREFIX, call, download
+from agent.service.revisions import RevisionError
 
 
 class Agent:
     """One instance's agent. ``host_root`` set: deploy onto this machine under that deployment root."""
 
     def __init__(self, endpoint: str, instance: str, *, work_dir: str, state: str | None = None,
-                 host_root: str | None = None, poll_interval: float = 0.3, local: bool = False):
+                 host_root: str | None = None, poll_interval: float = 0.3, local: bool = False,
+                 credentials: Credentials | None = None, github_roots: list[str] | tuple[str, ...] = ()):
         self.endpoint = endpoint
+        self.credentials = credentials
+        self.github_roots = revisions.github_roots(github_roots)
         self.instance = instance
         self.work_dir = work_dir
         self.state = state
@@ -39,7 +42,7 @@ class Agent:
         self.stop_event = threading.Event()
 
     def _call(self, operation: str, body: dict) -> dict:
-        return call(self.endpoint, operation, body, prefix=AGENT_PREFIX)
+        return call(self.endpoint, operation, body, prefix=AGENT_PREFIX, credentials=self.credentials)
 
     def run(self) -> None:
         """Poll until stopped; errors back off (as the real agent's poll loop does, §8.1, but shorter)."""
@@ -64,13 +67,22 @@ class Agent:
     # -- one command ----------------------------------------------------------------------------
     def execute(self, command: dict) -> None:
         cid = command["commandId"]
+        try:
+            revisions.check_deployment_id(command.get("deploymentId"))
+            revisions.check_group_id(command.get("deploymentGroupId"))
+            if not revisions.valid_instance_name(self.instance):
+                raise RevisionError(f"the instance name {self.instance!r} is not valid")
+        except RevisionError as e:
+            self._call("ReportCommand", {"commandId": cid, "status": "Failed",
+                                         "lifecycleEvents": failed_events(None, str(e), "DownloadBundle")})
+            return
         folder = os.path.join(self.work_dir, f"{command['deploymentId']}-{self.instance}")
         os.makedirs(folder, exist_ok=True)
         last: list = []
         try:
             try:
                 spec = self._spec(command, folder)
-            except CdsimError as e:
+            except (CdsimError, RevisionError) as e:
                 # fetching the revision is DownloadBundle's work: nothing before it ran
                 self._call("ReportCommand", {"commandId": cid, "status": "Failed",
                                              "lifecycleEvents": failed_events(None, str(e), "DownloadBundle")})
@@ -100,23 +112,25 @@ class Agent:
             s3 = rev["s3Location"]
             if not command.get("s3Endpoint"):
                 raise EnvironmentProblem("the server has no S3 endpoint for an S3 revision")
-            bundle = os.path.join(folder, "bundle." + s3["bundleType"])
-            path = "/" + urllib.parse.quote(s3["bucket"]) + "/" + urllib.parse.quote(s3["key"], safe="/~")
-            if s3.get("version"):
-                path += "?versionId=" + urllib.parse.quote(s3["version"])
-            download(command["s3Endpoint"], path, bundle)
-            bundle_type = s3["bundleType"]
+            bundle_type = revisions.check_bundle_type(s3.get("bundleType"))
+            bundle = os.path.join(folder, "bundle." + bundle_type)
+            download(command["s3Endpoint"], revisions.check_bucket(s3.get("bucket")),
+                     revisions.check_key(s3.get("key")), s3.get("version"), bundle, credentials=self.credentials)
             env = {"BUNDLE_BUCKET": s3["bucket"], "BUNDLE_KEY": s3["key"], "BUNDLE_VERSION": s3.get("version"),
                    "BUNDLE_ETAG": s3.get("eTag")}
-        else:
+        elif rev["revisionType"] == "GitHub":
             gh = rev["gitHubLocation"]
-            repo = github_repository(gh["repository"])
+            commit = revisions.check_commit(gh.get("commitId"))
+            repo = revisions.github_repository(gh.get("repository"), self.github_roots)
             bundle, bundle_type = os.path.join(folder, "bundle.tar"), "tar"
-            done = subprocess.run(["git", "-C", repo, "archive", "--format=tar", "-o", bundle, gh["commitId"]],
-                                  capture_output=True, text=True, check=False)
+            # the commit after --end-of-options: git reads it as a revision even if it looked like an option
+            done = subprocess.run(["git", "-C", repo, "archive", "--format=tar", "-o", bundle, "--end-of-options",
+                                   commit], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                raise EnvironmentProblem(f"git archive of {gh['commitId']} in {repo} failed: {done.stderr.strip()}")
-            env = {"BUNDLE_COMMIT": gh["commitId"]}
+                raise EnvironmentProblem(f"git archive of {commit} in {repo} failed: {done.stderr.strip()}")
+            env = {"BUNDLE_COMMIT": commit}
+        else:
+            raise RevisionError(f"unsupported revision type {rev['revisionType']!r}")
         spec = {k: command[k] for k in ("deploymentId", "applicationName", "deploymentGroupName",
                                         "deploymentGroupId", "creator", "fileExistsBehavior",
                                         "ignoreApplicationStopFailures")}
@@ -175,18 +189,6 @@ def _close_after(thread: threading.Thread, fd: int) -> None:
     # exec_in blocks until the command ends; only then may the write end close
     thread.join()
     os.close(fd)
-
-
-def github_repository(repository: str) -> str:
-    """A GitHub revision's repository as a local git repository: an absolute path, or owner/name
-    under $CDSIM_GITHUB_ROOT."""
-    if os.path.isabs(repository):
-        return repository
-    root = os.environ.get(GITHUB_ROOT_ENV)
-    if root and os.path.isdir(os.path.join(root, repository)):
-        return os.path.join(root, repository)
-    raise EnvironmentProblem(f"no local git repository for GitHub repository {repository!r}",
-                             hint=f"give an absolute path as the repository, or set {GITHUB_ROOT_ENV}")
 
 
 def failed_events(events: list[dict] | None, message: str, at: str | None = None) -> list[dict]:

@@ -11,12 +11,13 @@ import re
 import time
 import uuid
 
+from agent.service import revisions
 from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, tag_matches
+from agent.service.revisions import RevisionError
 from agent.service.store import Store
 
 TARGET_PREFIX = "CodeDeploy_20141006"
 AGENT_PREFIX = "CdsimAgent_20261127"
-BUNDLE_TYPES = ("tar", "tgz", "zip", "YAML", "JSON")
 FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
 _DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
 
@@ -83,30 +84,41 @@ def revision_key(rev: dict) -> str:
 
 
 def check_revision(rev) -> dict:
-    """A RevisionLocation as stored: S3 (bucket, key, bundleType) or GitHub (repository, commitId)."""
+    """A RevisionLocation as stored: S3 (bucket, key, bundleType) or GitHub (repository, commitId).
+
+    Every field that later reaches a command line or a path is checked here (``agent.service.revisions``);
+    whether a GitHub repository is under a configured root is checked at CreateDeployment."""
     if not isinstance(rev, dict) or not rev:
         raise ApiError("RevisionRequiredException", "Revision must be specified")
     kind = rev.get("revisionType")
-    if kind == "S3":
-        s3 = rev.get("s3Location")
-        if not isinstance(s3, dict) or not s3.get("bucket") or not s3.get("key"):
-            raise ApiError("InvalidRevisionException", "S3 revisions must specify a bucket and a key")
-        bundle = s3.get("bundleType")
-        if bundle is None:
-            key = s3["key"].lower()
-            bundle = next((b for b in ("tgz", "tar", "zip") if key.endswith("." + b) or
-                           (b == "tgz" and key.endswith(".tar.gz"))), None)
-        if bundle not in BUNDLE_TYPES:
-            raise ApiError("InvalidRevisionException",
-                           f"The bundle type must be one of {', '.join(BUNDLE_TYPES)} (got {bundle!r})")
-        loc = {k: s3[k] for k in ("bucket", "key", "version", "eTag") if s3.get(k)}
-        return {"revisionType": "S3", "s3Location": dict(loc, bundleType=bundle)}
-    if kind == "GitHub":
-        gh = rev.get("gitHubLocation")
-        if not isinstance(gh, dict) or not gh.get("repository") or not gh.get("commitId"):
-            raise ApiError("InvalidRevisionException", "GitHub revisions must specify a repository and a commitId")
-        return {"revisionType": "GitHub", "gitHubLocation": {"repository": gh["repository"],
-                                                             "commitId": gh["commitId"]}}
+    try:
+        if kind == "S3":
+            s3 = rev.get("s3Location")
+            if not isinstance(s3, dict) or not s3.get("bucket") or not s3.get("key"):
+                raise ApiError("InvalidRevisionException", "S3 revisions must specify a bucket and a key")
+            revisions.check_bucket(s3["bucket"])
+            revisions.check_key(s3["key"])
+            bundle = s3.get("bundleType")
+            if bundle is None:
+                key = s3["key"].lower()
+                bundle = next((b for b in ("tgz", "tar", "zip") if key.endswith("." + b) or
+                               (b == "tgz" and key.endswith(".tar.gz"))), None)
+            revisions.check_bundle_type(bundle)
+            for field in ("version", "eTag"):
+                if s3.get(field) is not None and (not isinstance(s3[field], str) or len(s3[field]) > 1024):
+                    raise ApiError("InvalidRevisionException", f"The S3 {field} must be a string")
+            loc = {k: s3[k] for k in ("bucket", "key", "version", "eTag") if s3.get(k)}
+            return {"revisionType": "S3", "s3Location": dict(loc, bundleType=bundle)}
+        if kind == "GitHub":
+            gh = rev.get("gitHubLocation")
+            if not isinstance(gh, dict) or not gh.get("repository") or not gh.get("commitId"):
+                raise ApiError("InvalidRevisionException",
+                               "GitHub revisions must specify a repository and a commitId")
+            return {"revisionType": "GitHub", "gitHubLocation": {
+                "repository": revisions.check_repository_name(gh["repository"]),
+                "commitId": revisions.check_commit(gh["commitId"])}}
+    except RevisionError as e:
+        raise ApiError("InvalidRevisionException", str(e)) from None
     raise ApiError("InvalidRevisionException",
                    f"Unsupported revision type {kind!r} for the Server compute platform (S3 or GitHub)")
 
@@ -116,9 +128,19 @@ def _no_config(name: str) -> ApiError:
 
 
 class Api:
-    def __init__(self, store: Store, engine: Engine):
+    def __init__(self, store: Store, engine: Engine, github_roots: list[str] | tuple[str, ...] = ()):
         self.store = store
         self.engine = engine
+        self.github_roots = list(github_roots)
+
+    def _deployable(self, rev: dict) -> dict:
+        """A GitHub revision's repository must be a folder under a configured GitHub root."""
+        if rev.get("revisionType") == "GitHub":
+            try:
+                revisions.github_repository(rev["gitHubLocation"]["repository"], self.github_roots)
+            except RevisionError as e:
+                raise ApiError("InvalidRevisionException", str(e)) from None
+        return rev
 
     def dispatch(self, operation: str, body: dict) -> dict:
         handler = getattr(self, "op_" + operation, None) if re.fullmatch(r"[A-Z][A-Za-z]+", operation) else None
@@ -399,6 +421,7 @@ class Api:
         rev = check_revision(rev) if rev is not None else group.get("targetRevision")
         if rev is None:
             raise ApiError("RevisionRequiredException", "Revision must be specified")
+        self._deployable(rev)
         config = _str(body, "deploymentConfigName")
         if config and self.engine.config(config) is None:
             raise _no_config(config)
@@ -516,6 +539,10 @@ class Api:
 
     def op_RegisterOnPremisesInstance(self, body: dict) -> dict:
         name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+        if not revisions.valid_instance_name(name):
+            raise ApiError("InvalidInstanceNameException",
+                           f"The on-premises instance name {name!r} is not valid: use up to 100 letters, digits, "
+                           "'_', '.', '@' and '-', not starting with '.', '@' or '-'")
         session, user = _str(body, "iamSessionArn"), _str(body, "iamUserArn")
         if not session and not user:
             raise ApiError("IamArnRequiredException", "An IAM user ARN or an IAM session ARN must be specified")

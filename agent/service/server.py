@@ -1,39 +1,55 @@
 """The cdsim server: the CodeDeploy API over HTTP on loopback, S3 beside it, and the background work.
 
-``Service`` owns the state folder's ``service/`` directory (the SQLite file, ``server.json`` telling
-other commands where it listens, moto's records), an HTTP server (AWS JSON 1.1 requests with
-``X-Amz-Target``; any other request without that header is proxied to the S3 emulator, so one
-``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls), the engine thread and the
-supervisor that runs an agent for every registered on-premises instance that is one of this state
-folder's sandboxed instances.
+``Service`` owns the state folder's ``service/`` directory (0700: the SQLite file, ``server.json``
+telling other commands where it listens, the credentials file, moto's records), an HTTP server
+(werkzeug's threaded WSGI server with a large listen backlog, an idle timeout on every read, deadlines
+for the headers and the body, and body size limits) whose WSGI application ``App`` refuses every request not signed with the server's
+credentials (``agent.service.auth``), then answers AWS JSON 1.1 requests with ``X-Amz-Target`` and
+hands any other request to moto's S3 running in this process, so one ``AWS_ENDPOINT_URL`` serves the
+aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the supervisor that runs an agent for
+every registered on-premises instance that is one of this state folder's sandboxed instances.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import threading
+import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.sax.saxutils import escape
+
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from agent.errors import EnvironmentProblem
 from agent.fsutil import atomic_write
+from agent.service import auth
 from agent.service.api import AGENT_PREFIX, TARGET_PREFIX, AgentApi, Api, ApiError
-from agent.service.client import SERVER_FILE, service_dir
+from agent.service.client import SERVER_FILE, remember, service_dir
 from agent.service.engine import Engine
+from agent.service.revisions import github_roots, valid_instance_name
 from agent.service.store import Store
 
 DB_FILE = "codedeploy.sqlite3"
-DUMMY_KEY = "cdsim"
+LISTEN_BACKLOG = 1024            # pending connections the kernel queues (capped by net.core.somaxconn)
+IDLE_TIMEOUT = 10.0              # seconds any one read of a request (line, headers, body) may wait
+HEADER_DEADLINE = 15.0           # seconds from the connection to the end of the request's headers
+BODY_DEADLINE = 30.0             # seconds a body may take, plus one second per MiB
+API_BODY_LIMIT = 1 << 20         # bytes: CodeDeploy API requests are small JSON documents
+S3_BODY_LIMIT = 256 << 20        # bytes: one S3 PUT or part (the aws CLI sends 8 MiB parts above 8 MiB)
 
 
 class Service:
     def __init__(self, state: str | None = None, *, port: int = 0, s3: bool = True, agents: bool = True,
-                 region: str = "us-east-1", quiet: bool = True, agent_timeout: float = 600.0):
+                 region: str = "us-east-1", quiet: bool = True, agent_timeout: float = 600.0,
+                 github_root: list[str] | tuple[str, ...] = ()):
         from agent.instance import state_dir
         self.state = os.path.abspath(state) if state else state_dir()
         self.folder = service_dir(self.state)
-        os.makedirs(self.folder, exist_ok=True)
+        auth.private_folder(self.folder)
+        self.credentials = auth.load_or_create(self.folder)
+        self.github_roots = github_roots(github_root)
         self.port = port
         self.region = region
         self.quiet = quiet
@@ -43,13 +59,14 @@ class Service:
             from agent.service.s3 import MotoS3
             self.moto = MotoS3(os.path.join(self.folder, "s3"))
         self.engine = Engine(self.store, region=region, pickup_timeout=agent_timeout)
-        self.api = Api(self.store, self.engine)
+        self.api = Api(self.store, self.engine, self.github_roots)
         self.agent_api = AgentApi(self.engine)
         self.run_agents = agents
         self.agents: dict = {}
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.httpd: ThreadingHTTPServer | None = None
+        self.httpd: ThreadedWSGIServer | None = None
+        self.deadlines = HeaderDeadlines()
         self.endpoint = ""
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -57,6 +74,8 @@ class Service:
         try:
             return self._start()
         except BaseException:
+            if self.moto:
+                self.moto.stop()
             self.store.close()
             raise
 
@@ -67,26 +86,24 @@ class Service:
             raise EnvironmentProblem(f"a cdsim server (pid {running['pid']}) already serves {self.folder} "
                                      f"on {running['endpoint']}", reference="server-running",
                                      hint="use it (`cdsim server env`), or stop it first")
+        if self.moto:
+            self.moto.start()
         try:
-            self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+            self.httpd = _Server("127.0.0.1", self.port, App(self), handler=_handler(self.quiet, self.deadlines))
         except OSError as e:
             raise EnvironmentProblem(f"cannot listen on 127.0.0.1:{self.port}: {e.strerror or e}",
                                      reference="server-port", hint="choose another --port, or 0 for any") from None
-        if self.moto:
-            try:
-                self.engine.s3_endpoint = self.moto.start()
-            except BaseException:
-                self.httpd.server_close()
-                raise
-        self.httpd.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if self.moto:
+            self.engine.s3_endpoint = self.endpoint
+        remember(self.endpoint, self.credentials)
         if self.run_agents:
             self.engine.fail_orphaned_commands(set(self._local_instances()))
-        for target in (self._serve, self._engine_loop, self._supervise):
+        for target in (self._serve, self._engine_loop, self._supervise, self._cut_slow_headers):
             t = threading.Thread(target=target, daemon=True, name=f"cdsim{target.__name__}")
             t.start()
             self.threads.append(t)
-        atomic_write(os.path.join(self.folder, SERVER_FILE), json.dumps(self.info()).encode())
+        atomic_write(os.path.join(self.folder, SERVER_FILE), json.dumps(self.info()).encode(), mode=0o600)
         return self
 
     def info(self) -> dict:
@@ -109,6 +126,7 @@ class Service:
             self.httpd.server_close()
         if self.moto:
             self.moto.stop()
+        remember(self.endpoint, None)
         try:
             with open(os.path.join(self.folder, SERVER_FILE), encoding="utf-8") as f:
                 if json.load(f).get("pid") == os.getpid():
@@ -124,6 +142,10 @@ class Service:
         self.close()
 
     # -- background work ------------------------------------------------------------------------
+    def _cut_slow_headers(self) -> None:
+        while not self.stopping.wait(0.5):
+            self.deadlines.expire()
+
     def _serve(self) -> None:
         self.httpd.serve_forever(poll_interval=0.05)   # shutdown() waits for one poll
 
@@ -141,7 +163,9 @@ class Service:
         from agent.instance import store as instance_store
         names = []
         for doc in self.store.values("instance"):
-            if not doc.get("deregisterTime") and instance_store.load(doc["instanceName"], self.state):
+            # a name registered before names were checked is no sandboxed instance (load would refuse it)
+            if not doc.get("deregisterTime") and valid_instance_name(doc["instanceName"]) \
+                    and instance_store.load(doc["instanceName"], self.state):
                 names.append(doc["instanceName"])
         return names
 
@@ -152,7 +176,8 @@ class Service:
                 wanted = set(self._local_instances())
                 for name in wanted - set(self.agents):
                     agent = Agent(self.endpoint, name, state=self.state, local=True,
-                                  work_dir=os.path.join(self.folder, "work"))
+                                  work_dir=os.path.join(self.folder, "work"), credentials=self.credentials,
+                                  github_roots=self.github_roots)
                     agent.thread = threading.Thread(target=agent.run, daemon=True, name=f"cdsim-agent-{name}")
                     agent.thread.start()
                     self.agents[name] = agent
@@ -186,105 +211,250 @@ class Service:
             return 500, {"__type": "InternalFailure", "message": "The server encountered an internal error"}
 
 
-def env_lines(info: dict) -> list[str]:
-    """The shell lines that point the aws CLI at a running server."""
+def env_lines(info: dict, creds: auth.Credentials) -> list[str]:
+    """The shell lines that point the aws CLI at a running server, with its credentials."""
     return [f"export AWS_ENDPOINT_URL={info['endpoint']}",
-            f"export AWS_ACCESS_KEY_ID={DUMMY_KEY}",
-            f"export AWS_SECRET_ACCESS_KEY={DUMMY_KEY}",
+            f"export AWS_ACCESS_KEY_ID={creds.access_key}",
+            f"export AWS_SECRET_ACCESS_KEY={creds.secret_key}",
             f"export AWS_DEFAULT_REGION={info['region']}"]
 
 
-def _handler(service: Service):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Server(ThreadedWSGIServer):
+    request_queue_size = LISTEN_BACKLOG
+
+
+class HeaderDeadlines:
+    """Connections still sending their request line and headers, and when they must be done: a client
+    that trickles them a byte at a time (each read within IDLE_TIMEOUT) is cut at HEADER_DEADLINE."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pending: dict[socket.socket, float] = {}
+
+    def add(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.pending[conn] = time.monotonic() + HEADER_DEADLINE
+
+    def done(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.pending.pop(conn, None)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [c for c, deadline in self.pending.items() if deadline <= now]
+            for conn in late:
+                del self.pending[conn]
+        for conn in late:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)   # the blocked read returns; the handler ends
+            except OSError:
+                pass
+
+
+def _handler(quiet: bool, deadlines: HeaderDeadlines):
+    class Handler(WSGIRequestHandler):
+        timeout = IDLE_TIMEOUT           # the socket's timeout: every read of the request
         server_version = "cdsim"
 
-        def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
-            if not service.quiet:
-                super().log_message(format, *args)
+        def setup(self) -> None:
+            super().setup()
+            deadlines.add(self.connection)
 
-        def _body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+        def run_wsgi(self) -> None:      # the request line and headers are in
+            deadlines.done(self.connection)
+            super().run_wsgi()
 
-        def _send(self, status: int, body: bytes, headers: list[tuple[str, str]],
-                  length: str | None = None) -> None:
-            self.send_response(status)
-            for k, v in headers:
-                self.send_header(k, v)
-            self.send_header("Content-Length", length or str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+        def finish(self) -> None:
+            deadlines.done(self.connection)
+            super().finish()
 
-        def _dispatch(self) -> None:
-            try:
-                raw = self._body()
-            except (ValueError, OSError):
-                self._send(400, b'{"__type":"SerializationException","message":"Unreadable request body"}',
-                           [("Content-Type", "application/x-amz-json-1.1")])
-                return
-            target = self.headers.get("X-Amz-Target")
-            if target is None and service.moto and not (self.command == "POST" and self.path == "/"):
-                self._proxy_s3(raw)
-                return
-            status, doc = service.handle(target, raw)
-            self._send(status, json.dumps(doc).encode(), [
-                ("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", str(uuid.uuid4()))])
+        def log_request(self, code="-", size="-") -> None:
+            if not quiet:
+                super().log_request(code, size)
 
-        def _proxy_s3(self, raw: bytes) -> None:
-            from agent.service.s3 import request
-            headers = {k: v for k, v in self.headers.items()
-                       if k.lower() not in ("connection", "transfer-encoding", "content-length", "expect")}
-            object_put = self.command == "PUT" and "/" in self.path.lstrip("/").split("?")[0] \
-                and "uploadId=" not in self.path
-            try:
-                if object_put:
-                    service.moto.ensure_bucket(self.path)
-                status, out_headers, body = request(service.moto.endpoint, self.command, self.path, raw, headers)
-            except OSError as e:
-                self._send(503, f"S3 emulator unavailable: {e}".encode(), [("Content-Type", "text/plain")])
-                return
-            if object_put and status == 200:
-                service.moto.record(self.command, self.path, headers, raw)
-            elif self.command == "POST" and "uploadId=" in self.path and status == 200:
-                service.moto.record_completed(self.path.split("?")[0])
-            # a HEAD answer keeps the object's length (there is no body to measure)
-            length = next((v for k, v in out_headers if k.lower() == "content-length"), None) \
-                if self.command == "HEAD" else None
-            self._send(status, body, [(k, v) for k, v in out_headers
-                                      if k.lower() not in ("content-length", "transfer-encoding", "connection",
-                                                           "server", "date")], length)
-
-        do_POST = do_GET = do_PUT = do_DELETE = do_HEAD = _dispatch
+        def log(self, type, message, *args) -> None:  # noqa: A002 - the base class's names
+            # quiet: a client's bad or timed-out request is no news (a failure of ours is the
+            # server's log, "Error on request", and still shows)
+            if not quiet:
+                super().log(type, message, *args)
 
     return Handler
 
 
+class RequestRefused(Exception):
+    """A request answered with an error before it reaches the API or S3."""
+
+    def __init__(self, code: str, message: str, status: int):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, or RequestRefused: larger than ``limit`` (refused unread when its length is
+    announced), or not complete within BODY_DEADLINE plus a second per MiB (each read also times out
+    after IDLE_TIMEOUT)."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    chunked = environ.get("wsgi.input_terminated", False)
+    if length:
+        try:
+            remaining = int(length)
+            if remaining < 0:
+                raise ValueError
+        except ValueError:
+            raise RequestRefused("BadRequest", f"Content-Length {length!r} is not a length", 400) from None
+        if remaining > limit:
+            raise RequestRefused("EntityTooLarge", f"The request body ({remaining} bytes) is larger than this "
+                                                   f"server's limit of {limit} bytes", 413)
+    elif chunked:
+        remaining = limit + 1
+    else:
+        return b""
+    stream = environ["wsgi.input"]
+    sock = environ.get("werkzeug.socket")
+    deadline = time.monotonic() + BODY_DEADLINE + min(remaining, limit) / (1 << 20)
+    parts, total = [], 0
+    read = getattr(stream, "read1", None) or stream.read
+    try:
+        while remaining > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if sock is not None:
+                sock.settimeout(min(IDLE_TIMEOUT, left))
+            chunk = read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            remaining -= len(chunk)
+            if total > limit:
+                raise RequestRefused("EntityTooLarge",
+                                     f"The request body is larger than this server's limit of {limit} bytes", 413)
+    except (TimeoutError, socket.timeout):
+        raise RequestRefused("RequestTimeout", "The request body did not arrive in time; the connection is "
+                                               "closed", 408) from None
+    except (OSError, ValueError) as e:
+        raise RequestRefused("BadRequest", f"The request body could not be read: {e}", 400) from None
+    if length and total < int(length):
+        raise RequestRefused("IncompleteBody", "The request body is shorter than its Content-Length", 400)
+    return b"".join(parts)
+
+
+def request_headers(environ: dict) -> dict[str, str]:
+    """The request's headers, lower-case names (as WSGI passes them: repeated ones joined by commas)."""
+    out = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            out[key[5:].lower().replace("_", "-")] = value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            out[key.lower().replace("_", "-")] = value
+    return out
+
+
+class App:
+    """The WSGI application: authenticate, then the CodeDeploy API or moto's S3."""
+
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def __call__(self, environ: dict, start_response):
+        service = self.service
+        headers = request_headers(environ)
+        method = environ["REQUEST_METHOD"]
+        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or "/"
+        target = headers.get("x-amz-target")
+        s3 = service.moto is not None and target is None and not (method == "POST" and raw_uri == "/")
+        try:
+            body = read_body(environ, S3_BODY_LIMIT if s3 else API_BODY_LIMIT)
+            auth.verify(service.credentials, method=method, url=f"http://{headers.get('host', '')}{raw_uri}",
+                        headers=headers, body=body, service="s3" if s3 else "codedeploy")
+        except (RequestRefused, auth.AuthError) as e:
+            code = getattr(e, "code")
+            return (self._s3_error if s3 else self._api_error)(start_response, e.status, code, e.message)
+        if s3:
+            return self._s3(environ, start_response, method, raw_uri, headers, body)
+        status, doc = service.handle(target, body)
+        return self._json(start_response, status, doc)
+
+    # -- answers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _json(start_response, status: int, doc: dict):
+        data = json.dumps(doc).encode()
+        start_response(f"{status} {_REASONS.get(status, 'Error')}", [
+            ("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", str(uuid.uuid4())),
+            ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _api_error(self, start_response, status: int, code: str, message: str):
+        return self._json(start_response, status, {"__type": code, "message": message})
+
+    @staticmethod
+    def _s3_error(start_response, status: int, code: str, message: str):
+        rid = uuid.uuid4().hex[:16].upper()
+        data = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
+                f"<Message>{escape(message)}</Message><RequestId>{rid}</RequestId></Error>").encode()
+        start_response(f"{status} {_REASONS.get(status, 'Error')}", [
+            ("Content-Type", "application/xml"), ("x-amz-request-id", rid), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _s3(self, environ: dict, start_response, method: str, raw_uri: str, headers: dict, body: bytes):
+        import io
+
+        from werkzeug.test import run_wsgi_app
+
+        moto = self.service.moto
+        path = raw_uri.split("?", 1)[0]
+        if path.startswith("/moto-api") or path == "/favicon.ico":
+            return self._s3_error(start_response, 403, "AccessDenied", "Access Denied")
+        object_put = method == "PUT" and "/" in path.lstrip("/") and "uploadId=" not in raw_uri
+        environ = dict(environ, **{"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
+                                   "wsgi.input_terminated": False})
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        try:
+            if object_put:
+                moto.ensure_bucket(raw_uri)
+            app_iter, status, out_headers = run_wsgi_app(moto.wsgi, environ)
+            try:
+                data = b"".join(app_iter)
+            finally:
+                getattr(app_iter, "close", lambda: None)()
+            code = int(status.split()[0])
+            if object_put and code == 200:
+                moto.record(method, raw_uri, {k: v for k, v in headers.items()
+                                              if k not in ("authorization", "host", "content-length", "expect",
+                                                           "transfer-encoding", "connection")}, body)
+            elif method == "POST" and "uploadId=" in raw_uri and code == 200:
+                moto.record_completed(path)
+        except Exception as e:  # noqa: BLE001 - a bug in the emulator answers as S3 does, without a traceback
+            print(f"cdsim server: S3 error on {method} {path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return self._s3_error(start_response, 500, "InternalError", "We encountered an internal error.")
+        keep = [(k, v) for k, v in out_headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date")]
+        # a HEAD answer keeps the object's length (there is no body to measure)
+        length = out_headers.get("Content-Length") if method == "HEAD" else str(len(data))
+        start_response(status, keep + [("Content-Length", length or "0")])
+        return [] if method == "HEAD" else [data]
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+            413: "Content Too Large", 500: "Internal Server Error"}
+
+
 def serve(state: str | None, port: int, *, s3: bool = True, quiet: bool = True,
-          agent_timeout: float = 600.0) -> int:
+          agent_timeout: float = 600.0, github_root: list[str] | tuple[str, ...] = ()) -> int:
     """Run until SIGINT/SIGTERM (the `cdsim server` command)."""
     import signal
 
-    service = Service(state, port=port, s3=s3, quiet=quiet, agent_timeout=agent_timeout).start()
+    service = Service(state, port=port, s3=s3, quiet=quiet, agent_timeout=agent_timeout,
+                      github_root=github_root).start()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    print(f"cdsim server: CodeDeploy API on {service.endpoint}"
-          + (f", S3 on {service.engine.s3_endpoint} (also through the same endpoint)" if service.moto else "")
-          + f"; state in {service.folder}", flush=True)
+    print(f"cdsim server: CodeDeploy API{' and S3' if service.moto else ''} on {service.endpoint}"
+          f"; state and credentials in {service.folder}", flush=True)
     print("# point the aws CLI at it:", flush=True)
-    for line in env_lines(service.info()):
+    for line in env_lines(service.info(), service.credentials):
         print(line, flush=True)
     while not done.wait(1.0):
         pass
