@@ -86,7 +86,8 @@ def run(spec: dict, out=None) -> bool:
     tracker = Tracker(out)
     config = config_from_mapping({"root_dir": spec.get("rootDir") or INSTANCE_ROOT_DIR,
                                   "log_dir": spec.get("logDir") or INSTANCE_LOG_DIR})
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    from hooks_runtime.environment import service_environment
+    env = service_environment()   # the agent service's environment (spec §7.3), cwd / below
     env.update({k: v for k, v in (spec.get("bundleEnv") or {}).items() if v is not None})
 
     def one(events: str | None):

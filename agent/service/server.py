@@ -103,7 +103,7 @@ class Service:
             t = threading.Thread(target=target, daemon=True, name=f"cdsim{target.__name__}")
             t.start()
             self.threads.append(t)
-        atomic_write(os.path.join(self.folder, SERVER_FILE), json.dumps(self.info()).encode(), mode=0o600)
+        atomic_write(os.path.join(self.folder, SERVER_FILE), json.dumps(self.info()).encode(), private=True)
         return self
 
     def info(self) -> dict:
