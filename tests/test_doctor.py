@@ -16,7 +16,9 @@ from agent.errors import ExitStatus
 
 
 def doctor(*args: str, env: dict | None = None) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "agent", "doctor", "--format", "json", *args],
+    """`cdsim doctor --format json`, of this machine (--host) unless the arguments name an instance."""
+    where = [] if "--instance" in args else ["--host"]
+    proc = subprocess.run([sys.executable, "-m", "agent", "doctor", "--format", "json", *where, *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
     return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else {"stderr": proc.stderr})
 
@@ -155,11 +157,30 @@ class TestSchema:
         "version: 0.0\nos: linux\nfiles:\n  - source: /\n",
         "version: 0.0\nos: linux\nfile_exists_behavior: REPLACE\n",
         "os: linux\n",
+        'version: "0.0"\nos: linux\n',
+        "version: 1.0\nos: linux\n",
     ])
     def test_broken_appspecs_are_rejected(self, validator, text):
         """Wrong os, a script without location, a non-numeric timeout, a lower-case event, a file
-        mapping without destination, an unknown behaviour, no version."""
+        mapping without destination, an unknown behaviour, no version, the version as a string (the
+        agent rejects "0.0" quoted) or another number."""
         assert list(validator.iter_errors(yaml.safe_load(text)))
+
+    @pytest.mark.parametrize("version", ["0.0", "0", "0.00", '"0.0"', "'0'", "1.0", "0.1", "false", '""'])
+    def test_version_accepted_exactly_where_the_agent_accepts_it(self, validator, version):
+        """The schema and the agent's parser (agent.appspec) agree on each version value: the number
+        0.0 in any spelling passes, a string or another number does not."""
+        from agent.appspec import parse_appspec
+        from agent.errors import AppSpecError
+
+        text = f"version: {version}\nos: linux\n"
+        try:
+            parse_appspec(text.encode(), "appspec.yml")
+            agent_accepts = True
+        except AppSpecError:
+            agent_accepts = False
+        schema_accepts = not list(validator.iter_errors(yaml.safe_load(text)))
+        assert schema_accepts == agent_accepts, text
 
     def test_output_option_writes_the_file(self, tmp_path):
         """--output writes the same schema to a file."""
