@@ -188,3 +188,67 @@ class TestSchema:
         subprocess.run([sys.executable, "-m", "agent", "schema", "-o", str(out)], check=True, timeout=60)
         from agent.commands.schema import schema_text
         assert json.loads(out.read_text()) == json.loads(schema_text())
+
+
+class TestHookCommandScan:
+    """The best-effort scan of shell hook scripts for the commands they run by name."""
+
+    def test_first_words_of_commands_less_builtins_functions_variables_and_paths(self):
+        """Pipelines, lists, subshells, command substitution, if/for/case bodies count; builtins,
+        keywords, assignments, variables, paths, functions defined in the script, case patterns,
+        here-document bodies and arithmetic do not."""
+        from agent.commands.doctor import commands_called
+
+        script = (
+            "#!/bin/bash\n"
+            "set -euo pipefail\n"
+            "X=1 first --flag | second && (cd /tmp; third) || $CMD\n"
+            "for i in 1 2; do echo $i; fourth; done\n"
+            'case "$1" in\n  start|restart) fifth start ;;\n  *) exit 1 ;;\nesac\n'
+            "cat <<EOF\nnot_a_command here\nEOF\n"
+            "if [ -f x ]; then sixth; fi\n"
+            "(( i++ )) && seventh\n"
+            "helper() { eighth >/dev/null 2>&1; }\n"
+            "helper\n"
+            "/usr/bin/by-path arg\n"
+            "V=$(ninth -f)  # trailing comment mentioning notme\n"
+        )
+        assert commands_called(script) == ["first", "second", "third", "fourth", "fifth", "cat", "sixth",
+                                           "seventh", "eighth", "ninth"]
+
+    def test_only_shell_scripts_are_scanned(self):
+        """A #! line naming a shell (directly or through env) or a .sh name makes a shell script."""
+        from agent.commands.doctor import is_shell_script
+
+        assert is_shell_script("run", b"#!/bin/bash\n")
+        assert is_shell_script("run", b"#!/usr/bin/env -S bash -e\n")
+        assert is_shell_script("run.sh", b"echo hi\n")
+        assert not is_shell_script("run", b"#!/usr/bin/env python3\n")
+        assert not is_shell_script("run", b"echo hi\n")
+
+    def test_functions_of_a_sourced_file_are_no_commands(self, tmp_path):
+        """The sample app's scripts call functions of the common.sh they source: not reported."""
+        root = Path(__file__).resolve().parent.parent / "sample_app"
+        _code, report = doctor(str(root))
+        names = set(checks(report))
+        assert not {"command uses_httpd", "command wait_for_port", "command is_running"} & names
+        assert "hook PATH" in names
+
+
+class TestIdMap:
+    """Whether users other than root can exist in an instance, against what the bundle needs."""
+
+    def test_unprivileged_without_subordinate_ids_fails_a_bundle_needing_users(self):
+        """Only the caller mapped (agent.instance.idmap's plan for a user without helpers or ranges):
+        FAIL when the bundle runs as or chowns to other users, a warning otherwise; mapped: ok."""
+        from agent.commands.doctor import FAIL, OK, WARN, check_id_map
+        from agent.instance import idmap
+
+        alone = idmap.plan(1000, 1000, "alice", subuid="", subgid="", helpers=False)["id_map_problem"]
+        assert check_id_map(alone, ["ec2-user"], creator_is_root=False).status == FAIL
+        assert "ec2-user" in check_id_map(alone, ["ec2-user"], creator_is_root=False).detail
+        assert check_id_map(alone, [], creator_is_root=False).status == WARN
+        mapped = idmap.plan(1000, 1000, "alice", subuid="alice:100000:65536\n", subgid="alice:100000:65536\n",
+                            helpers=True).get("id_map_problem")
+        assert mapped is None
+        assert check_id_map(mapped, ["ec2-user"], creator_is_root=False).status == OK
