@@ -242,3 +242,33 @@ class TestBundleLocation:
         assert "hook PATH" in doctor.stdout
         both = cdsim("validate", "-l", str(b), str(b), cwd=tmp_path)
         assert both.returncode == ExitStatus.USAGE and "given twice" in both.stderr
+
+
+class TestInstanceDiff:
+    def test_caches_of_this_machine_are_left_out_unless_all(self, state, tmp_path, instances_here):
+        """Python run inside on a module of this machine writes its __pycache__ there and ldconfig
+        rewrites its cache: diff leaves them out (saying so) and --all marks them; the __pycache__ of a
+        module made inside stays a change."""
+        (tmp_path / "hostpkg").mkdir()
+        (tmp_path / "hostpkg" / "hostmod.py").write_text("X = 1\n")
+        made = f"/srv/cdsim-diff-{os.getpid()}"
+        script = (f"cd {tmp_path}/hostpkg && python3 -c 'import hostmod' && mkdir -p {made} && cd {made} && "
+                  "echo 'Y = 2' > madehere.py && python3 -c 'import madehere' && ldconfig")
+        assert cdsim("instance", "create", "cache").returncode == 0
+        ran = cdsim("instance", "exec", "cache", "--", "env", "-u", "PYTHONDONTWRITEBYTECODE", "sh", "-c", script)
+        assert ran.returncode == 0, ran.stderr
+
+        default = cdsim("instance", "diff", "cache")
+        assert default.returncode == 0, default.stderr
+        assert f"{tmp_path}/hostpkg/__pycache__" not in default.stdout
+        assert "ld.so.cache" not in default.stdout and "aux-cache" not in default.stdout
+        assert f"A {made}/__pycache__\n" in default.stdout and f"A {made}/madehere.py\n" in default.stdout
+        assert "left out" in default.stderr and "--all" in default.stderr
+
+        every = json.loads(cdsim("instance", "diff", "cache", "--all", "--format", "json").stdout)
+        marked = {c["path"]: c["incidental"] for c in every}
+        assert marked[f"{tmp_path}/hostpkg/__pycache__"] == "bytecode of this machine's Python code"
+        assert [p for p in marked if p.startswith(f"{tmp_path}/hostpkg/__pycache__/hostmod.")]
+        assert marked[f"{made}/__pycache__"] is None
+        assert all(why == "ldconfig's cache" for p, why in marked.items()
+                   if p in ("/etc/ld.so.cache", "/var/cache/ldconfig/aux-cache"))
