@@ -159,7 +159,8 @@ class TestPlan:
     def test_collision_inside_only_and_cleanup_of_the_instance_root(self, tmp_path, state, instances_here):
         """A file an earlier deployment (group a) put in the instance collides with the same file of
         group b with --instance only; the same bundle again in group a is predicted to replace it after
-        the cleanup of the instance's deployment root; planning changes nothing in the instance."""
+        the cleanup of the instance's deployment root; a stopped instance is started; planning changes
+        nothing in the instance."""
         dest = f"/srv/cdsim-plan-collide-{os.getpid()}"
         spec = f"version: 0.0\nos: linux\nfiles:\n  - source: x.txt\n    destination: {dest}\n"
         first = bundle(tmp_path / "first", spec, files={"x.txt": "one\n"})
@@ -167,6 +168,7 @@ class TestPlan:
         done = cdsim("deploy", "--instance", "coll", "-g", "a", str(first), cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         before = cdsim("instance", "diff", "coll").stdout
+        assert cdsim("instance", "stop", "coll").returncode == 0   # plan starts it, as deploy would
 
         other_group = cdsim("plan", "--instance", "coll", "-g", "b", "--format", "json", str(second), cwd=tmp_path)
         assert other_group.returncode == ExitStatus.FILE_COLLISION, other_group.stdout + other_group.stderr
@@ -227,6 +229,68 @@ class TestDoctor:
         assert "does not exist yet" in found["instance"]["detail"]
         assert found["hook PATH"]["where"] == "this machine"
         assert not instance_exists(state, "default")
+
+
+def _as_user(user, *args: str, state_dir: str) -> subprocess.CompletedProcess:
+    """`cdsim ARGS` run as ``user`` via su (skipped when no interpreter it may run imports agent)."""
+    import shlex
+
+    for python in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(["su", user.pw_name, "-c", f"PYTHONPATH={REPO} {python} -c 'import agent.cli'"],
+                               capture_output=True, cwd="/", check=False)
+        if probe.returncode == 0:
+            break
+    else:
+        pytest.skip(f"no interpreter runnable by {user.pw_name} imports agent (PyYAML missing from /usr/bin/python3)")
+    command = " ".join(["env", f"CDSIM_STATE_DIR={state_dir}", f"PYTHONPATH={REPO}", python, "-m", "agent",
+                        *map(shlex.quote, args)])
+    return subprocess.run(["su", user.pw_name, "-c", command], capture_output=True, text=True, cwd="/",
+                          timeout=180, check=False)
+
+
+@pytest.fixture
+def user_without_subordinate_ids():
+    """A real user with no /etc/subuid range (useradd told not to give one), removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root (CI runs as root)")
+    name = f"cdsimfo{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+
+
+class TestDoctorIdMap:
+    def test_unprivileged_caller_without_subordinate_ids_fails_a_runas_bundle(self, shared_dir, instances_here,
+                                                                               user_without_subordinate_ids):
+        """As a user without subordinate ids, for a bundle whose hook runs as ec2-user: doctor says the
+        instance would map only that user, and fails (the deployment would fail the same way)."""
+        user = user_without_subordinate_ids
+        b = Path(shared_dir) / "b"
+        bundle(b, "version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: hook.sh\n"
+                  "      runas: ec2-user\n", {"hook.sh": "#!/bin/sh\ntrue\n"})
+        os.chmod(b, 0o755)
+        state_dir = os.path.join(shared_dir, "state")
+        os.mkdir(state_dir)
+        os.chown(state_dir, user.pw_uid, user.pw_gid)
+        proc = _as_user(user, "doctor", "--format", "json", str(b), state_dir=state_dir)
+        assert proc.returncode == ExitStatus.ENVIRONMENT, proc.stdout + proc.stderr
+        found = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+        assert found["id map"]["status"] == "FAIL"
+        assert "ec2-user" in found["id map"]["detail"] and "subuid" in found["id map"]["detail"]
+
+        created = _as_user(user, "instance", "create", "mine", state_dir=state_dir)
+        assert created.returncode == 0, created.stderr
+        try:
+            inside = _as_user(user, "doctor", "--instance", "mine", "--format", "json", str(b), state_dir=state_dir)
+            found = {c["name"]: c for c in json.loads(inside.stdout)["checks"]}
+            assert found["enter instance"]["status"] == "ok", found["enter instance"]
+            assert found["id map"]["status"] == "FAIL" and "ec2-user" in found["id map"]["detail"]
+            assert found["runas ec2-user"]["where"] == "instance mine"
+        finally:
+            _as_user(user, "instance", "destroy", "mine", state_dir=state_dir)
 
 
 class TestBundleLocation:
