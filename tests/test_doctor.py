@@ -235,6 +235,30 @@ class TestHookCommandScan:
         assert "hook PATH" in names
 
 
+    @pytest.mark.parametrize("kind", ["tgz", "zip"])
+    def test_archive_bundles_are_scanned(self, tmp_path, kind):
+        """The hook scripts of a tgz or zip bundle are read from the archive: a command found nowhere
+        is a warning naming the script that calls it."""
+        import tarfile
+
+        src = tmp_path / "src"
+        (src / "bin").mkdir(parents=True)
+        (src / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n"
+                                         "    - location: bin/go\n")
+        (src / "bin" / "go").write_text("#!/usr/bin/env bash\ncdsim-nowhere-at-all --now\n")
+        archive = tmp_path / f"b.{kind}"
+        if kind == "zip":
+            with zipfile.ZipFile(archive, "w") as zf:
+                zf.write(src / "appspec.yml", "appspec.yml")
+                zf.write(src / "bin" / "go", "bin/go")
+        else:
+            with tarfile.open(archive, "w:gz") as tf:
+                tf.add(src, arcname=".")
+        _code, report = doctor(str(archive))
+        found = checks(report)["command cdsim-nowhere-at-all"]
+        assert found["status"] == "warn" and "called by bin/go" in found["detail"]
+
+
 class TestIdMap:
     """Whether users other than root can exist in an instance, against what the bundle needs."""
 

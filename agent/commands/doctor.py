@@ -158,38 +158,66 @@ def check_instance_tools() -> Check:
 
 
 # ---------------------------------------------------------------------------------- the bundle
-_MAX_SCANNED = 1 << 20   # larger files are no scripts worth scanning
+_MAX_SCANNED = 1 << 20        # larger files are no scripts worth scanning
+_SCAN_BUDGET = 32 << 20       # bytes read in all, so a huge bundle can't exhaust memory
+_SHELL_HEAD = re.compile(rb"^#!\s*\S*/(?:env\s+(?:-\S+\s+)*)?(?:ba|da|k|z|mk)?sh\b")
 
 
-def _bundle_files(path: str) -> dict[str, bytes]:
-    """Regular files of a bundle (a directory or a zip/tar/tgz) by bundle-relative name, the small
-    ones only; for an appspec file, the files of its folder."""
-    out: dict[str, bytes] = {}
+def _bundle_files(path: str, hooks: set[str]) -> dict[str, bytes]:
+    """The files of a bundle (a directory or a zip/tar/tgz; for an appspec file, its folder) the
+    scan needs, by bundle-relative name: the hook scripts and the shell scripts they may source,
+    each at most 1 MiB, 32 MiB read in all, hook scripts first."""
+    found: list[tuple[str, object]] = []   # (name, read(at most n bytes))
     if os.path.isfile(path) and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 if not info.is_dir() and info.file_size <= _MAX_SCANNED:
-                    out[os.path.normpath(info.filename.lstrip("/")).removeprefix("./")] = zf.read(info)
-        return out
+                    found.append((os.path.normpath(info.filename.lstrip("/")),
+                                  lambda n, i=info, z=zf: _head(z.open(i), n)))
+            return _read_within_budget(found, hooks)
     if os.path.isfile(path) and _is_tar(path):
         with tarfile.open(path) as tf:
             for member in tf.getmembers():
                 if member.isfile() and member.size <= _MAX_SCANNED:
-                    extracted = tf.extractfile(member)
-                    if extracted is not None:
-                        out[os.path.normpath(member.name.lstrip("/"))] = extracted.read()
-        return out
+                    found.append((os.path.normpath(member.name.lstrip("/")),
+                                  lambda n, m=member, t=tf: _head(t.extractfile(m), n)))
+            return _read_within_budget(found, hooks)
     top = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for folder, dirs, files in os.walk(top):
         dirs[:] = [d for d in dirs if d not in (".git", "node_modules", "__pycache__")]
         for name in files:
             full = os.path.join(folder, name)
-            try:
-                if os.path.isfile(full) and not os.path.islink(full) and os.path.getsize(full) <= _MAX_SCANNED:
-                    with open(full, "rb") as f:
-                        out[os.path.relpath(full, top)] = f.read()
-            except OSError:
+            if os.path.isfile(full) and not os.path.islink(full) and os.path.getsize(full) <= _MAX_SCANNED:
+                found.append((os.path.relpath(full, top), lambda n, f=full: _head(f, n)))
+    return _read_within_budget(found, hooks)
+
+
+def _head(source, n: int) -> bytes:
+    """At most ``n`` bytes of a file path or an open member (closed afterwards)."""
+    try:
+        f = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115 - closed below
+        if f is None:
+            return b""
+        with f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _read_within_budget(found: list, hooks: set[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    budget = _SCAN_BUDGET
+    for name, read in sorted(found, key=lambda item: item[0] not in hooks):
+        if budget <= 0:
+            break
+        if not (name in hooks or name.endswith(".sh")):
+            head = read(128)
+            budget -= len(head)
+            if not _SHELL_HEAD.match(head):
                 continue
+        data = read(_MAX_SCANNED)
+        budget -= len(data)
+        out[name] = data
     return out
 
 
@@ -494,7 +522,8 @@ def bundle_checks(bundle: str, appspec_filename: str | None) -> list[Check]:
     for user in users:
         checks.extend(check_runas(user))
     checks.extend(check_tools(spec))
-    checks.extend(check_hook_commands(spec, _bundle_files(bundle), os.environ.get("PATH")))
+    hooks = {os.path.normpath(script.location.lstrip("/")) for _event, scripts in spec.hooks for script in scripts}
+    checks.extend(check_hook_commands(spec, _bundle_files(bundle, hooks), os.environ.get("PATH")))
     return checks
 
 
