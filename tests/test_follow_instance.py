@@ -90,6 +90,38 @@ class TestLogsAndHistory:
         on_host = cdsim("history", "--host", "--format", "json", cwd=tmp_path)
         assert deployment not in on_host.stdout
 
+    def test_follow_without_flags_follows_the_deployment_running_in_default(self, state, tmp_path,
+                                                                             instances_here):
+        """`cdsim logs --follow` while `cdsim deploy` runs in the default instance: the line printed
+        before the hook pauses shows while the deployment still runs, and logs exits when it ends."""
+        import glob
+        import time
+
+        b = hook_bundle(tmp_path / "b", "echo before the pause\nsleep 3\necho after the pause\n")
+        deploy = subprocess.Popen([sys.executable, "-m", "agent", "deploy", "-q", str(b)], cwd=tmp_path,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            events = os.path.join(state, "instances", "default", "upper", "var/log/aws/codedeploy-agent",
+                                  "cdsim-events", "*", "*.jsonl")
+            deadline = time.monotonic() + 60
+            while not glob.glob(events):
+                assert deploy.poll() is None and time.monotonic() < deadline, "no event stream appeared"
+                time.sleep(0.05)
+            follow = subprocess.Popen([sys.executable, "-m", "agent", "logs", "--follow", "--no-timestamps"],
+                                      cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True)
+            with follow:
+                line = follow.stdout.readline()
+                while line and "before the pause" not in line:
+                    line = follow.stdout.readline()
+                assert "before the pause" in line
+                assert deploy.poll() is None, "the deployment ended before its first line was shown"
+                rest = follow.stdout.read()
+                assert follow.wait(timeout=30) == 0
+            assert "[stdout]after the pause\n" in rest
+        finally:
+            assert deploy.wait(timeout=60) == 0
+
     def test_named_instance_is_followed_with_instance_flag(self, state, tmp_path, instances_here):
         """A deployment into --instance NAME is shown by logs/history --instance NAME, not by the
         default view (the instance default has none)."""
