@@ -38,13 +38,13 @@ COMMANDS = {
 # for its SUMMARY instead. Keep in step with each module's SUMMARY.
 SUMMARIES = {
     "validate": "check a bundle and its appspec: every problem the agent would hit, in one pass",
-    "plan": "show what a deployment would install, delete and change on this machine, changing nothing",
+    "plan": "show what a deployment would install, delete and change where it would deploy, changing nothing",
     "local": "run a revision exactly as codedeploy-local does (same flags, output and on-disk layout)",
     "deploy": "deploy a revision into a sandboxed instance (default) or onto this machine (--host)",
     "instance": "manage sandboxed instances (simulated EC2 instances made of Linux namespaces)",
     "logs": "print what a deployment's hooks printed (the latest by default); --follow while it runs",
-    "history": "list the deployments cdsim ran on this machine (newest last)",
-    "doctor": "check that this machine can run a bundle: namespaces, overlayfs, root, runas users, tools",
+    "history": "list past deployments (in the instance cdsim deploy uses, or --instance/--host), newest last",
+    "doctor": "check that a bundle can run where cdsim deploy puts it: namespaces, instance, users, tools, hook PATH",
     "schema": "print the JSON Schema of appspec.yml, for editors",
     "watch": "re-run a deployment whenever a file of the bundle changes; show what changed since the last run",
     "server": "run a local CodeDeploy service (the aws CLI's deploy commands work against it)",

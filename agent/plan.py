@@ -1,4 +1,5 @@
-"""``cdsim plan``: what a deployment's Install would do on this machine, before anything runs.
+"""``cdsim plan``: what a deployment's Install would do on the machine this process sees (the host, or
+the inside of an instance when `cdsim plan` runs it there), before anything runs.
 
 Owns the plan of one bundle for one deployment group: the paths the previous install's cleanup would
 delete, directories to create, files to copy, every collision with what each file_exists_behavior would do
@@ -103,6 +104,7 @@ class Plan:
     outcome: str = SUCCESS
     error: str | None = None
     problems: tuple[str, ...] = ()  # every failure found (the first is ``error``)
+    place: str = "this machine"     # whose files and users were read (said in the text)
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -138,8 +140,9 @@ def _bundle_type(path: str) -> str:
 def make_plan(bundle: str | None = None, *, deployment_group: str = DEFAULT_GROUP,
               file_exists_behavior: str | None = None, root_dir: str = DEFAULT_ROOT_DIR,
               appspec_filename: str | None = None, bundle_type: str | None = None,
-              cwd: str | None = None) -> Plan:
-    """Plan the Install of ``bundle`` (a directory or a zip/tar/tgz archive; default: ``cwd``).
+              cwd: str | None = None, place: str = "this machine") -> Plan:
+    """Plan the Install of ``bundle`` (a directory or a zip/tar/tgz archive; default: ``cwd``) against
+    the files and users this process sees; ``place`` names them in the text.
 
     Raises AppSpecError/AppSpecNotFound for an invalid or missing appspec, BundleError/UnsafeBundle for a
     bundle that would be refused, UsageError when there is no bundle at that path.
@@ -149,18 +152,18 @@ def make_plan(bundle: str | None = None, *, deployment_group: str = DEFAULT_GROU
     location = os.path.normpath(os.path.join(cwd, bundle or "."))
     if os.path.isdir(location):
         return _plan(location, location, deployment_group, file_exists_behavior, root_dir,
-                     appspec_filename, cwd)
+                     appspec_filename, cwd, place)
     if not os.path.isfile(location):
         raise UsageError(f"no bundle at {location}", reference="bundle-not-found")
     kind = bundle_type or _bundle_type(location)
     with tempfile.TemporaryDirectory(prefix="cdsim-plan-") as tmp:
         archive = bundle_mod.fetch_and_unpack(LocalRevision(location, kind), tmp)
         return _plan(location, archive, deployment_group, file_exists_behavior, root_dir,
-                     appspec_filename, cwd)
+                     appspec_filename, cwd, place)
 
 
 def _plan(location: str, archive: str, group: str, cli_behavior: str | None, root_dir: str,
-          appspec_filename: str | None, cwd: str) -> Plan:
+          appspec_filename: str | None, cwd: str, place: str) -> Plan:
     for name in install_appspec_candidates(appspec_filename):
         appspec_path = os.path.join(archive, name)
         if os.path.isfile(appspec_path):
@@ -206,7 +209,7 @@ def _plan(location: str, archive: str, group: str, cli_behavior: str | None, roo
                 cleanup_file=cleanup_file, cleanup=cleanup, mkdirs=mkdirs, copies=copies,
                 collisions=collisions, permissions=_permission_plans(spec, gen, view, cwd),
                 instructions=tuple(gen.instructions), outcome=outcome, error=error,
-                problems=tuple(m for _, m in problems))
+                problems=tuple(m for _, m in problems), place=place)
 
 
 def _relative(archive: str):
@@ -314,6 +317,7 @@ def render_text(plan: Plan) -> str:
     out: list[str] = []
     w = out.append
     w(f"Plan for {plan.bundle}")
+    w(f"  against:          {plan.place}")
     w(f"  appspec:          {plan.appspec_file}")
     w(f"  deployment group: {plan.deployment_group} (root {plan.root_dir})")
     w(f"  file_exists_behavior: {plan.file_exists_behavior} (from the {plan.behavior_from})")

@@ -16,7 +16,9 @@ from agent.errors import ExitStatus
 
 
 def doctor(*args: str, env: dict | None = None) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "agent", "doctor", "--format", "json", *args],
+    """`cdsim doctor --format json`, of this machine (--host) unless the arguments name an instance."""
+    where = [] if "--instance" in args else ["--host"]
+    proc = subprocess.run([sys.executable, "-m", "agent", "doctor", "--format", "json", *where, *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
     return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else {"stderr": proc.stderr})
 
@@ -155,11 +157,30 @@ class TestSchema:
         "version: 0.0\nos: linux\nfiles:\n  - source: /\n",
         "version: 0.0\nos: linux\nfile_exists_behavior: REPLACE\n",
         "os: linux\n",
+        'version: "0.0"\nos: linux\n',
+        "version: 1.0\nos: linux\n",
     ])
     def test_broken_appspecs_are_rejected(self, validator, text):
         """Wrong os, a script without location, a non-numeric timeout, a lower-case event, a file
-        mapping without destination, an unknown behaviour, no version."""
+        mapping without destination, an unknown behaviour, no version, the version as a string (the
+        agent rejects "0.0" quoted) or another number."""
         assert list(validator.iter_errors(yaml.safe_load(text)))
+
+    @pytest.mark.parametrize("version", ["0.0", "0", "0.00", '"0.0"', "'0'", "1.0", "0.1", "false", '""'])
+    def test_version_accepted_exactly_where_the_agent_accepts_it(self, validator, version):
+        """The schema and the agent's parser (agent.appspec) agree on each version value: the number
+        0.0 in any spelling passes, a string or another number does not."""
+        from agent.appspec import parse_appspec
+        from agent.errors import AppSpecError
+
+        text = f"version: {version}\nos: linux\n"
+        try:
+            parse_appspec(text.encode(), "appspec.yml")
+            agent_accepts = True
+        except AppSpecError:
+            agent_accepts = False
+        schema_accepts = not list(validator.iter_errors(yaml.safe_load(text)))
+        assert schema_accepts == agent_accepts, text
 
     def test_output_option_writes_the_file(self, tmp_path):
         """--output writes the same schema to a file."""
@@ -167,3 +188,91 @@ class TestSchema:
         subprocess.run([sys.executable, "-m", "agent", "schema", "-o", str(out)], check=True, timeout=60)
         from agent.commands.schema import schema_text
         assert json.loads(out.read_text()) == json.loads(schema_text())
+
+
+class TestHookCommandScan:
+    """The best-effort scan of shell hook scripts for the commands they run by name."""
+
+    def test_first_words_of_commands_less_builtins_functions_variables_and_paths(self):
+        """Pipelines, lists, subshells, command substitution, if/for/case bodies count; builtins,
+        keywords, assignments, variables, paths, functions defined in the script, case patterns,
+        here-document bodies and arithmetic do not."""
+        from agent.commands.doctor import commands_called
+
+        script = (
+            "#!/bin/bash\n"
+            "set -euo pipefail\n"
+            "X=1 first --flag | second && (cd /tmp; third) || $CMD\n"
+            "for i in 1 2; do echo $i; fourth; done\n"
+            'case "$1" in\n  start|restart) fifth start ;;\n  *) exit 1 ;;\nesac\n'
+            "cat <<EOF\nnot_a_command here\nEOF\n"
+            "if [ -f x ]; then sixth; fi\n"
+            "(( i++ )) && seventh\n"
+            "helper() { eighth >/dev/null 2>&1; }\n"
+            "helper\n"
+            "/usr/bin/by-path arg\n"
+            "V=$(ninth -f)  # trailing comment mentioning notme\n"
+        )
+        assert commands_called(script) == ["first", "second", "third", "fourth", "fifth", "cat", "sixth",
+                                           "seventh", "eighth", "ninth"]
+
+    def test_only_shell_scripts_are_scanned(self):
+        """A #! line naming a shell (directly or through env) or a .sh name makes a shell script."""
+        from agent.commands.doctor import is_shell_script
+
+        assert is_shell_script("run", b"#!/bin/bash\n")
+        assert is_shell_script("run", b"#!/usr/bin/env -S bash -e\n")
+        assert is_shell_script("run.sh", b"echo hi\n")
+        assert not is_shell_script("run", b"#!/usr/bin/env python3\n")
+        assert not is_shell_script("run", b"echo hi\n")
+
+    def test_functions_of_a_sourced_file_are_no_commands(self, tmp_path):
+        """The sample app's scripts call functions of the common.sh they source: not reported."""
+        root = Path(__file__).resolve().parent.parent / "sample_app"
+        _code, report = doctor(str(root))
+        names = set(checks(report))
+        assert not {"command uses_httpd", "command wait_for_port", "command is_running"} & names
+        assert "hook PATH" in names
+
+
+    @pytest.mark.parametrize("kind", ["tgz", "zip"])
+    def test_archive_bundles_are_scanned(self, tmp_path, kind):
+        """The hook scripts of a tgz or zip bundle are read from the archive: a command found nowhere
+        is a warning naming the script that calls it."""
+        import tarfile
+
+        src = tmp_path / "src"
+        (src / "bin").mkdir(parents=True)
+        (src / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n"
+                                         "    - location: bin/go\n")
+        (src / "bin" / "go").write_text("#!/usr/bin/env bash\ncdsim-nowhere-at-all --now\n")
+        archive = tmp_path / f"b.{kind}"
+        if kind == "zip":
+            with zipfile.ZipFile(archive, "w") as zf:
+                zf.write(src / "appspec.yml", "appspec.yml")
+                zf.write(src / "bin" / "go", "bin/go")
+        else:
+            with tarfile.open(archive, "w:gz") as tf:
+                tf.add(src, arcname=".")
+        _code, report = doctor(str(archive))
+        found = checks(report)["command cdsim-nowhere-at-all"]
+        assert found["status"] == "warn" and "called by bin/go" in found["detail"]
+
+
+class TestIdMap:
+    """Whether users other than root can exist in an instance, against what the bundle needs."""
+
+    def test_unprivileged_without_subordinate_ids_fails_a_bundle_needing_users(self):
+        """Only the caller mapped (agent.instance.idmap's plan for a user without helpers or ranges):
+        FAIL when the bundle runs as or chowns to other users, a warning otherwise; mapped: ok."""
+        from agent.commands.doctor import FAIL, OK, WARN, check_id_map
+        from agent.instance import idmap
+
+        alone = idmap.plan(1000, 1000, "alice", subuid="", subgid="", helpers=False)["id_map_problem"]
+        assert check_id_map(alone, ["ec2-user"], creator_is_root=False).status == FAIL
+        assert "ec2-user" in check_id_map(alone, ["ec2-user"], creator_is_root=False).detail
+        assert check_id_map(alone, [], creator_is_root=False).status == WARN
+        mapped = idmap.plan(1000, 1000, "alice", subuid="alice:100000:65536\n", subgid="alice:100000:65536\n",
+                            helpers=True).get("id_map_problem")
+        assert mapped is None
+        assert check_id_map(mapped, ["ec2-user"], creator_is_root=False).status == OK

@@ -21,7 +21,8 @@ INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 def register(sub) -> None:
     p = sub.add_parser("deploy", help=SUMMARY, description=__doc__)
-    p.add_argument("bundle", nargs="?", default=".", help="bundle directory or zip/tar/tgz file (default: .)")
+    from agent.commands.where import add_bundle_argument   # BUNDLE, or -l/--bundle-location BUNDLE
+    add_bundle_argument(p, default=".", help="bundle directory or zip/tar/tgz file (default: .)")
     p.add_argument("-t", "--type", choices=("directory", "zip", "tar", "tgz"),
                    help="bundle type (default: from the file name)")
     where = p.add_mutually_exclusive_group()

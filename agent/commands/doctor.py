@@ -1,19 +1,31 @@
-"""`cdsim doctor [BUNDLE]`: can this machine run this bundle?
+"""`cdsim doctor [BUNDLE] [--instance NAME | --host]`: can a deployment of this bundle run where
+`cdsim deploy` would put it?
 
-Checks, each printed as ok / warn / FAIL with a hint: running as root or not; Linux namespaces and
-overlayfs (probed for real with `unshare` and a throw-away overlay mount, the way instances use them);
-nsenter and setpriv (entering an instance). With a bundle (a directory, an appspec file or a
-zip/tar/tgz): every runas user exists and `su USER -c true` works without a terminal (as the agent
-runs it), the login environment of that user (`su - USER`) compared with what its hooks get (PATH,
-HOME), and setfacl / semanage + restorecon when the appspec sets ACLs or SELinux contexts.
+Checks, each printed as ok / warn / FAIL with a hint. Always, of this machine: running as root or not;
+Linux namespaces and overlayfs (probed for real with `unshare` and a throw-away overlay mount, the way
+instances use them); nsenter and setpriv (entering an instance). For an instance (the default one
+unless ``--instance`` or ``--host`` says otherwise): that it can be entered (started if stopped, as
+`cdsim deploy` does) and its id map, i.e. whether users other than root can exist inside
+(agent.instance.idmap: root, or newuidmap + subordinate ranges), against the users the bundle needs.
+With a bundle (a directory, an appspec file or a zip/tar/tgz), where the deployment runs (inside the
+instance, by running `cdsim doctor --host` there; an instance that does not exist yet is judged by
+this machine, which it starts from): every runas user exists and `su USER -c true` works without a
+terminal (as the agent runs it), that user's login environment (`su - USER`) compared with what its
+hooks get (PATH, HOME); setfacl / semanage + restorecon when the appspec sets ACLs or SELinux
+contexts; the PATH hooks get (the agent service's, hooks_runtime.environment) and, by a best-effort
+scan of the shell hook scripts, each command they call that this PATH does not find (a warning,
+saying where the caller's PATH has it).
 Exits SUCCESS when nothing failed (warnings allowed), ENVIRONMENT otherwise; an invalid appspec is
-INVALID. Probes spawn short-lived processes only; nothing on the machine is changed.
+INVALID. Probes spawn short-lived processes only and change nothing, except that a stopped instance
+is started.
 """
 from __future__ import annotations
 
 import json
 import os
 import pwd
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +36,13 @@ from dataclasses import asdict, dataclass
 
 from agent.errors import AppSpecNotFound, ExitStatus, UsageError
 
-SUMMARY = "check that this machine can run a bundle: namespaces, overlayfs, root, runas users, tools"
+SUMMARY = "check that a bundle can run where cdsim deploy puts it: namespaces, instance, users, tools, hook PATH"
+DESCRIPTION = (
+    "Check that a deployment of the bundle can run where `cdsim deploy` would put it: inside the instance "
+    "default (or the one --instance names), or on this machine with --host. Checks namespaces and "
+    "overlayfs, that the instance can be entered and which users can exist in it, and, with a bundle, "
+    "its runas users, the tools its permissions need, and whether the commands its hook scripts call are "
+    "on the PATH hooks get (which is not your PATH).")
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 _PROBE_TIMEOUT = 10
 
@@ -35,12 +53,18 @@ class Check:
     status: str        # ok | warn | FAIL
     detail: str
     hint: str | None = None
+    where: str = ""    # where a bundle check ran, for an instance: "instance NAME" or "this machine"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help=SUMMARY, description=__doc__)
-    p.add_argument("bundle", nargs="?", metavar="BUNDLE",
-                   help="a bundle directory, appspec file or zip/tar/tgz bundle to check for (optional)")
+    from agent.commands import where as places
+
+    p = sub.add_parser("doctor", help=SUMMARY, description=DESCRIPTION)
+    places.add_bundle_argument(p, default=None,
+                               help="a bundle directory, appspec file or zip/tar/tgz bundle to check for (optional)")
+    places.add_where_options(p, instance_help="check what a deployment into this sandboxed instance will use "
+                                              "(started if stopped)",
+                             host_help="check this machine, for `cdsim deploy --host` and `cdsim local`")
     p.add_argument("-A", "--appspec-filename", default=None, metavar="NAME",
                    help="the appspec's name in the bundle (default: appspec.yml, else appspec.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
@@ -134,6 +158,69 @@ def check_instance_tools() -> Check:
 
 
 # ---------------------------------------------------------------------------------- the bundle
+_MAX_SCANNED = 1 << 20        # larger files are no scripts worth scanning
+_SCAN_BUDGET = 32 << 20       # bytes read in all, so a huge bundle can't exhaust memory
+_SHELL_HEAD = re.compile(rb"^#!\s*\S*/(?:env\s+(?:-\S+\s+)*)?(?:ba|da|k|z|mk)?sh\b")
+
+
+def _bundle_files(path: str, hooks: set[str]) -> dict[str, bytes]:
+    """The files of a bundle (a directory or a zip/tar/tgz; for an appspec file, its folder) the
+    scan needs, by bundle-relative name: the hook scripts and the shell scripts they may source,
+    each at most 1 MiB, 32 MiB read in all, hook scripts first."""
+    found: list[tuple[str, object]] = []   # (name, read(at most n bytes))
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and info.file_size <= _MAX_SCANNED:
+                    found.append((os.path.normpath(info.filename.lstrip("/")),
+                                  lambda n, i=info, z=zf: _head(z.open(i), n)))
+            return _read_within_budget(found, hooks)
+    if os.path.isfile(path) and _is_tar(path):
+        with tarfile.open(path) as tf:
+            for member in tf.getmembers():
+                if member.isfile() and member.size <= _MAX_SCANNED:
+                    found.append((os.path.normpath(member.name.lstrip("/")),
+                                  lambda n, m=member, t=tf: _head(t.extractfile(m), n)))
+            return _read_within_budget(found, hooks)
+    top = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if d not in (".git", "node_modules", "__pycache__")]
+        for name in files:
+            full = os.path.join(folder, name)
+            if os.path.isfile(full) and not os.path.islink(full) and os.path.getsize(full) <= _MAX_SCANNED:
+                found.append((os.path.relpath(full, top), lambda n, f=full: _head(f, n)))
+    return _read_within_budget(found, hooks)
+
+
+def _head(source, n: int) -> bytes:
+    """At most ``n`` bytes of a file path or an open member (closed afterwards)."""
+    try:
+        f = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115 - closed below
+        if f is None:
+            return b""
+        with f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _read_within_budget(found: list, hooks: set[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    budget = _SCAN_BUDGET
+    for name, read in sorted(found, key=lambda item: item[0] not in hooks):
+        if budget <= 0:
+            break
+        if not (name in hooks or name.endswith(".sh")):
+            head = read(128)
+            budget -= len(head)
+            if not _SHELL_HEAD.match(head):
+                continue
+        data = read(_MAX_SCANNED)
+        budget -= len(data)
+        out[name] = data
+    return out
+
+
 def _read_appspec(path: str, name: str | None) -> tuple[bytes, str]:
     """The appspec's bytes and its name, from a directory, an appspec file or an archive."""
     names = (name,) if name else ("appspec.yml", "appspec.yaml")
@@ -161,6 +248,149 @@ def _read_appspec(path: str, name: str | None) -> tuple[bytes, str]:
     raise AppSpecNotFound(f"no {' or '.join(names)} in {path}")
 
 
+# ----------------------------------------------------------------------- commands the hooks call
+_SHELLS = frozenset({"sh", "bash", "dash", "ksh", "zsh", "ash", "mksh"})
+# after these words a command follows
+_LEADING = frozenset({"if", "then", "else", "elif", "while", "until", "do", "!", "time", "{", "coproc"})
+_KEYWORDS = frozenset({"fi", "case", "esac", "for", "select", "in", "done", "function", "}", "[[", "]]"})
+_BUILTINS = frozenset({
+    ".", ":", "[", "alias", "bg", "bind", "break", "builtin", "caller", "cd", "command", "compgen", "complete",
+    "compopt", "continue", "declare", "dirs", "disown", "echo", "enable", "eval", "exec", "exit", "export",
+    "false", "fc", "fg", "getopts", "hash", "help", "history", "jobs", "kill", "let", "local", "logout",
+    "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return", "set", "shift",
+    "shopt", "source", "suspend", "test", "times", "trap", "true", "type", "typeset", "ulimit", "umask",
+    "unalias", "unset", "wait"})
+_PUNCTUATION = frozenset("();<>|&")
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
+_FUNCTION = re.compile(r"^\s*(?:function\s+([A-Za-z_][\w.:-]*)|([A-Za-z_][\w.:-]*)\s*\(\s*\))", re.MULTILINE)
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+
+def is_shell_script(name: str, data: bytes) -> bool:
+    """A script a shell runs: a #! line naming a shell (directly or through env), or a .sh name."""
+    first = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first.startswith(b"#!"):
+        return name.endswith(".sh") and b"\0" not in data[:4096]
+    words = first[2:].decode("utf-8", "replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]
+    return bool(words) and os.path.basename(words[0]) in _SHELLS
+
+
+def functions_defined(text: str) -> set[str]:
+    return {a or b for a, b in _FUNCTION.findall(text)}
+
+
+def commands_called(text: str) -> list[str]:
+    """Best effort: the commands a shell script runs by name (the first word of each simple command),
+    leaving out builtins, keywords, functions it defines, variables, assignments and paths. Lines a
+    simple tokenizer can't read (an open quote) are skipped; so are here-documents."""
+    found: list[str] = []
+    defined = functions_defined(text)
+    case_depth = 0
+    heredoc: tuple[str, bool] | None = None
+    for line in text.replace("\\\n", " ").splitlines():
+        if heredoc is not None:
+            end, strip_tabs = heredoc
+            if (line.lstrip("\t") if strip_tabs else line) == end:
+                heredoc = None
+            continue
+        opened = _HEREDOC.search(line)
+        if opened:
+            heredoc = (opened.group(2), "<<-" in line[opened.start():opened.start() + 3])
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        try:
+            tokens = list(lexer)
+        except ValueError:
+            continue
+        if case_depth and ")" in tokens and "(" not in tokens[:tokens.index(")")]:
+            tokens = tokens[tokens.index(")") + 1:]          # a case pattern: `start|restart)`
+        expect, i = True, 0
+        while i < len(tokens):
+            word = tokens[i]
+            i += 1
+            if word == "case":
+                case_depth += 1
+            elif word == "esac":
+                case_depth = max(0, case_depth - 1)
+            if word and set(word) <= _PUNCTUATION:
+                if word == "((":                            # (( arithmetic ))
+                    while i < len(tokens) and tokens[i] != "))":
+                        i += 1
+                    i += 1
+                    expect = False
+                elif word[0] in "<>":                       # a redirection: a file name follows
+                    i += 1
+                else:                                       # ; && || | & ( ) and `name()`
+                    expect = True
+                continue
+            if not expect:
+                continue
+            if word in _LEADING or _ASSIGNMENT.match(word):
+                continue
+            expect = False
+            if (word in _KEYWORDS or word in _BUILTINS or word in defined
+                    or not _COMMAND_NAME.fullmatch(word) or word.isdigit()):
+                continue
+            if i < len(tokens) and tokens[i] in ("(", "()"):   # name () { a definition
+                continue
+            if word not in found:
+                found.append(word)
+    return found
+
+
+def hook_scripts(spec, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The bundle's hook scripts by location, as far as the bundle holds them."""
+    out: dict[str, bytes] = {}
+    for _event, scripts in spec.hooks:
+        for script in scripts:
+            rel = os.path.normpath(script.location.lstrip("/"))
+            if rel in files and rel not in out:
+                out[rel] = files[rel]
+    return out
+
+
+def check_hook_commands(spec, files: dict[str, bytes], caller_path: str | None) -> list[Check]:
+    """The PATH hooks get (the agent service's environment, as hooks_runtime builds it) and, per
+    command the shell hook scripts call, whether that PATH finds it."""
+    from hooks_runtime.environment import service_environment
+
+    hook_path = service_environment().get("PATH", "")
+    checks = [Check("hook PATH", OK, f"hooks get PATH={hook_path} (the agent service's environment)")]
+    shell_files = {n: d.decode("utf-8", "replace") for n, d in files.items() if is_shell_script(n, d)}
+    defined: set[str] = set()
+    for text in shell_files.values():   # functions of files the scripts source count too
+        defined |= functions_defined(text)
+    callers: dict[str, list[str]] = {}
+    for location in hook_scripts(spec, files):
+        if location not in shell_files:
+            continue
+        for name in commands_called(shell_files[location]):
+            if name not in defined:
+                callers.setdefault(name, []).append(location)
+    missing = 0
+    for name, where in callers.items():
+        if shutil.which(name, path=hook_path):
+            continue
+        missing += 1
+        yours = shutil.which(name, path=caller_path) if caller_path else None
+        used = f"{name} (called by {', '.join(where)})"
+        if yours:
+            checks.append(Check(f"command {name}", WARN, f"{used} is not on the hook PATH, but on yours: {yours}",
+                                f"hooks do not get your PATH: call it as {yours}, or set PATH in the script"))
+        else:
+            checks.append(Check(f"command {name}", WARN, f"{used} is found neither on the hook PATH nor on yours",
+                                "install it (an earlier hook may do that), or ignore this if the scan misread "
+                                "the script"))
+    if callers and not missing:
+        checks.append(Check("hook commands", OK, f"the {len(callers)} commands the hook scripts call are on "
+                                                 "the hook PATH"))
+    return checks
+
+
 def _is_tar(path: str) -> bool:
     try:
         return tarfile.is_tarfile(path)
@@ -168,10 +398,10 @@ def _is_tar(path: str) -> bool:
         return False
 
 
-def _probe_env(argv: list[str]) -> dict[str, str] | None:
+def _probe_env(argv: list[str], env: dict[str, str] | None = None) -> dict[str, str] | None:
     script = 'printf "PATH=%s\\nHOME=%s\\n" "$PATH" "$HOME"'
     try:
-        proc = _run(argv + [script])
+        proc = _run(argv + [script], env=env)
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
@@ -202,7 +432,8 @@ def check_runas(user: str) -> list[Check]:
                       f"the user's shell is {entry.pw_shell}; runas hooks need a login shell that runs "
                       "commands (e.g. usermod -s /bin/bash " + user + ")")]
     checks = [Check(name, OK, f"user exists (uid {entry.pw_uid}, shell {entry.pw_shell}); su works with no terminal")]
-    hook_env = _probe_env([su, user, "-c"])
+    from hooks_runtime.environment import service_environment
+    hook_env = _probe_env([su, user, "-c"], env=service_environment())   # su from the agent service
     login_env = _probe_env([su, "-", user, "-c"])
     if hook_env and login_env:
         for var in ("PATH", "HOME"):
@@ -233,16 +464,56 @@ def check_tools(spec) -> list[Check]:
     return out
 
 
-def diagnose(bundle: str | None, appspec_filename: str | None = None) -> list[Check]:
-    checks = [check_root(), check_namespaces(), check_overlayfs(), check_instance_tools()]
-    if bundle is None:
-        return checks
+def _needs_other_users(spec) -> list[str]:
+    """Users and groups other than root the deployment will switch to or give files to."""
+    names: list[str] = []
+    for _event, scripts in spec.hooks:
+        names += [s.runas for s in scripts if s.runas]
+    for p in spec.permissions:
+        names += [x for x in (p.owner, p.group) if x]
+    return [n for n in dict.fromkeys(names) if n not in ("root", "0")]
+
+
+def check_id_map(problem: str | None, needed: list[str], *, creator_is_root: bool) -> Check:
+    """Whether users other than root can exist in the instance: its id map (see agent.instance.idmap),
+    against the users the bundle needs."""
+    if problem is None:
+        return Check("id map", OK, "every uid and gid is the host's (the instance is started by root)"
+                     if creator_is_root else "your subordinate ids are mapped: useradd, chown to new users "
+                     "and su/runas work inside")
+    if needed:
+        return Check("id map", FAIL, f"the bundle needs {', '.join(needed)} inside, but {problem}")
+    return Check("id map", WARN, problem)
+
+
+def check_enter(inst) -> Check:
+    """The instance starts (if stopped) and a command runs inside it."""
+    from agent import instance as instances
+    from agent.errors import CdsimError
+
+    was_running = instances.running(inst)
+    try:
+        with tempfile.TemporaryFile("w+") as err:
+            code = instances.exec_in(inst, ["true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=err)
+            err.seek(0)
+            said = _last_line(err.read())
+    except CdsimError as e:
+        return Check("enter instance", FAIL, f"instance {inst.name} can't be entered: {e}", e.hint)
+    if code != 0:
+        return Check("enter instance", FAIL, f"instance {inst.name} can't be entered: "
+                     f"{said or 'exit status ' + str(code)}", f"see {inst.log_file}")
+    return Check("enter instance", OK, f"instance {inst.name} runs commands"
+                 + ("" if was_running else " (it was stopped: started it, as `cdsim deploy` would)"))
+
+
+def bundle_checks(bundle: str, appspec_filename: str | None) -> list[Check]:
+    """What the bundle needs from the machine this process runs on: runas users, tools, commands."""
     from agent.appspec import parse_appspec
 
-    if not os.path.exists(bundle):
-        raise UsageError(f"bundle {bundle} does not exist")
     data, name = _read_appspec(bundle, appspec_filename)
     spec = parse_appspec(data, filename=name)
+    checks: list[Check] = []
     users = []
     for _event, scripts in spec.hooks:
         for s in scripts:
@@ -251,23 +522,126 @@ def diagnose(bundle: str | None, appspec_filename: str | None = None) -> list[Ch
     for user in users:
         checks.extend(check_runas(user))
     checks.extend(check_tools(spec))
+    hooks = {os.path.normpath(script.location.lstrip("/")) for _event, scripts in spec.hooks for script in scripts}
+    checks.extend(check_hook_commands(spec, _bundle_files(bundle, hooks), os.environ.get("PATH")))
     return checks
 
 
+def machine_checks() -> list[Check]:
+    return [check_root(), check_namespaces(), check_overlayfs(), check_instance_tools()]
+
+
+def diagnose(bundle: str | None, appspec_filename: str | None = None) -> list[Check]:
+    """This machine, and what the bundle needs from it (`cdsim doctor --host`)."""
+    inside = bool(os.environ.get("CDSIM_INSIDE_INSTANCE"))
+    checks = [] if inside else machine_checks()   # inside an instance they are about its host
+    if bundle is None:
+        return checks
+    if not os.path.exists(bundle):
+        raise UsageError(f"bundle {bundle} does not exist")
+    return checks + bundle_checks(bundle, appspec_filename)
+
+
+def diagnose_instance(name: str, bundle: str | None, appspec_filename: str | None = None) -> list[Check]:
+    """What a deployment into instance ``name`` will use: this machine's namespaces and overlayfs, the
+    instance (entered for real; started if stopped), its id map against the bundle's users, and the
+    bundle's checks run inside it (`cdsim doctor --host` there). An instance that does not exist yet
+    is judged by what `cdsim deploy` would create: this machine's files, the id map it would get now."""
+    from agent.appspec import parse_appspec
+    from agent.commands import where as places
+    from agent.instance import idmap
+
+    checks = machine_checks()
+    needed: list[str] = []
+    if bundle is not None:
+        if not os.path.exists(bundle):
+            raise UsageError(f"bundle {bundle} does not exist")
+        data, spec_name = _read_appspec(bundle, appspec_filename)
+        needed = _needs_other_users(parse_appspec(data, filename=spec_name))  # INVALID raised here
+    inst = places.existing_instance(name)
+    root = os.geteuid() == 0
+    if inst is None:
+        checks.append(Check("instance", OK, f"instance {name} does not exist yet: `cdsim deploy` creates it "
+                                            "from this machine's files, so the bundle is checked here"))
+        checks.append(check_id_map(idmap.current().get("id_map_problem"), needed, creator_is_root=root))
+        if bundle is not None:
+            checks += [Check(c.name, c.status, c.detail, c.hint, "this machine")
+                       for c in bundle_checks(bundle, appspec_filename)]
+        return checks
+    from agent import instance as instances
+
+    if any(c.status == FAIL for c in checks[1:]):
+        checks.append(Check("enter instance", FAIL, f"instance {name} can't run here: see FAIL above"))
+        return checks
+    entered = check_enter(inst)
+    checks.append(entered)
+    problem = instances.id_map_problem(inst)
+    id_check = check_id_map(problem, needed, creator_is_root=root)
+    if problem and not idmap.current().get("id_map_problem"):
+        id_check = Check(id_check.name, id_check.status, id_check.detail,
+                         f"your subordinate ids are configured now, but the instance was created before: "
+                         f"recreate it (cdsim instance destroy {name})")
+    checks.append(id_check)
+    if bundle is None or entered.status == FAIL:
+        return checks
+    return checks + [Check(c.name, c.status, c.detail, c.hint, f"instance {name}")
+                     for c in _checks_inside(inst, os.path.abspath(bundle), appspec_filename)]
+
+
+def _checks_inside(inst, bundle: str, appspec_filename: str | None) -> list[Check]:
+    """`cdsim doctor --host --format json` run inside the instance, as `cdsim deploy` runs its engine
+    there (same interpreter and checkout, the bundle by its absolute path)."""
+    from agent import instance as instances
+
+    argv = [sys.executable, "-m", "agent", "doctor", "--host", "--format=json"]
+    if appspec_filename:
+        argv.append(f"--appspec-filename={appspec_filename}")
+    argv += ["--", bundle]
+    env = dict(os.environ, CDSIM_INSIDE_INSTANCE=inst.name, PYTHONDONTWRITEBYTECODE="1")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=err)
+        out.seek(0)
+        err.seek(0)
+        text, said = out.read(), err.read()
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return [Check("checks inside", FAIL, f"`cdsim doctor --host` inside instance {inst.name} failed "
+                      f"(exit status {code}): {_last_line(said) or 'no output'}")]
+    return [Check(c["name"], c["status"], c["detail"], c.get("hint")) for c in report.get("checks", [])]
+
+
 def run(args) -> int:
-    checks = diagnose(args.bundle, args.appspec_filename)
+    from agent.commands import where as places
+
+    place = places.resolve(args)
+    if place.host:
+        checks = diagnose(args.bundle, args.appspec_filename)
+        subject = ("instance " + os.environ["CDSIM_INSIDE_INSTANCE"] if os.environ.get("CDSIM_INSIDE_INSTANCE")
+                   else "this machine")
+    else:
+        checks = diagnose_instance(place.instance, args.bundle, args.appspec_filename)
+        subject = f"instance {place.instance}"
+        if places.existing_instance(place.instance) is None:
+            subject = f"a new instance {place.instance}"
     failed = any(c.status == FAIL for c in checks)
     if args.format == "json":
-        print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+        print(json.dumps({"ok": not failed, "place": place.describe(), "checks": [asdict(c) for c in checks]},
+                         indent=2))
     else:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         paint = {OK: "\033[32m", WARN: "\033[33m", FAIL: "\033[31m"}
+        shown_where = ""
         for c in checks:
+            if c.where and c.where != shown_where:
+                print(f"checked {'on' if c.where == 'this machine' else 'inside'} {c.where}:")
+                shown_where = c.where
             label = f"{c.status:<4}"
             if color:
                 label = paint[c.status] + label + "\033[0m"
             print(f"{label}  {c.name:<18} {c.detail}")
             if c.hint and c.status != OK:
                 print(f"      hint: {c.hint}")
-        print("this machine can run it" if not failed else "this machine can't run it as it is: see FAIL above")
+        print(f"{subject} can run it" if not failed else f"{subject} can't run it as it is: see FAIL above")
     return int(ExitStatus.ENVIRONMENT if failed else ExitStatus.SUCCESS)

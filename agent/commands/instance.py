@@ -1,6 +1,8 @@
 """`cdsim instance`: create, list, enter, inspect, stop and remove sandboxed instances.
 
-Thin: parses arguments, calls agent.instance, prints.
+Thin: parses arguments, calls agent.instance, prints. `diff` leaves out (or, with ``--all``, marks)
+changes no deployment made on purpose: caches this machine's programs rebuild when they run inside
+(the bytecode of this machine's Python code, ldconfig's cache), see :func:`incidental`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ def register(sub) -> None:
     d = actions.add_parser("diff", help="files the instance added (A), changed (M) and deleted (D)")
     d.add_argument("name")
     d.add_argument("--format", choices=("text", "json"), default="text")
+    d.add_argument("--all", action="store_true",
+                   help="also list, marked, the caches this machine's programs rebuild when they run inside "
+                        "(__pycache__ of this machine's Python code, ldconfig's cache)")
     for action, text in (("stop", "end every process in the instance"),
                          ("destroy", "stop the instance and remove its folder")):
         actions.add_parser(action, help=text).add_argument("name")
@@ -71,12 +76,20 @@ def run(args) -> int:
         return inst.exec_in(instance, command)
     if action == "diff":
         found = inst.diff(instance)
+        why = incidental(found)
+        shown = found if args.all else [c for c in found if c.path not in why]
         if args.format == "json":
-            json.dump([{"path": c.path, "kind": c.kind} for c in found], sys.stdout, indent=2)
+            json.dump([{"path": c.path, "kind": c.kind} | ({"incidental": why.get(c.path)} if args.all else {})
+                       for c in shown], sys.stdout, indent=2)
             print()
         else:
-            for change in found:
-                print(f"{change.letter} {change.path}")
+            for change in shown:
+                mark = f"  (incidental: {why[change.path]})" if change.path in why else ""
+                print(f"{change.letter} {change.path}{mark}")
+        if why and not args.all:
+            reasons = ", ".join(dict.fromkeys(why.values()))
+            print(f"cdsim: left out {len(why)} incidental change(s) ({reasons}); --all lists them",
+                  file=sys.stderr)
         return 0
     if action == "stop":
         pids = inst.stop(instance)
@@ -88,3 +101,39 @@ def run(args) -> int:
         print(f"destroyed instance {instance.name}")
         return 0
     raise UsageError(f"unknown action {action!r}")
+
+
+# Files ldconfig rewrites whenever it runs (a package manager runs it after every library it installs).
+LDCONFIG_CACHES = ("/etc/ld.so.cache", "/var/cache/ldconfig/aux-cache")
+PYTHON_CACHE = "bytecode of this machine's Python code"
+LDCONFIG_CACHE = "ldconfig's cache"
+
+
+def incidental(found: list, host_root: str = "/") -> dict[str, str]:
+    """Path -> why, for changes no deployment made on purpose: ldconfig's caches, and a __pycache__
+    entry whose source module is on this machine (``host_root``) and not itself changed in the
+    instance (Python wrote it when code of this machine ran inside). A __pycache__ folder counts
+    when everything listed inside it does."""
+    changed = {c.path for c in found}
+
+    def on_host(path: str) -> bool:
+        return path not in changed and os.path.exists(os.path.join(host_root, path.lstrip("/")))
+
+    why: dict[str, str] = {}
+    folders = []
+    for c in found:
+        if c.path in LDCONFIG_CACHES:
+            why[c.path] = LDCONFIG_CACHE
+            continue
+        folder, name = os.path.split(c.path)
+        if os.path.basename(folder) == "__pycache__" and name.endswith(".pyc"):
+            source = os.path.join(os.path.dirname(folder), name.split(".", 1)[0] + ".py")
+            if on_host(source):
+                why[c.path] = PYTHON_CACHE
+        elif name == "__pycache__" and c.kind == "added":
+            folders.append(c.path)
+    for folder in folders:
+        inside = [p for p in changed if p.startswith(folder + "/")]
+        if inside and all(p in why for p in inside):
+            why[folder] = PYTHON_CACHE
+    return why

@@ -1,13 +1,18 @@
 """`cdsim logs [DEPLOYMENT] [--event E] [--follow]` and `cdsim history`: what hooks printed, and which
 deployments ran.
 
+Where: the instance `cdsim deploy` deploys into (``default``) unless ``--instance NAME`` or ``--host``
+says otherwise; a ``--root-dir`` alone means this machine. In an instance the deployments are read from
+its upper layer (what it wrote): event streams under /var/log/aws/codedeploy-agent/cdsim-events and
+deployment folders under /opt/codedeploy-agent/deployment-root (or each ``--root-dir``, a path inside
+it). On this machine: the state folder of `cdsim deploy --host` (``agent.instance.state_dir()/host``),
+each ``--root-dir`` and, unless one is given, the agent's default folders (`cdsim local`).
+
 Deployments are found in two places and merged by id: event streams (``<log dir>/cdsim-events/<group>/
 <id>.jsonl``, written by the engine; they tell status and timings) and deployment roots
-(``<root>/<group>/<id>/logs/scripts.log``, the agent's layout; they hold the output). Searched: the
-host state folder of `cdsim deploy --host` (``agent.instance.state_dir()/host``), any ``--root-dir``,
-an instance's upper layer with ``--instance`` and, unless a root is given, the agent's default folders
-(`cdsim local`). Reads files only; imports no engine module. ``agent.commands.history`` registers
-`cdsim history` from here (the CLI registers one command per module).
+(``<root>/<group>/<id>/logs/scripts.log``, the agent's layout; they hold the output). Reads files
+only; imports no engine module. ``agent.commands.history`` registers `cdsim history` from here (the
+CLI registers one command per module).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from agent.errors import ExitStatus, UsageError
 
 SUMMARY = "print what a deployment's hooks printed (the latest by default); --follow while it runs"
-HISTORY_SUMMARY = "list the deployments cdsim ran on this machine (newest last)"
+HISTORY_SUMMARY = "list past deployments (in the instance cdsim deploy uses, or --instance/--host), newest last"
 AGENT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 AGENT_LOG_DIR = "/var/log/aws/codedeploy-agent"
 _ID = re.compile(r"^d-[A-Z0-9]{9}(-local)?$|^[0-9a-f-]{36}$")
@@ -66,22 +71,52 @@ def _host_path(path: str, prefix: str) -> str:
 
 
 def _sources(args) -> list[tuple[str, str, str]]:
-    """(root dir, log dir, path prefix) triples to search."""
+    """(root dir, log dir, path prefix) triples to search, for the place ``args`` names."""
+    from agent.commands import where as places
+
+    place = places.resolve(args)
+    roots = getattr(args, "root_dir", None) or []
+    if not place.host:
+        inst = places.existing_instance(place.instance)
+        if inst is None:
+            return []
+        upper = inst.upper
+        out = [(upper + AGENT_ROOT_DIR, upper + AGENT_LOG_DIR, upper)]
+        # a --root-dir with an instance is a root inside it, as `cdsim deploy --instance --root-dir` uses
+        out += [(upper + os.path.abspath(root), "", upper) for root in roots]
+        return out
     from agent.instance import state_dir
 
     host = os.path.join(state_dir(), "host")
     out = [(os.path.join(host, "deployment-root"), os.path.join(host, "log"), "")]
-    roots = getattr(args, "root_dir", None) or []
     for root in roots:
         out.append((os.path.abspath(root), "", ""))
-    if getattr(args, "instance", None):
-        from agent import instance as instances
-
-        upper = instances.get(args.instance).upper
-        out.append((upper + AGENT_ROOT_DIR, upper + AGENT_LOG_DIR, upper))
-    if not roots and not getattr(args, "instance", None):
+    if not roots:
         out.append((AGENT_ROOT_DIR, AGENT_LOG_DIR, ""))
     return out
+
+
+def _nothing_found(args) -> str:
+    """What to say when no deployment is found where ``args`` looked."""
+    from agent.commands import where as places
+
+    place = places.resolve(args)
+    if place.host:
+        return "no deployment found on this machine"
+    if places.existing_instance(place.instance) is None:
+        return f"no deployment in instance {place.instance} yet (it does not exist)"
+    return f"no deployment in instance {place.instance} yet"
+
+
+def _nothing_found_hint(args) -> str:
+    from agent.commands import where as places
+
+    place = places.resolve(args)
+    if place.host:
+        return ("run one with `cdsim deploy --host`, or say where with --root-dir; deployments in an "
+                "instance: --instance NAME")
+    flag = f" --instance {place.instance}" if place.explicit else ""
+    return f"run one with `cdsim deploy{flag}`; deployments made on this machine: --host"
 
 
 def _from_events(path: str, prefix: str) -> FoundDeployment | None:
@@ -131,11 +166,12 @@ def find_deployments(args) -> list[FoundDeployment]:
     return sorted(found.values(), key=lambda d: (d.started or 0.0, d.deployment_id))
 
 
-def pick(deployments: list[FoundDeployment], wanted: str | None) -> FoundDeployment:
+def pick(deployments: list[FoundDeployment], wanted: str | None, args=None) -> FoundDeployment:
     """The deployment named by id (or a unique prefix of it), or the latest."""
     if not deployments:
-        raise UsageError("no deployment found", reference="deployment-unknown",
-                         hint="run one with `cdsim deploy`, or say where with --root-dir / --instance")
+        raise UsageError(_nothing_found(args) if args is not None else "no deployment found",
+                         reference="deployment-unknown",
+                         hint=_nothing_found_hint(args) if args is not None else None)
     if not wanted or wanted == "latest":
         return deployments[-1]
     exact = [d for d in deployments if d.deployment_id == wanted]
@@ -150,14 +186,31 @@ def pick(deployments: list[FoundDeployment], wanted: str | None) -> FoundDeploym
 
 
 def _add_search_options(p) -> None:
+    from agent.commands import where as places
+
+    places.add_where_options(p, instance_help="look at the deployments made in this sandboxed instance",
+                             host_help="look at the deployments made on this machine (`cdsim deploy --host`, "
+                                       "`cdsim local`)")
     p.add_argument("--root-dir", action="append", metavar="DIR",
-                   help="also search this deployment root (repeatable); the agent's default root is then "
-                        "not searched")
-    p.add_argument("--instance", metavar="NAME", help="also search inside this sandboxed instance")
+                   help="also look in this deployment root (repeatable): on this machine unless --instance "
+                        "is given, then inside that instance; on this machine the agent's default root is "
+                        "then not searched")
+
+
+LOGS_DESCRIPTION = (
+    "Print what the hooks of a deployment printed (its scripts.log), the latest one unless you name it. "
+    "It looks where `cdsim deploy` deploys: the instance default, or the one --instance names; --host "
+    "looks at deployments made on this machine (`cdsim deploy --host`, `cdsim local`). --follow keeps "
+    "printing while the deployment runs and stops when it ends.")
+HISTORY_DESCRIPTION = (
+    "List past deployments, oldest first: when each started, its id, its outcome (and the event it "
+    "failed at), how long it took, how many hooks ran, and its deployment group. It looks where "
+    "`cdsim deploy` deploys: the instance default, or the one --instance names; --host lists the "
+    "deployments made on this machine (`cdsim deploy --host`, `cdsim local`).")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("logs", help=SUMMARY, description=__doc__)
+    p = sub.add_parser("logs", help=SUMMARY, description=LOGS_DESCRIPTION)
     p.add_argument("deployment", nargs="?", metavar="DEPLOYMENT",
                    help="deployment id or a unique prefix of it (default: the latest)")
     p.add_argument("--event", "-e", action="append", metavar="EVENT",
@@ -170,7 +223,7 @@ def register(sub) -> None:
 
 
 def register_history(sub) -> None:
-    h = sub.add_parser("history", help=HISTORY_SUMMARY, description=__doc__)
+    h = sub.add_parser("history", help=HISTORY_SUMMARY, description=HISTORY_DESCRIPTION)
     h.add_argument("--limit", "-n", type=int, default=20, help="show the last N deployments (default 20, 0: all)")
     h.add_argument("--format", choices=("text", "json"), default="text")
     _add_search_options(h)
@@ -208,7 +261,7 @@ def _ended(dep: FoundDeployment) -> bool:
 
 
 def run(args) -> int:
-    dep = pick(find_deployments(args), args.deployment)
+    dep = pick(find_deployments(args), args.deployment, args)
     keep = _Filter(args.event, timestamps=not args.no_timestamps)
     out = sys.stdout
     path = dep.scripts_log
@@ -275,7 +328,8 @@ def run_history(args) -> int:
         print(json.dumps([d.to_dict() for d in deps], indent=2))
         return int(ExitStatus.SUCCESS)
     if not deps:
-        print("no deployment found", file=sys.stderr)
+        print(_nothing_found(args), file=sys.stderr)
+        print(f"  hint: {_nothing_found_hint(args)}", file=sys.stderr)
         return int(ExitStatus.SUCCESS)
     for d in deps:
         took = f"{d.ended - d.started:7.2f}s" if d.ended and d.started else "       -"

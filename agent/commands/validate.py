@@ -16,8 +16,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "validate", help=SUMMARY, description=SUMMARY + ". Errors are what makes the agent fail the "
         "deployment; warnings are what it accepts but probably not what you meant.")
-    p.add_argument("path", nargs="?", default=".", metavar="PATH",
-                   help="a bundle directory, a zip/tar/tgz bundle, or an appspec file (default: .)")
+    from agent.commands.where import add_bundle_argument   # PATH, or -l/--bundle-location PATH
+    add_bundle_argument(p, default=".", metavar="PATH", dest="path",
+                        help="a bundle directory, a zip/tar/tgz bundle, or an appspec file (default: .)")
     p.add_argument("--appspec-filename", metavar="NAME",
                    help="the appspec name the deployment will use (as codedeploy-local's option)")
     p.add_argument("--format", choices=("text", "json"), default="text",
