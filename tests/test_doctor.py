@@ -159,11 +159,12 @@ class TestSchema:
         "os: linux\n",
         'version: "0.0"\nos: linux\n',
         "version: 1.0\nos: linux\n",
+        'version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: a.sh\n      runas: "--help"\n',
     ])
     def test_broken_appspecs_are_rejected(self, validator, text):
         """Wrong os, a script without location, a non-numeric timeout, a lower-case event, a file
         mapping without destination, an unknown behaviour, no version, the version as a string (the
-        agent rejects "0.0" quoted) or another number."""
+        agent rejects "0.0" quoted) or another number, a runas that su would read as an option."""
         assert list(validator.iter_errors(yaml.safe_load(text)))
 
     @pytest.mark.parametrize("version", ["0.0", "0", "0.00", '"0.0"', "'0'", "1.0", "0.1", "false", '""'])
