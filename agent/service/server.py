@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import sys
 import threading
@@ -213,10 +214,13 @@ class Service:
 
 def env_lines(info: dict, creds: auth.Credentials) -> list[str]:
     """The shell lines that point the aws CLI at a running server, with its credentials."""
-    return [f"export AWS_ENDPOINT_URL={info['endpoint']}",
-            f"export AWS_ACCESS_KEY_ID={creds.access_key}",
-            f"export AWS_SECRET_ACCESS_KEY={creds.secret_key}",
-            f"export AWS_DEFAULT_REGION={info['region']}"]
+    lines = [f"export AWS_ENDPOINT_URL={info['endpoint']}",
+             f"export AWS_ACCESS_KEY_ID={creds.access_key}",
+             f"export AWS_SECRET_ACCESS_KEY={creds.secret_key}",
+             f"export AWS_DEFAULT_REGION={info['region']}"]
+    if info.get("state"):  # so `cdsim fleet`, `wait` and `server env` find a server started with --state
+        lines.append(f"export CDSIM_STATE_DIR={shlex.quote(info['state'])}")
+    return lines
 
 
 class _Server(ThreadedWSGIServer):
