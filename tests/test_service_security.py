@@ -345,7 +345,8 @@ def test_server_env_prints_the_credentials_the_server_checks(service):
     assert done.returncode == 0, done.stderr
     env = dict(line[len("export "):].split("=", 1) for line in done.stdout.splitlines())
     assert env == {"AWS_ENDPOINT_URL": service.endpoint, "AWS_ACCESS_KEY_ID": service.credentials.access_key,
-                   "AWS_SECRET_ACCESS_KEY": service.credentials.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+                   "AWS_SECRET_ACCESS_KEY": service.credentials.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
+                   "CDSIM_STATE_DIR": service.state}
 
 
 # -- 3. limits -----------------------------------------------------------------------------------------
