@@ -1,0 +1,112 @@
+"""A cgroup (v2) per hook run, where the host lets us make one.
+
+Owns finding the cgroup v2 hierarchy and our own place in it (``/proc/self/mountinfo``,
+``/proc/self/cgroup``), creating one child cgroup per hook run, listing and killing its members
+(``cgroup.kill``), and handing survivors back to the parent cgroup before removing it. Spawns
+nothing; must not import ``agent``.
+
+Why a cgroup on top of the ancestry that ``process`` follows: a process cannot leave its cgroup by
+forking, ``setsid``, ``su`` or a changed environment, and ``cgroup.kill`` ends every member in one
+step, including one that forks while we kill. It needs root (or a delegated subtree), a writable
+cgroup2 mount and ``cgroup.kill`` (Linux 5.14); anything less and ``create`` returns None, and the
+ancestry alone does the work.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+_counter = itertools.count(1)
+_unusable = False   # set once creating a cgroup failed: the host will not change its mind
+
+
+def _own_cgroup_dir() -> str | None:
+    """The folder of this process's cgroup v2, or None when there is no v2 hierarchy."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return None
+    if path is None:
+        return None
+    for fields in mounts:
+        sep = fields.index("-")
+        if fields[sep + 1] != "cgroup2":
+            continue
+        root, mountpoint = fields[3], fields[4]
+        if root == "/":
+            return mountpoint + (path if path != "/" else "")
+        if path == root or path.startswith(root + "/"):
+            return mountpoint + path[len(root):]
+    return None
+
+
+class HookCgroup:
+    """One hook run's cgroup. ``procs_path`` is what the hook's first process writes ``0`` to,
+    moving itself in before it execs, so everything it starts is born inside."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.parent = os.path.dirname(path)
+        self.procs_path = os.path.join(path, "cgroup.procs")
+
+    @classmethod
+    def create(cls) -> HookCgroup | None:
+        """A new, empty cgroup under our own, or None where the host does not allow it."""
+        global _unusable
+        if _unusable:
+            return None
+        base = _own_cgroup_dir()
+        if base is None or not os.path.exists(os.path.join(base, "cgroup.procs")):
+            _unusable = True
+            return None
+        path = os.path.join(base, f"cdsim-hook-{os.getpid()}-{next(_counter)}")
+        try:
+            os.mkdir(path)
+        except OSError:
+            _unusable = True
+            return None
+        if not os.path.exists(os.path.join(path, "cgroup.kill")):
+            os.rmdir(path)
+            _unusable = True
+            return None
+        return cls(path)
+
+    def members(self) -> list[int]:
+        """Pids in the cgroup now (exited processes leave it at once, zombies included)."""
+        try:
+            with open(self.procs_path) as f:
+                return [int(line) for line in f if line.strip()]
+        except OSError:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL every member, atomically with respect to forks inside the cgroup."""
+        try:
+            with open(os.path.join(self.path, "cgroup.kill"), "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+
+    def release(self, attempts: int = 50) -> bool:
+        """Move the processes still inside (those a successful hook left running on purpose) back
+        to the parent cgroup, then remove this one. Returns whether it is gone."""
+        for _ in range(attempts):
+            left = self.members()
+            for pid in left:
+                try:
+                    with open(os.path.join(self.parent, "cgroup.procs"), "w") as f:
+                        f.write(str(pid))
+                except OSError:
+                    pass   # gone meanwhile
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                time.sleep(0.01)   # a member forked while we moved it, or is still exiting
+        return False
