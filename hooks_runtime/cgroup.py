@@ -45,13 +45,21 @@ def _own_cgroup_dir() -> str | None:
 
 
 class HookCgroup:
-    """One hook run's cgroup. ``procs_path`` is what the hook's first process writes ``0`` to,
-    moving itself in before it execs, so everything it starts is born inside."""
+    """One hook run's cgroup. The hook's supervisor ``enter``s it just to spawn the script and then
+    ``leave``s (it must survive ``kill``): the script, and everything it starts, is born inside."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.parent = os.path.dirname(path)
         self.procs_path = os.path.join(path, "cgroup.procs")
+
+    def enter(self) -> None:
+        """Move the calling process in (best effort: the ancestry still finds everything)."""
+        _move_self(self.procs_path)
+
+    def leave(self) -> None:
+        """Move the calling process back to the parent cgroup."""
+        _move_self(os.path.join(self.parent, "cgroup.procs"))
 
     @classmethod
     def create(cls) -> HookCgroup | None:
@@ -110,3 +118,14 @@ class HookCgroup:
             except OSError:
                 time.sleep(0.01)   # a member forked while we moved it, or is still exiting
         return False
+
+
+def _move_self(procs: str) -> None:
+    try:
+        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

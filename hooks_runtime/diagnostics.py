@@ -64,6 +64,40 @@ def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+"""Whether /proc has ``task/TID/children`` (CONFIG_PROC_CHILDREN), which lists a thread's children."""
+
+
+def descendants_of(pid: int) -> set[int] | None:
+    """Every descendant of ``pid`` (children of all its threads, recursively), without reading all
+    of /proc; None if ``pid`` is gone or /proc cannot say. A process re-parented while we walk can
+    be missed by one walk (the kernel's caveat for these files): callers that must find everything
+    walk again until a walk finds nothing."""
+    if not HAS_CHILDREN_FILES:
+        return None
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            if parent == pid:
+                return None
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = f.read().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                if kid not in found:
+                    found.add(kid)
+                    pending.append(kid)
+    return found
+
+
 def describe(pid: int) -> ProcInfo:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

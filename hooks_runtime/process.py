@@ -21,22 +21,29 @@ every hook (and of every other child) would come back to it for good, reaping th
 ``subprocess``'s own waits, and with deployments running in parallel nothing would say which hook an
 orphan came from. Where the host allows it the script also runs in a cgroup of its own (``cgroup``).
 
-Why fork and not exec a helper: a Python interpreter takes ~10 ms to start, twice the budget for a
-hook's whole overhead; a fork takes under 1 ms. The forked supervisor first closes every descriptor
-it does not need (cdsim's deployment lock among them: a hook never holds it), blocks the terminal's
-signals (^C reaches cdsim, which ends the hook; the supervisor must outlive the script to report it)
-and then only makes system calls. The script gets cdsim's signal mask and dispositions back, with
+Why a fork per hook and not a helper program: a Python interpreter takes ~10 ms to start, twice the
+budget for a hook's whole overhead, and a long-lived helper would not follow what a hook inherits from
+cdsim at that moment (namespaces, root, umask, limits); a fork takes under 1 ms. The forked
+supervisor turns off the garbage collector (a collection would copy every page of cdsim's heap),
+closes every descriptor it does not need (cdsim's deployment lock among them: a hook never holds
+it), blocks the terminal's signals (^C reaches cdsim, which ends the hook; the supervisor must
+outlive the script to report it) and starts the script with ``posix_spawn`` (no second copy of
+cdsim's memory). The script gets cdsim's signal mask and dispositions back, with
 SIGPIPE and SIGXFSZ at their defaults as ``subprocess`` gives them, and its environment exactly as
 given: the supervisor adds nothing to it.
 
-The tree: a process belongs to the hook if it descends from the supervisor, is in the hook's process
-group or cgroup, or was seen as a member before (in case the supervisor is gone).
+The tree: while the supervisor lives, the hook's processes are its descendants (read from
+``/proc/PID/task/TID/children``, which costs a few reads per member instead of one per process on
+the host) plus the members of the hook's cgroup. Once it is gone (or where /proc lacks those files),
+all of /proc is read, and a process belongs to the hook if it descends from the supervisor or the
+script, is in the hook's process group or cgroup, or was seen as a member before.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import select
 import shlex
@@ -49,7 +56,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from hooks_runtime.cgroup import HookCgroup
-from hooks_runtime.diagnostics import ProcStat, all_pids, read_stat
+from hooks_runtime.diagnostics import ProcStat, all_pids, descendants_of, read_stat
 
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -154,8 +161,7 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: str, *, cgroup: bool = T
     try:
         supervisor = _fork()
         if supervisor == 0:
-            _supervise(argv, child_env, cwd, (in_r, out_w, err_w), rep_w, life_r,
-                       group.procs_path if group else None)
+            _supervise(argv, child_env, cwd, (in_r, out_w, err_w), rep_w, life_r, group)
     except BaseException:
         for fd in (out_r, err_r, rep_r, life_w):
             os.close(fd)
@@ -167,11 +173,19 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: str, *, cgroup: bool = T
             os.close(fd)
     sp = Spawned(0, supervisor, argv, out_r, err_r, rep_r, life_w, group)
     line = b""
-    while not line.endswith(b"\n"):   # a byte at a time: the script's end may follow at once
-        byte = os.read(rep_r, 1)
-        if not byte:
-            break
-        line += byte
+    try:
+        while not line.endswith(b"\n"):   # a byte at a time: the script's end may follow at once
+            byte = os.read(rep_r, 1)
+            if not byte:
+                break
+            line += byte
+    except BaseException:   # ^C while it starts: end whatever has started
+        if group is not None:
+            group.kill()
+        for fd in (out_r, err_r):
+            os.close(fd)
+        sp.finish()
+        raise
     fields = line.split()
     if fields[:1] == [b"P"]:
         sp.pid = int(fields[1])
@@ -183,7 +197,8 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: str, *, cgroup: bool = T
     sp.finish()
     if fields[:1] == [b"E"]:
         code = int(fields[1])
-        raise OSError(code, os.strerror(code), bytes.fromhex(fields[2].decode()).decode(errors="surrogateescape"))
+        name = bytes.fromhex(fields[2].decode()).decode(errors="surrogateescape")
+        raise OSError(code, os.strerror(code), name)
     raise OSError(errno.ECHILD, "the hook's supervisor ended before it started the script", argv[0])
 
 
@@ -220,80 +235,78 @@ def _keep_only(keep: set[int]) -> None:
 
 
 def _supervise(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
-               reports: int, lifeline: int, procs_path: str | None) -> NoReturn:
+               reports: int, lifeline: int, group: HookCgroup | None) -> NoReturn:
     """The supervisor, in the forked child: never returns."""
     try:
+        gc.disable()   # a collection would touch (and so copy) every page of cdsim's heap
         _keep_only({0, 1, 2, *stdio, reports, lifeline})
         _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _prctl(_PR_SET_NAME, ctypes.c_char_p(b"cdsim-hook"), 0, 0, 0)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-        failed_r, failed_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _exec_script(argv, env, cwd, stdio, failed_w, mask, procs_path)
-        os.close(failed_w)
-        for fd in stdio:
-            os.close(fd)
-        failure = b""
-        while chunk := os.read(failed_r, 4096):   # end of file when the exec succeeds
-            failure += chunk
-        os.close(failed_r)
-        used_sh = failure.startswith(b"S")
-        failure = failure.removeprefix(b"S")
-        if failure:
-            os.waitpid(pid, 0)
-            _say(reports, b"E " + failure + b"\n")
+        try:
+            pid, argv = _spawn_script(argv, env, cwd, stdio, mask, group)
+        except OSError as exc:
+            name = exc.filename if exc.filename is not None else argv[0]
+            _say(reports, b"E %d %s\n" % (exc.errno or errno.EINVAL, os.fsencode(name).hex().encode()))
         else:
-            _say(reports, b"P %d %d\n" % (pid, used_sh))
+            for fd in stdio:
+                os.close(fd)
+            _say(reports, b"P %d %d\n" % (pid, len(argv) == 2 and argv[0] == "/bin/sh"))
             _reap_until_released(pid, reports, lifeline)
     finally:
         os._exit(0)
 
 
-def _exec_script(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
-                 failed: int, mask: set[signal.Signals], procs_path: str | None) -> NoReturn:
-    """The script's process, forked from the supervisor: set up, exec; on failure write
-    ``<errno> <hex file name>`` to ``failed`` (``S`` first when falling back to /bin/sh)."""
-    def fail(code: int | None, name: str) -> NoReturn:
-        _say(failed, b"%d %s" % (code or errno.EINVAL, os.fsencode(name).hex().encode()))
-        os._exit(127)
-
+def _spawn_script(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
+                  mask: set[signal.Signals], group: HookCgroup | None) -> tuple[int, list[str]]:
+    """posix_spawn (no copy of cdsim's address space) the script with its stdio, own process
+    group, cdsim's signal mask, SIGPIPE/SIGXFSZ at their defaults, in ``cwd``, from ``env``'s PATH
+    as ``subprocess`` does; inside the hook's cgroup, which the supervisor joins just for the spawn.
+    Returns (pid, the argv that ran); raises OSError naming the file as ``subprocess`` would."""
+    stdio = tuple(fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio)
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]
+    defaults = [getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n)]
     try:
-        os.setpgid(0, 0)
-        if procs_path is not None:
-            try:   # into the hook's cgroup before anything can fork
-                fd = os.open(procs_path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass   # the ancestry still finds everything
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
-        for target, fd in enumerate(high):
-            os.dup2(fd, target)
-        for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        try:
-            os.chdir(cwd)
-        except OSError as exc:
-            fail(exc.errno, cwd)
+        os.chdir(cwd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, cwd) from None
+
+    def run(path: str, args: list[str]) -> int:
+        return os.posix_spawn(path, args, env, file_actions=actions, setpgroup=0, setsigmask=mask,
+                              setsigdef=defaults)
+
+    if group is not None:
+        group.enter()
+    try:
         try:
             if os.path.dirname(argv[0]):
-                os.execve(argv[0], argv, env)
-            os.execvpe(argv[0], argv, env)
+                return run(argv[0], argv), argv
+            return _spawn_from_path(run, argv, env), argv
         except OSError as exc:
             if exc.errno != errno.ENOEXEC or len(argv) != 1:
-                fail(exc.errno, argv[0])
-        _say(failed, b"S")
+                raise OSError(exc.errno, os.strerror(exc.errno or 0), argv[0]) from None
+        sh = ["/bin/sh", argv[0]]
         try:
-            os.execve("/bin/sh", ["/bin/sh", argv[0]], env)
+            return run(sh[0], sh), sh
         except OSError as exc:
-            fail(exc.errno, "/bin/sh")
+            raise OSError(exc.errno, os.strerror(exc.errno or 0), sh[0]) from None
     finally:
-        os._exit(127)
+        if group is not None:
+            group.leave()
+
+
+def _spawn_from_path(run, argv: list[str], env: dict[str, str]) -> int:
+    """``argv[0]`` looked up in ``env``'s PATH: the first error other than a missing file wins."""
+    first: OSError | None = None
+    last: OSError | None = None
+    for folder in os.get_exec_path(env):
+        try:
+            return run(os.path.join(folder, argv[0]), argv)
+        except OSError as exc:
+            last = exc
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
+                first = exc
+    raise first or last or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
 def _reap_until_released(script: int, reports: int, lifeline: int) -> None:
@@ -377,6 +390,7 @@ class ProcessTree:
         self.root = root
         self.pgid = root
         self.supervisor = supervisor
+        self.supervisor_alive = True   # until we let it go
         self.cgroup = cgroup
         stat = read_stat(root)
         self._root_start = stat.start_ticks if stat else 0
@@ -384,7 +398,25 @@ class ProcessTree:
         self.peak_rss = 0                        # largest sum of RSS over one scan
 
     def scan(self) -> dict[int, ProcStat]:
-        """Current live members (the root included while it is unreaped), and update the figures."""
+        """Current live members (the root included while it is unreaped), and update the figures.
+        While the supervisor lives its descendants are the whole tree (it is their subreaper), so
+        only they are read; otherwise, all of /proc."""
+        below = descendants_of(self.supervisor) if self.supervisor_alive else None
+        if below is None:
+            members = self._scan_all()
+        else:
+            if self.cgroup is not None:
+                below.update(self.cgroup.members())
+            members = {}
+            for pid in below:
+                st = read_stat(pid)
+                if st is not None and st.alive and pid not in (self.supervisor, os.getpid()):
+                    members[pid] = st
+        self.known.update(members)
+        self.peak_rss = max(self.peak_rss, sum(st.rss for st in members.values()))
+        return members
+
+    def _scan_all(self) -> dict[int, ProcStat]:
         stats: dict[int, ProcStat] = {}
         for pid in all_pids():
             st = read_stat(pid)
@@ -408,8 +440,6 @@ class ProcessTree:
                     pending.append(child)
         members.pop(self.supervisor, None)
         members.pop(os.getpid(), None)
-        self.known.update(members)
-        self.peak_rss = max(self.peak_rss, sum(st.rss for st in members.values()))
         return members
 
     def descendants(self) -> dict[int, ProcStat]:

@@ -354,8 +354,10 @@ class _Run:
 
     def _sweep(self, whole_tree: bool) -> None:
         """Reap the script, then SIGKILL what is left: every process of the tree after a timeout,
-        only the ones we signalled otherwise; until nothing is (bounded: never wait without limit)."""
+        only the ones we signalled otherwise; until two looks in a row find nothing (one can miss a
+        process while it is re-parented from a parent we just killed) or 5 s have passed."""
         give_up = time.time() + 5.0
+        empty_looks = 0
         while time.time() < give_up:
             if not self.exited:
                 self._pump(0.02)
@@ -363,7 +365,12 @@ class _Run:
             left = {pid: st for pid, st in self.tree.descendants().items()
                     if whole_tree or pid in self.killed}
             if not left:
-                break
+                empty_looks += 1
+                if empty_looks == 2:
+                    break
+                time.sleep(0.01)
+                continue
+            empty_looks = 0
             if whole_tree and self.tree.cgroup is not None:
                 self.tree.cgroup.kill()   # catches a member forking right now, too
             for pid, st in left.items():
@@ -397,6 +404,7 @@ class _Run:
                 os.close(fd)
             except OSError:
                 pass
+        self.tree.supervisor_alive = False
         self.sp.finish()
 
     def _result(self, code: ScriptErrorCode, message: str, exit_status: int | None,
