@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 
 _counter = itertools.count(1)
 _unusable = False   # set once creating a cgroup failed: the host will not change its mind
+_stale_removed = False
+_NAME = re.compile(r"cdsim-hook-(\d+)-\d+")
 
 
 def _own_cgroup_dir() -> str | None:
@@ -71,6 +74,7 @@ class HookCgroup:
         if base is None or not os.path.exists(os.path.join(base, "cgroup.procs")):
             _unusable = True
             return None
+        _remove_stale(base)
         path = os.path.join(base, f"cdsim-hook-{os.getpid()}-{next(_counter)}")
         try:
             os.mkdir(path)
@@ -84,12 +88,9 @@ class HookCgroup:
         return cls(path)
 
     def members(self) -> list[int]:
-        """Pids in the cgroup now (exited processes leave it at once, zombies included)."""
-        try:
-            with open(self.procs_path) as f:
-                return [int(line) for line in f if line.strip()]
-        except OSError:
-            return []
+        """Pids in the cgroup and the cgroups below it (a hook may make some: a nested cdsim does)
+        now; exited processes leave at once, zombies included."""
+        return [pid for folder in _folders_bottom_up(self.path) for pid in _procs(folder)]
 
     def kill(self) -> None:
         """SIGKILL every member, atomically with respect to forks inside the cgroup."""
@@ -101,23 +102,58 @@ class HookCgroup:
 
     def release(self, attempts: int = 50) -> bool:
         """Move the processes still inside (those a successful hook left running on purpose) back
-        to the parent cgroup, then remove this one. Returns whether it is gone."""
+        to the parent cgroup, then remove this one and any below it. Returns whether it is gone."""
+        parent_procs = os.path.join(self.parent, "cgroup.procs")
         for _ in range(attempts):
-            left = self.members()
-            for pid in left:
+            for folder in _folders_bottom_up(self.path):
+                for pid in _procs(folder):
+                    try:
+                        with open(parent_procs, "w") as f:
+                            f.write(str(pid))
+                    except OSError:
+                        pass   # gone meanwhile
                 try:
-                    with open(os.path.join(self.parent, "cgroup.procs"), "w") as f:
-                        f.write(str(pid))
+                    os.rmdir(folder)
                 except OSError:
-                    pass   # gone meanwhile
-            try:
-                os.rmdir(self.path)
+                    pass
+            if not os.path.exists(self.path):
                 return True
-            except FileNotFoundError:
-                return True
-            except OSError:
-                time.sleep(0.01)   # a member forked while we moved it, or is still exiting
+            time.sleep(0.01)   # a member forked while we moved it, or is still exiting
         return False
+
+
+def _procs(folder: str) -> list[int]:
+    try:
+        with open(os.path.join(folder, "cgroup.procs")) as f:
+            return [int(line) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def _folders_bottom_up(path: str) -> list[str]:
+    """``path`` and the cgroups below it, deepest first (so each can be removed in turn)."""
+    return [folder for folder, _, _ in os.walk(path, topdown=False)] or [path]
+
+
+def _remove_stale(base: str) -> None:
+    """Once per process: remove the empty hook cgroups that a cdsim killed mid-hook left behind
+    (those named after a pid that no longer runs; one still in use refuses to go)."""
+    global _stale_removed
+    if _stale_removed:
+        return
+    _stale_removed = True
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        match = _NAME.fullmatch(name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            for folder in _folders_bottom_up(os.path.join(base, name)):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass
 
 
 def _move_self(procs: str) -> None:

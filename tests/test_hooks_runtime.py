@@ -8,6 +8,8 @@ import shlex
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -703,11 +705,7 @@ class TestHookCgroup:
         """Where the host allows it (root, writable cgroup v2), the script runs in a fresh cgroup
         below ours, which is gone once the hook is over."""
         base = own_cgroup2_dir()
-        probe = os.path.join(base, f"cdsim-test-probe-{os.getpid()}") if base else None
-        try:
-            os.mkdir(probe)
-            os.rmdir(probe)
-        except (OSError, TypeError):
+        if not self.host_allows(base):
             pytest.skip("this host does not let us create a cgroup v2 (root and a writable cgroup2 mount "
                         "are needed); the ancestry-only tests cover the fallback")
         out = str(tmp_path / "cgroup")
@@ -719,3 +717,50 @@ class TestHookCgroup:
         assert os.path.basename(rel).startswith("cdsim-hook-")
         assert os.path.dirname(base + rel) == base
         assert not os.path.exists(base + rel)
+
+    def test_cgroup_left_by_a_cdsim_killed_mid_hook_is_removed_by_the_next(self, tmp_path):
+        """cdsim killed with SIGKILL during a hook cannot remove the hook's cgroup; once the hook
+        has ended too, the next cdsim process removes the empty leftover."""
+        base = own_cgroup2_dir()
+        if not self.host_allows(base):
+            pytest.skip("this host does not let us create a cgroup v2")
+        bundle = tmp_path / "rev"
+        (bundle / "scripts").mkdir(parents=True)
+        (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
+                                            "    - location: scripts/hang.sh\n      timeout: 60\n")
+        pidfile, cgfile = tmp_path / "pid", tmp_path / "cgroup"
+        hang = bundle / "scripts" / "hang.sh"
+        hang.write_text(f"#!/bin/sh\ncat /proc/self/cgroup > {cgfile}\necho $$ > {pidfile}\nexec sleep 1000\n")
+        hang.chmod(0o755)
+        config = tmp_path / "agent.yml"
+        config.write_text(f":root_dir: '{tmp_path}/root'\n:log_dir: '{tmp_path}/log/'\n")
+
+        def local(rev):
+            return subprocess.Popen([sys.executable, "-m", "agent", "local", "-l", str(rev),
+                                     "--agent-configuration-file", str(config)], cwd=tmp_path,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        cdsim = local(bundle)
+        hook = read_pid(str(pidfile), 30)
+        cdsim.kill()
+        cdsim.wait()
+        with open(cgfile) as f:
+            left = base + next(line[3:].strip() for line in f if line.startswith("0::"))
+        os.kill(hook, signal.SIGKILL)   # it outlives cdsim, as it does the agent; end it here
+        assert wait_gone(hook)
+        assert os.path.isdir(left)
+        hang.write_text("#!/bin/sh\nexit 0\n")
+        assert local(bundle).wait(60) == 0
+        assert not os.path.exists(left)
+
+    @staticmethod
+    def host_allows(base: str | None) -> bool:
+        if base is None:
+            return False
+        probe = os.path.join(base, f"cdsim-test-probe-{os.getpid()}")
+        try:
+            os.mkdir(probe)
+        except OSError:
+            return False
+        os.rmdir(probe)
+        return True
