@@ -26,11 +26,13 @@ budget for a hook's whole overhead, and a long-lived helper would not follow wha
 cdsim at that moment (namespaces, root, umask, limits); a fork takes under 1 ms. The forked
 supervisor turns off the garbage collector (a collection would copy every page of cdsim's heap),
 closes every descriptor it does not need (cdsim's deployment lock among them: a hook never holds
-it), blocks the terminal's signals (^C reaches cdsim, which ends the hook; the supervisor must
-outlive the script to report it) and starts the script with ``posix_spawn`` (no second copy of
-cdsim's memory). The script gets cdsim's signal mask and dispositions back, with
-SIGPIPE and SIGXFSZ at their defaults as ``subprocess`` gives them, and its environment exactly as
-given: the supervisor adds nothing to it.
+it), catches the terminal's signals with a handler that does nothing (^C reaches cdsim, which ends
+the hook; the supervisor must outlive the script to report it) and starts the script with
+``subprocess`` as cdsim did before it had a supervisor (vfork: no second copy of cdsim's memory;
+not ``posix_spawn``, whose glibc leaves two internal signals ignored in the new program). So the
+script gets cdsim's signal mask and dispositions (a caught signal becomes the default at exec),
+SIGPIPE and SIGXFSZ at their defaults, and its environment exactly as given: the supervisor adds
+nothing to it.
 
 The tree: while the supervisor lives, the hook's processes are its descendants (read from
 ``/proc/PID/task/TID/children``, which costs a few reads per member instead of one per process on
@@ -48,6 +50,7 @@ import os
 import select
 import shlex
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -246,76 +249,57 @@ def _supervise(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int,
         _keep_only({0, 1, 2, *stdio, reports, lifeline})
         _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _prctl(_PR_SET_NAME, ctypes.c_char_p(b"cdsim-hook"), 0, 0, 0)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        for sig in _HELD_SIGNALS:
+            # Caught, not ignored or blocked: the script's exec resets a caught signal to its
+            # default, so it gets what it got from cdsim (an ignored one stays ignored for both).
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                signal.signal(sig, _ignore)
         try:
-            pid, argv = _spawn_script(argv, env, cwd, stdio, mask, group)
+            proc = _spawn_script(argv, env, cwd, stdio, group)
         except OSError as exc:
             name = exc.filename if exc.filename is not None else argv[0]
             _say(reports, b"E %d %s\n" % (exc.errno or errno.EINVAL, os.fsencode(name).hex().encode()))
         else:
             for fd in stdio:
                 os.close(fd)
-            _say(reports, b"P %d %d\n" % (pid, len(argv) == 2 and argv[0] == "/bin/sh"))
-            _reap_until_released(pid, reports, lifeline)
+            _say(reports, b"P %d %d\n" % (proc.pid, proc.args[0] == "/bin/sh" and argv[0] != "/bin/sh"))
+            _reap_until_released(proc, reports, lifeline)
     finally:
         os._exit(0)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """The supervisor's handler for the terminal's signals: it must outlive the script."""
+
+
 def _spawn_script(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
-                  mask: set[signal.Signals], group: HookCgroup | None) -> tuple[int, list[str]]:
-    """posix_spawn (no copy of cdsim's address space) the script with its stdio, own process
-    group, cdsim's signal mask, SIGPIPE/SIGXFSZ at their defaults, in ``cwd``, from ``env``'s PATH
-    as ``subprocess`` does; inside the hook's cgroup, which the supervisor joins just for the spawn.
-    Returns (pid, the argv that ran); raises OSError naming the file as ``subprocess`` would."""
-    stdio = tuple(fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio)
-    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]
-    defaults = [getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n)]
-    try:
-        os.chdir(cwd)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, cwd) from None
-
-    def run(path: str, args: list[str]) -> int:
-        return os.posix_spawn(path, args, env, file_actions=actions, setpgroup=0, setsigmask=mask,
-                              setsigdef=defaults)
-
+                  group: HookCgroup | None) -> subprocess.Popen:
+    """Start the script exactly as cdsim did before it had a supervisor: ``subprocess`` (vfork: no
+    second copy of cdsim's memory) with its stdio, own process group, cwd, ``env``'s PATH and
+    ``/bin/sh`` on ENOEXEC; inside the hook's cgroup, which the supervisor joins just for the spawn."""
     if group is not None:
         group.enter()
     try:
         try:
-            if os.path.dirname(argv[0]):
-                return run(argv[0], argv), argv
-            return _spawn_from_path(run, argv, env), argv
+            return _popen(argv, stdio, env, cwd)
         except OSError as exc:
             if exc.errno != errno.ENOEXEC or len(argv) != 1:
-                raise OSError(exc.errno, os.strerror(exc.errno or 0), argv[0]) from None
-        sh = ["/bin/sh", argv[0]]
-        try:
-            return run(sh[0], sh), sh
-        except OSError as exc:
-            raise OSError(exc.errno, os.strerror(exc.errno or 0), sh[0]) from None
+                raise
+        return _popen(["/bin/sh", argv[0]], stdio, env, cwd)
     finally:
         if group is not None:
             group.leave()
 
 
-def _spawn_from_path(run, argv: list[str], env: dict[str, str]) -> int:
-    """``argv[0]`` looked up in ``env``'s PATH: the first error other than a missing file wins."""
-    first: OSError | None = None
-    last: OSError | None = None
-    for folder in os.get_exec_path(env):
-        try:
-            return run(os.path.join(folder, argv[0]), argv)
-        except OSError as exc:
-            last = exc
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
-                first = exc
-    raise first or last or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+def _popen(argv: list[str], stdio: tuple[int, int, int], env: dict[str, str], cwd: str) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], env=env, cwd=cwd,
+                            process_group=0, close_fds=True)
 
 
-def _reap_until_released(script: int, reports: int, lifeline: int) -> None:
+def _reap_until_released(proc: subprocess.Popen, reports: int, lifeline: int) -> None:
     """Reap the script (reporting its end) and every orphan re-parented to us, until cdsim closes
     the lifeline (or dies)."""
+    script = proc.pid
     pidfd = os.pidfd_open(script)
     poller = select.poll()
     poller.register(lifeline, select.POLLIN)
@@ -330,6 +314,7 @@ def _reap_until_released(script: int, reports: int, lifeline: int) -> None:
             if pid == 0:
                 break
             if pid == script:
+                proc.returncode = os.waitstatus_to_exitcode(status)   # so Popen never waits for it
                 _say(reports, b"X %d %r\n" % (status, usage.ru_utime + usage.ru_stime))
                 poller.unregister(pidfd)
                 os.close(pidfd)

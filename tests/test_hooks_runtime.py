@@ -198,6 +198,19 @@ class TestEnvironment:
         assert pid == pgid == result.pid
         assert sid == os.getsid(0)
 
+    def test_signal_mask_and_ignored_signals_are_cdsims(self, hooks):
+        """The script starts with our blocked signals and our ignored ones, except SIGPIPE and
+        SIGXFSZ (default, as subprocess gives them): the supervisor in between changes nothing."""
+        path = hooks.script("signals.sh", "#!/bin/sh\nexec grep -E '^Sig(Blk|Ign)' /proc/self/status\n")
+        result = hooks.run(path)
+        assert result.succeeded
+        seen = dict(line.removeprefix("[stdout]").split(":\t") for line in hooks.messages()[1:])
+        with open("/proc/self/status") as f:
+            ours = dict(line.rstrip("\n").split(":\t") for line in f if line.startswith(("SigBlk", "SigIgn")))
+        reset = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
+        assert int(seen["SigBlk"], 16) == int(ours["SigBlk"], 16)
+        assert int(seen["SigIgn"], 16) == int(ours["SigIgn"], 16) & ~reset
+
     def test_script_without_shebang_runs_under_sh(self, hooks):
         """ENOEXEC: a script with no #! line is run by /bin/sh, as Ruby's spawn does."""
         path = hooks.script("plain.sh", "echo via-sh $0\n")
