@@ -92,13 +92,15 @@ class Exit:
 
 @dataclass
 class Spawned:
+    """A started script and its supervisor."""
+
     pid: int            # the script
     supervisor: int     # its parent, the per-hook subreaper (our child)
     argv: list[str]
     stdout: int         # read ends, owned by the caller
     stderr: int
     reports: int        # read end of the supervisor's reports; readable when the script has ended
-    lifeline: int       # write end; closing it lets the supervisor exit
+    lifeline: int       # write end; its end of file (cdsim gone) makes the supervisor exit
     cgroup: HookCgroup | None
     _pending: bytes = b""
     _finished: bool = False
@@ -204,13 +206,16 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: str, *, cgroup: bool = T
     sp.finish()
     if fields[:1] == [b"E"]:
         code = int(fields[1])
-        name = bytes.fromhex(fields[2].decode()).decode(errors="surrogateescape")
+        name = os.fsdecode(bytes.fromhex(fields[2].decode()))
         raise OSError(code, os.strerror(code), name)
     raise OSError(errno.ECHILD, "the hook's supervisor ended before it started the script", argv[0])
 
 
 def _fork() -> int:
-    if sys.version_info >= (3, 12):   # forking a threaded process warns there; see the docstring
+    """os.fork. Python 3.12 warns when the process has threads (the child may inherit a lock held
+    by one); the supervisor touches no such lock (no logging, no imports, no threads of its own),
+    so that warning is silenced for this call."""
+    if sys.version_info >= (3, 12):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return os.fork()
