@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -791,3 +792,43 @@ class TestHookCgroup:
             return False
         os.rmdir(probe)
         return True
+
+
+class TestSupervisor:
+    def test_hook_runs_under_its_own_supervisor_which_is_gone_afterwards(self, hooks, tmp_path):
+        """The script's parent is a per-hook process named cdsim-hook (our child), not us; it is
+        reaped by the time run_script returns."""
+        out = str(tmp_path / "parent")
+        path = hooks.script("parent.sh", f"#!/bin/sh\nppid=$(cut -d' ' -f4 /proc/$$/stat)\n"
+                            f"echo $ppid $(cat /proc/$ppid/comm) $(cut -d' ' -f4 /proc/$ppid/stat) > {out}\n")
+        result = hooks.run(path)
+        assert result.succeeded
+        with open(out) as f:
+            supervisor, name, grandparent = f.read().split()
+        assert name == "cdsim-hook" and int(grandparent) == os.getpid()
+        assert not os.path.exists(f"/proc/{supervisor}")
+
+    def test_parallel_hooks_and_subprocesses_keep_their_exit_statuses(self, hooks, tmp_path):
+        """Hooks whose orphans are reaped by their supervisors, in threads beside subprocess.run:
+        nobody takes another's exit status (cdsim never waits for any child but its own)."""
+        path = hooks.script("orphans.sh", "#!/bin/sh\n( sleep 0.05 & ) ; ( true & ) ; exit 3\n")
+        statuses: list[int | None] = []
+        codes: list[int] = []
+
+        def run_hooks() -> None:
+            with HookLog(str(tmp_path / f"{threading.get_ident()}.log"), DID, None) as log:
+                for _ in range(15):
+                    statuses.append(hooks.run(path, log=log).exit_status)
+
+        def run_commands() -> None:
+            for _ in range(40):
+                codes.append(subprocess.run(["sh", "-c", "exit 7"]).returncode)
+
+        threads = [threading.Thread(target=run_hooks), threading.Thread(target=run_hooks),
+                   threading.Thread(target=run_commands)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert statuses == [3] * 30
+        assert codes == [7] * 40
