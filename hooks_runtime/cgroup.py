@@ -1,8 +1,9 @@
 """A cgroup (v2) per hook run, where the host lets us make one.
 
 Owns finding the cgroup v2 hierarchy and our own place in it (``/proc/self/mountinfo``,
-``/proc/self/cgroup``), creating one child cgroup per hook run, listing and killing its members
-(``cgroup.kill``), and handing survivors back to the parent cgroup before removing it. Spawns
+``/proc/self/cgroup``), creating one child cgroup per hook run, moving a process in and out,
+listing and killing its members (``cgroup.kill``), handing survivors back to the parent cgroup
+before removing it, and removing the empty ones a cdsim killed mid-hook left behind. Spawns
 nothing; must not import ``agent``.
 
 Why a cgroup on top of the ancestry that ``process`` follows: a process cannot leave its cgroup by
