@@ -52,6 +52,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -67,6 +68,7 @@ _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _prctl = ctypes.CDLL(None, use_errno=True).prctl   # resolved here, not in the forked child
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+_fork_lock = threading.Lock()
 REAP_INTERVAL = 0.1   # seconds: how long an orphan of the hook may stay a zombie of the supervisor
 
 
@@ -216,7 +218,9 @@ def _fork() -> int:
     by one); the supervisor touches no such lock (no logging, no imports, no threads of its own),
     so that warning is silenced for this call."""
     if sys.version_info >= (3, 12):
-        with warnings.catch_warnings():
+        # catch_warnings swaps the module's filter list: two threads inside at once could leave
+        # one's "ignore" behind for good, so our forks take turns.
+        with _fork_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return os.fork()
     return os.fork()
