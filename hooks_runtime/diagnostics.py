@@ -1,13 +1,11 @@
 """What the hook's processes are doing: who they are, who holds the output pipe, what they cost.
 
-Owns the reading of ``/proc`` (process status, command lines, environments, open descriptors) and the
+Owns the reading of ``/proc`` (process status, command lines, open descriptors) and the
 human notes that name a process. Reads only; never signals or spawns (that is ``process``).
 Must not import ``agent``.
 
-Why raw ``/proc`` and not only psutil: a scan runs at the end of every hook (to report what was left
-running), so it has to cost well under a millisecond on a quiet host, and psutil's recursive
-``children()`` alone cannot find processes that were re-parented to init (``setsid``, double fork,
-``su``'s child).
+Why raw ``/proc`` and not psutil: a scan runs every 0.1 s while a hook runs and at the end of every
+hook (to report what was left running), so it has to cost well under a millisecond on a quiet host.
 """
 from __future__ import annotations
 
@@ -17,10 +15,6 @@ from dataclasses import dataclass
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-TOKEN_VARIABLE = "CDSIM_HOOK_TOKEN"
-"""Environment variable that marks every process of one hook run, so the sweep can find descendants
-that left the hook's process group and were re-parented away from it (read from /proc/PID/environ)."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +64,38 @@ def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def has_token(pid: int, marker: bytes) -> bool:
-    """Whether the process was started with ``marker`` (``NAME=value``) in its environment."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
-    except OSError:
-        return False
+HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+"""Whether /proc has ``task/TID/children`` (CONFIG_PROC_CHILDREN), which lists a thread's children."""
+
+
+def descendants_of(pid: int) -> set[int] | None:
+    """Every descendant of ``pid`` (children of all its threads, recursively), without reading all
+    of /proc; None if ``pid`` is gone or /proc cannot say. A process re-parented while we walk can
+    be missed by one walk (the kernel's caveat for these files): callers that must find everything
+    walk again until a walk finds nothing."""
+    if not HAS_CHILDREN_FILES:
+        return None
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            if parent == pid:
+                return None
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = f.read().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                if kid not in found:
+                    found.add(kid)
+                    pending.append(kid)
+    return found
 
 
 def describe(pid: int) -> ProcInfo:

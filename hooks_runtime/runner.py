@@ -4,11 +4,12 @@ Owns the per-script sequence (missing -> not executable -> "Script - " line -> s
 deadline -> result), the ScriptError codes and texts, and our improvements over the agent that do not
 change its outcome: SIGKILL after a grace period and a sweep of escaped descendants on timeout, naming
 (at once) and finally ending a process that keeps the hook's output open, resource figures, and the
-processes a hook left running. One thread: a poll loop over the two pipes and a pidfd, so a daemon
-that holds the pipe never hangs us. Must not import ``agent``.
+processes a hook left running. One thread: a poll loop over the two pipes and the supervisor's report
+pipe, so a daemon that holds the pipe never hangs us. Must not import ``agent``.
 
-The one visible addition to the script's environment is ``CDSIM_HOOK_TOKEN`` (a random id per run):
-it is how the sweep recognises processes that left the hook's process group and parentage.
+The script's environment is exactly the one given: the sweep finds processes that left the hook's
+process group by their ancestry (the per-hook supervisor is their subreaper) and, where the host
+allows it, by the hook's cgroup; see ``process``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import os
 import select
 import signal as _signal
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -32,6 +32,7 @@ from hooks_runtime.diagnostics import (
 )
 from hooks_runtime.output import HookLog, LinePump
 from hooks_runtime.process import (
+    Exit,
     ProcessTree,
     build_command,
     group_alive,
@@ -112,11 +113,14 @@ class HookResult:
 def run_script(script: Script, *, env: Mapping[str, str], cwd: str, log: HookLog,
                grace_seconds: float = 5.0,
                agent_log: Callable[[str, str], None] | None = None,
-               notify: Callable[[str], None] | None = None) -> HookResult:
+               notify: Callable[[str], None] | None = None,
+               cgroup: bool = True) -> HookResult:
     """Run one hook script; never raises for a failing script.
 
     ``agent_log(level, message)`` receives the agent-log lines (WARN not executable, INFO timed out,
-    ERROR failed to close STDOUT); ``notify(text)`` live notices for a human.
+    ERROR failed to close STDOUT); ``notify(text)`` live notices for a human. ``cgroup`` False runs
+    the script without a cgroup of its own even where the host allows one (the ancestry alone then
+    finds what it started).
     """
     started = time.time()
 
@@ -141,7 +145,7 @@ def run_script(script: Script, *, env: Mapping[str, str], cwd: str, log: HookLog
             return early(ScriptErrorCode.NOT_EXECUTABLE,
                          f"Unable to set script at specified location: {script.location} as executable")
     log.message(f"Script - {script.location}\n")
-    return _Run(script, env, cwd, log, grace_seconds, agent_log, notify).run()
+    return _Run(script, env, cwd, log, grace_seconds, agent_log, notify, cgroup).run()
 
 
 class _Run:
@@ -149,8 +153,9 @@ class _Run:
 
     def __init__(self, script: Script, env: Mapping[str, str], cwd: str, log: HookLog,
                  grace: float, agent_log: Callable[[str, str], None] | None,
-                 notify: Callable[[str], None] | None) -> None:
+                 notify: Callable[[str], None] | None, cgroup: bool) -> None:
         self.script = script
+        self.use_cgroup = cgroup
         self.env = env
         self.cwd = cwd
         self.log = log
@@ -160,17 +165,17 @@ class _Run:
         self.notes: list[str] = []
         self.killed: dict[int, ProcInfo] = {}
         self.holders: dict[int, ProcInfo] = {}
-        self.rusage = None
-        self.status: int | None = None   # raw wait status
+        self.exited = False               # the supervisor reported the script's end
+        self.status: int | None = None    # raw wait status
+        self.cpu: float | None = None     # the script's CPU seconds and its reaped children's
 
     # -- the sequence --------------------------------------------------------------------------
     def run(self) -> HookResult:
         script = self.script
         argv = build_command(script.path, script.runas, script.sudo)
-        token = uuid.uuid4().hex
         self.started = time.time()
         try:
-            sp = spawn(argv, self.env, self.cwd, token)
+            sp = spawn(argv, self.env, self.cwd, cgroup=self.use_cgroup)
         except OSError as exc:
             ended = time.time()
             return HookResult(script.location, int(ScriptErrorCode.FAILED),
@@ -180,12 +185,11 @@ class _Run:
         # §7.6: whole seconds, taken right after the spawn: the effective timeout is in (t-1, t].
         self.deadline = int(time.time()) + script.timeout
         self.sp = sp
-        self.tree = ProcessTree(sp.proc.pid, token)
-        self.pidfd = os.pidfd_open(sp.proc.pid)
+        self.tree = ProcessTree(sp.pid, sp.supervisor, sp.cgroup)
         self.pumps = {sp.stdout: LinePump(sp.stdout, b"[stdout]", self.log),
                       sp.stderr: LinePump(sp.stderr, b"[stderr]", self.log)}
         self.poller = select.poll()
-        for fd in (*self.pumps, self.pidfd):
+        for fd in (*self.pumps, sp.reports):
             self.poller.register(fd, select.POLLIN)
         try:
             return self._supervise()
@@ -204,12 +208,12 @@ class _Run:
         next_sample = self.started + FIRST_SAMPLE
         while True:
             now = time.time()
-            if self.status is None and now >= self.deadline:
+            if not self.exited and now >= self.deadline:
                 code, message = self._timed_out()
                 break
-            if self.status is not None and not self._open_pumps():
+            if self.exited and not self._open_pumps():
                 break
-            if self.status is not None and now >= self.deadline:
+            if self.exited and now >= self.deadline:
                 code, message = self._outputs_left_open()
                 break
             if now >= next_sample:
@@ -220,7 +224,7 @@ class _Run:
                 look_for_holders = None if self._report_holders() else now + SAMPLE_INTERVAL
             wake = min(self.deadline, next_sample, look_for_holders or self.deadline)
             self._pump(max(0.0, wake - now))
-            if self.status is not None and exited_at is None:
+            if self.exited and exited_at is None:
                 exited_at = time.time()
                 look_for_holders = exited_at + HOLDER_SETTLE
         if code == ScriptErrorCode.SUCCEEDED and self.holders:
@@ -243,7 +247,7 @@ class _Run:
     def _pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for output or the script's exit and handle what came."""
         for fd, _ in self.poller.poll(int(timeout * 1000 + 0.999)):
-            if fd == self.pidfd:
+            if fd == self.sp.reports:
                 self._reap()
             else:
                 pump = self.pumps[fd]
@@ -252,13 +256,15 @@ class _Run:
                     self.poller.unregister(fd)
 
     def _reap(self) -> None:
-        if self.status is not None:
-            return
-        _, status, rusage = os.wait4(self.sp.proc.pid, 0)
-        self.status, self.rusage = status, rusage
-        # We reaped it ourselves (for rusage); tell Popen so it neither waits nor warns.
-        self.sp.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.poller.unregister(self.pidfd)
+        """The supervisor reaped the script and says how it ended."""
+        done = self.sp.read_exit()
+        if done is not None:
+            self._exit(done)
+
+    def _exit(self, done: Exit) -> None:
+        self.exited = True
+        self.status, self.cpu = done.status, done.cpu
+        self.poller.unregister(self.sp.reports)
 
     def _decode_status(self) -> tuple[int | None, int | None]:
         if self.status is None:
@@ -339,6 +345,8 @@ class _Run:
                 names.setdefault(pid, describe(pid))
         if group:
             signal_group(self.tree.pgid, _signal.SIGKILL)
+            if self.tree.cgroup is not None:
+                self.tree.cgroup.kill()
         for pid, st in stubborn.items():
             signal_process(st, _signal.SIGKILL)
             self.killed[pid] = names[pid]
@@ -349,16 +357,25 @@ class _Run:
 
     def _sweep(self, whole_tree: bool) -> None:
         """Reap the script, then SIGKILL what is left: every process of the tree after a timeout,
-        only the ones we signalled otherwise; until nothing is (bounded: never wait without limit)."""
+        only the ones we signalled otherwise; until two looks in a row find nothing (one can miss a
+        process while it is re-parented from a parent we just killed) or 5 s have passed."""
         give_up = time.time() + 5.0
+        empty_looks = 0
         while time.time() < give_up:
-            if self.status is None:
+            if not self.exited:
                 self._pump(0.02)
                 continue
             left = {pid: st for pid, st in self.tree.descendants().items()
                     if whole_tree or pid in self.killed}
             if not left:
-                break
+                empty_looks += 1
+                if empty_looks == 2:
+                    break
+                time.sleep(0.01)
+                continue
+            empty_looks = 0
+            if whole_tree and self.tree.cgroup is not None:
+                self.tree.cgroup.kill()   # catches a member forking right now, too
             for pid, st in left.items():
                 name = self.killed.get(pid) or describe(pid)
                 if signal_process(st, _signal.SIGKILL) and pid not in self.killed:
@@ -373,20 +390,25 @@ class _Run:
     def _kill_everything(self) -> None:
         try:
             signal_group(self.tree.pgid, _signal.SIGKILL)
+            if self.tree.cgroup is not None:
+                self.tree.cgroup.kill()
             for st in self.tree.scan().values():
                 signal_process(st, _signal.SIGKILL)
-            if self.status is None:
-                _, self.status, self.rusage = os.wait4(self.sp.proc.pid, 0)
-                self.sp.proc.returncode = os.waitstatus_to_exitcode(self.status)
+            if not self.exited:
+                done = self.sp.wait_exit(5.0)
+                if done is not None:
+                    self._exit(done)
         except Exception:   # noqa: BLE001, S110 - best effort on the way out of another exception
             pass
 
     def _close(self) -> None:
-        for fd in (*self.pumps, self.pidfd):
+        for fd in self.pumps:
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self.tree.supervisor_alive = False
+        self.sp.finish()
 
     def _result(self, code: ScriptErrorCode, message: str, exit_status: int | None,
                 sig: int | None) -> HookResult:
@@ -400,13 +422,12 @@ class _Run:
         # (large) Python process starts at our own RSS, which would be reported as the hook's.
         peak_rss = self.tree.peak_rss or None
         cpu = None
-        if self.rusage is not None:
-            cpu = (self.rusage.ru_utime + self.rusage.ru_stime +
-                   self.tree.orphan_cpu(set(left) | set(self.killed)))
+        if self.cpu is not None:
+            cpu = self.cpu + self.tree.orphan_cpu(set(left) | set(self.killed))
         return HookResult(self.script.location, int(code), message, exit_status, sig, self.started,
                           ended, ended - self.started, peak_rss, cpu, tuple(self.killed.values()),
                           tuple(self.holders.values()), left_running, tuple(self.notes),
-                          self.sp.proc.pid, tuple(self.sp.argv))
+                          self.sp.pid, tuple(self.sp.argv))
 
 
 def _same_alive(stat: ProcStat) -> bool:

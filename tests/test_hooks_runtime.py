@@ -8,6 +8,9 @@ import shlex
 import shutil
 import signal
 import stat
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -195,6 +198,19 @@ class TestEnvironment:
         pid, pgid, sid = map(int, out[4].removeprefix("[stdout]").split())
         assert pid == pgid == result.pid
         assert sid == os.getsid(0)
+
+    def test_signal_mask_and_ignored_signals_are_cdsims(self, hooks):
+        """The script starts with our blocked signals and our ignored ones, except SIGPIPE and
+        SIGXFSZ (default, as subprocess gives them): the supervisor in between changes nothing."""
+        path = hooks.script("signals.sh", "#!/bin/sh\nexec grep -E '^Sig(Blk|Ign)' /proc/self/status\n")
+        result = hooks.run(path)
+        assert result.succeeded
+        seen = dict(line.removeprefix("[stdout]").split(":\t") for line in hooks.messages()[1:])
+        with open("/proc/self/status") as f:
+            ours = dict(line.rstrip("\n").split(":\t") for line in f if line.startswith(("SigBlk", "SigIgn")))
+        reset = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
+        assert int(seen["SigBlk"], 16) == int(ours["SigBlk"], 16)
+        assert int(seen["SigIgn"], 16) == int(ours["SigIgn"], 16) & ~reset
 
     def test_script_without_shebang_runs_under_sh(self, hooks):
         """ENOEXEC: a script with no #! line is run by /bin/sh, as Ruby's spawn does."""
@@ -580,3 +596,239 @@ class TestDiagnosticTail:
             log.message("LifecycleEvent - ValidateService\n")
             hooks.run(path, log=log)
             assert log.tail() == "LifecycleEvent - ValidateService\nScript - scripts/t.sh\n[stdout]out\n"
+
+
+def hook_environment(path: str) -> dict[str, str]:
+    """The environment a hook recorded with ``cat /proc/$$/environ`` (exactly what it was given)."""
+    with open(path, "rb") as f:
+        entries = f.read().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in entries if e)
+
+
+def pids_in(path: str) -> list[int]:
+    with open(path) as f:
+        return [int(word) for word in f.read().split()]
+
+
+def kill_survivors(pids: list[int]) -> None:
+    """After a failed check: processes that shed the test's environment mark escape the leftover
+    check in conftest, so end the recorded ones here (they were started seconds ago: pids not reused)."""
+    for pid in pids:
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def own_cgroup2_dir() -> str | None:
+    """Our cgroup v2 folder, found here independently of hooks_runtime.cgroup."""
+    with open("/proc/self/cgroup") as f:
+        rel = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    with open("/proc/self/mountinfo") as f:
+        mount = next((line.split()[4] for line in f if " - cgroup2 " in line), None)
+    if rel is None or mount is None:
+        return None
+    return mount + ("" if rel == "/" else rel)
+
+
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup-where-allowed", "ancestry-only"])
+class TestEscapesWithoutAMarker:
+    """Processes that left the hook's group, session and environment are found by ancestry (and by
+    the hook's cgroup where the host allows one); the hook's environment is exactly the one given."""
+
+    ENV_EXTRA = {"DEPLOYMENT_ID": DID, "LIFECYCLE_EVENT": "ApplicationStart", "ODD": "two words\nand = sign"}
+
+    def run(self, hooks, path, cgroup, **kw) -> HookResult:
+        self.given = dict(os.environ, **self.ENV_EXTRA)
+        with HookLog(hooks.scripts_log, DID, None) as log:
+            return run_script(Script(path, "scripts/" + os.path.basename(path), kw.pop("timeout", 2)),
+                              env=self.given, cwd=hooks.root, log=log, grace_seconds=kw.pop("grace", 1),
+                              cgroup=cgroup, agent_log=lambda level, msg: hooks.agent.append((level, msg)))
+
+    def check_swept(self, result: HookResult, pids: list[int], envfile: str) -> None:
+        try:
+            assert result.timed_out
+            killed = {p.pid for p in result.killed}
+            for pid in pids:
+                assert wait_gone(pid), f"pid {pid} survived the timeout"
+                assert pid in killed, (pid, result.killed)
+                assert any(f"pid {pid} " in note for note in result.notes), result.notes
+            assert hook_environment(envfile) == self.given   # nothing added, nothing lost
+        finally:
+            kill_survivors(pids)
+
+    def test_su_login_shell_escape_is_ended_on_timeout(self, hooks, tmp_path, runas_user, cgroup):
+        """`su -l USER -c 'sleep 1000 &'`: a login shell (environment reset, new session) whose
+        background child is orphaned at once; the old per-run token could not see it."""
+        envfile, pidfile, escenv = (str(tmp_path / n) for n in ("env", "pids", "escaped-env"))
+        path = hooks.script("su_escape.sh", "#!/bin/bash\n"
+                            f"cat /proc/$$/environ > {envfile}\n"
+                            f"p=$(su -l {runas_user.pw_name} -c 'sleep 1000 </dev/null >/dev/null 2>&1 & echo $!')\n"
+                            f"cat /proc/$p/environ > {escenv}\n"
+                            f"echo $$ $p >> {pidfile}\n"
+                            f"sleep 1000 & echo $! >> {pidfile}\nwait\n")
+        result = self.run(hooks, path, cgroup)
+        script, escaped, sleeper = pids_in(pidfile)
+        with open(escenv, "rb") as f:
+            assert os.environ["CDSIM_TEST_PROCESS_MARK"].encode() not in f.read()   # the env was reset
+        self.check_swept(result, [script, escaped, sleeper], envfile)
+
+    def test_env_i_setsid_double_fork_is_ended_on_timeout(self, hooks, tmp_path, cgroup):
+        """`env -i setsid sh -c 'sleep 1000 &'`: empty environment, own session, parent gone."""
+        envfile, pidfile, escenv, sidfile = (str(tmp_path / n) for n in ("env", "pids", "escaped-env", "sid"))
+        path = hooks.script("double_fork.sh", "#!/bin/bash\n"
+                            f"cat /proc/$$/environ > {envfile}\n"
+                            "p=$(env -i setsid sh -c 'sleep 1000 </dev/null >/dev/null 2>&1 & echo $!')\n"
+                            f"cat /proc/$p/environ > {escenv}\nps -o sid= -p $p > {sidfile}\n"
+                            f"echo $$ $p >> {pidfile}\n"
+                            f"sleep 1000 & echo $! >> {pidfile}\nwait\n")
+        result = self.run(hooks, path, cgroup)
+        script, escaped, sleeper = pids_in(pidfile)
+        assert pids_in(sidfile) != [os.getsid(0)]   # its own session
+        with open(escenv, "rb") as f:
+            assert b"CDSIM_TEST_PROCESS_MARK" not in f.read()   # and an empty environment
+        self.check_swept(result, [script, escaped, sleeper], envfile)
+
+    def test_processes_forking_during_the_sweep_are_all_ended(self, hooks, tmp_path, cgroup):
+        """A loop that ignores SIGTERM and keeps starting detached processes (each in a session of
+        its own, orphaned at once) while we kill: the sweep goes on until none is left."""
+        pidfile = str(tmp_path / "pids")
+        path = hooks.script("spawner.sh", "#!/bin/bash\ntrap '' TERM\n"
+                            "while :; do\n"
+                            f"  ( setsid sh -c 'echo $$ >> {pidfile}; trap \"\" TERM; exec sleep 1000' "
+                            "</dev/null >/dev/null 2>&1 & )\n"
+                            "  sleep 0.02\ndone\n")
+        result = self.run(hooks, path, cgroup, timeout=1, grace=0.5)
+        assert result.timed_out
+        time.sleep(0.3)   # a process forked by one that was being killed has had time to write its pid
+        pids = pids_in(pidfile)
+        assert len(pids) >= 5
+        try:
+            assert [pid for pid in pids if not wait_gone(pid, 1.0)] == []
+        finally:
+            kill_survivors(pids)
+
+    def test_daemon_of_a_successful_hook_keeps_running(self, hooks, tmp_path, cgroup):
+        """`nohup ... > /dev/null 2>&1 &` from a hook that exits 0: success, reported as left
+        running, alive after run_script has let the hook's supervisor go (and back in our own
+        cgroup when the hook had one)."""
+        pidfile = str(tmp_path / "daemon.pid")
+        path = hooks.script("start_daemon.sh", "#!/bin/bash\n"
+                            f"nohup setsid sleep 1000 > /dev/null 2>&1 & echo $! > {pidfile}\nexit 0\n")
+        result = self.run(hooks, path, cgroup)
+        daemon = read_pid(pidfile)
+        try:
+            assert result.succeeded and result.killed == ()
+            assert [p.pid for p in result.left_running] == [daemon]
+            time.sleep(0.2)
+            assert not gone(daemon)
+            assert psutil.Process(daemon).ppid() != result.pid
+            with open(f"/proc/{daemon}/cgroup") as f, open("/proc/self/cgroup") as g:
+                assert [x for x in f if x.startswith("0::")] == [x for x in g if x.startswith("0::")]
+        finally:
+            os.kill(daemon, signal.SIGKILL)
+            wait_gone(daemon)
+
+
+class TestHookCgroup:
+    def test_hook_runs_in_a_cgroup_of_its_own_removed_afterwards(self, hooks, tmp_path):
+        """Where the host allows it (root, writable cgroup v2), the script runs in a fresh cgroup
+        below ours, which is gone once the hook is over."""
+        base = own_cgroup2_dir()
+        if not self.host_allows(base):
+            pytest.skip("this host does not let us create a cgroup v2 (root and a writable cgroup2 mount "
+                        "are needed); the ancestry-only tests cover the fallback")
+        out = str(tmp_path / "cgroup")
+        path = hooks.script("where.sh", f"#!/bin/sh\ncat /proc/self/cgroup > {out}\n")
+        result = hooks.run(path)
+        assert result.succeeded
+        with open(out) as f:
+            rel = next(line[3:].strip() for line in f if line.startswith("0::"))
+        assert os.path.basename(rel).startswith("cdsim-hook-")
+        assert os.path.dirname(base + rel) == base
+        assert not os.path.exists(base + rel)
+
+    def test_cgroup_left_by_a_cdsim_killed_mid_hook_is_removed_by_the_next(self, tmp_path):
+        """cdsim killed with SIGKILL during a hook cannot remove the hook's cgroup; once the hook
+        has ended too, the next cdsim process removes the empty leftover."""
+        base = own_cgroup2_dir()
+        if not self.host_allows(base):
+            pytest.skip("this host does not let us create a cgroup v2")
+        bundle = tmp_path / "rev"
+        (bundle / "scripts").mkdir(parents=True)
+        (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
+                                            "    - location: scripts/hang.sh\n      timeout: 60\n")
+        pidfile, cgfile = tmp_path / "pid", tmp_path / "cgroup"
+        hang = bundle / "scripts" / "hang.sh"
+        hang.write_text(f"#!/bin/sh\ncat /proc/self/cgroup > {cgfile}\necho $$ > {pidfile}\nexec sleep 1000\n")
+        hang.chmod(0o755)
+        config = tmp_path / "agent.yml"
+        config.write_text(f":root_dir: '{tmp_path}/root'\n:log_dir: '{tmp_path}/log/'\n")
+
+        def local(rev):
+            return subprocess.Popen([sys.executable, "-m", "agent", "local", "-l", str(rev),
+                                     "--agent-configuration-file", str(config)], cwd=tmp_path,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        cdsim = local(bundle)
+        hook = read_pid(str(pidfile), 30)
+        cdsim.kill()
+        cdsim.wait()
+        with open(cgfile) as f:
+            left = base + next(line[3:].strip() for line in f if line.startswith("0::"))
+        os.kill(hook, signal.SIGKILL)   # it outlives cdsim, as it does the agent; end it here
+        assert wait_gone(hook)
+        assert os.path.isdir(left)
+        hang.write_text("#!/bin/sh\nexit 0\n")
+        assert local(bundle).wait(60) == 0
+        assert not os.path.exists(left)
+
+    @staticmethod
+    def host_allows(base: str | None) -> bool:
+        if base is None:
+            return False
+        probe = os.path.join(base, f"cdsim-test-probe-{os.getpid()}")
+        try:
+            os.mkdir(probe)
+        except OSError:
+            return False
+        os.rmdir(probe)
+        return True
+
+
+class TestSupervisor:
+    def test_hook_runs_under_its_own_supervisor_which_is_gone_afterwards(self, hooks, tmp_path):
+        """The script's parent is a per-hook process named cdsim-hook (our child), not us; it is
+        reaped by the time run_script returns."""
+        out = str(tmp_path / "parent")
+        path = hooks.script("parent.sh", f"#!/bin/sh\nppid=$(cut -d' ' -f4 /proc/$$/stat)\n"
+                            f"echo $ppid $(cat /proc/$ppid/comm) $(cut -d' ' -f4 /proc/$ppid/stat) > {out}\n")
+        result = hooks.run(path)
+        assert result.succeeded
+        with open(out) as f:
+            supervisor, name, grandparent = f.read().split()
+        assert name == "cdsim-hook" and int(grandparent) == os.getpid()
+        assert not os.path.exists(f"/proc/{supervisor}")
+
+    def test_parallel_hooks_and_subprocesses_keep_their_exit_statuses(self, hooks, tmp_path):
+        """Hooks whose orphans are reaped by their supervisors, in threads beside subprocess.run:
+        nobody takes another's exit status (cdsim never waits for any child but its own)."""
+        path = hooks.script("orphans.sh", "#!/bin/sh\n( sleep 0.05 & ) ; ( true & ) ; exit 3\n")
+        statuses: list[int | None] = []
+        codes: list[int] = []
+
+        def run_hooks() -> None:
+            with HookLog(str(tmp_path / f"{threading.get_ident()}.log"), DID, None) as log:
+                for _ in range(15):
+                    statuses.append(hooks.run(path, log=log).exit_status)
+
+        def run_commands() -> None:
+            for _ in range(40):
+                codes.append(subprocess.run(["sh", "-c", "exit 7"]).returncode)
+
+        threads = [threading.Thread(target=run_hooks), threading.Thread(target=run_hooks),
+                   threading.Thread(target=run_commands)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert statuses == [3] * 30
+        assert codes == [7] * 40

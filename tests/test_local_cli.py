@@ -106,6 +106,31 @@ class TestLocalHappyPath:
         assert not list((tmp_path / "root").rglob("*.jsonl"))
 
 
+    def test_daemon_started_by_a_successful_hook_outlives_cdsim(self, tmp_path):
+        """A daemon a successful hook starts on purpose (`nohup ... > /dev/null 2>&1 &`) keeps running
+        once cdsim has exited, as with the agent: neither cdsim nor the hook's supervisor takes it along."""
+        pidfile = tmp_path / "daemon.pid"
+        b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"), {
+            "scripts/stop.sh": "true\n",
+            "scripts/after.sh": f"nohup sleep 1000 > /dev/null 2>&1 &\necho $! > {pidfile}\n"})
+        r = local(tmp_path, "-l", str(b))
+        daemon = int(pidfile.read_text())
+        try:
+            assert r.returncode == 0, r.stdout + r.stderr
+            time.sleep(0.3)
+            with open(f"/proc/{daemon}/stat", "rb") as f:
+                state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+            assert state != b"Z"
+            with open(f"/proc/{int(ppid)}/cmdline", "rb") as f:
+                assert b"agent" not in f.read()   # re-parented past cdsim's processes, which are gone
+        finally:
+            os.kill(daemon, 9)
+            for _ in range(100):
+                if not os.path.exists(f"/proc/{daemon}"):
+                    break
+                time.sleep(0.02)
+
+
 class TestLocalFailures:
     def test_hook_failure_lines_and_reason_on_stderr(self, tmp_path):
         """A failing hook: the agent's stdout lines, and the reason (which the agent hides) on stderr."""
