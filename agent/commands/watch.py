@@ -19,6 +19,11 @@ import time
 from agent.errors import ExitStatus, UsageError
 
 SUMMARY = "re-run a deployment whenever a file of the bundle changes; show what changed since the last run"
+DESCRIPTION = """Deploy the bundle, then deploy it again each time one of its files changes (a burst of
+saves makes one run; a change during a run queues one more). Runs go into the same instance as `cdsim
+deploy` (or onto this machine with --host), with their live output; after each, what changed since the
+previous run: the outcome, and per hook its outcome and duration. Ctrl-C stops watching and leaves the
+instance, its processes and the deployed files as they are."""
 # editor and tool droppings that are not a change of the bundle
 _IGNORED_PARTS = (".git", "__pycache__", ".hg", ".svn", ".idea", ".vscode", "node_modules")
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".part", ".pyc")
@@ -26,8 +31,10 @@ _CHANGE_EVENTS = ("created", "modified", "deleted", "moved")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("watch", help=SUMMARY, description=__doc__)
+    p = sub.add_parser("watch", help=SUMMARY, description=DESCRIPTION)
     p.add_argument("bundle", nargs="?", default=".", help="bundle directory or zip/tar/tgz file (default: .)")
+    p.add_argument("-l", "--bundle-location", dest="bundle_location", default=None,
+                   help="the bundle, as codedeploy-local takes it (instead of the positional argument)")
     p.add_argument("-e", "--events", default=None, help="comma-separated lifecycle events to run each time")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--instance", help="sandboxed instance to deploy into (default: cdsim deploy's)")
@@ -40,6 +47,8 @@ def register(sub) -> None:
     p.add_argument("--grace-period", type=float, default=5.0)
     p.add_argument("--debounce", type=float, default=0.3, metavar="SECONDS",
                    help="wait this long after the last change before running (default 0.3)")
+    p.add_argument("--inherit-env", action="store_true",
+                   help="give hooks your environment and working directory instead of the agent service's")
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary of each run, not its output")
     p.set_defaults(func=run)
 
@@ -56,18 +65,27 @@ class _Changes:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.paths: set[str] = set()
+        self.created: set[str] = set()   # paths that appeared since the last run
         self.last = 0.0
 
-    def add(self, path: str) -> None:
+    def add(self, path: str, kind: str = "modified") -> None:
+        """``kind``: created, modified, or gone (deleted, or moved away)."""
         with self.lock:
-            self.paths.add(path)
             self.last = time.monotonic()
+            if kind == "created":
+                self.created.add(path)
+            elif kind == "gone" and path in self.created:
+                # a temporary file of an editor's or sed -i's save: it came and went, no change of the bundle
+                self.created.discard(path)
+                self.paths.discard(path)
+                return
+            self.paths.add(path)
 
     def take_if_quiet(self, debounce: float) -> list[str] | None:
         with self.lock:
             if not self.paths or time.monotonic() - self.last < debounce:
                 return None
-            taken, self.paths = sorted(self.paths), set()
+            taken, self.paths, self.created = sorted(self.paths), set(), set()
             return taken
 
 
@@ -95,6 +113,8 @@ def _deploy_argv(args, bundle: str) -> list[str]:
             argv += [flag, value]
     if args.quiet:
         argv.append("-q")
+    if args.inherit_env:
+        argv.append("--inherit-env")
     return argv
 
 
@@ -170,6 +190,10 @@ def run(args) -> int:
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
+    if args.bundle_location is not None:
+        if args.bundle != ".":
+            raise UsageError("give the bundle once: as an argument or with -l/--bundle-location")
+        args.bundle = args.bundle_location
     bundle = os.path.abspath(args.bundle)
     if not os.path.exists(bundle):
         raise UsageError(f"bundle {args.bundle} does not exist")
@@ -181,14 +205,16 @@ def run(args) -> int:
         def on_any_event(self, event) -> None:
             if event.event_type not in _CHANGE_EVENTS:
                 return   # opened/closed events: a deployment reading the bundle is no change
-            for path in (event.src_path, getattr(event, "dest_path", "") or ""):
+            kinds = {"created": "created", "deleted": "gone", "moved": "gone"}
+            for path, kind in ((event.src_path, kinds.get(event.event_type, "modified")),
+                               (getattr(event, "dest_path", "") or "", "created")):
                 path = os.fsdecode(path)
                 if not path or (root and (path + os.sep).startswith(root + os.sep)):
                     continue
                 if os.path.isdir(bundle):
                     rel = os.path.relpath(path, bundle)
                     if rel != "." and _relevant(rel) and not (event.is_directory and event.event_type == "modified"):
-                        changes.add(rel)
+                        changes.add(rel, kind)
                 elif path == bundle:
                     changes.add(os.path.basename(bundle))
 
