@@ -35,11 +35,51 @@ def subordinate_range(text: str, name: str, uid: int) -> tuple[int, int] | None:
     return None
 
 
+SUB_ID_MIN, SUB_ID_COUNT = 100000, 65536   # where useradd starts allocating, and how many it gives
+
+
+def free_range(*texts: str, count: int = SUB_ID_COUNT) -> int:
+    """The first start at or above SUB_ID_MIN, in steps of ``count`` as useradd allocates, whose range
+    meets no range listed in the /etc/subuid-style ``texts`` (pure)."""
+    taken = []
+    for text in texts:
+        for line in text.splitlines():
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                taken.append((int(parts[1]), int(parts[1]) + int(parts[2])))
+    start = SUB_ID_MIN
+    while any(lo < start + count and start < hi for lo, hi in taken):
+        start += count
+    return start
+
+
+def advice(user: str, uid: int, gid: int, *, subuid: str, subgid: str, helpers: bool) -> str | None:
+    """Exactly what an administrator runs so that ``user``'s instances map other users too (pure): only
+    the steps still missing, with a subordinate range no other user has; None when nothing is."""
+    steps = []
+    if not helpers:
+        steps.append("`apt-get install uidmap` (newuidmap, newgidmap; Fedora, Arch: shadow-utils, shadow)")
+    need_uids = subordinate_range(subuid, user, uid) is None
+    need_gids = subordinate_range(subgid, user, gid) is None
+    if need_uids or need_gids:
+        start = free_range(subuid, subgid)
+        ranges = [f"--add-sub{kind}s {start}-{start + SUB_ID_COUNT - 1}"
+                  for kind, needed in (("uid", need_uids), ("gid", need_gids)) if needed]
+        steps.append(f"`usermod {' '.join(ranges)} {user}`")
+    return "as root: " + " and ".join(steps) if steps else None
+
+
 def fix_hint(user: str) -> str:
-    """What the administrator runs so that ``user``'s instances map more than that user."""
-    return ("as root: `apt-get install uidmap` (newuidmap, newgidmap) and "
-            f"`usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}` "
-            "(a range no other user has), then recreate the instance")
+    """What the administrator runs so that ``user``'s instances map more than that user (read from this
+    machine's /etc/subuid, /etc/subgid and helpers)."""
+    try:
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        uid = gid = -1
+    return advice(user, uid, gid, subuid=_read(SUBUID_FILE), subgid=_read(SUBGID_FILE),
+                  helpers=bool(_helper("newuidmap") and _helper("newgidmap"))) or \
+        "nothing: this machine now maps other users; the instance is re-mapped when it next starts"
 
 
 def plan(uid: int, gid: int, user: str, *, subuid: str, subgid: str, helpers: bool) -> dict:
@@ -54,9 +94,10 @@ def plan(uid: int, gid: int, user: str, *, subuid: str, subgid: str, helpers: bo
                 "uid_map": [[0, uid, 1], [1, uids[0], uids[1]]], "gid_map": [[0, gid, 1], [1, gids[0], gids[1]]]}
     missing = [what for what, ok in (("newuidmap/newgidmap", helpers), (f"a range in {SUBUID_FILE}", uids),
                                      (f"a range in {SUBGID_FILE}", gids)) if not ok]
-    problem = (f"only your uid is mapped into the instance (as root): {user} has no "
-               + ", no ".join(missing) + "; so no useradd, chown to other users or su/runas inside; fix: "
-               + fix_hint(user))
+    problem = (f"only your uid is mapped into the instance (as root): {user} lacks "
+               + ", ".join(missing) + "; so no useradd, chown to other users or su/runas inside; fix, "
+               + advice(user, uid, gid, subuid=subuid, subgid=subgid, helpers=helpers)
+               + "; the instance is re-mapped when it next starts")
     return {"user_namespace": True, "uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]], "id_map_problem": problem}
 
 
