@@ -47,27 +47,41 @@ def codes(findings: list[Finding], severity: str | None = None) -> list[str]:
     return [f.code for f in findings if severity in (None, f.severity)]
 
 
+# Runs the command as the child of a small interpreter and writes that child's peak RSS to fd 3. The
+# peak reported for a child of pytest itself would include pytest's own (exec records the peak of the
+# memory it replaces, and a fork or vfork child starts with its parent's), which grows over the run.
+# The peak goes to the pipe whose descriptor is the launcher's first argument.
+_LAUNCHER = """import os, sys
+report = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(report, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def cdsim(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run `python -m agent validate ...`; returns the result, the wall time and that child's peak RSS
-    (MiB, from wait4: RUSAGE_CHILDREN would be the peak of every child this test run ever waited for)."""
+    """Run `python -m agent validate ...`; returns the result, the wall time and that command's peak RSS
+    (MiB, measured by a small launcher: see _LAUNCHER)."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "validate", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd or REPO, stdin=subprocess.DEVNULL)
-    import threading
-    outs: dict[str, str] = {}
-    readers = [threading.Thread(target=lambda n=n, f=f: outs.__setitem__(n, f.read()))
-               for n, f in (("out", proc.stdout), ("err", proc.stderr))]
-    for t in readers:
-        t.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    for t in readers:
-        t.join(timeout=30)
-    proc.stdout.close()
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    elapsed = time.monotonic() - start
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, outs.get("out", ""), outs.get("err", ""))
-    return result, elapsed, usage.ru_maxrss / 1024
+    read_fd, write_fd = os.pipe()
+    try:
+        result = subprocess.run([sys.executable, "-c", _LAUNCHER, str(write_fd), sys.executable, "-m", "agent",
+                                 "validate", *args], capture_output=True, text=True, cwd=cwd or REPO,
+                                stdin=subprocess.DEVNULL, pass_fds=(write_fd,), timeout=120, check=False)
+        os.close(write_fd)
+        write_fd = -1
+        with os.fdopen(read_fd, "rb") as f:
+            read_fd = -1
+            rss_kib = int(f.read() or b"0")
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    return result, time.monotonic() - start, rss_kib / 1024
 
 
 class TestValidBundles:
