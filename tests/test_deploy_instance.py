@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import agent.instance as inst
+from test_instance import DOCKER_DEFAULT_LESS_MKNOD, HANDLE_PY
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_app"
@@ -111,3 +112,70 @@ class TestReportsFromInstance:
         assert r.returncode == 0, r.stdout + r.stderr
         text = (tmp_path / "j.xml").read_text()
         assert "from-inside" in text and 'classname="AfterInstall"' in text
+
+
+def _host_dev() -> dict:
+    """The host's /dev: every name, and the device nodes an instance binds, with owner, mode and times."""
+    out = {"names": sorted(os.listdir("/dev"))}
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        st = os.stat("/dev/" + node)
+        out[node] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev)
+    return out
+
+
+class TestHooksAreConfined:
+    """A root hook holds Docker's default capabilities less mknod, under a seccomp filter, with a /dev of
+    its own: the attacks below are what a hook could do with more."""
+
+    def test_file_handles_capabilities_dev_and_user_namespaces(self, state, tmp_path):
+        tag = os.urandom(4).hex()
+        bundle = tmp_path / "b"
+        bundle.mkdir()
+        (bundle / "handle.py").write_text(HANDLE_PY)
+        (bundle / "attack.sh").write_text(
+            "#!/bin/sh\n"
+            "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status\n"
+            "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/1/status | sed 's/^/init-/'\n"
+            "python3 \"$(dirname \"$0\")/handle.py\"\n"
+            "unshare -U true 2>/dev/null; echo \"unshare-U=$?\"\n"
+            "unshare -Ur true 2>/dev/null; echo \"unshare-Ur=$?\"\n"
+            # harmless even if it reached the host: the same mode and owner, only times would move
+            "echo x > /dev/null; echo \"write-null=$?\"\n"
+            "chmod 666 /dev/null /dev/zero 2>/dev/null; chown 0:0 /dev/null 2>/dev/null; "
+            "touch /dev/null /dev/zero 2>/dev/null\n"
+            f"touch /dev/cdsim-test-{tag}; echo \"dev-file=$?\"\n"
+            "head -c 4 /dev/zero | od -An -tx1 | tr -d ' \\n'; echo ' =zero'\n")
+        (bundle / "attack.sh").chmod(0o755)
+        (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n"
+                                            "    - location: attack.sh\n")
+        before = _host_dev()
+        r = cdsim("deploy", "--instance", "confined", str(bundle))
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = [line.strip()[1:].strip() for line in r.stdout.splitlines() if line.strip().startswith("|")]
+        caps = {k: int(v, 16) for k, v in (line.split(":", 1) for line in out if "Cap" in line)}
+        for who in ("", "init-"):
+            for kind in ("CapBnd", "CapPrm", "CapEff"):
+                assert caps[who + kind] == DOCKER_DEFAULT_LESS_MKNOD, (who + kind, r.stdout)
+            assert caps[who + "CapInh"] == 0 and caps[who + "CapAmb"] == 0, r.stdout
+        assert "name_to_handle_at ok" in out and "open_by_handle_at EPERM" in out, r.stdout
+        assert "unshare-U=1" in out and "unshare-Ur=1" in out, r.stdout
+        assert {"write-null=0", "dev-file=0", "00000000 =zero"} <= set(out), r.stdout
+        assert _host_dev() == before
+        assert not os.path.exists(f"/dev/cdsim-test-{tag}")
+        seen = in_instance("confined", "ls", f"/dev/cdsim-test-{tag}")
+        assert seen.returncode == 0, seen.stderr   # it landed in the instance's own /dev
+
+    def test_programs_replaced_inside_never_run_with_more(self, state):
+        """Entering an instance runs nothing of the instance's tree before the capabilities are dropped:
+        a root hook that replaces setpriv and nsenter (what cdsim used to run inside) gains nothing."""
+        i = inst.create("replaced")
+        probe = "#!/bin/sh\ngrep CapEff /proc/self/status > /root/ran-with\nexec /bin/true\n"
+        for tool in ("/usr/bin/setpriv", "/usr/bin/nsenter"):
+            r = subprocess.run([sys.executable, "-m", "agent", "instance", "exec", "replaced", "--", "sh", "-c",
+                                f"cat > {tool} && chmod 755 {tool}"], input=probe, capture_output=True,
+                               text=True, timeout=120, cwd=REPO)
+            assert r.returncode == 0, r.stderr
+        r = in_instance("replaced", "sh", "-c", "cat /root/ran-with 2>/dev/null; grep CapEff /proc/self/status")
+        caps = [int(line.split()[1], 16) for line in r.stdout.splitlines()]
+        assert caps and all(c == DOCKER_DEFAULT_LESS_MKNOD for c in caps), r.stdout
+        assert inst.running(i)

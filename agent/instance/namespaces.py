@@ -1,11 +1,10 @@
-"""Thin wrappers over the Linux system calls an instance needs (unshare, mount, pivot_root, loopback up),
-through ctypes because Python 3.11 has no os.unshare/os.mount. Linux only; imports nothing of cdsim
-but the error tree.
+"""Thin wrappers over the Linux system calls an instance needs (unshare, setns, mount, the new mount API's
+open_tree/mount_setattr/move_mount, pivot_root, loopback up), through ctypes because Python 3.11 has no
+os.unshare/os.mount. Linux only; imports nothing of cdsim (agent.instance.enter runs it as a plain script).
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -29,6 +28,17 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+# the new mount API (the same numbers on every architecture)
+_OPEN_TREE, _MOVE_MOUNT, _MOUNT_SETATTR = 428, 429, 442
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x1, 0x2, 0x4, 0x8
+AT_FDCWD = -100
 
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41}
 
@@ -38,7 +48,9 @@ _libc = None
 def _lib():
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the C library python itself is linked with: no find_library (it runs ldconfig, which inside
+        # an instance would be the instance's)
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
@@ -54,6 +66,36 @@ def _b(s: str | None):
 
 def unshare(flags: int) -> None:
     _check(_lib().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_lib().setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def open_tree(path: str) -> int:
+    """A detached copy of the mount tree at ``path`` (file or folder, recursive), as a file descriptor
+    for :func:`move_mount`: a bind mount not yet attached anywhere."""
+    fd = _lib().syscall(ctypes.c_long(_OPEN_TREE), ctypes.c_int(AT_FDCWD), _b(path),
+                        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    return fd
+
+
+def set_tree_attributes(fd: int, attributes: int) -> None:
+    """mount_setattr on every mount of the tree ``fd`` (from :func:`open_tree`): set ``attributes``."""
+    attr = struct.pack("QQQQ", attributes, 0, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    _check(_lib().syscall(ctypes.c_long(_MOUNT_SETATTR), ctypes.c_int(fd), b"",
+                          ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), buf, ctypes.c_size_t(len(attr))),
+           "mount_setattr")
+
+
+def move_mount(fd: int, target: str) -> None:
+    """Attach the detached tree ``fd`` on ``target`` (resolved in this process's mount namespace)."""
+    _check(_lib().syscall(ctypes.c_long(_MOVE_MOUNT), ctypes.c_int(fd), b"", ctypes.c_int(AT_FDCWD),
+                          _b(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount on {target}")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:

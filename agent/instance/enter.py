@@ -1,0 +1,193 @@
+"""Entering a running instance: the launcher that joins its namespaces, gives it fresh bind mounts of host
+paths, confines itself and executes the command.
+
+Run as a plain script by the host's python (``python -E -s -S enter.py SPEC -- ARGV``; see
+:func:`launcher_argv`), so it loads nothing from the instance's tree: every module it needs is loaded
+and the C library opened before it joins the instance's mount namespace. It then forks (a PID
+namespace takes effect for children); the child confines itself (agent.instance.confine) and only then
+executes ARGV, resolved in the instance's tree, so no program of the instance ever runs with more
+than an instance's capabilities. The parent waits and exits with the child's status (killed by a
+signal: by the same signal), like nsenter.
+
+Bind mounts (SPEC's ``binds``): each host path is cloned with open_tree while the launcher still sees
+the host's tree (for an instance with a user namespace: in a mount namespace of its own, owned by the
+instance's user namespace), made read-only, nosuid, nodev and noexec, and attached at its path inside
+(under /run/cdsim, the instance's own tmpfs) once the launcher has joined the instance; the parent
+detaches it and removes its folder when the command ends (or the launcher is told to stop with
+SIGTERM, SIGINT or SIGHUP). A bind mount reads the host file as it is now, which the overlay that is
+the instance's / does not promise (overlayfs does not follow changes to its lower layer).
+
+Imports nothing of cdsim but its sibling modules ``namespaces`` and ``confine``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import warnings  # noqa: F401 - os.execvp imports it, which inside would load the instance's copy
+
+if __package__:
+    from agent.instance import confine
+    from agent.instance import namespaces as ns
+else:   # run as a script: its folder is sys.path[0]
+    import confine
+    import namespaces as ns
+
+BIND_ROOT = "/run/cdsim/binds"
+STATUS_CANNOT_RUN = 126
+STATUS_NOT_FOUND = 127
+STATUS_LAUNCHER = 125
+
+
+def launcher_argv(spec: dict, argv: list[str]) -> list[str]:
+    """The host command line that runs ``argv`` as ``spec`` says (keys: pid, started, userns,
+    private_net, cwd, binds = [[host path, path inside], ...])."""
+    script = os.path.abspath(__file__)
+    if script.endswith((".pyc", ".pyo")):
+        script = script[:-1]
+    return [sys.executable, "-E", "-s", "-S", script, json.dumps(spec), "--", *argv]
+
+
+def _say(message: str) -> None:
+    os.write(2, ("cdsim: " + message + "\n").encode("utf-8", "replace"))
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _open_init(spec: dict) -> int:
+    """A pidfd of the instance's init (setns takes it for every namespace at once), checked to be that
+    process: a pidfd can't move on to another process if the pid is reused later."""
+    pid = spec["pid"]
+    fd = os.pidfd_open(pid)
+    if _start_time(pid) != spec["started"]:   # the pid was reused: that is not the instance's init
+        os.close(fd)
+        raise OSError(3, "the instance's init is gone (the instance stopped)")
+    return fd
+
+
+def _attach(trees: list[tuple[int, str, bool]], attached: list[str]) -> None:
+    """In the instance: attach each detached tree on a fresh mount point, listed in ``attached``."""
+    for fd, inside, is_dir in trees:
+        os.makedirs(os.path.dirname(os.path.dirname(inside)), mode=0o755, exist_ok=True)
+        os.mkdir(os.path.dirname(inside), 0o755)   # the per-call folder: new, so nothing else is there
+        if is_dir:
+            os.mkdir(inside, 0o755)
+        else:
+            os.close(os.open(inside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        attached.append(inside)
+        ns.move_mount(fd, inside)
+        os.close(fd)
+
+
+def _detach(attached: list[str]) -> None:
+    for inside in attached:
+        try:
+            ns.umount(inside, ns.MNT_DETACH | ns.UMOUNT_NOFOLLOW)
+        except OSError:
+            pass
+        for remove in (os.rmdir, os.unlink):
+            try:
+                remove(inside)
+                break
+            except OSError:
+                continue
+        try:
+            os.rmdir(os.path.dirname(inside))
+        except OSError:
+            pass
+    attached.clear()
+
+
+def _exec_child(last_cap: int, cwd: str | None, argv: list[str]) -> None:
+    try:
+        confine.confine(last_cap)
+    except OSError as e:
+        _say(f"cannot confine the command: {e}")
+        os._exit(STATUS_LAUNCHER)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if cwd and cwd != "/":
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            _say(f"cannot change to folder {cwd} in the instance: {e.strerror}")
+            os._exit(2)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        _say(f"cannot run {argv[0]} in the instance: {e.strerror}")
+        os._exit(STATUS_NOT_FOUND if isinstance(e, FileNotFoundError) else STATUS_CANNOT_RUN)
+
+
+def run(spec: dict, argv: list[str]) -> int:
+    last_cap = confine.prepare()
+    binds = [(os.path.abspath(host), inside) for host, inside in spec.get("binds") or ()]
+    kinds = [(host, os.path.isdir(host)) for host, _ in binds]
+    init = _open_init(spec)
+    if spec.get("userns"):
+        ns.setns(init, ns.CLONE_NEWUSER)
+        if binds:   # a mount namespace this user namespace owns, for open_tree
+            ns.unshare(ns.CLONE_NEWNS)
+    trees = []
+    for (host, inside), (_, is_dir) in zip(binds, kinds):
+        fd = ns.open_tree(host)
+        ns.set_tree_attributes(fd, ns.MOUNT_ATTR_RDONLY | ns.MOUNT_ATTR_NOSUID | ns.MOUNT_ATTR_NODEV
+                               | ns.MOUNT_ATTR_NOEXEC)
+        trees.append((fd, inside, is_dir))
+    flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
+    ns.setns(init, flags | (ns.CLONE_NEWNET if spec.get("private_net") else 0))
+    os.close(init)
+    attached: list[str] = []
+
+    def stop(signum, _frame):
+        _detach(attached)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        _attach(trees, attached)
+    except OSError as e:
+        _detach(attached)
+        raise OSError(e.errno, f"cannot bind the host's files into the instance: {e}") from e
+    child = os.fork()
+    if child == 0:
+        _exec_child(last_cap, spec.get("cwd"), argv)
+    try:
+        while True:
+            _, status = os.waitpid(child, os.WUNTRACED)
+            if os.WIFSTOPPED(status):   # the child was suspended: so are we (as nsenter)
+                os.kill(os.getpid(), signal.SIGSTOP)
+                os.kill(child, signal.SIGCONT)
+                continue
+            break
+    finally:
+        _detach(attached)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status)
+
+
+def main(args: list[str]) -> int:
+    if len(args) < 3 or args[1] != "--":
+        _say("usage: enter.py SPEC -- COMMAND...")
+        return STATUS_LAUNCHER
+    try:
+        return run(json.loads(args[0]), args[2:])
+    except OSError as e:
+        _say(f"cannot enter the instance: {e.strerror or e}")
+        return STATUS_LAUNCHER
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
