@@ -114,6 +114,100 @@ class TestReportsFromInstance:
         assert "from-inside" in text and 'classname="AfterInstall"' in text
 
 
+def _fresh_bundle(folder: Path, content: str) -> Path:
+    """A bundle whose AfterInstall hook prints the installed copy of greeting.txt."""
+    folder.mkdir(parents=True)
+    (folder / "greeting.txt").write_text(content)
+    (folder / "show.sh").write_text("#!/bin/sh\necho \"installed: $(cat /opt/fresh/greeting.txt)\"\n")
+    (folder / "show.sh").chmod(0o755)
+    (folder / "appspec.yml").write_text("version: 0.0\nos: linux\nfiles:\n  - source: greeting.txt\n"
+                                        "    destination: /opt/fresh\nhooks:\n  AfterInstall:\n"
+                                        "    - location: show.sh\n")
+    return folder
+
+
+def _deployed(bundle: Path, instance: str = "fresh") -> str:
+    r = cdsim("deploy", "--instance", instance, "-b", "OVERWRITE", str(bundle))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return next(line.split("installed: ", 1)[1] for line in r.stdout.splitlines() if "installed: " in line)
+
+
+class TestBundleIsReadAsItIsNow:
+    """The instance's / is an overlay of the host, and overlayfs does not follow changes to its lower
+    layer: a bundle read through it after an edit may be the old one. Each deployment binds it afresh."""
+
+    def test_edits_in_place_and_renames_over_reach_the_next_deployment(self, state, tmp_path):
+        bundle = _fresh_bundle(tmp_path / "b", "one\n")
+        greeting = bundle / "greeting.txt"
+        assert _deployed(bundle) == "one"
+        # sed -i: a new file renamed over the old one
+        subprocess.run(["sed", "-i", "s/one/two/", str(greeting)], check=True)
+        assert _deployed(bundle) == "two"
+        # in place, same inode, longer than before
+        inode = greeting.stat().st_ino
+        with open(greeting, "r+") as f:
+            f.write("three-and-more\n")
+        assert greeting.stat().st_ino == inode
+        assert _deployed(bundle) == "three-and-more"
+        # an editor's save: write a new file, rename it over
+        (bundle / "greeting.new").write_text("four\n")
+        os.rename(bundle / "greeting.new", greeting)
+        assert _deployed(bundle) == "four"
+        # and the hook script itself, edited in place
+        with open(bundle / "show.sh", "a") as f:
+            f.write("echo 'second line'\n")
+        r = cdsim("deploy", "--instance", "fresh", "-b", "OVERWRITE", str(bundle))
+        assert "second line" in r.stdout, r.stdout + r.stderr
+
+    def test_zip_replaced_with_mv_is_the_one_deployed(self, state, tmp_path):
+        import zipfile
+
+        def make_zip(path: Path, content: str) -> None:
+            source = _fresh_bundle(tmp_path / f"src-{content}", content + "\n")
+            with zipfile.ZipFile(path, "w") as z:
+                for name in ("appspec.yml", "greeting.txt", "show.sh"):
+                    z.write(source / name, name)
+
+        bundle = tmp_path / "app.zip"
+        make_zip(bundle, "first")
+        assert _deployed(bundle) == "first"
+        make_zip(tmp_path / "next.zip", "second-and-longer")
+        subprocess.run(["mv", str(tmp_path / "next.zip"), str(bundle)], check=True)
+        assert _deployed(bundle) == "second-and-longer"
+
+    def test_local_instance_reads_the_bundle_as_it_is_now(self, state, tmp_path):
+        """`cdsim local --instance` (the agent-exact CLI) binds the bundle (and its configuration file)
+        the same way."""
+        bundle = _fresh_bundle(tmp_path / "b", "one\n")
+        config = tmp_path / "agent.yml"
+        config.write_text(":root_dir: '/opt/local-root'\n:log_dir: '/var/log/local-agent/'\n")
+
+        def local() -> str:
+            r = cdsim("local", "--bundle-location", str(bundle), "--type", "directory",
+                      "--file-exists-behavior", "OVERWRITE", "--agent-configuration-file", str(config),
+                      "--instance", "fresh")
+            assert r.returncode == 0, r.stdout + r.stderr
+            log = in_instance("fresh", "sh", "-c", "cat $(ls -t /opt/local-root/"
+                              "default-local-deployment-group/*/logs/scripts.log | head -1)")
+            return [line for line in log.stdout.splitlines() if "installed: " in line][-1].split("installed: ")[1]
+
+        assert local() == "one"
+        subprocess.run(["sed", "-i", "s/one/two/", str(bundle / "greeting.txt")], check=True)
+        assert local() == "two"
+
+    def test_the_bind_mount_is_gone_after_the_deployment(self, state, tmp_path):
+        """Nothing of a deployment's bind mount stays in the instance; the host bundle stays read-only
+        to the hooks (root inside can't change it through the mount)."""
+        bundle = _fresh_bundle(tmp_path / "b", "x\n")
+        with open(bundle / "show.sh", "a") as f:
+            f.write("for p in /run/cdsim/binds/*/b; do echo changed > \"$p/greeting.txt\" && echo WROTE; done; echo tried\n")
+        r = cdsim("deploy", "--instance", "fresh", str(bundle))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "tried" in r.stdout and "WROTE" not in r.stdout and (bundle / "greeting.txt").read_text() == "x\n"
+        left = in_instance("fresh", "sh", "-c", "ls -A /run/cdsim/binds; grep -c /run/cdsim /proc/self/mountinfo")
+        assert left.stdout.split() == ["0"], left.stdout + left.stderr
+
+
 def _host_dev() -> dict:
     """The host's /dev: every name, and the device nodes an instance binds, with owner, mode and times."""
     out = {"names": sorted(os.listdir("/dev"))}
