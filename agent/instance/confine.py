@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 
 # capability numbers (linux/capability.h)
@@ -108,7 +107,7 @@ def program() -> list[tuple[int, int, int, int]]:
 
 
 def filter_supported(machine: str | None = None) -> bool:
-    return (machine or platform.machine()) == "x86_64"
+    return (machine or os.uname().machine) == "x86_64"
 
 
 _libc = None
@@ -164,9 +163,9 @@ def drop_capabilities(last_cap: int, keep_mask: int = KEPT_MASK) -> None:
                 raise _fail(f"dropping capability {cap} from the bounding set")
     if lib.prctl(_PR_CAP_AMBIENT, ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0) != 0:
         raise _fail("clearing the ambient capabilities")
-    number = _CAPSET.get(platform.machine())
+    number = _CAPSET.get(os.uname().machine)
     if number is None:
-        raise OSError(38, f"capset: unknown system call number on {platform.machine()}")
+        raise OSError(38, f"capset: unknown system call number on {os.uname().machine}")
     header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
     low, high = keep_mask & 0xFFFFFFFF, keep_mask >> 32
     data = struct.pack("IIIIII", low, low, 0, high, high, 0)   # effective, permitted, inheritable x 2

@@ -1,8 +1,8 @@
 """Entering a running instance: the launcher that joins its namespaces, gives it fresh bind mounts of host
 paths, confines itself and executes the command.
 
-Run as a plain script by the host's python (``python -E -s -S enter.py SPEC -- ARGV``; see
-:func:`launcher_argv`), so it loads nothing from the instance's tree: every module it needs is loaded
+Run as a plain script by the host's python (``python -E -s -S enter.py SPEC... -- ARGV``; see
+:func:`launcher_argv`; it imports only what it needs, so it starts fast), so it loads nothing from the instance's tree: every module it needs is loaded
 and the C library opened before it joins the instance's mount namespace. It then forks (a PID
 namespace takes effect for children); the child confines itself (agent.instance.confine) and only then
 executes ARGV, resolved in the instance's tree, so no program of the instance ever runs with more
@@ -21,7 +21,6 @@ Imports nothing of cdsim but its sibling modules ``namespaces`` and ``confine``.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -42,11 +41,26 @@ STATUS_LAUNCHER = 125
 
 def launcher_argv(spec: dict, argv: list[str]) -> list[str]:
     """The host command line that runs ``argv`` as ``spec`` says (keys: pid, started, userns,
-    private_net, cwd, binds = [[host path, path inside], ...])."""
+    private_net, cwd, binds = [[host path, path inside], ...]); :func:`parse` reads it back."""
     script = os.path.abspath(__file__)
     if script.endswith((".pyc", ".pyo")):
         script = script[:-1]
-    return [sys.executable, "-E", "-s", "-S", script, json.dumps(spec), "--", *argv]
+    flags = ("u" if spec.get("userns") else "") + ("n" if spec.get("private_net") else "") or "-"
+    binds = [path for pair in spec.get("binds") or () for path in pair]
+    return [sys.executable, "-E", "-s", "-S", script, str(spec["pid"]), str(spec["started"]), flags,
+            spec.get("cwd") or "", str(len(binds) // 2), *binds, "--", *argv]
+
+
+def parse(args: list[str]) -> tuple[dict, list[str]]:
+    """(spec, argv) from what :func:`launcher_argv` put after the script; ValueError if malformed."""
+    pid, started, flags, cwd, count = args[:5]
+    n = int(count)
+    binds = args[5:5 + 2 * n]
+    if len(binds) != 2 * n or args[5 + 2 * n:6 + 2 * n] != ["--"] or len(args) < 7 + 2 * n:
+        raise ValueError("malformed")
+    spec = {"pid": int(pid), "started": int(started), "userns": "u" in flags, "private_net": "n" in flags,
+            "cwd": cwd or None, "binds": [binds[i:i + 2] for i in range(0, len(binds), 2)]}
+    return spec, args[6 + 2 * n:]
 
 
 def _say(message: str) -> None:
@@ -179,11 +193,13 @@ def run(spec: dict, argv: list[str]) -> int:
 
 
 def main(args: list[str]) -> int:
-    if len(args) < 3 or args[1] != "--":
-        _say("usage: enter.py SPEC -- COMMAND...")
+    try:
+        spec, argv = parse(args)
+    except ValueError:
+        _say("usage: enter.py PID STARTED FLAGS CWD N [HOST INSIDE]... -- COMMAND...")
         return STATUS_LAUNCHER
     try:
-        return run(json.loads(args[0]), args[2:])
+        return run(spec, argv)
     except OSError as e:
         _say(f"cannot enter the instance: {e.strerror or e}")
         return STATUS_LAUNCHER

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
-import platform
-import socket
 import struct
 
 CLONE_NEWNS = 0x00020000
@@ -108,14 +105,16 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = _PIVOT_ROOT.get(platform.machine())
+    number = _PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(errno.ENOSYS, f"pivot_root: unknown system call number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown system call number on {os.uname().machine}")
     _check(_lib().syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), "pivot_root")
 
 
 def loopback_up() -> None:
     """Bring up 'lo' in a fresh network namespace (it starts down)."""
+    import fcntl   # here: agent.instance.enter, which starts for every command run inside, needs neither
+    import socket
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH14x", b"lo", 0)
