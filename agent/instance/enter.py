@@ -21,6 +21,7 @@ Imports nothing of cdsim but its sibling modules ``namespaces`` and ``confine``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -86,9 +87,45 @@ def _open_init(spec: dict) -> int:
     return fd
 
 
-def _attach(trees: list[tuple[int, str, bool]], attached: list[str]) -> None:
+_BIND_ATTRIBUTES = ns.MOUNT_ATTR_RDONLY | ns.MOUNT_ATTR_NOSUID | ns.MOUNT_ATTR_NODEV | ns.MOUNT_ATTR_NOEXEC
+# namespaces in the order nsenter joins them: user first, mnt last
+_NAMESPACE_FILES = ((ns.CLONE_NEWUSER, "user"), (ns.CLONE_NEWIPC, "ipc"), (ns.CLONE_NEWUTS, "uts"),
+                    (ns.CLONE_NEWNET, "net"), (ns.CLONE_NEWPID, "pid"), (ns.CLONE_NEWNS, "mnt"))
+
+
+class _Joiner:
+    """Joins the instance's namespaces through init's pidfd (Linux 5.8+), or else through its namespace
+    files, all opened at the first refusal: nothing is joined by a refused call, so /proc is still the
+    host's then (in the instance's mount namespace it is the instance's)."""
+
+    def __init__(self, pidfd: int, pid: int, flags: int):
+        self.pidfd, self.pid, self.left = pidfd, pid, flags
+        self.files: dict[int, int] | None = None
+
+    def join(self, flags: int) -> None:
+        if self.files is None:
+            try:
+                ns.setns(self.pidfd, flags)
+                self.left &= ~flags
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+            self.files = {flag: os.open(f"/proc/{self.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                          for flag, name in _NAMESPACE_FILES if self.left & flag}
+        for flag, _ in _NAMESPACE_FILES:
+            if flags & flag:
+                fd = self.files.pop(flag)
+                try:
+                    ns.setns(fd, flag)
+                finally:
+                    os.close(fd)
+        self.left &= ~flags
+
+
+def _attach(trees: list[tuple[int, str, bool, bool]], attached: list[str]) -> None:
     """In the instance: attach each detached tree on a fresh mount point, listed in ``attached``."""
-    for fd, inside, is_dir in trees:
+    for fd, inside, is_dir, read_only in trees:
         os.makedirs(os.path.dirname(os.path.dirname(inside)), mode=0o755, exist_ok=True)
         os.mkdir(os.path.dirname(inside), 0o755)   # the per-call folder: new, so nothing else is there
         if is_dir:
@@ -98,6 +135,11 @@ def _attach(trees: list[tuple[int, str, bool]], attached: list[str]) -> None:
         attached.append(inside)
         ns.move_mount(fd, inside)
         os.close(fd)
+        if not read_only:
+            have = os.statvfs(inside).f_flag
+            kept = (ns.MS_RELATIME if have & os.ST_RELATIME else 0) | (ns.MS_NOATIME if have & os.ST_NOATIME else 0)
+            ns.mount(None, inside, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV
+                     | ns.MS_NOEXEC | kept)
 
 
 def _detach(attached: list[str]) -> None:
@@ -145,18 +187,26 @@ def run(spec: dict, argv: list[str]) -> int:
     binds = [(os.path.abspath(host), inside) for host, inside in spec.get("binds") or ()]
     kinds = [(host, os.path.isdir(host)) for host, _ in binds]
     init = _open_init(spec)
+    flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
+    flags |= ns.CLONE_NEWNET if spec.get("private_net") else 0
+    flags |= ns.CLONE_NEWUSER if spec.get("userns") else 0
+    joiner = _Joiner(init, spec["pid"], flags)
     if spec.get("userns"):
-        ns.setns(init, ns.CLONE_NEWUSER)
+        joiner.join(ns.CLONE_NEWUSER)
         if binds:   # a mount namespace this user namespace owns, for open_tree
             ns.unshare(ns.CLONE_NEWNS)
     trees = []
     for (host, inside), (_, is_dir) in zip(binds, kinds):
         fd = ns.open_tree(host)
-        ns.set_tree_attributes(fd, ns.MOUNT_ATTR_RDONLY | ns.MOUNT_ATTR_NOSUID | ns.MOUNT_ATTR_NODEV
-                               | ns.MOUNT_ATTR_NOEXEC)
-        trees.append((fd, inside, is_dir))
-    flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
-    ns.setns(init, flags | (ns.CLONE_NEWNET if spec.get("private_net") else 0))
+        try:
+            ns.set_tree_attributes(fd, _BIND_ATTRIBUTES)
+            read_only = True
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            read_only = False   # Linux < 5.12: remounted read-only once attached
+        trees.append((fd, inside, is_dir, read_only))
+    joiner.join(flags & ~ns.CLONE_NEWUSER)
     os.close(init)
     attached: list[str] = []
 
