@@ -639,6 +639,44 @@ class TestUnprivilegedUser:
                         "CapBnd": DOCKER_DEFAULT_LESS_MKNOD, "CapAmb": 0}, r.stdout
         assert "open_by_handle_at EPERM" in out and "unshare-U=1" in out, r.stdout
 
+    def test_unprivileged_deploy_reads_the_bundle_as_it_is_now(self, unprivileged, shared_dir):
+        """As a non-root user: after `sed -i` of a bundle file, the next `cdsim deploy` into the running
+        instance installs the new content (bound in afresh, from the user's own user namespace); the
+        bind is read-only and gone afterwards; /dev is the instance's own."""
+        bundle = os.path.join(shared_dir, "bundle")
+        os.mkdir(bundle)
+        with open(os.path.join(bundle, "greeting.txt"), "w") as f:
+            f.write("one\n")
+        with open(os.path.join(bundle, "show.sh"), "w") as f:
+            f.write("#!/bin/sh\necho \"installed: $(cat /opt/fresh/greeting.txt)\"\n"
+                    "echo x > \"$(ls -d /run/cdsim/binds/*/bundle)/greeting.txt\" 2>/dev/null && echo WROTE\n"
+                    "echo x > /dev/null && touch /dev/cdsim-user-test && echo dev-ok\n")
+        os.chmod(os.path.join(bundle, "show.sh"), 0o755)
+        with open(os.path.join(bundle, "appspec.yml"), "w") as f:
+            f.write("version: 0.0\nos: linux\nfiles:\n  - source: greeting.txt\n    destination: /opt/fresh\n"
+                    "hooks:\n  AfterInstall:\n    - location: show.sh\n")
+        python = _user_python(unprivileged.user.pw_name)
+
+        def deploy() -> subprocess.CompletedProcess:
+            command = ["env", f"CDSIM_STATE_DIR={unprivileged.state}", f"PYTHONPATH={REPO}", python, "-m",
+                       "agent", "deploy", "--instance", "ud", "-b", "OVERWRITE", bundle]
+            return subprocess.run(["su", unprivileged.user.pw_name, "-c", shlex.join(command)],
+                                  capture_output=True, text=True, cwd="/", timeout=180, check=False)
+
+        first = deploy()
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "installed: one" in first.stdout and "dev-ok" in first.stdout, first.stdout
+        subprocess.run(["sed", "-i", "s/one/two/", os.path.join(bundle, "greeting.txt")], check=True)
+        os.chmod(os.path.join(bundle, "greeting.txt"), 0o644)
+        second = deploy()
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "installed: two" in second.stdout and "WROTE" not in second.stdout, second.stdout
+        with open(os.path.join(bundle, "greeting.txt")) as f:
+            assert f.read() == "two\n"
+        assert not os.path.exists("/dev/cdsim-user-test")
+        left = unprivileged("exec", "ud", script="ls -A /run/cdsim/binds; grep -c /run/cdsim /proc/self/mountinfo")
+        assert left.stdout.split() == ["0"], left.stdout + left.stderr
+
     def test_unprivileged_servers_on_port_80_and_stop(self, unprivileged):
         """As a non-root user: two instances each serve port 80; a second exec reaches the server; stop ends all."""
         for name in ("ua", "ub"):
