@@ -80,9 +80,15 @@ def _open_init(spec: dict) -> int:
     """A pidfd of the instance's init (setns takes it for every namespace at once), checked to be that
     process: a pidfd can't move on to another process if the pid is reused later."""
     pid = spec["pid"]
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        fd = -1   # Linux < 5.3: the namespace files (see _Joiner)
     if _start_time(pid) != spec["started"]:   # the pid was reused: that is not the instance's init
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         raise OSError(3, "the instance's init is gone (the instance stopped)")
     return fd
 
@@ -105,6 +111,8 @@ class _Joiner:
     def join(self, flags: int) -> None:
         if self.files is None:
             try:
+                if self.pidfd < 0:
+                    raise OSError(errno.EINVAL, "no pidfd")
                 ns.setns(self.pidfd, flags)
                 self.left &= ~flags
                 return
@@ -207,7 +215,8 @@ def run(spec: dict, argv: list[str]) -> int:
             read_only = False   # Linux < 5.12: remounted read-only once attached
         trees.append((fd, inside, is_dir, read_only))
     joiner.join(flags & ~ns.CLONE_NEWUSER)
-    os.close(init)
+    if init >= 0:
+        os.close(init)
     attached: list[str] = []
 
     def stop(signum, _frame):
