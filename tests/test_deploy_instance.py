@@ -238,7 +238,8 @@ class TestHooksAreConfined:
             "chmod 666 /dev/null /dev/zero 2>/dev/null; chown 0:0 /dev/null 2>/dev/null; "
             "touch /dev/null /dev/zero 2>/dev/null\n"
             f"touch /dev/cdsim-test-{tag}; echo \"dev-file=$?\"\n"
-            "head -c 4 /dev/zero | od -An -tx1 | tr -d ' \\n'; echo ' =zero'\n")
+            "head -c 4 /dev/zero | od -An -tx1 | tr -d ' \\n'; echo ' =zero'\n"
+            "cp /bin/true /dev/shm/t && /dev/shm/t 2>/dev/null; echo \"shm-exec=$?\"\n")
         (bundle / "attack.sh").chmod(0o755)
         (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n"
                                             "    - location: attack.sh\n")
@@ -253,7 +254,7 @@ class TestHooksAreConfined:
             assert caps[who + "CapInh"] == 0 and caps[who + "CapAmb"] == 0, r.stdout
         assert "name_to_handle_at ok" in out and "open_by_handle_at EPERM" in out, r.stdout
         assert "unshare-U=1" in out and "unshare-Ur=1" in out, r.stdout
-        assert {"write-null=0", "dev-file=0", "00000000 =zero"} <= set(out), r.stdout
+        assert {"write-null=0", "dev-file=0", "00000000 =zero", "shm-exec=126"} <= set(out), r.stdout
         assert _host_dev() == before
         assert not os.path.exists(f"/dev/cdsim-test-{tag}")
         seen = in_instance("confined", "ls", f"/dev/cdsim-test-{tag}")

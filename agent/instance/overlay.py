@@ -145,7 +145,7 @@ def mount_private(root: str, *, in_user_namespace: bool, host_network: bool) -> 
              "newinstance,ptmxmode=0666,mode=0620" + ("" if in_user_namespace else ",gid=5"))
     os.symlink("pts/ptmx", dev + "/ptmx")
     os.mkdir(dev + "/shm")
-    ns.mount("tmpfs", dev + "/shm", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=1777")
+    ns.mount("tmpfs", dev + "/shm", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC, "mode=1777")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, name))
