@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import agent.instance as inst
-from test_instance import DOCKER_DEFAULT_LESS_MKNOD, HANDLE_PY
+from test_instance import DOCKER_DEFAULT_LESS_MKNOD, HANDLE_PY, _cmdline, _poll
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_app"
@@ -274,3 +274,43 @@ class TestHooksAreConfined:
         caps = [int(line.split()[1], 16) for line in r.stdout.splitlines()]
         assert caps and all(c == DOCKER_DEFAULT_LESS_MKNOD for c in caps), r.stdout
         assert inst.running(i)
+
+
+def test_bind_mounts_of_a_killed_launcher_are_removed_by_the_next(state, tmp_path):
+    """A launcher killed with its command (SIGKILL to the process group: no clean-up) leaves its bind
+    mount; the next command given a bind mount removes it, and only it while its owner runs."""
+    import signal
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    i = inst.create("sweep")
+
+    def spawn(seconds: int) -> subprocess.Popen:
+        target = inst.bind_target(str(folder))
+        return subprocess.Popen(inst.command_in(i, ["sh", "-c", f"ls {target} >/dev/null && echo up && "
+                                                    f"exec sleep {seconds}"], binds={str(folder): target}),
+                                stdout=subprocess.PIPE, text=True, process_group=0)
+
+    def binds() -> list[str]:
+        r = in_instance("sweep", "sh", "-c", "ls /run/cdsim/binds")
+        return r.stdout.split()
+
+    killed, alive = spawn(301), spawn(302)
+    try:
+        assert killed.stdout.readline() == "up\n" and alive.stdout.readline() == "up\n"
+        assert len(binds()) == 2
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=10)
+        # the command holds the lock too: wait until the kernel has ended it
+        assert _poll(lambda: not [p for p in inst.processes(i) if _cmdline(p) == "sleep 301"], timeout=10)
+        target = inst.bind_target(str(folder))
+        assert inst.exec_in(i, ["true"], binds={str(folder): target}) == 0
+        assert len(binds()) == 1   # the running one's stays
+    finally:
+        for p in (killed, alive):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            p.stdout.close()
+    assert inst.exec_in(i, ["true"], binds={str(folder): inst.bind_target(str(folder))}) == 0
+    assert binds() == []

@@ -14,7 +14,9 @@ the host's tree (for an instance with a user namespace: in a mount namespace of 
 instance's user namespace), made read-only, nosuid, nodev and noexec, and attached at its path inside
 (under /run/cdsim, the instance's own tmpfs) once the launcher has joined the instance; the parent
 detaches it and removes its folder when the command ends (or the launcher is told to stop with
-SIGTERM, SIGINT or SIGHUP). A bind mount reads the host file as it is now, which the overlay that is
+SIGTERM, SIGINT or SIGHUP). Killed outright, it leaves them behind; the per-call folder's flock, held
+by the launcher and the command, is then released, and the next launcher that binds removes them. A
+bind mount reads the host file as it is now, which the overlay that is
 the instance's / does not promise (overlayfs does not follow changes to its lower layer).
 
 Imports nothing of cdsim but its sibling modules ``namespaces`` and ``confine``.
@@ -22,6 +24,7 @@ Imports nothing of cdsim but its sibling modules ``namespaces`` and ``confine``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import sys
@@ -131,11 +134,20 @@ class _Joiner:
         self.left &= ~flags
 
 
-def _attach(trees: list[tuple[int, str, bool, bool]], attached: list[str]) -> None:
-    """In the instance: attach each detached tree on a fresh mount point, listed in ``attached``."""
+def _attach(trees: list[tuple[int, str, bool, bool]], attached: list[str], held: list[int]) -> None:
+    """In the instance: attach each detached tree on a fresh mount point, listed in ``attached``. Each
+    per-call folder stays locked (flock, in ``held``) while this launcher lives: one whose launcher was
+    killed is unlocked, and the next launcher removes it (:func:`_sweep`)."""
     for fd, inside, is_dir, read_only in trees:
-        os.makedirs(os.path.dirname(os.path.dirname(inside)), mode=0o755, exist_ok=True)
-        os.mkdir(os.path.dirname(inside), 0o755)   # the per-call folder: new, so nothing else is there
+        folder = os.path.dirname(inside)
+        os.makedirs(os.path.dirname(folder), mode=0o755, exist_ok=True)
+        # made under a dot name, locked, then renamed: a sweeper never sees it unlocked
+        hidden = os.path.join(os.path.dirname(folder), "." + os.path.basename(folder))
+        os.mkdir(hidden, 0o755)
+        lock = os.open(hidden, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        held.append(lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(hidden, folder)
         if is_dir:
             os.mkdir(inside, 0o755)
         else:
@@ -169,8 +181,32 @@ def _detach(attached: list[str]) -> None:
     attached.clear()
 
 
-def _exec_child(last_cap: int, cwd: str | None, argv: list[str]) -> None:
+def _sweep() -> None:
+    """In the instance: remove the bind mounts of launchers that were killed (their folder is unlocked)."""
     try:
+        names = os.listdir(BIND_ROOT)
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(BIND_ROOT, name)
+        try:
+            lock = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _detach([os.path.join(folder, entry) for entry in os.listdir(folder)])
+            os.rmdir(folder)
+        except OSError:
+            continue   # locked: its launcher still runs
+        finally:
+            os.close(lock)
+
+
+def _exec_child(last_cap: int, cwd: str | None, argv: list[str], held: list[int]) -> None:
+    try:
+        for lock in held:   # the command holds its bind mounts' locks too, should the launcher be killed
+            os.set_inheritable(lock, True)
         confine.confine(last_cap)
     except OSError as e:
         _say(f"cannot confine the command: {e}")
@@ -226,14 +262,17 @@ def run(spec: dict, argv: list[str]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+    held: list[int] = []
     try:
-        _attach(trees, attached)
+        if trees:
+            _sweep()
+        _attach(trees, attached, held)
     except OSError as e:
         _detach(attached)
         raise OSError(e.errno, f"cannot bind the host's files into the instance: {e}") from e
     child = os.fork()
     if child == 0:
-        _exec_child(last_cap, spec.get("cwd"), argv)
+        _exec_child(last_cap, spec.get("cwd"), argv, held)
     try:
         while True:
             _, status = os.waitpid(child, os.WUNTRACED)
