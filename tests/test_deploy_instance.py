@@ -200,7 +200,8 @@ class TestBundleIsReadAsItIsNow:
         to the hooks (root inside can't change it through the mount)."""
         bundle = _fresh_bundle(tmp_path / "b", "x\n")
         with open(bundle / "show.sh", "a") as f:
-            f.write("for p in /run/cdsim/binds/*/b; do echo changed > \"$p/greeting.txt\" && echo WROTE; done; echo tried\n")
+            f.write("for p in /run/cdsim/binds/*/b; do echo changed > \"$p/greeting.txt\" && echo WROTE; done\n"
+                    "echo tried\n")
         r = cdsim("deploy", "--instance", "fresh", str(bundle))
         assert r.returncode == 0, r.stdout + r.stderr
         assert "tried" in r.stdout and "WROTE" not in r.stdout and (bundle / "greeting.txt").read_text() == "x\n"

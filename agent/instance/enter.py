@@ -1,13 +1,13 @@
 """Entering a running instance: the launcher that joins its namespaces, gives it fresh bind mounts of host
 paths, confines itself and executes the command.
 
-Run as a plain script by the host's python (``python -E -s -S enter.py SPEC... -- ARGV``; see
-:func:`launcher_argv`; it imports only what it needs, so it starts fast), so it loads nothing from the instance's tree: every module it needs is loaded
-and the C library opened before it joins the instance's mount namespace. It then forks (a PID
-namespace takes effect for children); the child confines itself (agent.instance.confine) and only then
-executes ARGV, resolved in the instance's tree, so no program of the instance ever runs with more
-than an instance's capabilities. The parent waits and exits with the child's status (killed by a
-signal: by the same signal), like nsenter.
+Run as a plain script by the host's python (``python -E -s -S enter.py SPEC... -- ARGV``, see
+:func:`launcher_argv`; it imports little, to start fast), so it loads nothing from the instance's
+tree: every module it needs is loaded and the C library opened before it joins the instance's mount
+namespace. It then forks (a PID namespace takes effect for children); the child confines itself
+(agent.instance.confine) and only then executes ARGV, resolved in the instance's tree, so no program
+of the instance ever runs with more than an instance's capabilities. The parent waits and exits with
+the child's status (killed by a signal: by the same signal), like nsenter.
 
 Bind mounts (SPEC's ``binds``): each host path is cloned with open_tree while the launcher still sees
 the host's tree (for an instance with a user namespace: in a mount namespace of its own, owned by the
@@ -16,8 +16,8 @@ instance's user namespace), made read-only, nosuid, nodev and noexec, and attach
 detaches it and removes its folder when the command ends (or the launcher is told to stop with
 SIGTERM, SIGINT or SIGHUP). Killed outright, it leaves them behind; the per-call folder's flock, held
 by the launcher and the command, is then released, and the next launcher that binds removes them. A
-bind mount reads the host file as it is now, which the overlay that is
-the instance's / does not promise (overlayfs does not follow changes to its lower layer).
+bind mount reads the host file as it is now, which the overlay that is the instance's / does not
+promise (overlayfs does not follow changes to its lower layer).
 
 Imports nothing of cdsim but its sibling modules ``namespaces`` and ``confine``.
 """
@@ -157,7 +157,8 @@ def _attach(trees: list[tuple[int, str, bool, bool]], attached: list[str], held:
         os.close(fd)
         if not read_only:
             have = os.statvfs(inside).f_flag
-            kept = (ns.MS_RELATIME if have & os.ST_RELATIME else 0) | (ns.MS_NOATIME if have & os.ST_NOATIME else 0)
+            kept = ((ns.MS_RELATIME if have & os.ST_RELATIME else 0)
+                    | (ns.MS_NOATIME if have & os.ST_NOATIME else 0))
             ns.mount(None, inside, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV
                      | ns.MS_NOEXEC | kept)
 
