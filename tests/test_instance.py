@@ -335,6 +335,16 @@ class TestProcessesAndNetwork:
             proc.wait()
             proc.stdout.close()
 
+    def test_command_line_of_an_instance_stopped_since_says_so(self, state):
+        """A command line from command_in whose instance was stopped before it ran exits with the
+        environment status and says why, and runs nothing on the host."""
+        i = inst.create("gone")
+        cmd = inst.command_in(i, ["true"])
+        inst.stop(i)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == ExitStatus.ENVIRONMENT
+        assert "the instance stopped" in done.stderr
+
     def test_exec_returns_the_command_status(self, state):
         """`cdsim instance exec` exits with the command's status; stdin reaches the command."""
         cli("create", "codes")

@@ -40,7 +40,7 @@ else:   # run as a script: its folder is sys.path[0]
 BIND_ROOT = "/run/cdsim/binds"
 STATUS_CANNOT_RUN = 126
 STATUS_NOT_FOUND = 127
-STATUS_LAUNCHER = 125
+STATUS_LAUNCHER = 7   # agent.errors.ExitStatus.ENVIRONMENT: the instance could not be entered
 
 
 def launcher_argv(spec: dict, argv: list[str]) -> list[str]:
@@ -83,8 +83,11 @@ def _open_init(spec: dict) -> int:
     """A pidfd of the instance's init (setns takes it for every namespace at once), checked to be that
     process: a pidfd can't move on to another process if the pid is reused later."""
     pid = spec["pid"]
+    gone = OSError(errno.ESRCH, "the instance's init is gone (the instance stopped)")
     try:
         fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise gone from None
     except OSError as e:
         if e.errno != errno.ENOSYS:
             raise
@@ -92,7 +95,7 @@ def _open_init(spec: dict) -> int:
     if _start_time(pid) != spec["started"]:   # the pid was reused: that is not the instance's init
         if fd >= 0:
             os.close(fd)
-        raise OSError(3, "the instance's init is gone (the instance stopped)")
+        raise gone
     return fd
 
 
