@@ -34,6 +34,21 @@ needs_root = pytest.mark.skipif(not ROOT, reason="instances need root on this ma
                                                  "the unprivileged case is test_unprivileged_user_*")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Docker's default capability set without mknod: chown, dac_override, fowner, fsetid, kill, setgid,
+# setuid, setpcap, net_bind_service, net_raw, sys_chroot, audit_write, setfcap
+DOCKER_DEFAULT_LESS_MKNOD = sum(1 << n for n in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31))
+
+HANDLE_PY = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+handle = ctypes.create_string_buffer((128).to_bytes(4, "little") + bytes(132))
+mount_id = ctypes.c_int()
+named = libc.name_to_handle_at(-100, b"/dev/null", handle, ctypes.byref(mount_id), 0)
+mount_fd = os.open("/dev/null", os.O_RDONLY)
+opened = libc.open_by_handle_at(mount_fd, handle, os.O_RDONLY)
+print("name_to_handle_at", "ok" if named == 0 else "failed")
+print("open_by_handle_at", "opened" if opened >= 0 else errno.errorcode[ctypes.get_errno()])
+"""
 
 
 def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -182,6 +197,19 @@ class TestFilesStayInTheInstance:
         as_json = json.loads(cli("diff", "diffy", "--format", "json").stdout)
         assert {"path": f"/usr/local/bin/{name}", "kind": "added"} in as_json
 
+    def test_stop_then_the_next_command_sees_host_changes(self, state, tmp_path):
+        """README: a running instance may read a host file as it was (overlayfs does not follow its lower
+        layer); after `instance stop`, the next command restarts it over the host as it is."""
+        host = tmp_path / "conf.txt"
+        host.write_text("one\n")
+        i = inst.create("refresh")
+        assert run_in(i, f"cat {host}").stdout == "one\n"
+        (tmp_path / "conf.new").write_text("two\n")
+        os.rename(tmp_path / "conf.new", host)   # as an editor saves: the old file is replaced
+        assert cli("stop", "refresh").returncode == 0
+        assert run_in(i, f"cat {host}").stdout == "two\n"
+        assert inst.running(i)
+
     def test_instance_sees_files_the_host_has(self, state, tmp_path):
         """The lower layer is the host: a file the test writes is readable inside, and a bundle folder too."""
         marker = tmp_path / "marker.txt"
@@ -307,6 +335,16 @@ class TestProcessesAndNetwork:
             proc.wait()
             proc.stdout.close()
 
+    def test_command_line_of_an_instance_stopped_since_says_so(self, state):
+        """A command line from command_in whose instance was stopped before it ran exits with the
+        environment status and says why, and runs nothing on the host."""
+        i = inst.create("gone")
+        cmd = inst.command_in(i, ["true"])
+        inst.stop(i)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == ExitStatus.ENVIRONMENT
+        assert "the instance stopped" in done.stderr
+
     def test_exec_returns_the_command_status(self, state):
         """`cdsim instance exec` exits with the command's status; stdin reaches the command."""
         cli("create", "codes")
@@ -386,7 +424,7 @@ class TestLifecycle:
     def test_public_api_is_locked(self):
         """The names the lead wires `cdsim deploy` onto."""
         assert inst.__all__ == sorted(inst.__all__)
-        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "command_in", "create", "destroy", "diff",
+        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "bind_target", "command_in", "create", "destroy", "diff",
                                      "exec_in", "get", "get_or_create", "id_map_problem", "list_instances",
                                      "processes",
                                      "running", "start", "state_dir", "stop", "unmapped_user_problem"}
@@ -594,6 +632,61 @@ class TestUnprivilegedUser:
             os.unlink(host_edit)
             shutil.rmtree(host_dir)
 
+    def test_unprivileged_instance_is_confined_too(self, unprivileged, shared_dir):
+        """As a non-root user: the same capabilities (Docker's default less mknod) and seccomp filter as
+        a root instance: no nested user namespace, no open_by_handle_at."""
+        handle = os.path.join(shared_dir, "handle.py")
+        with open(handle, "w") as f:
+            f.write(HANDLE_PY)
+        assert unprivileged("create", "uc").returncode == 0
+        r = unprivileged("exec", "uc", script=(
+            "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; "
+            f"python3 {handle}; unshare -U true 2>/dev/null; echo unshare-U=$?"))
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.splitlines()
+        caps = {k: int(v, 16) for k, v in (line.split(":", 1) for line in out if line.startswith("Cap"))}
+        assert caps == {"CapInh": 0, "CapPrm": DOCKER_DEFAULT_LESS_MKNOD, "CapEff": DOCKER_DEFAULT_LESS_MKNOD,
+                        "CapBnd": DOCKER_DEFAULT_LESS_MKNOD, "CapAmb": 0}, r.stdout
+        assert "open_by_handle_at EPERM" in out and "unshare-U=1" in out, r.stdout
+
+    def test_unprivileged_deploy_reads_the_bundle_as_it_is_now(self, unprivileged, shared_dir):
+        """As a non-root user: after `sed -i` of a bundle file, the next `cdsim deploy` into the running
+        instance installs the new content (bound in afresh, from the user's own user namespace); the
+        bind is read-only and gone afterwards; /dev is the instance's own."""
+        bundle = os.path.join(shared_dir, "bundle")
+        os.mkdir(bundle)
+        with open(os.path.join(bundle, "greeting.txt"), "w") as f:
+            f.write("one\n")
+        with open(os.path.join(bundle, "show.sh"), "w") as f:
+            f.write("#!/bin/sh\necho \"installed: $(cat /opt/fresh/greeting.txt)\"\n"
+                    "echo x > \"$(ls -d /run/cdsim/binds/*/bundle)/greeting.txt\" 2>/dev/null && echo WROTE\n"
+                    "echo x > /dev/null && touch /dev/cdsim-user-test && echo dev-ok\n")
+        os.chmod(os.path.join(bundle, "show.sh"), 0o755)
+        with open(os.path.join(bundle, "appspec.yml"), "w") as f:
+            f.write("version: 0.0\nos: linux\nfiles:\n  - source: greeting.txt\n    destination: /opt/fresh\n"
+                    "hooks:\n  AfterInstall:\n    - location: show.sh\n")
+        python = _user_python(unprivileged.user.pw_name)
+
+        def deploy() -> subprocess.CompletedProcess:
+            command = ["env", f"CDSIM_STATE_DIR={unprivileged.state}", f"PYTHONPATH={REPO}", python, "-m",
+                       "agent", "deploy", "--instance", "ud", "-b", "OVERWRITE", bundle]
+            return subprocess.run(["su", unprivileged.user.pw_name, "-c", shlex.join(command)],
+                                  capture_output=True, text=True, cwd="/", timeout=180, check=False)
+
+        first = deploy()
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "installed: one" in first.stdout and "dev-ok" in first.stdout, first.stdout
+        subprocess.run(["sed", "-i", "s/one/two/", os.path.join(bundle, "greeting.txt")], check=True)
+        os.chmod(os.path.join(bundle, "greeting.txt"), 0o644)
+        second = deploy()
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "installed: two" in second.stdout and "WROTE" not in second.stdout, second.stdout
+        with open(os.path.join(bundle, "greeting.txt")) as f:
+            assert f.read() == "two\n"
+        assert not os.path.exists("/dev/cdsim-user-test")
+        left = unprivileged("exec", "ud", script="ls -A /run/cdsim/binds; grep -c /run/cdsim /proc/self/mountinfo")
+        assert left.stdout.split() == ["0"], left.stdout + left.stderr
+
     def test_unprivileged_servers_on_port_80_and_stop(self, unprivileged):
         """As a non-root user: two instances each serve port 80; a second exec reaches the server; stop ends all."""
         for name in ("ua", "ub"):
@@ -684,6 +777,43 @@ class TestUnprivilegedUser:
             assert os.listdir(os.path.join(as_user.state, "instances")) == []
         finally:
             _destroy_all(as_user)
+
+
+def _run_filter(arch: int, nr: int, arg0: int = 0) -> int:
+    """What the seccomp program returns for one system call (a classic BPF interpreter, enough for it)."""
+    from agent.instance.confine import program
+    data = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF}
+    code, acc, pc = program(), 0, 0
+    while True:
+        op, jt, jf, k = code[pc]
+        if op == 0x20:
+            acc = data[k]
+        elif op == 0x06:
+            return k
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
+            pc += jt if taken else jf
+        pc += 1
+
+
+class TestSeccompProgram:
+    """The filter's logic, pure (the real filter is exercised in TestHooksAreConfined)."""
+
+    def test_refuses_namespaces_file_handles_and_other_abis_and_allows_the_rest(self):
+        from agent.instance.confine import AUDIT_ARCH_X86_64 as X86_64
+        from agent.instance.confine import RET_ALLOW, RET_ERRNO
+        eperm, enosys = RET_ERRNO | 1, RET_ERRNO | 38
+        assert _run_filter(X86_64, 0) == RET_ALLOW                       # read
+        assert _run_filter(X86_64, 59) == RET_ALLOW                      # execve
+        assert _run_filter(X86_64, 56, 0x01200011) == RET_ALLOW          # clone as fork() calls it
+        assert _run_filter(X86_64, 56, 0x10000000 | 17) == eperm         # clone(CLONE_NEWUSER)
+        assert _run_filter(X86_64, 56, 0x00020000) == eperm              # clone(CLONE_NEWNS)
+        for nr in (272, 308, 165, 166, 304, 246, 321, 298, 250, 425):   # unshare ... io_uring_setup
+            assert _run_filter(X86_64, nr) == eperm, nr
+        assert _run_filter(X86_64, 303) == RET_ALLOW                     # name_to_handle_at
+        assert _run_filter(X86_64, 435) == enosys                        # clone3: the C library falls back
+        assert _run_filter(X86_64, 0x40000000 | 0) == enosys             # x32
+        assert _run_filter(0x40000003, 3) == enosys                      # i386
 
 
 class TestIdMaps:

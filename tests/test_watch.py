@@ -34,11 +34,12 @@ def bundle(tmp_path) -> Path:
 class Watcher:
     """`cdsim watch` in a subprocess; its stdout lines arrive on a queue."""
 
-    def __init__(self, tmp_path: Path, bundle: Path):
+    def __init__(self, tmp_path: Path, bundle: Path, where: list[str] | None = None):
         env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
+        where = where or ["--host", "--root-dir", str(tmp_path / "root")]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "watch", "--host", "--root-dir", str(tmp_path / "root"), "-q",
-             str(bundle)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "agent", "watch", *where, "-q", str(bundle)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -115,6 +116,29 @@ class TestWatch:
         assert any("stopped" in line for line in w.seen)
         group = tmp_path / "root" / "default-local-deployment-group"
         assert len([p for p in group.iterdir() if p.name.startswith("d-")]) == 3
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="deploys into an instance as root (CI runs as root)")
+    def test_into_an_instance_each_run_reads_the_bundle_as_it_is_now(self, tmp_path, bundle):
+        """Watching into an instance: a hook script replaced as an editor saves it (a new file renamed
+        over the old one) is the one the next run executes, though the instance keeps running (its /
+        is an overlay that does not follow the host's changes; the bundle is bound in afresh)."""
+        import agent.instance as inst
+
+        w = Watcher(tmp_path, bundle, where=["--instance", "watched"])
+        try:
+            first = w.until(lambda line: line.startswith("cdsim watch: run 1:"), timeout=60)
+            assert first[-1].startswith("cdsim watch: run 1: Succeeded"), w.seen
+            w.until(lambda line: line == "cdsim watch: waiting for changes", timeout=10)
+            replacement = bundle / "scripts" / "second.new"
+            _script(replacement, "echo broken\nexit 3\n")
+            os.rename(replacement, bundle / "scripts" / "second.sh")
+            run2 = w.until(lambda line: line.startswith("cdsim watch: run 2"), timeout=30)
+            assert "Failed at AfterInstall" in run2[-1], w.seen
+        finally:
+            w.stop()
+            state = str(tmp_path / "state")
+            for status in inst.list_instances(state=state):
+                inst.destroy(inst.get(status.name, state=state))
 
     def test_missing_bundle_is_a_usage_error(self, tmp_path):
         """Watching a path that does not exist exits USAGE at once."""

@@ -7,6 +7,7 @@ it runs, with the hook's output live.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -146,11 +147,20 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
     problem = instances.id_map_problem(inst)
     if problem:
         print(f"cdsim: note: {problem}", file=sys.stderr, flush=True)
-    argv = [sys.executable, "-m", "agent", "deploy", "--host", bundle, "--type", btype,
+    # the bundle (and configuration file) reach the run inside through bind mounts made for this
+    # deployment: through the instance's / (an overlay of the host) they may read as they were when
+    # the instance started
+    binds = {bundle: instances.bind_target(bundle)}
+    config_file = args.agent_configuration_file
+    if config_file and os.path.isfile(config_file):
+        config_file = os.path.abspath(config_file)
+        binds[config_file] = instances.bind_target(config_file)
+        config_file = binds[config_file]
+    argv = [sys.executable, "-m", "agent", "deploy", "--host", binds[bundle], "--type", btype,
             "-g", args.deployment_group, "-d", args.deployment_group_name,
-            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
-    for flag, value in (("-a", args.application_name), ("-e", args.events),
-                        ("-A", args.appspec_filename), ("-c", args.agent_configuration_file),
+            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period),
+            "-a", args.application_name or bundle]
+    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("-c", config_file),
                         ("--root-dir", args.root_dir)):
         if value:
             argv += [flag, value]
@@ -165,7 +175,7 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
               flush=True)
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
     started = time.time()
-    status = instances.exec_in(inst, argv, env=env, cwd=os.getcwd())
+    status = instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), binds=binds)
     if args.report or os.environ.get("GITHUB_ACTIONS") == "true":
         _reports(args, _records_from_instance(inst, args.deployment_group, started))
     return status
@@ -189,13 +199,24 @@ def run_local_in_instance(opts: dict) -> int:
 
     name = opts.pop("--instance")
     inst = instances.get_or_create(name)
+    binds = {}
+    location = opts.get("--bundle-location") or os.getcwd()
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):   # a local path: bound fresh, as in deploy
+        host = os.path.abspath(location)
+        binds[host] = instances.bind_target(host)
+        opts["--bundle-location"] = binds[host]
+        opts.setdefault("--application-name", location)
+    config_file = opts.get("--agent-configuration-file")
+    if config_file and os.path.isfile(config_file):
+        host = os.path.abspath(config_file)
+        binds[host] = opts["--agent-configuration-file"] = instances.bind_target(host)
     argv = [sys.executable, "-m", "agent", "local"]
     for k, v in opts.items():
         if k == "--report":
             continue  # written inside, a report would land in the instance's overlay
         argv += [k] if v is None else [k, v]
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
-    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd())
+    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), binds=binds)
 
 
 class Printer:

@@ -7,9 +7,15 @@ namespace (their own loopback). Root gets this directly; other users through a u
 maps them as root and, where the system gives them subordinate ids, 1..N to those (``idmap``).
 A keeper process per running instance holds the namespaces; :func:`exec_in` enters them.
 
+Every process inside holds at most Docker's default capabilities less mknod, under a seccomp filter
+(``confine``); :func:`exec_in` enters through cdsim's own launcher (``enter``), which confines the
+command before anything of the instance's tree runs, and can bind host paths in afresh for one command
+(:func:`bind_target`): through the overlay a host file may read as it was when the instance started.
+
 Module map: ``store`` (folders, metadata), ``namespaces`` (system calls), ``overlay`` (the root file
-system), ``keeper`` (start/stop), ``idmap`` (user namespace id maps), ``diff`` (what changed). Must not
-import the deploy engine or hooks_runtime.
+system), ``keeper`` (start/stop), ``idmap`` (user namespace id maps), ``confine`` (capabilities,
+seccomp), ``enter`` (the launcher), ``diff`` (what changed). Must not import the deploy engine or
+hooks_runtime.
 """
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 
 from agent.errors import EnvironmentProblem, UsageError
-from agent.instance import idmap, keeper, store
+from agent.instance import confine, enter, idmap, keeper, store
 from agent.instance.diff import Change
 from agent.instance.diff import changes as _changes
 from agent.instance.store import Instance, state_dir
@@ -31,6 +38,7 @@ __all__ = [
     "Change",
     "Instance",
     "InstanceStatus",
+    "bind_target",
     "command_in",
     "create",
     "destroy",
@@ -49,10 +57,9 @@ __all__ = [
 ]
 
 # What root inside an instance keeps (Docker's default set, less mknod): no module loading, raw I/O,
-# reboot, clock, mounts or device nodes, so even a real-root hook can't reach the host around the
-# overlay. net_admin only where the network namespace is the instance's own.
-CAPABILITIES = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
-                "setuid", "setpcap", "net_bind_service", "net_raw", "sys_chroot", "audit_write", "setfcap")
+# reboot, clock, mounts, file handles, network configuration or device nodes, so even a real-root hook
+# can't reach the host around the overlay. See agent.instance.confine (also the seccomp filter).
+CAPABILITIES = confine.KEPT
 
 
 @dataclass(frozen=True)
@@ -139,47 +146,51 @@ def _check_owner(instance: Instance) -> None:
             reference="instance-owner", hint="use your own state folder (CDSIM_STATE_DIR)")
 
 
-def _enter_command(instance: Instance, init_pid: int, cwd: str | None) -> list[str]:
-    nsenter, setpriv = shutil.which("nsenter"), shutil.which("setpriv")
-    if not nsenter or not setpriv:
-        raise EnvironmentProblem("entering an instance needs nsenter and setpriv (package util-linux)",
-                                 hint=keeper.HINT, reference="instance-unavailable")
+def _enter_command(instance: Instance, record: dict, cwd: str | None, binds: dict[str, str] | None) -> list[str]:
     meta = store.read_meta(instance.path)
-    cmd = [nsenter, f"--target={init_pid}", "--mount", "--uts", "--ipc", "--pid"]
-    if instance.network == "private":
-        cmd.append("--net")
-    if meta.get("user_namespace"):
-        # keep our uid: it is root inside (nsenter's own switch to 0 would call setgroups, denied there)
-        cmd += ["--user", "--preserve-credentials"]
-    # --wd with a folder opens it before entering the mount namespace (a folder of the host's tree);
-    # without one it takes init's working folder, the instance's /, and sh changes from there
-    cmd += ["--root", "--wd", "--"]
-    caps = CAPABILITIES + (("net_admin",) if instance.network == "private" else ())
-    # setpriv runs inside (resolved in the instance's tree): it trims the bounding set, so the
-    # command and everything it starts can never hold the capabilities left out
-    cmd += ["setpriv", "--bounding-set", "-all," + ",".join("+" + c for c in caps), "--"]
-    if cwd and cwd != "/":
-        cmd += ["/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd]
-    return cmd
+    spec = {"pid": record["init_pid"], "started": record["init_started"],
+            "userns": bool(meta.get("user_namespace")), "private_net": instance.network == "private",
+            "cwd": cwd, "binds": [[host, inside] for host, inside in (binds or {}).items()]}
+    for host, inside in spec["binds"]:
+        if not inside.startswith(enter.BIND_ROOT + "/") or not os.path.exists(host):
+            raise UsageError(f"cannot bind {host!r} into the instance at {inside!r}: "
+                             f"give a path from bind_target() for a host path that exists",
+                             reference="instance-bind")
+    # the launcher (host code, loaded before it joins the namespaces) confines the command itself:
+    # nothing of the instance's tree runs before the capabilities are dropped and the filter is on
+    return enter.launcher_argv(spec, [])
 
 
-def command_in(instance: Instance, argv: list[str], *, cwd: str | None = None) -> list[str]:
+def bind_target(host_path: str) -> str:
+    """A fresh path inside an instance where one :func:`exec_in` / :func:`command_in` call given
+    ``binds={host_path: this}`` sees ``host_path`` (file or folder) read-only, as it is on disk at that
+    moment: a bind mount made for that call and removed when it ends. The instance's / is an overlay
+    of the host, which may keep showing a host file as it was when the instance started."""
+    name = os.path.basename(os.path.normpath(host_path)) or "root"
+    return f"{enter.BIND_ROOT}/{uuid.uuid4().hex}/{name}"
+
+
+def command_in(instance: Instance, argv: list[str], *, cwd: str | None = None,
+               binds: dict[str, str] | None = None) -> list[str]:
     """The host command line that runs ``argv`` inside the instance (starting it if needed), for a
     caller that spawns and supervises the process itself (timeouts, process groups, output pumps):
-    nsenter stays the child's parent in the instance and exits with its status."""
+    the launcher stays the child's parent outside the instance and exits with its status. ``binds``
+    maps host paths to paths from :func:`bind_target`."""
     if not argv:
         raise UsageError("nothing to run: give a command", reference="instance-exec-empty")
-    return _enter_command(instance, start(instance), cwd) + list(argv)
+    _check_owner(instance)
+    record = keeper.start(instance)
+    return _enter_command(instance, record, cwd, binds) + list(argv)
 
 
 def exec_in(instance: Instance, argv: list[str], *, env: dict | None = None, cwd: str | None = None,
-            stdin=None, stdout=None, stderr=None) -> int:
+            stdin=None, stdout=None, stderr=None, binds: dict[str, str] | None = None) -> int:
     """Run ``argv`` inside the instance (starting it if needed) as its root; return its exit status.
 
     Stdio is inherited unless given (anything subprocess accepts). Processes it leaves behind keep
-    running in the instance until :func:`stop`.
+    running in the instance until :func:`stop`. ``binds``: as :func:`command_in`.
     """
-    cmd = command_in(instance, argv, cwd=cwd)
+    cmd = command_in(instance, argv, cwd=cwd, binds=binds)
     completed = subprocess.run(cmd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, check=False)
     return completed.returncode
 

@@ -2,7 +2,8 @@
 
 :func:`keeper_main` (FOLDER, FD), run in a process of its own by :func:`start`, unshares the
 namespaces, forks the instance's init (PID 1 of its PID namespace), which builds the root file system,
-pivots into it and then only reaps orphans until told to stop; the keeper itself stays outside as
+pivots into it, confines itself as every process of the instance is (agent.instance.confine) and
+then only reaps orphans until told to stop; the keeper itself stays outside as
 init's parent so init never lingers as a zombie. Both report on pipe FD: ``pid N`` (init's host pid), then ``ok`` or
 ``error MESSAGE``. When init exits the kernel kills every process of the instance.
 Must not import the deploy engine or hooks_runtime.
@@ -19,7 +20,7 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
-from agent.instance import idmap, overlay, store
+from agent.instance import confine, idmap, overlay, store
 from agent.instance import namespaces as ns
 
 START_TIMEOUT = 30.0
@@ -104,9 +105,14 @@ def keeper_main(folder: str, report: int) -> int:
     if init == 0:
         try:
             os.setsid()
+            last_cap = confine.prepare()   # while the host's tree is still ours
             overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns)
             overlay.mount_private(inst.root, in_user_namespace=userns, host_network=inst.network == "host")
             overlay.enter(inst.root, inst.name, private_network=inst.network == "private")
+            # init holds no more than the processes it reaps; where the host's root started it, it is not
+            # dumpable either (root inside can't trace it or read /proc/1/fd). In a user namespace it
+            # must stay dumpable: its owner reads /proc/INIT/ns to know the instance runs
+            confine.confine(last_cap, dumpable=userns)
         except Exception as e:  # noqa: BLE001 - reported to the starting process, which raises
             traceback.print_exc()
             _write(report, f"error {e}")
@@ -143,7 +149,8 @@ def running(inst: store.Instance) -> dict | None:
     record = store.read_keeper(inst)
     if not record or not _alive(record.get("init_pid", -1), record.get("init_started")):
         return None
-    if ns.pid_namespace(record["init_pid"]) != record.get("pid_namespace"):
+    link = ns.pid_namespace(record["init_pid"])
+    if link is None or link != record.get("pid_namespace"):
         return None
     return record
 

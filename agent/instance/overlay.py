@@ -6,7 +6,8 @@ upper layer. Overlayfs sees one file system per layer, so every other host mount
 /boot, /var ...) gets its own overlay on top, with ``upper/<mount point>`` as its upper layer: the upper
 folder then reads like one tree of everything the instance changed, whatever mount it belongs to.
 /proc, /sys, /dev and /run are the instance's own (a fresh proc for its PID namespace, a read-only
-sysfs, a minimal /dev, an empty /run so no host daemon's socket is reachable). Nothing the instance
+sysfs, a /dev tmpfs with the usual device nodes bound read-only from the host, an empty /run so no
+host daemon's socket is reachable). Nothing the instance
 can write reaches the host. Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
@@ -136,13 +137,15 @@ def mount_private(root: str, *, in_user_namespace: bool, host_network: bool) -> 
     for node in DEVICE_NODES:
         if os.path.exists("/dev/" + node):
             open(os.path.join(dev, node), "w").close()
-            ns.mount("/dev/" + node, os.path.join(dev, node), None, ns.MS_BIND)
+            # read-only: a device still reads and writes, but its host inode (mode, owner, times)
+            # can't be changed from inside
+            _bind_read_only("/dev/" + node, os.path.join(dev, node))
     os.mkdir(dev + "/pts")
     ns.mount("devpts", dev + "/pts", "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620" + ("" if in_user_namespace else ",gid=5"))
     os.symlink("pts/ptmx", dev + "/ptmx")
     os.mkdir(dev + "/shm")
-    ns.mount("tmpfs", dev + "/shm", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=1777")
+    ns.mount("tmpfs", dev + "/shm", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC, "mode=1777")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, name))
@@ -155,6 +158,18 @@ def mount_private(root: str, *, in_user_namespace: bool, host_network: bool) -> 
         open(root + resolver, "w").close()
         ns.mount(resolver, root + resolver, None, ns.MS_BIND)
         ns.mount(None, root + resolver, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY)
+
+
+# statvfs flags that a remount must repeat (in a user namespace they are locked) -> their mount flags
+_KEPT_FLAGS = ((os.ST_NOSUID, ns.MS_NOSUID), (os.ST_NODEV, ns.MS_NODEV), (os.ST_NOEXEC, ns.MS_NOEXEC),
+               (os.ST_NOATIME, 1024), (os.ST_NODIRATIME, 2048), (os.ST_RELATIME, 1 << 21))
+
+
+def _bind_read_only(source: str, target: str) -> None:
+    ns.mount(source, target, None, ns.MS_BIND)
+    have = os.statvfs(target).f_flag
+    flags = sum(flag for st, flag in _KEPT_FLAGS if have & st)
+    ns.mount(None, target, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | flags)
 
 
 def enter(root: str, hostname: str, *, private_network: bool) -> None:
