@@ -761,7 +761,10 @@ class TestUnprivilegedUser:
         """A user without subordinate ranges still gets an instance (root inside = that user); runas of
         another uid and su fail, and the error names the usermod command that fixes it."""
         as_user = _user_cli(plain_user, shared_dir)
-        fix = f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {plain_user.pw_name}"
+        from agent.instance.idmap import SUBGID_FILE, SUBUID_FILE, free_range
+        with open(SUBUID_FILE) as u, open(SUBGID_FILE) as g:
+            start = free_range(u.read(), g.read())   # a range no other user has, not a fixed one
+        fix = f"usermod --add-subuids {start}-{start + 65535} --add-subgids {start}-{start + 65535} {plain_user.pw_name}"
         try:
             assert as_user("create", "plain").returncode == 0
             meta = as_user.meta("plain")

@@ -102,3 +102,68 @@ def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everythi
             cdsim("instance", "destroy", "default")
     assert (subprocess.run(["id", "ec2-user"], capture_output=True, check=False).returncode == 0) == host_user
     assert os.path.lexists("/home/ec2-user/sample-app") == host_app
+
+
+@pytest.fixture
+def user_without_subids():
+    """A fresh user whom useradd gives no subordinate ids, removed afterwards."""
+    name = f"cdsimns{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+
+
+def test_without_subordinate_ids_the_sample_stops_at_once_with_the_exact_fix(user_without_subids, shared_dir):
+    """An ordinary user without subordinate ids: `cdsim deploy sample_app` (which needs ec2-user inside)
+    stops before any hook with one message naming the free range to add; a bundle that needs no other
+    user deploys, and says nothing about ids."""
+    from agent.instance.idmap import SUBGID_FILE, SUBUID_FILE, free_range
+    python = _user_python(user_without_subids.pw_name)
+    if python is None:
+        pytest.skip(f"no interpreter both runnable by {user_without_subids.pw_name} and able to import agent")
+    bundle = os.path.join(shared_dir, "sample_app")
+    shutil.copytree(os.path.join(REPO, "sample_app"), bundle)
+    plain = os.path.join(shared_dir, "plain")
+    os.mkdir(plain)
+    with open(os.path.join(plain, "appspec.yml"), "w") as f:
+        f.write("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: hi.sh\n")
+    with open(os.path.join(plain, "hi.sh"), "w") as f:
+        f.write("#!/bin/sh\necho hello from $(id -un)\n")
+    subprocess.run(["chmod", "-R", "a+rX", bundle, plain], check=True)
+    os.chmod(os.path.join(plain, "hi.sh"), 0o755)
+    state = os.path.join(shared_dir, "state")
+    os.mkdir(state)
+    os.chown(state, user_without_subids.pw_uid, user_without_subids.pw_gid)
+
+    def cdsim(*args: str) -> subprocess.CompletedProcess:
+        command = ["env", "PATH=/usr/local/bin:/usr/bin:/bin", f"CDSIM_STATE_DIR={state}", f"PYTHONPATH={REPO}",
+                   python, "-m", "agent", *args]
+        return subprocess.run(["su", user_without_subids.pw_name, "-c", shlex.join(command)], capture_output=True,
+                              text=True, cwd=shared_dir, timeout=180, check=False)
+
+    with open(SUBUID_FILE) as u, open(SUBGID_FILE) as g:
+        start = free_range(u.read(), g.read())
+    try:
+        refused = cdsim("deploy", bundle)
+        assert refused.returncode == 7, refused.stdout + refused.stderr
+        assert "BeforeInstall" not in refused.stdout and EXPECTED_TEXT not in refused.stdout
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("cdsim: error:")]
+        assert len(errors) == 1, refused.stderr
+        assert "the bundle needs ec2-user inside instance 'default'" in errors[0]
+        assert (f"`usermod --add-subuids {start}-{start + 65535} --add-subgids {start}-{start + 65535} "
+                f"{user_without_subids.pw_name}`") in errors[0]
+        fine = cdsim("deploy", plain)
+        assert fine.returncode == 0, fine.stdout + fine.stderr
+        assert "hello from root" in fine.stdout and "subordinate" not in fine.stdout + fine.stderr
+        # the administrator runs the command: the running instance is re-mapped, the sample deploys
+        subprocess.run(["usermod", "--add-subuids", f"{start}-{start + 65535}", "--add-subgids",
+                        f"{start}-{start + 65535}", user_without_subids.pw_name], check=True)
+        again = cdsim("deploy", bundle)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "restarting instance 'default' so that it maps your subordinate ids" in again.stderr
+        assert EXPECTED_TEXT in again.stdout
+    finally:
+        cdsim("instance", "destroy", "default")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from agent.errors import ExitStatus, UsageError
+from agent.errors import EnvironmentProblem, ExitStatus, UsageError
 
 SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
 DEFAULT_INSTANCE = "default"
@@ -144,9 +144,7 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
 
     name = args.instance or DEFAULT_INSTANCE
     inst = instances.get_or_create(name, network=args.network)
-    problem = instances.id_map_problem(inst)
-    if problem:
-        print(f"cdsim: note: {problem}", file=sys.stderr, flush=True)
+    _check_id_map(inst, name, bundle, args.appspec_filename, quiet=args.quiet)
     # the bundle (and configuration file) reach the run inside through bind mounts made for this
     # deployment: through the instance's / (an overlay of the host) they may read as they were when
     # the instance started
@@ -179,6 +177,33 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
     if args.report or os.environ.get("GITHUB_ACTIONS") == "true":
         _reports(args, _records_from_instance(inst, args.deployment_group, started))
     return status
+
+
+def _check_id_map(inst, name: str, bundle: str, appspec_filename: str | None, *, quiet: bool) -> None:
+    """Stop before the first hook when the bundle needs users other than root inside an instance that
+    can map only its creator (an ordinary user without subordinate ids), with the exact fix; say nothing
+    for bundles that need no other user. An instance made before this machine could map other users is
+    re-mapped when it next starts: a running one is restarted for a bundle that needs it."""
+    from agent import instance as instances
+    from agent.commands.doctor import users_needed
+    from agent.instance import idmap
+
+    problem = instances.id_map_problem(inst)
+    if not problem:
+        return
+    needed = users_needed(bundle, appspec_filename)
+    if not needed:
+        return   # none, or an appspec the deployment will refuse with its own message
+    if not idmap.current().get("id_map_problem"):
+        if instances.running(inst):
+            if not quiet:
+                print(f"cdsim: restarting instance {name!r} so that it maps your subordinate ids "
+                      "(its processes end)", file=sys.stderr, flush=True)
+            instances.stop(inst)
+        return   # re-mapped as it starts
+    raise EnvironmentProblem(f"the bundle needs {', '.join(needed)} inside instance {name!r}, but {problem}",
+                             reference="instance-id-map",
+                             hint="or deploy as root, or onto this machine with --host")
 
 
 def _records_from_instance(inst, group: str, since: float) -> list[dict]:

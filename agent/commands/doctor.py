@@ -474,6 +474,18 @@ def _needs_other_users(spec) -> list[str]:
     return [n for n in dict.fromkeys(names) if n not in ("root", "0")]
 
 
+def users_needed(bundle: str, appspec_filename: str | None = None) -> list[str] | None:
+    """Users and groups other than root a deployment of ``bundle`` switches to or gives files to; None
+    when its appspec cannot be read or parsed (the deployment itself then says why)."""
+    from agent.appspec import parse_appspec
+    from agent.errors import CdsimError
+    try:
+        data, name = _read_appspec(bundle, appspec_filename)
+        return _needs_other_users(parse_appspec(data, filename=name))
+    except (CdsimError, OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
+        return None
+
+
 def check_id_map(problem: str | None, needed: list[str], *, creator_is_root: bool) -> Check:
     """Whether users other than root can exist in the instance: its id map (see agent.instance.idmap),
     against the users the bundle needs."""

@@ -162,6 +162,7 @@ def start(inst: store.Instance) -> dict:
         record = running(inst)
         if record:
             return record
+        store.refresh_id_maps(inst)
         return _spawn(inst)
 
 

@@ -100,6 +100,22 @@ def write_meta(inst: Instance) -> None:
     atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n", private=True)
 
 
+def refresh_id_maps(inst: Instance) -> bool:
+    """Give a stopped instance made when only its creator could be mapped the subordinate ranges this
+    machine has now (newuidmap installed, ranges added since). Safe: every file in it belongs to the
+    creator, root inside, whom the old and the new maps map alike. True when the maps changed."""
+    meta = read_meta(inst.path)
+    if not meta.get("id_map_problem"):
+        return False
+    now = id_maps()
+    if now.get("id_map_problem") or now["uid_map"][0] != meta["uid_map"][0] or now["gid_map"][0] != meta["gid_map"][0]:
+        return False
+    meta = {k: v for k, v in meta.items() if k != "id_map_problem"}
+    meta.update(now)
+    atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n", private=True)
+    return True
+
+
 def read_meta(path: str) -> dict:
     with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
         return json.load(f)
