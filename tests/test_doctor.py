@@ -64,11 +64,16 @@ class TestMachine:
         assert checks(report)["root"]["status"] == ("ok" if os.geteuid() == 0 else "warn")
 
     def test_missing_tools_fail(self, tmp_path):
-        """With no unshare/nsenter on PATH the namespace and instance-tool checks fail."""
+        """With no unshare on PATH the namespace check fails; entering needs no tool (cdsim's launcher)."""
         code, report = doctor(env={"PATH": str(tmp_path)})
         assert code == ExitStatus.ENVIRONMENT
         assert checks(report)["namespaces"]["status"] == "FAIL"
-        assert "nsenter" in checks(report)["instance tools"]["detail"]
+        assert checks(report)["instance launcher"]["status"] == "ok"
+
+    def test_old_kernel_cannot_bind_the_bundle(self):
+        from agent.commands.doctor import check_instance_tools
+        assert check_instance_tools("5.1.21-foo").status == "FAIL"
+        assert check_instance_tools("6.1.0-13-amd64").status == "ok"
 
 
 class TestBundle:
