@@ -426,6 +426,22 @@ def test_stop_deployment_mid_way_and_roll_back(fleet):
 
 
 @needs_root
+def test_fleet_hooks_get_the_agent_services_environment(fleet):
+    """A fleet agent's hook sees what the agent's daemon gives it: cwd /, the systemd unit's environment
+    (bash -a over /etc/profile), no AWS keys, the CodeDeploy and GitHub revision variables."""
+    from hooks_runtime.environment import service_environment
+    fleet.up(1)
+    sha = fleet.repo.commit("env", {"BeforeInstall": "env > /tmp/hook-env; pwd > /tmp/hook-pwd"})
+    assert fleet.wait(fleet.deploy(sha))["status"] == "Succeeded"
+    env = dict(line.split("=", 1) for line in fleet.read("fleet-1", "/tmp/hook-env").splitlines() if "=" in line)
+    assert fleet.read("fleet-1", "/tmp/hook-pwd").strip() == "/"
+    assert env["PATH"] == service_environment()["PATH"]
+    assert env["_"] == "/opt/codedeploy-agent/bin/codedeploy-agent"
+    assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env and "HOME" not in env
+    assert env["LIFECYCLE_EVENT"] == "BeforeInstall" and env["BUNDLE_COMMIT"] == sha
+
+
+@needs_root
 def test_ignore_application_stop_failures(fleet):
     fleet.up(1)
     v1 = fleet.repo.commit("v1", {"ApplicationStop": 'echo "cannot stop"; exit 1'})
