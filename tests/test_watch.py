@@ -117,6 +117,22 @@ class TestWatch:
         group = tmp_path / "root" / "default-local-deployment-group"
         assert len([p for p in group.iterdir() if p.name.startswith("d-")]) == 3
 
+    def test_appspec_edited_with_sed_reruns_and_names_only_the_appspec(self, tmp_path, bundle):
+        """`sed -i` on appspec.yml (a temporary file renamed over it) re-runs with the new hooks; the
+        summary names appspec.yml, not sed's temporary file."""
+        w = Watcher(tmp_path, bundle)
+        try:
+            w.until(lambda line: line.startswith("cdsim watch: run 1:"), timeout=30)
+            w.until(lambda line: line == "cdsim watch: waiting for changes", timeout=10)
+            subprocess.run(["sed", "-i", "s/AfterInstall/ApplicationStart/", str(bundle / "appspec.yml")], check=True)
+            run2 = w.until(lambda line: line.startswith("cdsim watch: run 2"), timeout=10)
+            assert "(changed: appspec.yml)" in run2[-1], run2[-1]
+            rest = w.until(lambda line: line == "cdsim watch: waiting for changes", timeout=10)
+            assert any(line.startswith("  ApplicationStart scripts/second.sh: Succeeded") for line in rest), rest
+            assert any("AfterInstall scripts/second.sh: did not run this time" in line for line in rest), rest
+        finally:
+            w.stop()
+
     @pytest.mark.skipif(os.geteuid() != 0, reason="deploys into an instance as root (CI runs as root)")
     def test_into_an_instance_each_run_reads_the_bundle_as_it_is_now(self, tmp_path, bundle):
         """Watching into an instance: a hook script replaced as an editor saves it (a new file renamed
