@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 import yaml
 
 from agent.errors import ExitStatus
@@ -104,8 +105,7 @@ class TestBundle:
         b = appspec(tmp_path / "b", extra="permissions:\n  - object: /tmp/x\n    acls:\n      - u:root:rw\n")
         code, report = doctor(str(b), env={"PATH": str(tmp_path)})
         assert code == ExitStatus.ENVIRONMENT and checks(report)["setfacl"]["status"] == "FAIL"
-        if not any(os.access(os.path.join(d, "setfacl"), os.X_OK) for d in os.environ["PATH"].split(":")):
-            pytest.skip("setfacl is not installed here (apt-get install acl)")
+        require_tool("setfacl", "acl")
         _, report = doctor(str(b))
         assert checks(report)["setfacl"]["status"] == "ok"
 

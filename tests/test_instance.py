@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import pytest
+from conftest import require_tool
 
 import agent.instance as inst
 from agent.errors import ExitStatus, UsageError
@@ -709,8 +710,8 @@ class TestUnprivilegedUser:
     def test_subordinate_ids_let_root_inside_add_users_and_destroy_removes_their_files(self, unprivileged):
         """With newuidmap and subordinate ranges: useradd, su and chown work inside, the host gets no
         user, files of the new user belong to a subordinate uid on disk, and destroy still removes them."""
-        assert shutil.which("newuidmap") and shutil.which("newgidmap"), \
-            "needs newuidmap/newgidmap: apt-get install uidmap"
+        require_tool("newuidmap", "uidmap")
+        require_tool("newgidmap", "uidmap")
         subordinate_ids(unprivileged.user.pw_name)
         added = f"cdsimin{uuid.uuid4().hex[:6]}"
         assert unprivileged("create", "subs").returncode == 0
@@ -740,7 +741,7 @@ class TestUnprivilegedUser:
     def test_a_map_newuidmap_refuses_is_an_environment_error(self, unprivileged):
         """When newuidmap refuses the recorded map (a range that is not the user's), exec exits
         ENVIRONMENT naming newuidmap, no keeper or init is left running, and destroy still works."""
-        assert shutil.which("newuidmap"), "needs newuidmap/newgidmap: apt-get install uidmap"
+        require_tool("newuidmap", "uidmap")
         subordinate_ids(unprivileged.user.pw_name)
         assert unprivileged("create", "refused").returncode == 0
         meta_file = os.path.join(unprivileged.state, "instances", "refused", "meta.json")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 
 from agent.errors import ExitStatus
 
@@ -247,9 +248,9 @@ class TestDeployHost:
         assert "| hello-from-hook" in r.stdout
         assert "succeeded in" in r.stdout.splitlines()[-1]
 
-    @pytest.mark.skipif(not os.path.exists("/usr/bin/script"), reason="needs script(1) from util-linux for a terminal")
     def test_terminal_shows_elapsed_time_against_timeout(self, tmp_path):
         """On a terminal, a running hook shows its elapsed time against its timeout."""
+        require_tool("script", "util-linux")
         b = make_bundle(tmp_path / "rev", """\
             version: 0.0
             os: linux

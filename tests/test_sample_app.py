@@ -353,8 +353,7 @@ def _namespaces_usable() -> str | None:
     """Why the namespaced deployments cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root (private mount/PID/network namespaces and an overlay on /etc)"
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
+    require_tool("unshare", "util-linux")
     done = subprocess.run(["unshare", "--mount", "--pid", "--net", "--fork", "true"], capture_output=True, check=False)
     if done.returncode != 0:
         return f"unshare is not permitted here: {done.stderr.decode().strip()}"
