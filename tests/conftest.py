@@ -92,6 +92,21 @@ def runas_user():
 
 
 @pytest.fixture
+def user_without_subids():
+    """A real user whom useradd gives no subordinate ids (no /etc/subuid, /etc/subgid range), removed
+    afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user with useradd needs root (CI runs as root)")
+    name = f"cdsimns{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+
+
+@pytest.fixture
 def shared_dir():
     """A folder every user can read and enter (pytest's tmp_path is private to root)."""
     path = tempfile.mkdtemp(prefix="cdsim-test-", dir="/tmp")

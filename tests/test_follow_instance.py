@@ -280,26 +280,12 @@ def _as_user(user, *args: str, state_dir: str) -> subprocess.CompletedProcess:
                           timeout=180, check=False)
 
 
-@pytest.fixture
-def user_without_subordinate_ids():
-    """A real user with no /etc/subuid range (useradd told not to give one), removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a user needs root (CI runs as root)")
-    name = f"cdsimfo{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
-
-
 class TestDoctorIdMap:
     def test_unprivileged_caller_without_subordinate_ids_fails_a_runas_bundle(self, shared_dir, instances_here,
-                                                                               user_without_subordinate_ids):
+                                                                               user_without_subids):
         """As a user without subordinate ids, for a bundle whose hook runs as ec2-user: doctor says the
         instance would map only that user, and fails (the deployment would fail the same way)."""
-        user = user_without_subordinate_ids
+        user = user_without_subids
         b = Path(shared_dir) / "b"
         bundle(b, "version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: hook.sh\n"
                   "      runas: ec2-user\n", {"hook.sh": "#!/bin/sh\ntrue\n"})

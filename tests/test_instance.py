@@ -577,18 +577,6 @@ def subordinate_ids(user: str) -> None:
                     f"{start}-{start + 65535}", user], check=True, capture_output=True)
 
 
-@pytest.fixture
-def plain_user():
-    """A real user without subordinate ids (useradd told not to give any), removed afterwards."""
-    name = f"cdsimnr{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
-
-
 @pytest.mark.skipif(not ROOT, reason="creating a user with useradd and su to it needs root (CI runs as root)")
 class TestUnprivilegedUser:
     def test_unprivileged_instance_changes_only_itself(self, unprivileged):
@@ -758,18 +746,18 @@ class TestUnprivilegedUser:
         assert unprivileged("destroy", "refused").returncode == 0
         assert not os.path.exists(os.path.dirname(meta_file))
 
-    def test_without_subordinate_ids_only_the_caller_is_mapped_and_the_fix_is_named(self, plain_user, shared_dir):
+    def test_without_subordinate_ids_only_the_caller_is_mapped_and_the_fix_is_named(self, user_without_subids, shared_dir):
         """A user without subordinate ranges still gets an instance (root inside = that user); runas of
         another uid and su fail, and the error names the usermod command that fixes it."""
-        as_user = _user_cli(plain_user, shared_dir)
+        as_user = _user_cli(user_without_subids, shared_dir)
         from agent.instance.idmap import SUBGID_FILE, SUBUID_FILE, free_range
         with open(SUBUID_FILE) as u, open(SUBGID_FILE) as g:
             start = free_range(u.read(), g.read())   # a range no other user has, not a fixed one
-        fix = f"usermod --add-subuids {start}-{start + 65535} --add-subgids {start}-{start + 65535} {plain_user.pw_name}"
+        fix = f"usermod --add-subuids {start}-{start + 65535} --add-subgids {start}-{start + 65535} {user_without_subids.pw_name}"
         try:
             assert as_user("create", "plain").returncode == 0
             meta = as_user.meta("plain")
-            assert meta["uid_map"] == [[0, plain_user.pw_uid, 1]] and not meta.get("id_helpers")
+            assert meta["uid_map"] == [[0, user_without_subids.pw_uid, 1]] and not meta.get("id_helpers")
             problem = inst.id_map_problem(inst.get("plain", state=as_user.state))
             assert fix in problem and "/etc/subuid" in problem
             done = as_user("exec", "plain", script=(

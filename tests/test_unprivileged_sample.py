@@ -104,18 +104,6 @@ def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everythi
     assert os.path.lexists("/home/ec2-user/sample-app") == host_app
 
 
-@pytest.fixture
-def user_without_subids():
-    """A fresh user whom useradd gives no subordinate ids, removed afterwards."""
-    name = f"cdsimns{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
-
-
 def test_without_subordinate_ids_the_sample_stops_at_once_with_the_exact_fix(user_without_subids, shared_dir):
     """An ordinary user without subordinate ids: `cdsim deploy sample_app` (which needs ec2-user inside)
     stops before any hook with one message naming the free range to add; a bundle that needs no other

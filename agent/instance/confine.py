@@ -110,6 +110,7 @@ def filter_supported(machine: str | None = None) -> bool:
     return (machine or os.uname().machine) == "x86_64"
 
 
+# the twin of agent.instance.namespaces._lib: this module imports nothing of cdsim (see above)
 _libc = None
 
 
