@@ -650,26 +650,23 @@ class _Owners:
         self._gids: dict[str, int | None] = {}
 
     def uid(self, name: str, number: int) -> int:
-        if not name:
-            return number
-        if name not in self._uids:
-            try:
-                self._uids[name] = pwd.getpwnam(name).pw_uid
-            except KeyError:
-                self._uids[name] = None
-        found = self._uids[name]
-        return number if found is None else found
+        return _by_name(self._uids, lambda n: pwd.getpwnam(n).pw_uid, name, number)
 
     def gid(self, name: str, number: int) -> int:
-        if not name:
-            return number
-        if name not in self._gids:
-            try:
-                self._gids[name] = grp.getgrnam(name).gr_gid
-            except KeyError:
-                self._gids[name] = None
-        found = self._gids[name]
-        return number if found is None else found
+        return _by_name(self._gids, lambda n: grp.getgrnam(n).gr_gid, name, number)
+
+
+def _by_name(cache: dict[str, int | None], lookup: Callable[[str], int], name: str, number: int) -> int:
+    """The id of ``name`` on this machine (looked up once), else ``number``."""
+    if not name:
+        return number
+    if name not in cache:
+        try:
+            cache[name] = lookup(name)
+        except KeyError:
+            cache[name] = None
+    found = cache[name]
+    return number if found is None else found
 
 
 def _tar_members(tf: tarfile.TarFile, path: str, bundle_type: str,
