@@ -164,3 +164,48 @@ def test_local_keeps_the_agents_stdout_and_explains_on_stderr(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.splitlines()[-1] == "AppSpec file valid. Local deployment successful"
     assert "ApplicationStop failed and was ignored" in ok.stderr
+
+
+INNER = '''
+import os
+
+
+def test_stop(cdsim_deploy):
+    assert cdsim_deploy(os.environ["V1"]).succeeded
+    failed = cdsim_deploy(os.environ["V2"])
+    assert not failed.succeeded and failed.failed_event == "ApplicationStop"
+    assert failed.hook("ApplicationStop").revision_deployment_id is not None
+    ok = cdsim_deploy(os.environ["V2"], ignore_application_stop_failures=True)
+    assert ok.succeeded, ok.stdout + ok.stderr
+    stop = ok.hook("ApplicationStop")
+    assert stop.status == "Failed" and stop.ignored
+    assert stop.revision_archive.endswith("/deployment-archive")
+    assert stop.output == "[stdout]stop-v1\\n"
+'''
+
+
+def test_pytest_fixture_takes_ignore_application_stop_failures(tmp_path):
+    """The cdsim_deploy fixture (host mode): the keyword argument, and whose script each hook run was."""
+    import importlib.metadata
+    v1 = revision(tmp_path / "v1", "v1", stop_status=1)
+    v2 = revision(tmp_path / "v2", "v2", stop_status=0)
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "test_inner.py").write_text(INNER)
+    installed = any(ep.value.startswith("agent.pytest_plugin")
+                    for ep in importlib.metadata.entry_points(group="pytest11"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *([] if installed else ["-p", "agent.pytest_plugin"]), "--cdsim-mode=host",
+                           "--basetemp", str(tmp_path / "basetemp"), "test_inner.py"],
+                          cwd=tmp_path / "inner", env=dict(os.environ, V1=str(v1), V2=str(v2)),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_watch_passes_the_flag_to_deploy(tmp_path):
+    """`cdsim watch --ignore-application-stop-failures` deploys with it (the deploy command line it runs)."""
+    from agent.cli import build_parser
+    from agent.commands.watch import _deploy_argv
+    args = build_parser().parse_args(["watch", "--host", "--ignore-application-stop-failures", str(tmp_path)])
+    assert "--ignore-application-stop-failures" in _deploy_argv(args, str(tmp_path))
+    args = build_parser().parse_args(["watch", "--host", str(tmp_path)])
+    assert "--ignore-application-stop-failures" not in _deploy_argv(args, str(tmp_path))
