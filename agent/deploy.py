@@ -252,7 +252,12 @@ class _Deployment:
         name = self.req.appspec_filename or "appspec.yml"
         path = join(rev_dir, "deployment-archive", name)
         if not os.path.isfile(path):
-            raise AppSpecNotFound(appspec_not_found_message(name, rev_dir))
+            hint = None
+            if rev_dir != self.root.deployment_dir(self.did):
+                hint = (f"{event} reads the previous deployment's appspec (from the marker {self.marker_file}), "
+                        f"and {rev_dir} no longer has it: remove that marker, and the next deployment skips "
+                        "the previous revision's hooks as a group's first deployment does")
+            raise AppSpecNotFound(appspec_not_found_message(name, rev_dir), hint=hint)
         spec = self._parse(path)
         scripts = spec.scripts_for(event)
         if not scripts:

@@ -209,3 +209,20 @@ def test_watch_passes_the_flag_to_deploy(tmp_path):
     assert "--ignore-application-stop-failures" in _deploy_argv(args, str(tmp_path))
     args = build_parser().parse_args(["watch", "--host", str(tmp_path)])
     assert "--ignore-application-stop-failures" not in _deploy_argv(args, str(tmp_path))
+
+
+def test_deleting_the_previous_folder_instead_does_not_help(tmp_path):
+    """What the README warns about: with the marker left, a deleted previous deployment folder fails the
+    first previous-revision event, BeforeBlockTraffic (its appspec is missing, spec §4.2), even with the
+    flag (which covers ApplicationStop only, as the service's); the hint names the marker to remove."""
+    import shutil
+    v2, v1_id = v1_then_broken_v2(tmp_path)
+    shutil.rmtree(tmp_path / "root" / GROUP / v1_id)
+    marker = f"{tmp_path}/root/deployment-instructions/{GROUP}_last_successful_install"
+    for extra in ((), ("--ignore-application-stop-failures",)):
+        proc = deploy(tmp_path, v2, *extra)
+        assert proc.returncode == ExitStatus.INVALID, proc.stdout + proc.stderr
+        assert "failed at BeforeBlockTraffic" in proc.stdout and "remove that marker" in proc.stdout
+        assert marker in proc.stdout
+    os.remove(marker)
+    assert deploy(tmp_path, v2).returncode == 0
