@@ -83,7 +83,7 @@ def test_ignore_flag_goes_on_reports_failed_and_ignored_and_next_runs_the_fix(tm
     v2, v1_id = v1_then_broken_v2(tmp_path)
     rj, rx = tmp_path / "r.json", tmp_path / "r.xml"
     proc = deploy(tmp_path, v2, "--ignore-application-stop-failures", "--report", f"json={rj}",
-                  "--report", f"junit={rx}")
+                  "--report", f"junit={rx}", "--report", f"html={tmp_path / 'r.html'}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(ignored: --ignore-application-stop-failures)" in proc.stdout
     dep = json.loads(rj.read_text())["deployments"][0]
@@ -101,6 +101,8 @@ def test_ignore_flag_goes_on_reports_failed_and_ignored_and_next_runs_the_fix(tm
     assert case.get("classname") == "ApplicationStop" and case.find("failure") is None
     assert "failed and ignored" in case.find("skipped").get("message")
     assert v1_id in case.find("system-out").text
+    html = (tmp_path / "r.html").read_text()
+    assert "Failed (ignored)" in html and f"previous revision: deployment {v1_id}" in html
     # v2 is now the last successful revision: its fixed script is the one the next deployment runs
     again = deploy(tmp_path, v2)
     assert again.returncode == 0, again.stdout + again.stderr
