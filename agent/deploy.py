@@ -91,6 +91,7 @@ class _Deployment:
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
         self.hooks: list = []
+        self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
     # -- events --------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -321,7 +322,9 @@ class _Deployment:
                 if event == "ApplicationStop" else f"The way out: {remove}")
         return (f"this {event} script is the previous revision's, not this one's: {script_path}, from the "
                 f"{which} deployment {origin['revision_deployment_id']} ({origin['revision_archive']}); "
-                f"this revision's {event} script will not run until a deployment succeeds. {ways}")
+                f"this revision's {event} script will not run until "
+                + ("a deployment succeeds" if which == "last successful" else "a deployment downloads it")
+                + f". {ways}")
 
     def _notice(self, text: str) -> None:
         self.stream.emit("notice", text=text)
