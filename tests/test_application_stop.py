@@ -63,8 +63,11 @@ def test_fixed_revision_fails_at_previous_stop_script_and_says_whose(tmp_path):
     """v2's fixed stop script does not run: v1's does, fails, and the output names v1's deployment id,
     archive and appspec, says the fix will not run, and gives both ways out with the exact marker path."""
     v2, v1_id = v1_then_broken_v2(tmp_path)
-    proc = deploy(tmp_path, v2)
+    proc = deploy(tmp_path, v2, "--report", f"github={tmp_path / 'gh.txt'}")
     assert proc.returncode == ExitStatus.HOOK_FAILED, proc.stdout + proc.stderr
+    # the GitHub annotation does not point at v2's stop.sh, which did not run
+    (annotation,) = (tmp_path / "gh.txt").read_text().splitlines()
+    assert annotation.startswith("::error title=") and v1_id in annotation
     archive = f"{tmp_path}/root/{GROUP}/{v1_id}/deployment-archive"
     assert "Deployment " in proc.stdout and "failed at ApplicationStop" in proc.stdout
     assert f"from the previous revision: deployment {v1_id}, archive {archive}, appspec {archive}/appspec.yml" \
@@ -83,7 +86,8 @@ def test_ignore_flag_goes_on_reports_failed_and_ignored_and_next_runs_the_fix(tm
     v2, v1_id = v1_then_broken_v2(tmp_path)
     rj, rx = tmp_path / "r.json", tmp_path / "r.xml"
     proc = deploy(tmp_path, v2, "--ignore-application-stop-failures", "--report", f"json={rj}",
-                  "--report", f"junit={rx}", "--report", f"html={tmp_path / 'r.html'}")
+                  "--report", f"junit={rx}", "--report", f"html={tmp_path / 'r.html'}",
+                  "--report", f"github={tmp_path / 'gh.txt'}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(ignored: --ignore-application-stop-failures)" in proc.stdout
     dep = json.loads(rj.read_text())["deployments"][0]
@@ -101,6 +105,8 @@ def test_ignore_flag_goes_on_reports_failed_and_ignored_and_next_runs_the_fix(tm
     assert case.get("classname") == "ApplicationStop" and case.find("failure") is None
     assert "failed and ignored" in case.find("skipped").get("message")
     assert v1_id in case.find("system-out").text
+    assert not any(line.startswith("::error") for line in (tmp_path / "gh.txt").read_text().splitlines())
+    assert "ApplicationStop stop.sh failed (ignored)" in (tmp_path / "gh.txt").read_text()
     html = (tmp_path / "r.html").read_text()
     assert "Failed (ignored)" in html and f"previous revision: deployment {v1_id}" in html
     # v2 is now the last successful revision: its fixed script is the one the next deployment runs
