@@ -44,6 +44,8 @@ class DeploymentRequest:
     deployment_creator: str = "user"
     deployment_type: str = "IN_PLACE"
     events_path: str | None = None            # where the JSON-lines event stream goes
+    ignore_application_stop_failures: bool = False  # the service's option: a failed ApplicationStop
+                                                    # is reported (ignored: true) and the deployment goes on
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)  # Install's (done, total)
 
 
@@ -89,6 +91,7 @@ class _Deployment:
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
         self.hooks: list = []
+        self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
     # -- events --------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -104,6 +107,12 @@ class _Deployment:
                 else:
                     self.hook_event(event)
             except CdsimError as e:
+                if self._ignored(event):
+                    # the service's ignoreApplicationStopFailures: reported failed, then on to the next event
+                    self.stream.emit("event.end", event=event, status="Failed", error=str(e),
+                                     reference=e.reference, ignored=True)
+                    self._notice(f"{event} failed and was ignored (--ignore-application-stop-failures): {e}")
+                    continue
                 self.stream.emit("event.end", event=event, status="Failed", error=str(e),
                                  reference=e.reference)
                 e.event = getattr(e, "event", None) or event
@@ -115,6 +124,9 @@ class _Deployment:
                 err.event = event
                 raise err from e
             self.stream.emit("event.end", event=event, status="Succeeded")
+
+    def _ignored(self, event: str) -> bool:
+        return self.req.ignore_application_stop_failures and event == "ApplicationStop"
 
     def _retention_setting(self) -> int | None:
         try:
@@ -208,6 +220,8 @@ class _Deployment:
                                         and self.req.deployment_type == "BLUE_GREEN"))
         if source == lifecycle.CURRENT or os.path.exists(self.root.archive_dir(self.did)):
             return current
+        self.marker_file = (self.root.last_successful_marker if source == lifecycle.LAST_SUCCESSFUL
+                            else self.root.most_recent_marker)
         marker = (self.root.last_successful() if source == lifecycle.LAST_SUCCESSFUL
                   else self.root.most_recent())
         return marker  # None: the group has no such revision, the event is a no-op
@@ -239,13 +253,21 @@ class _Deployment:
         name = self.req.appspec_filename or "appspec.yml"
         path = join(rev_dir, "deployment-archive", name)
         if not os.path.isfile(path):
-            raise AppSpecNotFound(appspec_not_found_message(name, rev_dir))
+            hint = None
+            if rev_dir != self.root.deployment_dir(self.did):
+                hint = (f"{event} reads the previous deployment's appspec (from the marker {self.marker_file}), "
+                        f"and {rev_dir} no longer has it: remove that marker, and the next deployment skips "
+                        "the previous revision's hooks as a group's first deployment does")
+            raise AppSpecNotFound(appspec_not_found_message(name, rev_dir), hint=hint)
         spec = self._parse(path)
         scripts = spec.scripts_for(event)
         if not scripts:
             return
         # cdsim, not the agent (§5.5 allows '..'): a script must be a file of the revision
         archive = os.path.normpath(join(rev_dir, "deployment-archive"))
+        previous = rev_dir != self.root.deployment_dir(self.did)
+        origin = {"previous_revision": previous, "revision_deployment_id": os.path.basename(rev_dir.rstrip("/")),
+                  "revision_archive": join(rev_dir, "deployment-archive"), "revision_appspec": path}
         for s in scripts:
             if not os.path.normpath(join(archive, s.location)).startswith(archive + "/"):
                 from agent.errors import UnsafeBundle
@@ -270,7 +292,7 @@ class _Deployment:
                                 location=s.location, timeout=s.timeout, runas=s.runas, sudo=s.sudo)
                 captured.reset()
                 self.stream.emit("hook.start", event=event, location=s.location, path=script.path,
-                                 timeout=s.timeout, runas=s.runas, revision_dir=rev_dir)
+                                 timeout=s.timeout, runas=s.runas, revision_dir=rev_dir, **origin)
                 result = run_script(script, env=env, cwd=cwd, log=log,
                                     grace_seconds=self.req.grace_seconds,
                                     agent_log=lambda level, msg: self.agent_log.log(level, "HookExecutor", msg),
@@ -278,14 +300,31 @@ class _Deployment:
                 self.hooks.append((event, result))
                 self.stream.emit("hook.end", event=event, **_hook_fields(result),
                                  scripts_log=self.root.scripts_log(self.did),
-                                 output=captured.text(), output_truncated=captured.truncated)
+                                 output=captured.text(), output_truncated=captured.truncated,
+                                 **origin, **({"ignored": True} if self._ignored(event) else {}))
                 if not result.succeeded:
                     cls = HookTimedOut if result.error_code == 3 else HookFailed
                     hint = (_crlf_hint(script.path, s.location) or
                             missing_command_hint(captured.text(), result.exit_status, env.get("PATH", ""),
                                                  os.environ.get("PATH")))
+                    if previous:
+                        hint = "; ".join(h for h in (self._previous_revision_hint(
+                            event, origin, script.path), hint) if h)
                     raise cls(result.message, result=result, event=event, hint=hint,
                               script_path=f"{self.console_dir}/deployment-archive/{s.location}")
+
+    def _previous_revision_hint(self, event: str, origin: dict, script_path: str) -> str:
+        """Why a fixed script does not help: the failing one is the last successful revision's (§4.2)."""
+        which = "most recent" if self.marker_file == self.root.most_recent_marker else "last successful"
+        remove = (f"remove the marker of the {which} deployment, {self.marker_file} (then the next deployment "
+                  f"has no previous revision and skips {event}, as a group's first deployment does)")
+        ways = (f"Two ways out: deploy again with --ignore-application-stop-failures, or {remove}"
+                if event == "ApplicationStop" else f"The way out: {remove}")
+        return (f"this {event} script is the previous revision's, not this one's: {script_path}, from the "
+                f"{which} deployment {origin['revision_deployment_id']} ({origin['revision_archive']}); "
+                f"this revision's {event} script will not run until "
+                + ("a deployment succeeds" if which == "last successful" else "a deployment downloads it")
+                + f". {ways}")
 
     def _notice(self, text: str) -> None:
         self.stream.emit("notice", text=text)

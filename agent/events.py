@@ -3,7 +3,11 @@
 An event is a plain dict built by small functions here; reports and live output are renderings of
 this one stream. Schema (version 1): every record has ``schema``, ``type``, ``time`` (epoch seconds),
 ``deployment_id``; types: ``deployment.start``, ``event.start``, ``event.end``, ``hook.start``,
-``hook.end``, ``deployment.end``, ``notice``.
+``hook.end``, ``deployment.end``, ``notice``. ``hook.start``/``hook.end`` say whose script ran:
+``previous_revision`` (true when it is the last successful deployment's, spec §4.2),
+``revision_deployment_id``, ``revision_archive``, ``revision_appspec``; a failure that
+--ignore-application-stop-failures let pass has ``ignored: true`` on its ``hook.end`` and ``event.end``
+(status stays ``Failed``).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Owns the plan of one bundle for one deployment group: the paths the previous ins
 delete, directories to create, files to copy, every collision with what each file_exists_behavior would do
 with it, failures the execution would meet (a file where a folder is needed, a missing source, an unknown
 owner, a missing setfacl), and per permission entry the changes per path and the paths its pattern,
-``except`` or type leaves out. It reuses agent.install's generator over a read-only view of the filesystem
+``except`` or type leaves out, and per hook event whose scripts would run (ApplicationStop: the last
+successful deployment's, spec §4.2). It reuses agent.install's generator over a read-only view of the filesystem
 in which the cleanup has already happened, so the plan and the Install cannot disagree.
 
 Changes nothing: a directory bundle is read in place; an archive is unpacked into a temporary folder
@@ -33,8 +34,8 @@ from agent.errors import (
 )
 from agent.revision import LocalRevision
 
-__all__ = ["DEFAULT_GROUP", "DEFAULT_ROOT_DIR", "Collision", "LeftOut", "PathChange", "PermissionPlan",
-           "Plan", "make_plan", "render_text"]
+__all__ = ["DEFAULT_GROUP", "DEFAULT_ROOT_DIR", "Collision", "HookSource", "LeftOut", "PathChange",
+           "PermissionPlan", "Plan", "make_plan", "render_text"]
 
 DEFAULT_GROUP = "default-local-deployment-group"
 DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
@@ -86,6 +87,20 @@ class PermissionPlan:
 
 
 @dataclass(frozen=True)
+class HookSource:
+    """Which revision's scripts a lifecycle event would run (spec §4.2): this one's, or the last
+    successful (or most recent) deployment's, whose scripts run before this revision is even unpacked."""
+
+    event: str
+    revision: str                   # this | previous | none
+    deployment_id: str | None       # the previous deployment's id (revision "previous")
+    archive: str | None             # where the scripts are read from
+    appspec: str | None
+    scripts: tuple[str, ...] = ()   # paths (this revision: as in the bundle)
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Plan:
     bundle: str
     archive_dir: str                # where the revision was read (a temp folder for archives, now gone)
@@ -105,6 +120,7 @@ class Plan:
     error: str | None = None
     problems: tuple[str, ...] = ()  # every failure found (the first is ``error``)
     place: str = "this machine"     # whose files and users were read (said in the text)
+    hook_sources: tuple[HookSource, ...] = ()   # per hook event of the default list, in order
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -209,7 +225,50 @@ def _plan(location: str, archive: str, group: str, cli_behavior: str | None, roo
                 cleanup_file=cleanup_file, cleanup=cleanup, mkdirs=mkdirs, copies=copies,
                 collisions=collisions, permissions=_permission_plans(spec, gen, view, cwd),
                 instructions=tuple(gen.instructions), outcome=outcome, error=error,
-                problems=tuple(m for _, m in problems), place=place)
+                problems=tuple(m for _, m in problems), place=place,
+                hook_sources=_hook_sources(spec, location, root_dir, group, appspec_filename))
+
+
+def _hook_sources(spec: AppSpec, location: str, root_dir: str, group: str,
+                  appspec_filename: str | None) -> tuple[HookSource, ...]:
+    """Per hook event, whose scripts would run: ApplicationStop (and the block-traffic events) run the
+    last successful deployment's (its ``<group>_last_successful_install`` marker), §4.2."""
+    from agent import lifecycle
+    from agent.deployment_root import DeploymentRoot
+
+    root = DeploymentRoot(root_dir, group)
+    out = []
+    for event in lifecycle.HOOK_EVENTS:
+        source = lifecycle.previous_revision_source(event)
+        if source == lifecycle.CURRENT:
+            out.append(HookSource(event, "this", None, location, None,
+                                  tuple(os.path.join(location, s.location) for s in spec.scripts_for(event))))
+            continue
+        marker_file = root.last_successful_marker
+        rev_dir = root.last_successful()
+        if rev_dir is None:
+            out.append(HookSource(event, "none", None, None, None,
+                                  note=f"none: no successful deployment yet ({marker_file} does not exist), "
+                                       "nothing runs"))
+            continue
+        archive = os.path.join(rev_dir, "deployment-archive")
+        appspec = os.path.join(archive, appspec_filename or "appspec.yml")
+        did = os.path.basename(rev_dir.rstrip("/"))
+        try:
+            with open(appspec, "rb") as f:
+                previous = parse_appspec(f.read(), os.path.basename(appspec))
+        except FileNotFoundError:
+            out.append(HookSource(event, "previous", did, archive, appspec,
+                                  note=f"the last successful deployment's appspec is missing: the deployment "
+                                       f"would fail at {event} (remove {marker_file} to skip it)"))
+            continue
+        except Exception as e:   # noqa: BLE001 - an appspec the deployment would refuse: say so
+            out.append(HookSource(event, "previous", did, archive, appspec,
+                                  note=f"the last successful deployment's appspec would not parse: {e}"))
+            continue
+        out.append(HookSource(event, "previous", did, archive, appspec,
+                              tuple(os.path.join(archive, s.location) for s in previous.scripts_for(event))))
+    return tuple(out)
 
 
 def _relative(archive: str):
@@ -366,6 +425,27 @@ def render_text(plan: Plan) -> str:
             for lo in pp.left_out:
                 w(f"      left out: {lo.path}{'/' if lo.kind == 'directory' else ''} "
                   f"by {_REASONS.get(lo.reason, lo.reason)}")
+    if plan.hook_sources:
+        w("")
+        w("Hook scripts, per lifecycle event (which revision's scripts would run):")
+        for hs in plan.hook_sources:
+            if not hs.scripts and hs.event != "ApplicationStop" and not (hs.revision == "previous" and hs.note):
+                continue   # nothing would run; ApplicationStop is always said
+            if hs.revision == "none":
+                w(f"  {hs.event}: {hs.note}")
+                continue
+            if hs.revision == "previous":
+                w(f"  {hs.event}: the previous revision's (last successful deployment {hs.deployment_id}), "
+                  "not this revision's")
+                w(f"      archive {hs.archive}")
+                w(f"      appspec {hs.appspec}")
+                if hs.note:
+                    w(f"      {hs.note}")
+                elif not hs.scripts:
+                    w("      no scripts for this event: nothing runs")
+            else:
+                w(f"  {hs.event}: this revision's" + ("" if hs.scripts else ": no scripts, nothing runs"))
+            out.extend(f"      script {p}" for p in hs.scripts)
     w("")
     if plan.error is None:
         w("Outcome: the Install would succeed.")

@@ -46,6 +46,9 @@ class HookRun:
     message: str                # the agent's error text, '' on success
     output: str                 # "[stdout]...\n[stderr]...\n", as scripts.log without timestamps
     notes: tuple[str, ...] = ()
+    ignored: bool = False       # failed, and ignored by ignore_application_stop_failures
+    revision_deployment_id: str | None = None   # the previous revision's deployment (ApplicationStop, §4.2)
+    revision_archive: str | None = None         # where its script was read from (None: this revision's)
 
     @property
     def succeeded(self) -> bool:
@@ -123,9 +126,11 @@ class DeployTarget:
     # -- deploy ------------------------------------------------------------------------------------
     def __call__(self, bundle: str | os.PathLike, *, events: str | None = None, group: str = _GROUP,
                  file_exists_behavior: str = "DISALLOW", appspec_filename: str | None = None,
-                 bundle_type: str | None = None, env: dict | None = None, timeout: float = 3600) -> Deployment:
+                 bundle_type: str | None = None, env: dict | None = None, timeout: float = 3600,
+                 ignore_application_stop_failures: bool = False) -> Deployment:
         """Deploy ``bundle`` (directory or archive) and return what happened; never raises for a
-        failed deployment (look at ``.succeeded``)."""
+        failed deployment (look at ``.succeeded``). ``ignore_application_stop_failures``: as the
+        service's option, a failing ApplicationStop (the last successful revision's script) is ignored."""
         argv = [sys.executable, "-m", "agent", "deploy", os.fspath(os.path.abspath(bundle)), "-g", group,
                 "-b", file_exists_behavior]
         if self.mode == "host":
@@ -135,6 +140,8 @@ class DeployTarget:
         for flag, value in (("-e", events), ("-A", appspec_filename), ("--type", bundle_type)):
             if value:
                 argv += [flag, value]
+        if ignore_application_stop_failures:
+            argv.append("--ignore-application-stop-failures")
         events_dir = None
         before: set[str] = set()
         if self.mode == "host" or self._instance_exists():
@@ -171,7 +178,10 @@ class DeployTarget:
         files = read_cleanup(self.host_path(f"{root}/deployment-instructions/{group}-cleanup"))
         hooks = tuple(HookRun(h["event"], h["location"], h.get("status", "Unfinished"), h.get("exit_status"),
                               h.get("duration"), h.get("message") or "", h.get("output") or "",
-                              tuple(h.get("notes") or ())) for h in dep["hooks"])
+                              tuple(h.get("notes") or ()), bool(h.get("ignored")),
+                              h.get("revision_deployment_id") if h.get("previous_revision") else None,
+                              h.get("revision_archive") if h.get("previous_revision") else None)
+                      for h in dep["hooks"])
         return Deployment(dep["deployment_id"], dep["status"], proc.returncode, dep["error"], dep["reference"],
                           dep["failed_event"], hooks, tuple(files), dep["install"], proc.stdout, proc.stderr,
                           tuple(records), self)

@@ -445,17 +445,24 @@ def test_fleet_hooks_get_the_agent_services_environment(fleet):
 def test_ignore_application_stop_failures(fleet):
     fleet.up(1)
     v1 = fleet.repo.commit("v1", {"ApplicationStop": 'echo "cannot stop"; exit 1'})
-    assert fleet.wait(fleet.deploy(v1))["status"] == "Succeeded"   # no earlier revision: nothing to stop
+    first = fleet.deploy(v1)
+    assert fleet.wait(first)["status"] == "Succeeded"   # no earlier revision: nothing to stop
     v2 = fleet.repo.commit("v2", {})
     did = fleet.deploy(v2)
     assert fleet.wait(did)["status"] == "Failed"
     events = {e["lifecycleEventName"]: e for e in fleet.targets(did)["fleet-1"]["lifecycleEvents"]}
     assert events["ApplicationStop"]["diagnostics"]["logTail"].endswith("[stdout]cannot stop\n")
     assert events["DownloadBundle"]["status"] == "Skipped"
+    # the script was v1's (spec §4.2): the event and `cdsim wait` say so, with the ways out
+    assert events["ApplicationStop"]["cdsimScriptRevision"]["deploymentId"] == first
+    done = cdsim("wait", did, "--endpoint", fleet.ep, "--interval", "0.1")
+    assert f"the script is the previous revision's (spec §4.2): deployment {first}" in done.stderr
+    assert "_last_successful_install on fleet-1" in done.stderr
     did = fleet.deploy(v2, ignoreApplicationStopFailures=True)
     assert fleet.wait(did)["status"] == "Succeeded"
-    events = {e["lifecycleEventName"]: e["status"] for e in fleet.targets(did)["fleet-1"]["lifecycleEvents"]}
-    assert events["ApplicationStop"] == "Failed" and events["ValidateService"] == "Succeeded"
+    events = {e["lifecycleEventName"]: e for e in fleet.targets(did)["fleet-1"]["lifecycleEvents"]}
+    assert events["ApplicationStop"]["status"] == "Failed" and events["ApplicationStop"]["cdsimIgnored"] is True
+    assert events["ValidateService"]["status"] == "Succeeded"
     assert fleet.read("fleet-1", "/srv/app/app.txt") == "v2\n"
 
 

@@ -45,12 +45,20 @@ def register(sub) -> None:
     p.add_argument("--inherit-env", action="store_true",
                    help="give hooks your environment and working directory instead of the agent "
                         "service's (cwd /, the systemd unit's environment, as on an EC2 instance)")
+    add_ignore_option(p)
     from agent.reports import add_report_option
     add_report_option(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
     out.add_argument("-v", "--verbose", action="store_true", help="also print where logs and events are")
     p.set_defaults(func=run)
+
+
+def add_ignore_option(p) -> None:
+    p.add_argument("--ignore-application-stop-failures", action="store_true",
+                   help="as the service's ignoreApplicationStopFailures: a failing ApplicationStop (which runs "
+                        "the last successful revision's script) is reported failed-and-ignored and the "
+                        "deployment goes on")
 
 
 def guess_type(path: str) -> str:
@@ -111,6 +119,7 @@ def deploy_here(args, bundle: str, btype: str) -> int:
         application_name=args.application_name or bundle, events=args.events,
         file_exists_behavior=args.file_exists_behavior.upper(),
         appspec_filename=args.appspec_filename, grace_seconds=args.grace_period,
+        ignore_application_stop_failures=args.ignore_application_stop_failures,
         **hook_environment(args.inherit_env),
         progress=None if args.quiet else ProgressBar("  copying files"))
     records: list[dict] = []
@@ -168,6 +177,8 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
         argv.append("-v")
     if args.inherit_env:
         argv.append("--inherit-env")
+    if args.ignore_application_stop_failures:
+        argv.append("--ignore-application-stop-failures")
     if not args.quiet:
         print(f"cdsim: deploying into instance {name!r} (cdsim instance shell {name} to look around)",
               flush=True)
@@ -301,18 +312,23 @@ class Printer:
                 self._event_header()
         elif t == "event.end" and r.get("status") == "Failed" and not str(r.get("reference")).startswith("hook-"):
             self._event_header()
-            self._p(f"{r['event']} failed: {r.get('error')}")
+            self._p(f"{r['event']} failed: {r.get('error')}"
+                    + (" (ignored: --ignore-application-stop-failures)" if r.get("ignored") else ""))
         elif t == "hook.start":
             self._event_header()
             runas = f", runas {r['runas']}" if r.get("runas") is not None else ""
             self._p(f"  {r['location']} (timeout {r['timeout']}s{runas})")
+            if r.get("previous_revision"):
+                self._p(f"    from the previous revision: deployment {r.get('revision_deployment_id')}, "
+                        f"archive {r.get('revision_archive')}, appspec {r.get('revision_appspec')}")
             self._start_ticker(r["location"], r["timeout"])
         elif t == "hook.end":
             self._stop_ticker()
             if r["status"] == "Succeeded":
                 self._p(f"  {r['location']} succeeded in {r['duration']:.2f}s")
             else:
-                self._p(f"  {r['location']} FAILED after {r['duration']:.2f}s: {r['message']}")
+                self._p(f"  {r['location']} FAILED after {r['duration']:.2f}s: {r['message']}"
+                        + (" (ignored: --ignore-application-stop-failures)" if r.get("ignored") else ""))
             for note in r.get("notes") or ():
                 self._p(f"    {note}")
 

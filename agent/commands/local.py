@@ -20,7 +20,7 @@ OPTIONS = {
     "--grace-period": None, "--instance": None, "--report": None,
 }
 REPEATABLE = ("--report",)
-FLAGS = {"--help": "-h", "--version": "-v"}
+FLAGS = {"--help": "-h", "--version": "-v", "--ignore-application-stop-failures": None}
 SHORT = {v: k for k, v in {**OPTIONS, **FLAGS}.items() if v}
 TYPES = ("tgz", "tar", "zip", "directory")
 _BAD_URI_CHARS = set(' "<>[\\]^`{|}')
@@ -75,6 +75,8 @@ Options:
   --grace-period <seconds>                cdsim: seconds between SIGTERM and SIGKILL on timeout [default: 5].
   --instance <name>                       cdsim: deploy inside this sandboxed instance.
   --report <kind>=<file>                  cdsim: write a junit, json or html report (repeatable).
+  --ignore-application-stop-failures      cdsim: as the service's option, a failing ApplicationStop (the
+        last successful revision's script) is reported and ignored; the deployment goes on.
   -h, --help                              This help (exits 1, as the agent does).
   -v, --version                           Print the version (exits 1, as the agent does).
 """
@@ -284,7 +286,8 @@ def _execute(opts: dict, config, cwd: str) -> int:
         events=opts.get("--events"),
         file_exists_behavior=(opts.get("--file-exists-behavior") or "DISALLOW").upper(),
         appspec_filename=opts.get("--appspec-filename"), deployment_id=did, cwd=cwd,
-        grace_seconds=float(grace) if grace else 5.0)
+        grace_seconds=float(grace) if grace else 5.0,
+        ignore_application_stop_failures="--ignore-application-stop-failures" in opts)
     records: list[dict] = []
     result = deploy(request, listeners=[records.append],
                     notify=lambda text: print(f"cdsim: {text}", file=sys.stderr, flush=True))
@@ -319,3 +322,5 @@ def _explain_hook_failure(err) -> None:
     if r is not None:
         for note in getattr(r, "notes", ()):
             print(f"cdsim: {note}", file=sys.stderr)
+    if err.hint:
+        print(f"cdsim: hint: {err.hint}", file=sys.stderr)

@@ -103,6 +103,14 @@ def report_failure(info: dict, current: list[dict], counts: str) -> int:
             script = f" {d['scriptName']}" if d.get("scriptName") else ""
             print(f"  {t['targetId']}: {e['lifecycleEventName']} failed: {d.get('errorCode')}{script}: "
                   f"{d.get('message')}", file=out)
+            origin = e.get("cdsimScriptRevision")
+            if origin:
+                print(f"    the script is the previous revision's (spec §4.2): deployment {origin.get('deploymentId')}, "
+                      f"archive {origin.get('archive')}, appspec {origin.get('appspec')}; this revision's "
+                      f"{e['lifecycleEventName']} script will not run until a deployment succeeds: deploy with "
+                      "ignoreApplicationStopFailures, or remove the marker "
+                      f"{origin.get('marker') or '<root>/deployment-instructions/<group>_last_successful_install'}"
+                      f" on {t['targetId']}", file=out)
             if d.get("logTail"):
                 print("    log tail:", file=out)
                 for line in d["logTail"].rstrip("\n").split("\n"):

@@ -49,6 +49,8 @@ def register(sub) -> None:
                    help="wait this long after the last change before running (default 0.3)")
     p.add_argument("--inherit-env", action="store_true",
                    help="give hooks your environment and working directory instead of the agent service's")
+    from agent.commands.deploy import add_ignore_option
+    add_ignore_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary of each run, not its output")
     p.set_defaults(func=run)
 
@@ -115,6 +117,8 @@ def _deploy_argv(args, bundle: str) -> list[str]:
         argv.append("-q")
     if args.inherit_env:
         argv.append("--inherit-env")
+    if getattr(args, "ignore_application_stop_failures", False):
+        argv.append("--ignore-application-stop-failures")
     return argv
 
 
@@ -130,8 +134,11 @@ def _outcome(records: list[dict]) -> dict:
         n = 2
         while key in hooks:   # the same script twice in one event
             key, n = f"{h['event']} {h['location']} #{n}", n + 1
-        hooks[key] = {"status": h.get("status", "Unfinished"), "duration": h.get("duration"),
-                      "message": h.get("message") or ""}
+        hooks[key] = {"status": h.get("status", "Unfinished") + (" (ignored)" if h.get("ignored") else ""),
+                      "duration": h.get("duration"), "message": h.get("message") or "",
+                      # ApplicationStop runs the last successful revision's script (spec §4.2): say whose
+                      "previous": (f"deployment {h.get('revision_deployment_id')}, archive "
+                                   f"{h.get('revision_archive')}") if h.get("previous_revision") else None}
     return {"status": dep["status"], "failed_event": dep["failed_event"], "duration": dep["duration"],
             "error": dep["error"], "hooks": hooks}
 
@@ -161,6 +168,8 @@ def describe(number: int, changed: list[str], now: dict, before: dict | None) ->
         if old is None:
             change = "new" if before is not None else ""
             lines.append(f"  {key}: {h['status']} {_secs(h['duration'])}" + (f" ({change})" if change else ""))
+            if h.get("previous"):
+                lines.append(f"    script of the previous revision: {h['previous']}")
             continue
         delta = ""
         if h["duration"] is not None and old["duration"] is not None:
@@ -169,6 +178,8 @@ def describe(number: int, changed: list[str], now: dict, before: dict | None) ->
             lines.append(f"  {key}: {old['status']} -> {h['status']} {_secs(h['duration'])}{delta}")
         else:
             lines.append(f"  {key}: {h['status']} {_secs(h['duration'])}{delta}")
+        if h.get("previous"):
+            lines.append(f"    script of the previous revision: {h['previous']}")
     for key in old_hooks:
         if key not in now["hooks"]:
             lines.append(f"  {key}: did not run this time (was {old_hooks[key]['status']})")

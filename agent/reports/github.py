@@ -1,7 +1,9 @@
 """GitHub Actions annotations (workflow commands) for a deployment's failures.
 
 ``::error file=F,line=L,col=C,title=T::message`` for the failed hook (the script file in the bundle)
-or for an appspec error (the appspec file at its line), ``::warning::`` for notices. Paths are made
+or for an appspec error (the appspec file at its line), ``::warning::`` for notices and for a failure
+--ignore-application-stop-failures let pass. A previous revision's script (ApplicationStop, spec §4.2)
+is named by its deployment and archive, never as the bundle's file. Paths are made
 relative to the workspace, as GitHub resolves them from the repository root. Pure: summaries and a
 workspace folder in, lines out.
 """
@@ -38,11 +40,20 @@ def annotations(deployments: list[dict], workspace: str) -> list[str]:
         did = dep["deployment_id"]
         for hook in dep["hooks"]:
             if hook.get("status") == "Failed":
+                message = hook.get("message") or "hook failed"
+                file = _in_bundle(dep, str(hook["location"]), workspace)
+                if hook.get("previous_revision"):
+                    # not this bundle's script (spec §4.2): pointing at the bundle's file would mislead
+                    file = None
+                    message += (f" (the previous revision's script: deployment {hook.get('revision_deployment_id')}, "
+                                f"archive {hook.get('revision_archive')})")
+                ignored = bool(hook.get("ignored"))
                 lines.append(_command(
-                    "error", hook.get("message") or "hook failed",
-                    file=_in_bundle(dep, str(hook["location"]), workspace),
-                    title=f"cdsim {did}: {hook['event']} {hook['location']} failed"))
-        if dep["status"] == "Failed" and not any(h.get("status") == "Failed" for h in dep["hooks"]):
+                    "warning" if ignored else "error", message, file=file,
+                    title=f"cdsim {did}: {hook['event']} {hook['location']} failed"
+                          + (" (ignored)" if ignored else "")))
+        if dep["status"] == "Failed" and not any(h.get("status") == "Failed" and not h.get("ignored")
+                                                 for h in dep["hooks"]):
             file = _in_bundle(dep, dep["error_file"], workspace) if dep.get("error_file") else None
             message = dep.get("error") or "deployment failed"
             if file and message.startswith(f"{dep['error_file']}:{dep['error_line']}"):

@@ -105,15 +105,19 @@ def _hooks(dep: dict) -> str:
     details = []
     for i, h in enumerate(dep["hooks"]):
         status = h.get("status", "Unfinished")
-        rows.append(f'<tr><td>{escape(str(h["event"]))}</td><td>{escape(str(h["location"]))}</td>'
-                    f'<td class="{_cls(status)}">{escape(status)}</td><td>{_secs(h.get("duration"))}</td>'
+        shown = f"{status} (ignored)" if h.get("ignored") else status
+        origin = (f'<br><small>previous revision: deployment {escape(str(h.get("revision_deployment_id")))}, '
+                  f'archive {escape(str(h.get("revision_archive")))}, appspec '
+                  f'{escape(str(h.get("revision_appspec")))}</small>' if h.get("previous_revision") else "")
+        rows.append(f'<tr><td>{escape(str(h["event"]))}</td><td>{escape(str(h["location"]))}{origin}</td>'
+                    f'<td class="{_cls(status)}">{escape(shown)}</td><td>{_secs(h.get("duration"))}</td>'
                     f'<td>{escape(str(h.get("exit_status")))}</td><td>{escape(h.get("message") or "")}</td></tr>')
         notes = "".join(f"<li>{escape(str(n))}</li>" for n in h.get("notes") or ())
         truncated = " (truncated: the last 256 KiB)" if h.get("output_truncated") else ""
         details.append(
             f'<details class="hook-output" id="hook-{i}"{" open" if status != "Succeeded" else ""}>'
             f'<summary>{escape(str(h["event"]))} {escape(str(h["location"]))}: '
-            f'<span class="{_cls(status)}">{escape(status)}</span>{truncated}</summary>'
+            f'<span class="{_cls(status)}">{escape(shown)}</span>{truncated}</summary>'
             + (f"<ul>{notes}</ul>" if notes else "")
             + f'<pre>{_output(h.get("output") or "")}</pre></details>')
     return ("<table><tr><th>Event</th><th>Script</th><th>Outcome</th><th>Duration</th><th>Exit status</th>"

@@ -3,7 +3,9 @@
 Follows the common JUnit schema that CI systems read (Jenkins' junit-10.xsd shape): <testsuites>
 holding <testsuite name tests failures errors skipped time timestamp hostname> with <properties>,
 <testcase classname name time> (classname = the lifecycle event, name = the script location) with an
-optional <failure message type> and the hook's output as <system-out>. A deployment that failed
+optional <failure message type> and the hook's output as <system-out>. A hook failure that
+--ignore-application-stop-failures ignored is a <skipped message> (type-less), not a failure: the
+deployment went on; its message says it failed and was ignored. A deployment that failed
 where no hook ran (DownloadBundle, Install) gets one test case for that event, so the failure shows.
 Pure: summaries in, XML text out.
 """
@@ -51,18 +53,26 @@ def render(deployments: list[dict], hostname: str | None = None) -> str:
                     "failed_event", "reference"):
             if dep.get(key) is not None:
                 ET.SubElement(props, "property", {"name": key, "value": _clean(dep[key])})
-        tests = failures = 0
+        tests = failures = skipped = 0
         for hook in dep["hooks"]:
             case = _testcase(suite, hook["event"], hook["location"], hook.get("duration"))
             tests += 1
-            if hook.get("status") != "Succeeded":
+            if hook.get("status") != "Succeeded" and hook.get("ignored"):
+                skipped += 1
+                message = hook.get("message") or "hook failed"
+                ET.SubElement(case, "skipped", {"message": _clean(
+                    f"failed and ignored (--ignore-application-stop-failures): {message}")})
+            elif hook.get("status") != "Succeeded":
                 failures += 1
                 message = hook.get("message") or f"hook {hook.get('status', 'Unfinished').lower()}"
                 kind = "hook-timed-out" if hook.get("error_code") == 3 else "hook-failed"
                 fail = ET.SubElement(case, "failure", {"message": _clean(message), "type": kind})
                 fail.text = _clean("\n".join([message, *hook.get("notes", [])]))
             out = ET.SubElement(case, "system-out")
-            out.text = _clean(hook.get("output") or "")
+            origin = (f"[cdsim] script of the previous revision: deployment {hook.get('revision_deployment_id')}, "
+                      f"archive {hook.get('revision_archive')}, appspec {hook.get('revision_appspec')}\n"
+                      if hook.get("previous_revision") else "")
+            out.text = _clean(origin + (hook.get("output") or ""))
         outside = failure_outside_hooks(dep)
         if outside is not None:
             case = _testcase(suite, outside["event"], outside["event"], outside["duration"])
@@ -77,7 +87,7 @@ def render(deployments: list[dict], hostname: str | None = None) -> str:
         suite.set("tests", str(tests))
         suite.set("failures", str(failures))
         suite.set("errors", "0")
-        suite.set("skipped", "0")
+        suite.set("skipped", str(skipped))
         suite.set("time", _secs(dep.get("duration")))
         totals["tests"] += tests
         totals["failures"] += failures

@@ -45,7 +45,7 @@ def summarize(records: list[dict]) -> dict:
                 dep[key] = r.get(key)
         elif t == "event.start":
             ev = {"event": r.get("event"), "status": "Unfinished", "started": when, "ended": None,
-                  "duration": None, "error": None, "reference": None, "hooks": 0}
+                  "duration": None, "error": None, "reference": None, "hooks": 0, "ignored": False}
             dep["events"].append(ev)
             open_events[ev["event"]] = ev
         elif t == "event.end":
@@ -53,7 +53,7 @@ def summarize(records: list[dict]) -> dict:
             if ev is None:
                 continue
             ev.update(status=r.get("status", "Succeeded"), ended=when, error=r.get("error"),
-                      reference=r.get("reference"))
+                      reference=r.get("reference"), ignored=bool(r.get("ignored", False)))
             if ev["started"] is not None and when is not None:
                 ev["duration"] = when - ev["started"]
         elif t == "hook.start":
@@ -62,7 +62,11 @@ def summarize(records: list[dict]) -> dict:
                     "started": when, "ended": None, "duration": None, "message": "", "error_code": None,
                     "exit_status": None, "signal": None, "peak_rss": None, "cpu_time": None,
                     "notes": [], "killed": [], "output_holders": [], "left_running": [],
-                    "output": None, "output_truncated": False, "scripts_log": None}
+                    "output": None, "output_truncated": False, "scripts_log": None, "ignored": False,
+                    # where the script came from: the previous revision's for ApplicationStop (spec §4.2)
+                    "previous_revision": bool(r.get("previous_revision", False)),
+                    "revision_deployment_id": r.get("revision_deployment_id"),
+                    "revision_archive": r.get("revision_archive"), "revision_appspec": r.get("revision_appspec")}
             dep["hooks"].append(hook)
             open_hooks[(hook["event"], hook["location"])] = hook
             ev = open_events.get(hook["event"])
@@ -76,7 +80,8 @@ def summarize(records: list[dict]) -> dict:
                 dep["hooks"].append(hook)
             for key in ("status", "message", "error_code", "exit_status", "signal", "peak_rss",
                         "cpu_time", "notes", "killed", "output_holders", "left_running", "output",
-                        "scripts_log"):
+                        "scripts_log", "ignored", "previous_revision", "revision_deployment_id",
+                        "revision_archive", "revision_appspec"):
                 if key in r:
                     hook[key] = r[key]
             hook["output_truncated"] = bool(r.get("output_truncated", False))
@@ -139,9 +144,9 @@ def failure_outside_hooks(dep: dict) -> dict | None:
     an appspec that would not parse), else None: reports show it as a test case of its own."""
     if dep["status"] != "Failed":
         return None
-    if any(h.get("status") == "Failed" for h in dep["hooks"]):
+    if any(h.get("status") == "Failed" and not h.get("ignored") for h in dep["hooks"]):
         return None
-    failed = next((e for e in dep["events"] if e["status"] == "Failed"), None)
+    failed = next((e for e in dep["events"] if e["status"] == "Failed" and not e.get("ignored")), None)
     return {"event": (failed or {}).get("event") or dep.get("failed_event") or "deployment",
             "error": (failed or {}).get("error") or dep.get("error") or "failed",
             "reference": (failed or {}).get("reference") or dep.get("reference"),

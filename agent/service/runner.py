@@ -7,7 +7,8 @@ one JSON object per line, ``{"lifecycleEvents": [...]}`` after every change and 
 service's: errorCode, scriptName, message and the §7.8 log tail of the failing event.
 
 With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
-goes on from DownloadBundle, as the service's option does. Imports the engine; nothing imports this.
+goes on from the next event, as the service's option does (the engine's
+``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the engine; nothing imports this.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from agent.service.engine import LIFECYCLE_EVENTS
 # ScriptError codes (§7.7) as the service names them (LifecycleErrorCode)
 ERROR_CODES = {0: "Success", 1: "ScriptMissing", 2: "ScriptNotExecutable", 3: "ScriptTimedOut",
                4: "ScriptFailed", 5: "UnknownError", 6: "ScriptFailed", 7: "UnknownError"}
-AFTER_APPLICATION_STOP = ",".join(LIFECYCLE_EVENTS[LIFECYCLE_EVENTS.index("DownloadBundle"):])
 INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
@@ -37,6 +37,7 @@ class Tracker:
         self.events = {e: {"lifecycleEventName": e, "status": "Pending"} for e in LIFECYCLE_EVENTS}
         self.tail = DiagnosticTail()
         self.failed_hook: dict | None = None
+        self.marker: str | None = None   # the group's <group>_last_successful_install, once known
 
     def send(self, **extra) -> None:
         self.out.write(json.dumps({"lifecycleEvents": list(self.events.values()), **extra}) + "\n")
@@ -53,11 +54,19 @@ class Tracker:
             self.events[r["event"]] = {"lifecycleEventName": r["event"], "status": "InProgress",
                                        "startTime": r["time"]}
             self.send()
+        elif t == "hook.start" and r.get("previous_revision"):
+            # cdsim's own key (the AWS CLI ignores it; `cdsim wait` prints it): the script is the last
+            # successful revision's, not this deployment's (spec §4.2)
+            self.events[r["event"]]["cdsimScriptRevision"] = {
+                "deploymentId": r.get("revision_deployment_id"), "archive": r.get("revision_archive"),
+                "appspec": r.get("revision_appspec"), "marker": self.marker}
         elif t == "hook.end" and r.get("status") == "Failed":
             self.failed_hook = r
         elif t == "event.end":
             e = self.events.setdefault(r["event"], {"lifecycleEventName": r["event"], "startTime": r["time"]})
             e.update(status=r["status"], endTime=r["time"])
+            if r.get("ignored"):
+                e["cdsimIgnored"] = True   # ignoreApplicationStopFailures: failed, and the deployment went on
             if r["status"] == "Succeeded":
                 e["diagnostics"] = {"errorCode": "Success", "scriptName": "", "message": "Succeeded",
                                     "logTail": ""}
@@ -90,19 +99,17 @@ def run(spec: dict, out=None) -> bool:
     env = service_environment()   # the agent service's environment (spec §7.3), cwd / below
     env.update({k: v for k, v in (spec.get("bundleEnv") or {}).items() if v is not None})
 
-    def one(events: str | None):
-        request = DeploymentRequest(
-            revision=LocalRevision(spec["bundle"], spec["bundleType"]), config=config,
-            deployment_group_id=spec["deploymentGroupId"], deployment_group_name=spec["deploymentGroupName"],
-            application_name=spec["applicationName"], events=events,
-            file_exists_behavior=(spec.get("fileExistsBehavior") or "DISALLOW").upper(),
-            deployment_id=spec["deploymentId"], cwd="/", base_env=env,
-            deployment_creator=spec.get("creator") or "user", deployment_type="IN_PLACE")
-        return deploy(request, listeners=[tracker.on_record], on_output=tracker.on_output)
-
-    result = one(None)
-    if not result.succeeded and result.failed_event == "ApplicationStop" and spec.get("ignoreApplicationStopFailures"):
-        result = one(AFTER_APPLICATION_STOP)
+    request = DeploymentRequest(
+        revision=LocalRevision(spec["bundle"], spec["bundleType"]), config=config,
+        deployment_group_id=spec["deploymentGroupId"], deployment_group_name=spec["deploymentGroupName"],
+        application_name=spec["applicationName"], events=None,
+        file_exists_behavior=(spec.get("fileExistsBehavior") or "DISALLOW").upper(),
+        deployment_id=spec["deploymentId"], cwd="/", base_env=env,
+        deployment_creator=spec.get("creator") or "user", deployment_type="IN_PLACE",
+        ignore_application_stop_failures=bool(spec.get("ignoreApplicationStopFailures")))
+    from agent.deployment_root import DeploymentRoot
+    tracker.marker = DeploymentRoot(config.root_dir, spec["deploymentGroupId"]).last_successful_marker
+    result = deploy(request, listeners=[tracker.on_record], on_output=tracker.on_output)
     tracker.finish(result.succeeded)
     return result.succeeded
 
