@@ -147,6 +147,7 @@ def test_without_subordinate_ids_the_sample_stops_at_once_with_the_exact_fix(use
         assert fine.returncode == 0, fine.stdout + fine.stderr
         assert "hello from root" in fine.stdout and "subordinate" not in fine.stdout + fine.stderr
         # the administrator runs the command: the running instance is re-mapped, the sample deploys
+        require_tool("newuidmap", "uidmap")
         subprocess.run(["usermod", "--add-subuids", f"{start}-{start + 65535}", "--add-subgids",
                         f"{start}-{start + 65535}", user_without_subids.pw_name], check=True)
         again = cdsim("deploy", bundle)
