@@ -21,14 +21,19 @@ CALLER_ONLY = "CDSIM_TEST_CALLER_ONLY"
 SHELL_SETS = {"PPID", "PWD", "OLDPWD", "EPOCHREALTIME", "EPOCHSECONDS", "SRANDOM", "RANDOM", "LINENO"}
 
 
+def hook_bundle(folder: Path, body: str, name: str = "hook.sh") -> Path:
+    """A bundle whose only hook, BeforeInstall, is the shell script ``body``."""
+    folder.mkdir(parents=True)
+    (folder / name).write_text("#!/bin/sh\n" + body)
+    (folder / name).chmod(0o755)
+    (folder / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
+                                        f"    - location: {name}\n")
+    return folder
+
+
 def recording_bundle(folder: Path, out: Path) -> Path:
     """A bundle whose BeforeInstall writes its environment (NUL-separated) and cwd under ``out``."""
-    folder.mkdir(parents=True)
-    (folder / "record.sh").write_text(f"#!/bin/sh\nenv -0 > {out}/env\npwd > {out}/pwd\n")
-    (folder / "record.sh").chmod(0o755)
-    (folder / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
-                                        "    - location: record.sh\n")
-    return folder
+    return hook_bundle(folder, f"env -0 > {out}/env\npwd > {out}/pwd\n", "record.sh")
 
 
 def recorded(out: Path) -> tuple[dict[str, str], str]:
@@ -89,8 +94,7 @@ class TestDeploy:
                         "test_unprivileged_sample.py covers an ordinary user")
     def test_instance_deploy_gives_the_service_environment_of_the_instance(self, tmp_path, state):
         out = Path("/tmp") / f"cdsim-hookenv-{os.getpid()}"   # inside the instance: its own /tmp layer
-        bundle = recording_bundle(tmp_path / "b", out)
-        (bundle / "record.sh").write_text(f"#!/bin/sh\nmkdir -p {out}\nenv -0 > {out}/env\npwd > {out}/pwd\n")
+        bundle = hook_bundle(tmp_path / "b", f"mkdir -p {out}\nenv -0 > {out}/env\npwd > {out}/pwd\n")
         proc = cdsim(tmp_path, "deploy", str(bundle))
         assert proc.returncode == 0, proc.stdout + proc.stderr
         import agent.instance as inst
@@ -123,12 +127,7 @@ class TestCommandNotFound:
         tools.mkdir()
         (tools / "cdsim-only-here").write_text("#!/bin/sh\nexit 0\n")
         (tools / "cdsim-only-here").chmod(0o755)
-        bundle = tmp_path / "b"
-        bundle.mkdir()
-        (bundle / "hook.sh").write_text("#!/bin/sh\necho before\ncdsim-only-here --now\n")
-        (bundle / "hook.sh").chmod(0o755)
-        (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
-                                            "    - location: hook.sh\n")
+        bundle = hook_bundle(tmp_path / "b", "echo before\ncdsim-only-here --now\n")
         caller_path = f"{tools}:{os.environ['PATH']}"
         proc = cdsim(tmp_path, "deploy", "--host", "--root-dir", str(tmp_path / "root"), str(bundle),
                      path=caller_path)
@@ -142,12 +141,7 @@ class TestCommandNotFound:
         assert again.returncode == 0, again.stdout + again.stderr
 
     def test_127_without_a_name_still_shows_the_path(self, tmp_path):
-        bundle = tmp_path / "b"
-        bundle.mkdir()
-        (bundle / "hook.sh").write_text("#!/bin/sh\nexit 127\n")
-        (bundle / "hook.sh").chmod(0o755)
-        (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
-                                            "    - location: hook.sh\n")
+        bundle = hook_bundle(tmp_path / "b", "exit 127\n")
         proc = cdsim(tmp_path, "deploy", "--host", "--root-dir", str(tmp_path / "root"), str(bundle))
         assert proc.returncode == ExitStatus.HOOK_FAILED
         assert "exit code 127 is the shell's 'command not found'; the hook's PATH was" in proc.stdout
