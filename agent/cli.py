@@ -103,7 +103,7 @@ def _run(func, args, debug: bool) -> int:
     except KeyboardInterrupt:
         print("cdsim: interrupted", file=sys.stderr)
         return int(exit_status_for(KeyboardInterrupt()))
-    except Exception as e:  # noqa: BLE001 - the one place that turns a bug into an exit status
+    except Exception as e:  # the one place that turns a bug into an exit status
         if debug:
             raise
         print(f"cdsim: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",

@@ -77,7 +77,7 @@ class AgentConfig:
             return None
         return os.path.join(self.root_dir, "deployment-logs", f"{self.program_name}-deployments.log")
 
-    def with_root(self, root_dir: str) -> "AgentConfig":
+    def with_root(self, root_dir: str) -> AgentConfig:
         return replace(self, root_dir=root_dir)
 
 

@@ -17,7 +17,7 @@ from agent import lifecycle
 from agent.agentlog import AgentLog
 from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
-from agent.errors import (AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut)
+from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut
 from agent.events import EventStream
 from agent.revision import LocalRevision, Revision, revision_env
 

@@ -54,7 +54,7 @@ class EventStream:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "EventStream":
+    def __enter__(self) -> EventStream:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import TMPFS, WHERE, Row, table  # noqa: E402
+from common import TMPFS, WHERE, Row, table
 
 NAMES = ("dir", "tgz", "big", "redeploy", "plan", "hooks", "startup", "fleet", "memory")
 

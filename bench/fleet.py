@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Row, print_rows  # noqa: E402
+from common import Row, print_rows
 
 TARGET = 1.5
 FLOOR = "1 instance's deployment x 20 / cores"

@@ -18,12 +18,12 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Row, clear, common_args, make_bundle, make_tgz, paired, print_rows, run, timed  # noqa: E402
+from common import Row, clear, common_args, make_bundle, make_tgz, paired, print_rows, run, timed
 
-from agent.appspec import parse_appspec  # noqa: E402
-from agent.bundle import fetch_and_unpack  # noqa: E402
-from agent.install import install  # noqa: E402
-from agent.revision import LocalRevision  # noqa: E402
+from agent.appspec import parse_appspec
+from agent.bundle import fetch_and_unpack
+from agent.install import install
+from agent.revision import LocalRevision
 
 TARGETS = {"dir": 1.3, "tgz": 1.3, "big": 1.2}
 

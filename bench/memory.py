@@ -17,8 +17,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import TMPFS, Row, clear, make_bundle, make_tgz, print_rows  # noqa: E402
-from startup import default_cdsim  # noqa: E402
+from common import TMPFS, Row, clear, make_bundle, make_tgz, print_rows
+from startup import default_cdsim
 
 TARGET = 150.0
 _WRAPPER = ("import resource, subprocess, sys\n"

@@ -15,10 +15,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Row, clear, make_bundle, paired, rows_per_place, script_main, timed  # noqa: E402
-from install import deploy  # noqa: E402
+from common import Row, clear, make_bundle, paired, rows_per_place, script_main, timed
+from install import deploy
 
-from agent.plan import make_plan, render_text  # noqa: E402
+from agent.plan import make_plan, render_text
 
 TARGET = 3.0
 

@@ -14,11 +14,11 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Row, clear, make_bundle, paired, rows_per_place, run, script_main, timed  # noqa: E402
-from install import deploy  # noqa: E402
+from common import Row, clear, make_bundle, paired, rows_per_place, run, script_main, timed
+from install import deploy
 
-from agent.appspec import parse_appspec  # noqa: E402
-from agent.install import install  # noqa: E402
+from agent.appspec import parse_appspec
+from agent.install import install
 
 TARGET = 1.5
 

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import ROOT, Row, print_rows  # noqa: E402
+from common import ROOT, Row, print_rows
 
 TARGET = 0.25
 

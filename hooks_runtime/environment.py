@@ -19,8 +19,8 @@ Must not import ``agent``.
 from __future__ import annotations
 
 import functools
-import re
 import os
+import re
 import shutil
 import subprocess
 

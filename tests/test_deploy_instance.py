@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_instance import DOCKER_DEFAULT_LESS_MKNOD, HANDLE_PY, _cmdline, _poll
 
 import agent.instance as inst
-from test_instance import DOCKER_DEFAULT_LESS_MKNOD, HANDLE_PY, _cmdline, _poll
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_app"

@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 import yaml
+from conftest import require_tool
 
 from agent.errors import ExitStatus
 

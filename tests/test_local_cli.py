@@ -172,7 +172,7 @@ class TestLocalFailures:
         """On timeout the hook's group gets TERM, and a setsid grandchild is ended too (the agent leaves it)."""
         marker = tmp_path / "marker_setsid"
         trapped = tmp_path / "trapped"
-        spec = f"""\
+        spec = """\
             version: 0.0
             os: linux
             hooks:

@@ -9,7 +9,6 @@ instances, ``aws deploy push`` / ``create-deployment | cdsim wait -`` / ``aws de
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys

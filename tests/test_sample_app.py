@@ -25,8 +25,8 @@ import wsgiref.validate
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 import yaml
+from conftest import require_tool
 
 from agent.appspec import parse_appspec
 

@@ -534,7 +534,7 @@ def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_deadline(service):
             if sock.recv(65536) == b"":
                 closed = True
                 break
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             closed = True

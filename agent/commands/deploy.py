@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from agent.errors import EnvironmentProblem, ExitStatus, UsageError
+from agent.errors import EnvironmentProblem, UsageError
 
 SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
 DEFAULT_INSTANCE = "default"
@@ -22,7 +22,7 @@ INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 def register(sub) -> None:
     p = sub.add_parser("deploy", help=SUMMARY, description=__doc__)
-    from agent.commands.where import add_bundle_argument   # BUNDLE, or -l/--bundle-location BUNDLE
+    from agent.commands.where import add_bundle_argument  # BUNDLE, or -l/--bundle-location BUNDLE
     add_bundle_argument(p, default=".", help="bundle directory or zip/tar/tgz file (default: .)")
     p.add_argument("-t", "--type", choices=("directory", "zip", "tar", "tgz"),
                    help="bundle type (default: from the file name)")

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "validate", help=SUMMARY, description=SUMMARY + ". Errors are what makes the agent fail the "
         "deployment; warnings are what it accepts but probably not what you meant.")
-    from agent.commands.where import add_bundle_argument   # PATH, or -l/--bundle-location PATH
+    from agent.commands.where import add_bundle_argument  # PATH, or -l/--bundle-location PATH
     add_bundle_argument(p, default=".", metavar="PATH", dest="path",
                         help="a bundle directory, a zip/tar/tgz bundle, or an appspec file (default: .)")
     p.add_argument("--appspec-filename", metavar="NAME",

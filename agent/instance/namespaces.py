@@ -115,7 +115,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def loopback_up() -> None:
     """Bring up 'lo' in a fresh network namespace (it starts down)."""
-    import fcntl   # here: agent.instance.enter, which starts for every command run inside, needs neither
+    import fcntl  # here: agent.instance.enter, which starts for every command run inside, needs neither
     import socket
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

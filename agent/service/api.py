@@ -469,7 +469,7 @@ class Api:
         window = _dict(body, "createTimeRange") or {}
         out = []
         for d in self.store.values("deployment"):
-            if app_name and d["applicationName"] != app_name or group_name and d["deploymentGroupName"] != group_name:
+            if (app_name and d["applicationName"] != app_name) or (group_name and d["deploymentGroupName"] != group_name):
                 continue
             if statuses and d["status"] not in statuses:
                 continue

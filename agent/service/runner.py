@@ -13,7 +13,6 @@ goes on from the next event, as the service's option does (the engine's
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 

@@ -71,7 +71,7 @@ class Service:
         self.endpoint = ""
 
     # -- life cycle -----------------------------------------------------------------------------
-    def start(self) -> "Service":
+    def start(self) -> Service:
         try:
             return self._start()
         except BaseException:
@@ -80,7 +80,7 @@ class Service:
             self.store.close()
             raise
 
-    def _start(self) -> "Service":
+    def _start(self) -> Service:
         from agent.service.client import server_info
         running = server_info(self.state)
         if running:
@@ -136,7 +136,7 @@ class Service:
             pass
         self.store.close()
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -335,7 +335,7 @@ def read_body(environ: dict, limit: int) -> bytes:
             if total > limit:
                 raise RequestRefused("EntityTooLarge",
                                      f"The request body is larger than this server's limit of {limit} bytes", 413)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise RequestRefused("RequestTimeout", "The request body did not arrive in time; the connection is "
                                                "closed", 408) from None
     except (OSError, ValueError) as e:
@@ -359,7 +359,7 @@ def request_headers(environ: dict) -> dict[str, str]:
 class App:
     """The WSGI application: authenticate, then the CodeDeploy API or moto's S3."""
 
-    def __init__(self, service: "Service"):
+    def __init__(self, service: Service):
         self.service = service
 
     def __call__(self, environ: dict, start_response):
@@ -374,7 +374,7 @@ class App:
             auth.verify(service.credentials, method=method, url=f"http://{headers.get('host', '')}{raw_uri}",
                         headers=headers, body=body, service="s3" if s3 else "codedeploy")
         except (RequestRefused, auth.AuthError) as e:
-            code = getattr(e, "code")
+            code = e.code
             return (self._s3_error if s3 else self._api_error)(start_response, e.status, code, e.message)
         if s3:
             return self._s3(environ, start_response, method, raw_uri, headers, body)

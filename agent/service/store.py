@@ -43,7 +43,7 @@ class Store:
             self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator["Store"]:
+    def transaction(self) -> Iterator[Store]:
         with self._lock:
             outer = self._depth == 0
             if outer:
