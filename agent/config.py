@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass, field, replace
 
 from agent.errors import DeploymentError, UsageError
+from agent.state import AGENT_LOG_DIR as DEFAULT_LOG_DIR
+from agent.state import AGENT_ROOT_DIR as DEFAULT_ROOT_DIR
 
 DEFAULT_CONFIG_PATH = "/etc/codedeploy-agent/conf/codedeployagent.yml"
-DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-DEFAULT_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 # the built-in defaults of §2.2 (None = no built-in default)
 BUILTIN = {

@@ -20,6 +20,7 @@ from agent.deployment_root import DeploymentRoot, join, new_deployment_id
 from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut
 from agent.events import EventStream
 from agent.revision import LocalRevision, Revision, revision_env
+from agent.state import events_file
 
 DEFAULT_GROUP_ID = "default-local-deployment-group"
 DEFAULT_GROUP_NAME = "LocalFleet"
@@ -403,7 +404,7 @@ def default_events_path(config: AgentConfig, group: str, deployment_id: str) -> 
     must stay identical to the agent's)."""
     if not config.log_dir:
         return None
-    return os.path.join(config.log_dir, "cdsim-events", group, f"{deployment_id}.jsonl")
+    return events_file(config.log_dir, group, deployment_id)
 
 
 def deploy(request: DeploymentRequest, *, listeners: list | None = None,

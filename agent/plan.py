@@ -33,12 +33,12 @@ from agent.errors import (
     UsageError,
 )
 from agent.revision import LocalRevision
+from agent.state import AGENT_ROOT_DIR as DEFAULT_ROOT_DIR
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_ROOT_DIR", "Collision", "HookSource", "LeftOut", "PathChange",
            "PermissionPlan", "Plan", "make_plan", "render_text"]
 
 DEFAULT_GROUP = "default-local-deployment-group"
-DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 
 SUCCESS, FILE_COLLISION, FAILED = "success", "file-collision", "deployment-failed"
 

@@ -13,11 +13,10 @@ import threading
 import time
 
 from agent.errors import EnvironmentProblem, UsageError
+from agent.state import AGENT_LOG_DIR, AGENT_ROOT_DIR, events_dir, host_log_dir, host_root_dir, in_upper
 
 SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
 DEFAULT_INSTANCE = "default"
-INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 
 def register(sub) -> None:
@@ -74,11 +73,6 @@ def guess_type(path: str) -> str:
     raise UsageError(f"cannot tell the bundle type of {path}", hint="give --type zip|tar|tgz|directory")
 
 
-def state_dir() -> str:
-    from agent.instance import state_dir as instance_state_dir
-    return instance_state_dir()
-
-
 def run(args) -> int:
     bundle = os.path.abspath(args.bundle)
     if not os.path.exists(bundle):
@@ -107,10 +101,9 @@ def deploy_here(args, bundle: str, btype: str) -> int:
     from agent.revision import LocalRevision
 
     if os.environ.get("CDSIM_INSIDE_INSTANCE"):
-        root_default, log_default = INSTANCE_ROOT_DIR, INSTANCE_LOG_DIR
+        root_default, log_default = AGENT_ROOT_DIR, AGENT_LOG_DIR
     else:
-        base = os.path.join(state_dir(), "host")
-        root_default, log_default = os.path.join(base, "deployment-root"), os.path.join(base, "log")
+        root_default, log_default = host_root_dir(), host_log_dir()
     cfg = _config(args, root_default, log_default)
     printer = Printer(quiet=args.quiet, verbose=args.verbose)
     request = DeploymentRequest(
@@ -222,7 +215,7 @@ def _records_from_instance(inst, group: str, since: float) -> list[dict]:
     import glob
 
     from agent.events import read_events
-    folder = os.path.join(inst.upper + INSTANCE_LOG_DIR.rstrip("/"), "cdsim-events", group)
+    folder = events_dir(in_upper(inst.upper, AGENT_LOG_DIR), group)
     fresh = [p for p in glob.glob(os.path.join(folder, "*.jsonl")) if os.path.getmtime(p) >= since - 1]
     if not fresh:
         return []

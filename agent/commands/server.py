@@ -29,8 +29,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from agent.service.auth import read
-    from agent.service.client import server_info, service_dir
+    from agent.service.client import server_info
     from agent.service.server import env_lines, serve
+    from agent.state import service_dir
 
     if args.action == "env":
         folder = service_dir(args.state)

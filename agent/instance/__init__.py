@@ -32,7 +32,8 @@ from agent.errors import EnvironmentProblem, UsageError
 from agent.instance import confine, enter, idmap, keeper, store
 from agent.instance.diff import Change
 from agent.instance.diff import changes as _changes
-from agent.instance.store import Instance, state_dir
+from agent.instance.store import Instance
+from agent.state import instance_dir, instances_dir, state_dir
 
 __all__ = [
     "Change",
@@ -86,8 +87,8 @@ def create(name: str, *, network: str = "private", state: str | None = None,
             return existing
         raise UsageError(f"instance {name!r} exists already ({existing.path})", reference="instance-exists",
                          hint=f"use it, or remove it first with `cdsim instance destroy {name}`")
-    path = os.path.join(store.instances_dir(state), name)
-    os.makedirs(store.instances_dir(state), exist_ok=True)
+    path = instance_dir(name, state)
+    os.makedirs(instances_dir(state), exist_ok=True)
     os.mkdir(path, 0o700)
     for sub in ("upper", "work", "root"):
         os.mkdir(os.path.join(path, sub), 0o755)
@@ -100,7 +101,7 @@ def get(name: str, *, state: str | None = None) -> Instance:
     """The instance called ``name``; UsageError if there is none."""
     inst = store.load(name, state)
     if inst is None:
-        raise UsageError(f"no instance named {name!r} (in {store.instances_dir(state)})",
+        raise UsageError(f"no instance named {name!r} (in {instances_dir(state)})",
                          reference="instance-unknown", hint=f"create it with `cdsim instance create {name}`")
     return inst
 

@@ -22,6 +22,7 @@ from agent.service import revisions
 from agent.service.auth import Credentials
 from agent.service.client import AGENT_PREFIX, call, download
 from agent.service.revisions import RevisionError
+from agent.state import machine_log_dir, machine_root_dir
 
 
 class Agent:
@@ -136,8 +137,7 @@ class Agent:
                                         "ignoreApplicationStopFailures")}
         spec.update(bundle=bundle, bundleType=bundle_type, bundleEnv=env)
         if self.host_root:
-            spec.update(rootDir=os.path.join(self.host_root, "deployment-root"),
-                        logDir=os.path.join(self.host_root, "log"))
+            spec.update(rootDir=machine_root_dir(self.host_root), logDir=machine_log_dir(self.host_root))
         return spec
 
     def _run_runner(self, spec: dict, folder: str):

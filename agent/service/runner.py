@@ -17,12 +17,11 @@ import sys
 import time
 
 from agent.service.engine import LIFECYCLE_EVENTS
+from agent.state import AGENT_LOG_DIR, AGENT_ROOT_DIR
 
 # ScriptError codes (§7.7) as the service names them (LifecycleErrorCode)
 ERROR_CODES = {0: "Success", 1: "ScriptMissing", 2: "ScriptNotExecutable", 3: "ScriptTimedOut",
                4: "ScriptFailed", 5: "UnknownError", 6: "ScriptFailed", 7: "UnknownError"}
-INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 
 class Tracker:
@@ -92,8 +91,8 @@ def run(spec: dict, out=None) -> bool:
     from agent.revision import LocalRevision
 
     tracker = Tracker(out)
-    config = config_from_mapping({"root_dir": spec.get("rootDir") or INSTANCE_ROOT_DIR,
-                                  "log_dir": spec.get("logDir") or INSTANCE_LOG_DIR})
+    config = config_from_mapping({"root_dir": spec.get("rootDir") or AGENT_ROOT_DIR,
+                                  "log_dir": spec.get("logDir") or AGENT_LOG_DIR})
     from hooks_runtime.environment import service_environment
     env = service_environment()   # the agent service's environment (spec §7.3), cwd / below
     env.update({k: v for k, v in (spec.get("bundleEnv") or {}).items() if v is not None})
