@@ -30,6 +30,10 @@ import re
 from dataclasses import dataclass, field
 
 from agent.errors import AppSpecError
+from agent.ruby import RubyHash as _RubyHash
+from agent.ruby import inspect as ruby_inspect
+from agent.ruby import inspect_str as ruby_inspect_str
+from agent.ruby import to_s as ruby_to_s
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
@@ -271,70 +275,6 @@ class AppSpec:
         return tuple(name for name, _ in self.hooks)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Ruby renderings the agent's messages use (to_s and inspect)
-
-
-def ruby_to_s(v: object) -> str:
-    """Ruby ``to_s`` of a loaded YAML value (nil -> '', arrays and hashes -> inspect)."""
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    return ruby_inspect(v)
-
-
-def _ruby_float(f: float) -> str:
-    if math.isnan(f):
-        return "NaN"
-    if math.isinf(f):
-        return "Infinity" if f > 0 else "-Infinity"
-    r = repr(f)  # Python switches to exponent form at the same thresholds as Ruby
-    if "e" in r:
-        mant, exp = r.split("e")
-        return (mant if "." in mant else mant + ".0") + "e" + exp
-    return r
-
-
-_RUBY_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\f": "\\f", "\v": "\\v", "\b": "\\b",
-                 "\a": "\\a", "\x1b": "\\e", '"': '\\"', "\\": "\\\\"}
-
-
-def _ruby_str_inspect(s: str) -> str:
-    out = []
-    for i, ch in enumerate(s):
-        if ch in _RUBY_ESCAPES:
-            out.append(_RUBY_ESCAPES[ch])
-        elif ch == "#" and s[i + 1:i + 2] in ("{", "$", "@"):
-            out.append("\\#")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def ruby_inspect(v: object) -> str:
-    """Ruby 3.1 ``inspect`` of a loaded YAML value: ``["a", 1]``, ``{"name"=>"u"}``, ``nil``."""
-    if v is None:
-        return "nil"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, float):
-        return _ruby_float(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return _ruby_str_inspect(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(ruby_inspect(x) for x in v) + "]"
-    if isinstance(v, _RubyHash):
-        return "{" + ", ".join(f"{ruby_inspect(k)}=>{ruby_inspect(x)}" for k, x in v.pairs) + "}"
-    return str(v)
-
-
 def _ruby_strip(s: str) -> str:
     return s.strip(" \t\n\v\f\r\0")
 
@@ -346,15 +286,6 @@ def _ruby_str_to_i(s: str) -> int:
         return 0
     n = int(m.group(2).replace("_", ""))
     return -n if m.group(1) == "-" else n
-
-
-class _RubyHash:
-    """A loaded YAML mapping: pairs in order, later duplicates replacing earlier ones in place."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self, pairs: list[tuple[object, object]]):
-        self.pairs = pairs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -435,7 +366,7 @@ def _ruby_integer(text: str) -> int:
     else:
         base = 10
     if not body:  # "0b_" -> "0b": Ruby's Integer() raises
-        raise PsychRefused("ArgumentError", f"invalid value for Integer(): {_ruby_str_inspect(digits)}")
+        raise PsychRefused("ArgumentError", f"invalid value for Integer(): {ruby_inspect_str(digits)}")
     return sign * int(body, base)
 
 
@@ -444,7 +375,7 @@ def _ruby_float_of(text: str) -> float:
     exponent or at the end dropped."""
     cleaned = re.sub(r"\.([Ee]|\Z)", r"\1", text.replace(",", "").replace("_", ""))
     if not re.fullmatch(r"[-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+][0-9]+)?", cleaned):
-        raise PsychRefused("ArgumentError", f"invalid value for Float(): {_ruby_str_inspect(cleaned)}")
+        raise PsychRefused("ArgumentError", f"invalid value for Float(): {ruby_inspect_str(cleaned)}")
     return float(cleaned)
 
 

@@ -13,7 +13,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from agent import lifecycle
+from agent import lifecycle, ruby
 from agent.agentlog import AgentLog
 from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
@@ -202,7 +202,7 @@ class _Deployment:
         unknown = lifecycle.unknown_hooks(hooks, self.req.events)
         if unknown:
             raise DeploymentError(
-                f"{base} file contains unknown lifecycle events: {lifecycle.ruby_inspect_list(unknown)}")
+                f"{base} file contains unknown lifecycle events: {ruby.inspect_list(unknown)}")
         missing = lifecycle.missing_custom_events(hooks, self.req.events)
         if missing:
             raise DeploymentError(
