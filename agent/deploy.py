@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
 from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut
 from agent.events import EventStream
-from agent.revision import LocalRevision, Revision, revision_env
+from agent.revision import LocalRevision, RemoteRevision, Revision, revision_env
 from agent.state import events_file
 
 DEFAULT_GROUP_ID = "default-local-deployment-group"
@@ -48,6 +48,8 @@ class DeploymentRequest:
     ignore_application_stop_failures: bool = False  # the service's option: a failed ApplicationStop
                                                     # is reported (ignored: true) and the deployment goes on
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)  # Install's (done, total)
+    fetched_from: RemoteRevision | None = None  # the S3/GitHub revision ``revision`` was fetched from: its
+                                                # BUNDLE_* variables are the hooks'
 
 
 @dataclass
@@ -236,7 +238,7 @@ class _Deployment:
             "DEPLOYMENT_GROUP_NAME": self.req.deployment_group_name,
             "DEPLOYMENT_GROUP_ID": self.req.deployment_group_id,
         })
-        for k, v in revision_env(self.req.revision).items():
+        for k, v in revision_env(self.req.fetched_from or self.req.revision).items():
             if v is None:
                 env.pop(k, None)
             else:

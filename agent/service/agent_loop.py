@@ -18,11 +18,13 @@ import threading
 import time
 
 from agent.errors import CdsimError, EnvironmentProblem
-from agent.service import revisions
+from agent.revision import to_record
+from agent.service import fetch, revisions
 from agent.service.auth import Credentials
-from agent.service.client import AGENT_PREFIX, call, download
+from agent.service.client import AGENT_PREFIX, call
 from agent.service.revisions import RevisionError
 from agent.state import machine_log_dir, machine_root_dir
+from hooks_runtime.environment import without_aws_variables
 
 
 class Agent:
@@ -108,34 +110,13 @@ class Agent:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _spec(self, command: dict, folder: str) -> dict:
-        rev = command["revision"]
-        if rev["revisionType"] == "S3":
-            s3 = rev["s3Location"]
-            if not command.get("s3Endpoint"):
-                raise EnvironmentProblem("the server has no S3 endpoint for an S3 revision")
-            bundle_type = revisions.check_bundle_type(s3.get("bundleType"))
-            bundle = os.path.join(folder, "bundle." + bundle_type)
-            download(command["s3Endpoint"], revisions.check_bucket(s3.get("bucket")),
-                     revisions.check_key(s3.get("key")), s3.get("version"), bundle, credentials=self.credentials)
-            env = {"BUNDLE_BUCKET": s3["bucket"], "BUNDLE_KEY": s3["key"], "BUNDLE_VERSION": s3.get("version"),
-                   "BUNDLE_ETAG": s3.get("eTag")}
-        elif rev["revisionType"] == "GitHub":
-            gh = rev["gitHubLocation"]
-            commit = revisions.check_commit(gh.get("commitId"))
-            repo = revisions.github_repository(gh.get("repository"), self.github_roots)
-            bundle, bundle_type = os.path.join(folder, "bundle.tar"), "tar"
-            # the commit after --end-of-options: git reads it as a revision even if it looked like an option
-            done = subprocess.run(["git", "-C", repo, "archive", "--format=tar", "-o", bundle, "--end-of-options",
-                                   commit], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise EnvironmentProblem(f"git archive of {commit} in {repo} failed: {done.stderr.strip()}")
-            env = {"BUNDLE_COMMIT": commit}
-        else:
-            raise RevisionError(f"unsupported revision type {rev['revisionType']!r}")
+        source = fetch.revision_of(command["revision"])
+        local = fetch.fetch(source, folder, s3_endpoint=command.get("s3Endpoint"), credentials=self.credentials,
+                            github_roots=self.github_roots)
         spec = {k: command[k] for k in ("deploymentId", "applicationName", "deploymentGroupName",
                                         "deploymentGroupId", "creator", "fileExistsBehavior",
                                         "ignoreApplicationStopFailures")}
-        spec.update(bundle=bundle, bundleType=bundle_type, bundleEnv=env)
+        spec.update(bundle=local.location, bundleType=local.bundle_type, fetchedFrom=to_record(source))
         if self.host_root:
             spec.update(rootDir=machine_root_dir(self.host_root), logDir=machine_log_dir(self.host_root))
         return spec
@@ -143,7 +124,7 @@ class Agent:
     def _run_runner(self, spec: dict, folder: str):
         """Start the runner and yield each JSON line it prints."""
         argv = [sys.executable, "-m", "agent.service.runner", json.dumps(spec)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env = without_aws_variables(os.environ, every=True)
         read_fd, write_fd = os.pipe()
         status: list[int] = []
         with open(os.path.join(folder, "runner.stderr"), "wb") as err:

@@ -88,17 +88,17 @@ class Tracker:
 def run(spec: dict, out=None) -> bool:
     from agent.config import config_from_mapping
     from agent.deploy import DeploymentRequest, deploy
-    from agent.revision import LocalRevision
+    from agent.revision import LocalRevision, from_record
 
     tracker = Tracker(out)
     config = config_from_mapping({"root_dir": spec.get("rootDir") or AGENT_ROOT_DIR,
                                   "log_dir": spec.get("logDir") or AGENT_LOG_DIR})
     from hooks_runtime.environment import service_environment
     env = service_environment()   # the agent service's environment (spec §7.3), cwd / below
-    env.update({k: v for k, v in (spec.get("bundleEnv") or {}).items() if v is not None})
 
     request = DeploymentRequest(
         revision=LocalRevision(spec["bundle"], spec["bundleType"]), config=config,
+        fetched_from=from_record(spec["fetchedFrom"]) if spec.get("fetchedFrom") else None,
         deployment_group_id=spec["deploymentGroupId"], deployment_group_name=spec["deploymentGroupName"],
         application_name=spec["applicationName"], events=None,
         file_exists_behavior=(spec.get("fileExistsBehavior") or "DISALLOW").upper(),
