@@ -444,11 +444,8 @@ def node_mark(node) -> Mark:
 
 def _err(message: str, filename: str, mark: Mark | None, *, code: str, agent_class: str | None,
          hint: str | None = None) -> AppSpecError:
-    e = AppSpecError(message, file=filename, line=mark.line if mark else None,
-                     column=mark.column if mark else None, hint=hint)
-    e.code = code                # stable kebab-case name of the problem (validate's finding code)
-    e.agent_class = agent_class  # the agent's exception class, None where the agent crashes
-    return e
+    return AppSpecError(message, file=filename, line=mark.line if mark else None,
+                        column=mark.column if mark else None, hint=hint, code=code, agent_class=agent_class)
 
 
 def _decode(data: str | bytes, filename: str) -> str:

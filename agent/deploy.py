@@ -118,7 +118,7 @@ class _Deployment:
                     continue
                 self.stream.emit("event.end", event=event, status="Failed", error=str(e),
                                  reference=e.reference)
-                e.event = getattr(e, "event", None) or event
+                e.event = e.event or event
                 raise
             except OSError as e:
                 err = _os_error(e)
@@ -451,15 +451,16 @@ def deploy(request: DeploymentRequest, *, listeners: list | None = None,
             result.succeeded = True
         except CdsimError as e:
             result.error = e
-            result.failed_event = getattr(e, "event", None)
+            result.failed_event = e.event
         except OSError as e:
             result.error = _os_error(e)
         result.hooks = d.hooks
         stream.emit("deployment.end", status="Succeeded" if result.succeeded else "Failed",
                     error=str(result.error) if result.error else None,
                     reference=result.error.reference if result.error else None,
-                    file=getattr(result.error, "file", None), line=getattr(result.error, "line", None),
-                    column=getattr(result.error, "column", None),
+                    file=result.error.file if result.error else None,
+                    line=result.error.line if result.error else None,
+                    column=result.error.column if result.error else None,
                     failed_event=result.failed_event)
     return result
 

@@ -69,7 +69,7 @@ class Finding:
 
 
 def _from_error(e: AppSpecError, severity: str = "error") -> Finding:
-    return Finding(severity, getattr(e, "code", e.reference), e.message, e.file, e.line, e.column, e.hint)
+    return Finding(severity, e.code or e.reference, e.message, e.file, e.line, e.column, e.hint)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def run(opts: dict) -> int:
 def _execute(opts: dict, config, cwd: str) -> int:
     from agent.deploy import DeploymentRequest, deploy
     from agent.deployment_root import new_deployment_id
-    from agent.errors import CdsimError, HookFailed
+    from agent.errors import AppSpecError, CdsimError, HookFailed
 
     out = sys.stdout
     location = opts.get("--bundle-location") or cwd
@@ -308,7 +308,8 @@ def _execute(opts: dict, config, cwd: str) -> int:
     else:
         where = err.location()
         if where:
-            print(f"cdsim: {where}: {getattr(err, 'code', None) or err.reference}", file=sys.stderr)
+            code = err.code if isinstance(err, AppSpecError) and err.code else err.reference
+            print(f"cdsim: {where}: {code}", file=sys.stderr)
         print(f"ERROR: {err.message}", file=out)
         if err.hint:
             print(f"cdsim: hint: {err.hint}", file=sys.stderr)
