@@ -14,8 +14,9 @@ _LAZY = {
     "AppSpec": "agent.appspec",
     "parse_appspec": "agent.appspec",
     "AgentConfig": "agent.config",
-    "DeploymentRequest": "agent.deploy",
-    "DeploymentResult": "agent.deploy",
+    "DeploymentRequest": "agent.sequencer",
+    "DeploymentResult": "agent.sequencer",
+    "deploy": "agent.sequencer",
     "CdsimError": "agent.errors",
     "ExitStatus": "agent.errors",
     "Finding": "agent.lint",
@@ -25,13 +26,10 @@ _LAZY = {
     "LocalRevision": "agent.revision",
 }
 
-__all__ = sorted([*_LAZY, "__version__", "deploy"])
+__all__ = sorted([*_LAZY, "__version__"])
 
 
-def __getattr__(name: str):
-    if name == "deploy":  # the module agent.deploy is callable: agent.deploy(request)
-        import importlib
-        return importlib.import_module("agent.deploy")
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'agent' has no attribute {name!r}")

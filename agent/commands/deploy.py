@@ -96,9 +96,9 @@ def _config(args, root_default: str, log_default: str):
 
 def deploy_here(args, bundle: str, btype: str) -> int:
     """Run the engine in this process (on the host, or already inside an instance)."""
-    from agent.deploy import DeploymentRequest, deploy
     from agent.reports.progress import ProgressBar
     from agent.revision import LocalRevision
+    from agent.sequencer import DeploymentRequest, deploy
 
     if os.environ.get("CDSIM_INSIDE_INSTANCE"):
         root_default, log_default = AGENT_ROOT_DIR, AGENT_LOG_DIR

@@ -262,9 +262,9 @@ def run(opts: dict) -> int:
 
 
 def _execute(opts: dict, config, cwd: str) -> int:
-    from agent.deploy import DeploymentRequest, deploy
     from agent.deployment_root import new_deployment_id
     from agent.errors import AppSpecError, CdsimError, HookFailed
+    from agent.sequencer import DeploymentRequest, deploy
 
     out = sys.stdout
     location = opts.get("--bundle-location") or cwd

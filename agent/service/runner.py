@@ -1,7 +1,7 @@
 """One deployment on one machine, for an agent: ``python -m agent.service.runner SPEC_JSON``.
 
 The agent starts this inside the instance (or on the host for a host agent). It runs the engine of
-``agent.deploy`` and writes the instance's lifecycle events, as the service reports them, to stdout:
+``agent.sequencer`` and writes the instance's lifecycle events, as the service reports them, to stdout:
 one JSON object per line, ``{"lifecycleEvents": [...]}`` after every change and finally
 ``{"status": "Succeeded"|"Failed", "lifecycleEvents": [...]}``. Diagnostics are shaped as the
 service's: errorCode, scriptName, message and the §7.8 log tail of the failing event.
@@ -87,8 +87,8 @@ class Tracker:
 
 def run(spec: dict, out=None) -> bool:
     from agent.config import config_from_mapping
-    from agent.deploy import DeploymentRequest, deploy
     from agent.revision import LocalRevision, from_record
+    from agent.sequencer import DeploymentRequest, deploy
 
     tracker = Tracker(out)
     config = config_from_mapping({"root_dir": spec.get("rootDir") or AGENT_ROOT_DIR,

@@ -3,13 +3,13 @@ hook events, exactly as the agent's command executor does (behaviour doc §4), w
 stream as it goes.
 
 Imports the pure modules (lifecycle, appspec), the I/O modules (bundle, install, deployment_root)
-and hooks_runtime. Nothing here prints: the CLI renders the event stream.
+and hooks_runtime. Nothing here prints: the CLI renders the event stream. The package exports
+``deploy``, ``DeploymentRequest`` and ``DeploymentResult`` as ``agent.deploy(...)`` and so on (this
+module is not called ``deploy`` so that importing it never hides that function).
 """
 from __future__ import annotations
 
 import os
-import sys
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -464,13 +464,3 @@ def deploy(request: DeploymentRequest, *, listeners: list | None = None,
                     failed_event=result.failed_event)
     return result
 
-
-class _CallableModule(types.ModuleType):
-    """``agent.deploy`` is both this module and the public function: importing a submodule binds its
-    name on the package, so the module itself forwards calls to ``deploy()``."""
-
-    def __call__(self, request: DeploymentRequest, **kw) -> DeploymentResult:
-        return deploy(request, **kw)
-
-
-sys.modules[__name__].__class__ = _CallableModule
