@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent import lifecycle, ruby
 from agent.agentlog import AgentLog
@@ -21,6 +22,9 @@ from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFaile
 from agent.events import EventStream
 from agent.revision import LocalRevision, RemoteRevision, Revision, revision_env
 from agent.state import events_file
+
+if TYPE_CHECKING:
+    from hooks_runtime import HookResult
 
 DEFAULT_GROUP_ID = "default-local-deployment-group"
 DEFAULT_GROUP_NAME = "LocalFleet"
@@ -60,7 +64,7 @@ class DeploymentResult:
     error: CdsimError | None = None
     entered_event_loop: bool = False
     failed_event: str | None = None
-    hooks: list = field(default_factory=list)    # hooks_runtime.HookResult, in run order
+    hooks: list[tuple[str, HookResult]] = field(default_factory=list)  # (event, its hook's result), in run order
     events_path: str | None = None
 
     @property
@@ -93,7 +97,7 @@ class _Deployment:
         self.root = DeploymentRoot(self.cfg.root_dir, request.deployment_group_id)
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
-        self.hooks: list = []
+        self.hooks: list[tuple[str, HookResult]] = []  # (event, its hook's result), in run order
         self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
     # -- events --------------------------------------------------------------------------------------

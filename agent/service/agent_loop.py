@@ -1,10 +1,11 @@
 """The cdsim agent: polls a cdsim server for its instance's next command and runs it.
 
 A command is a whole deployment to the instance. The agent fetches the revision onto this machine
-(S3 from the server's S3, GitHub as ``git archive`` of a local repository under a configured GitHub
-root; every revision field is checked again here, ``agent.service.revisions``), runs
+(``agent.service.fetch``: S3 from the server's S3, GitHub as ``git archive`` of a local repository
+under a configured GitHub root; every revision field is checked again there), runs
 ``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
-agent, here, and forwards every lifecycle-event update the runner prints to the server.
+agent, here, with no ``AWS_*`` variable of its own, and forwards every lifecycle-event update the
+runner prints to the server.
 Must not import the server, the API or the engine's store.
 """
 from __future__ import annotations

@@ -6,9 +6,12 @@ one JSON object per line, ``{"lifecycleEvents": [...]}`` after every change and 
 ``{"status": "Succeeded"|"Failed", "lifecycleEvents": [...]}``. Diagnostics are shaped as the
 service's: errorCode, scriptName, message and the §7.8 log tail of the failing event.
 
+The spec names the fetched bundle (``bundle``, ``bundleType``) and the revision it was fetched from
+(``fetchedFrom``, ``agent.revision.to_record``), whose ``BUNDLE_*`` variables the engine gives hooks.
 With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
 goes on from the next event, as the service's option does (the engine's
-``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the engine; nothing imports this.
+``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too).
+Imports the engine; nothing imports this.
 """
 from __future__ import annotations
 
