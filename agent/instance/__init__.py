@@ -12,10 +12,10 @@ Every process inside holds at most Docker's default capabilities less mknod, und
 command before anything of the instance's tree runs, and can bind host paths in afresh for one command
 (:func:`bind_target`): through the overlay a host file may read as it was when the instance started.
 
-Module map: ``store`` (folders, metadata), ``namespaces`` (system calls), ``overlay`` (the root file
-system), ``keeper`` (start/stop), ``idmap`` (user namespace id maps), ``confine`` (capabilities,
-seccomp), ``enter`` (the launcher), ``diff`` (what changed). Must not import the deploy engine or
-hooks_runtime.
+Module map: ``store`` (an instance folder's files and metadata; ``agent.state`` names the folders),
+``namespaces`` (system calls), ``overlay`` (the root file system), ``keeper`` (start/stop), ``idmap``
+(user namespace id maps), ``confine`` (capabilities, seccomp), ``enter`` (the launcher), ``diff`` (what
+changed). Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
