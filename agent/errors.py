@@ -25,6 +25,10 @@ agent's exception class); ``HookFailed`` adds the hook's ``result`` and ``script
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # for annotations only: errors imports nothing that does I/O
+    from hooks_runtime import HookResult
 
 
 class ExitStatus(enum.IntEnum):
@@ -135,9 +139,13 @@ class HookFailed(DeploymentError):
     reference = "hook-failed"
     exit_status = ExitStatus.HOOK_FAILED
 
-    def __init__(self, message: str, *, result=None, event: str | None = None,
-                 script_path: str | None = None, **kw):
-        super().__init__(message, event=event, **kw)
+    result: HookResult | None
+    script_path: str | None
+
+    def __init__(self, message: str, *, result: HookResult | None = None, event: str | None = None,
+                 script_path: str | None = None, hint: str | None = None, file: str | None = None,
+                 line: int | None = None, column: int | None = None, reference: str | None = None):
+        super().__init__(message, hint=hint, file=file, line=line, column=column, reference=reference, event=event)
         self.result = result
         self.script_path = script_path
 
