@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 
+from agent.commands.where import DEFAULT_INSTANCE
 from agent.errors import EnvironmentProblem, UsageError
 
 SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
-DEFAULT_INSTANCE = "default"
 INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 

@@ -3,9 +3,9 @@
 
 Checks, each printed as ok / warn / FAIL with a hint. Always, of this machine: running as root or not;
 Linux namespaces and overlayfs (probed for real with `unshare` and a throw-away overlay mount, the way
-instances use them); the kernel's open_tree (Linux 5.2, to bind the bundle into an instance). For an instance (the default one
-unless ``--instance`` or ``--host`` says otherwise): that it can be entered (started if stopped, as
-`cdsim deploy` does) and its id map, i.e. whether users other than root can exist inside
+instances use them); the kernel's open_tree (Linux 5.2, to bind the bundle into an instance). For an
+instance (the default one unless ``--instance`` or ``--host`` says otherwise): that it can be entered
+(started if stopped, as `cdsim deploy` does) and its id map, i.e. whether users other than root can exist inside
 (agent.instance.idmap: root, or newuidmap + subordinate ranges), against the users the bundle needs.
 With a bundle (a directory, an appspec file or a zip/tar/tgz), where the deployment runs (inside the
 instance, by running `cdsim doctor --host` there; an instance that does not exist yet is judged by
@@ -106,7 +106,7 @@ def check_namespaces() -> Check:
     if base is None:
         return Check("namespaces", FAIL, "unshare is not installed", "install util-linux")
     try:
-        proc = _run(base + ["true"])
+        proc = _run([*base, "true"])
     except subprocess.TimeoutExpired:
         return Check("namespaces", FAIL, "unshare did not return", None)
     if proc.returncode != 0:
@@ -135,7 +135,7 @@ def check_overlayfs() -> Check:
         opts = f"lowerdir={tmp}/lower,upperdir={tmp}/upper,workdir={tmp}/work"
         try:
             # in a private mount namespace, so the mount vanishes with the probe
-            proc = _run(base + ["mount", "-t", "overlay", "overlay", "-o", opts, f"{tmp}/merged"])
+            proc = _run([*base, "mount", "-t", "overlay", "overlay", "-o", opts, f"{tmp}/merged"])
         except subprocess.TimeoutExpired:
             return Check("overlayfs", FAIL, "the overlay mount probe did not return")
         # overlayfs leaves its work folder mode 000: open it so the temporary folder can go
@@ -408,7 +408,7 @@ def _is_tar(path: str) -> bool:
 def _probe_env(argv: list[str], env: dict[str, str] | None = None) -> dict[str, str] | None:
     script = 'printf "PATH=%s\\nHOME=%s\\n" "$PATH" "$HOME"'
     try:
-        proc = _run(argv + [script], env=env)
+        proc = _run([*argv, script], env=env)
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
@@ -435,7 +435,8 @@ def check_runas(user: str) -> list[Check]:
     except subprocess.TimeoutExpired:
         return [Check(name, FAIL, f"`su {user} -c true` did not return (waiting for a terminal?)")]
     if proc.returncode != 0:
-        return [Check(name, FAIL, f"`su {user} -c true` fails: {_last_line(proc.stderr + proc.stdout) or proc.returncode}",
+        why = _last_line(proc.stderr + proc.stdout) or proc.returncode
+        return [Check(name, FAIL, f"`su {user} -c true` fails: {why}",
                       f"the user's shell is {entry.pw_shell}; runas hooks need a login shell that runs "
                       "commands (e.g. usermod -s /bin/bash " + user + ")")]
     checks = [Check(name, OK, f"user exists (uid {entry.pw_uid}, shell {entry.pw_shell}); su works with no terminal")]

@@ -127,7 +127,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
             if full in FLAGS:
                 value = None
                 if rest:
-                    argv = argv[:i] + ["-" + rest] + argv[i:]
+                    argv = [*argv[:i], "-" + rest, *argv[i:]]
             elif rest:
                 value = rest
             else:

@@ -105,7 +105,8 @@ def report_failure(info: dict, current: list[dict], counts: str) -> int:
                   f"{d.get('message')}", file=out)
             origin = e.get("cdsimScriptRevision")
             if origin:
-                print(f"    the script is the previous revision's (spec §4.2): deployment {origin.get('deploymentId')}, "
+                print("    the script is the previous revision's (spec §4.2): "
+                      f"deployment {origin.get('deploymentId')}, "
                       f"archive {origin.get('archive')}, appspec {origin.get('appspec')}; this revision's "
                       f"{e['lifecycleEventName']} script will not run until a deployment succeeds: deploy with "
                       "ignoreApplicationStopFailures, or remove the marker "

@@ -97,7 +97,8 @@ def _events_dir(args) -> str:
         from agent.instance import state_dir
         return os.path.join(state_dir(), "host", "log", "cdsim-events", args.deployment_group)
     from agent import instance as instances
-    from agent.commands.deploy import DEFAULT_INSTANCE, INSTANCE_LOG_DIR
+    from agent.commands.deploy import INSTANCE_LOG_DIR
+    from agent.commands.where import DEFAULT_INSTANCE
 
     inst = instances.get_or_create(args.instance or DEFAULT_INSTANCE)
     return os.path.join(inst.upper + INSTANCE_LOG_DIR.rstrip("/"), "cdsim-events", args.deployment_group)

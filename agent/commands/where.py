@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from agent.commands.deploy import DEFAULT_INSTANCE
-
 __all__ = ["DEFAULT_INSTANCE", "Where", "add_bundle_argument", "add_where_options", "existing_instance",
            "resolve"]
+
+# the instance `cdsim deploy` deploys into, and every command that follows a deployment looks in, by default
+DEFAULT_INSTANCE = "default"
 
 
 class _BundleAction(argparse.Action):
@@ -30,7 +31,9 @@ class _BundleAction(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_bundle_argument(parser: argparse.ArgumentParser, *, default: str | None, help: str,
+def add_bundle_argument(parser: argparse.ArgumentParser, *, default: str | None,
+                        help: str,  # noqa: A002 - passed on as add_argument's help=, named as there
+
                         metavar: str = "BUNDLE", dest: str = "bundle") -> None:
     """The optional positional bundle, and ``-l/--bundle-location`` for the same value."""
     parser.add_argument(dest, nargs="?", default=default, metavar=metavar, action=_BundleAction, help=help)

@@ -16,7 +16,7 @@ def build(records: list[dict], deployments: list[dict] | None = None) -> dict:
     groups = split_by_deployment(records)
     deps = deployments if deployments is not None else [summarize(g) for g in groups]
     return {"schema": REPORT_SCHEMA,
-            "deployments": [dict(dep, records=group) for dep, group in zip(deps, groups)]}
+            "deployments": [dict(dep, records=group) for dep, group in zip(deps, groups, strict=True)]}
 
 
 def render(records: list[dict], deployments: list[dict] | None = None) -> str:

@@ -223,7 +223,8 @@ class Api:
         found = [self.store.get("application", n) for n in names]
         if any(a is None for a in found):
             raise ApiError("ApplicationDoesNotExistException",
-                           "Applications not found: " + ", ".join(n for n, a in zip(names, found) if a is None))
+                           "Applications not found: "
+                           + ", ".join(n for n, a in zip(names, found, strict=True) if a is None))
         return {"applicationsInfo": found}
 
     def op_ListApplications(self, body: dict) -> dict:
@@ -469,7 +470,8 @@ class Api:
         window = _dict(body, "createTimeRange") or {}
         out = []
         for d in self.store.values("deployment"):
-            if (app_name and d["applicationName"] != app_name) or (group_name and d["deploymentGroupName"] != group_name):
+            if (app_name and d["applicationName"] != app_name) or \
+                    (group_name and d["deploymentGroupName"] != group_name):
                 continue
             if statuses and d["status"] not in statuses:
                 continue

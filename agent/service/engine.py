@@ -229,7 +229,7 @@ class Engine:
     def tick(self) -> None:
         """Advance every active deployment by one step."""
         self._expire_commands()
-        for did, doc in self.store.items("deployment"):
+        for _did, doc in self.store.items("deployment"):
             if doc["status"] in ACTIVE:
                 self._advance(doc)
 

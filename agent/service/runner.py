@@ -8,7 +8,8 @@ service's: errorCode, scriptName, message and the §7.8 log tail of the failing 
 
 With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
 goes on from the next event, as the service's option does (the engine's
-``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the engine; nothing imports this.
+``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the engine;
+nothing imports this.
 """
 from __future__ import annotations
 

@@ -3,11 +3,12 @@
 ``Service`` owns the state folder's ``service/`` directory (0700: the SQLite file, ``server.json``
 telling other commands where it listens, the credentials file, moto's records), an HTTP server
 (werkzeug's threaded WSGI server with a large listen backlog, an idle timeout on every read, deadlines
-for the headers and the body, and body size limits) whose WSGI application ``App`` refuses every request not signed with the server's
-credentials (``agent.service.auth``), then answers AWS JSON 1.1 requests with ``X-Amz-Target`` and
-hands any other request to moto's S3 running in this process, so one ``AWS_ENDPOINT_URL`` serves the
-aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the supervisor that runs an agent for
-every registered on-premises instance that is one of this state folder's sandboxed instances.
+for the headers and the body, and body size limits) whose WSGI application ``App`` refuses every request
+not signed with the server's credentials (``agent.service.auth``), then answers AWS JSON 1.1 requests
+with ``X-Amz-Target`` and hands any other request to moto's S3 running in this process, so one
+``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the
+supervisor that runs an agent for every registered on-premises instance that is one of this state
+folder's sandboxed instances.
 """
 from __future__ import annotations
 
@@ -437,7 +438,7 @@ class App:
                 if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date")]
         # a HEAD answer keeps the object's length (there is no body to measure)
         length = out_headers.get("Content-Length") if method == "HEAD" else str(len(data))
-        start_response(status, keep + [("Content-Length", length or "0")])
+        start_response(status, [*keep, ("Content-Length", length or "0")])
         return [] if method == "HEAD" else [data]
 
 
