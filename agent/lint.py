@@ -593,7 +593,8 @@ class _Lint:
             return
         if not head.startswith(b"#!"):
             self.add("warning", "script-no-shebang", f"script {s.location} ({event}) has no #! line: the "
-                     "agent runs it with /bin/sh", shown, s.mark, hint="start it with #!/bin/bash (or your interpreter)")
+                     "agent runs it with /bin/sh", shown, s.mark,
+                     hint="start it with #!/bin/bash (or your interpreter)")
             return
         first = head.split(b"\n", 1)[0]
         if first.endswith(b"\r"):

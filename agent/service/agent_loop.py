@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from agent.errors import CdsimError, EnvironmentProblem
 from agent.revision import to_record
@@ -24,6 +25,7 @@ from agent.service import fetch, revisions
 from agent.service.auth import Credentials
 from agent.service.client import AGENT_PREFIX, call
 from agent.service.revisions import RevisionError
+from agent.service.shapes import JsonObject, RunnerSpec
 from agent.state import machine_log_dir, machine_root_dir
 from hooks_runtime.environment import without_aws_variables
 
@@ -45,7 +47,7 @@ class Agent:
         self.local = local
         self.stop_event = threading.Event()
 
-    def _call(self, operation: str, body: dict) -> dict:
+    def _call(self, operation: str, body: JsonObject) -> JsonObject:
         return call(self.endpoint, operation, body, prefix=AGENT_PREFIX, credentials=self.credentials)
 
     def run(self) -> None:
@@ -69,7 +71,7 @@ class Agent:
                 self.stop_event.wait(self.poll_interval)
 
     # -- one command ----------------------------------------------------------------------------
-    def execute(self, command: dict) -> None:
+    def execute(self, command: JsonObject) -> None:
         cid = command["commandId"]
         try:
             revisions.check_deployment_id(command.get("deploymentId"))
@@ -82,7 +84,7 @@ class Agent:
             return
         folder = os.path.join(self.work_dir, f"{command['deploymentId']}-{self.instance}")
         os.makedirs(folder, exist_ok=True)
-        last: list = []
+        last: list[JsonObject] = []
         try:
             try:
                 spec = self._spec(command, folder)
@@ -110,19 +112,22 @@ class Agent:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _spec(self, command: dict, folder: str) -> dict:
+    def _spec(self, command: JsonObject, folder: str) -> RunnerSpec:
         source = fetch.revision_of(command["revision"])
         local = fetch.fetch(source, folder, s3_endpoint=command.get("s3Endpoint"), credentials=self.credentials,
                             github_roots=self.github_roots)
-        spec = {k: command[k] for k in ("deploymentId", "applicationName", "deploymentGroupName",
-                                        "deploymentGroupId", "creator", "fileExistsBehavior",
-                                        "ignoreApplicationStopFailures")}
-        spec.update(bundle=local.location, bundleType=local.bundle_type, fetchedFrom=to_record(source))
+        spec: RunnerSpec = {
+            "deploymentId": command["deploymentId"], "applicationName": command["applicationName"],
+            "deploymentGroupName": command["deploymentGroupName"], "deploymentGroupId": command["deploymentGroupId"],
+            "creator": command["creator"], "fileExistsBehavior": command["fileExistsBehavior"],
+            "ignoreApplicationStopFailures": command["ignoreApplicationStopFailures"],
+            "bundle": local.location, "bundleType": local.bundle_type, "fetchedFrom": to_record(source)}
         if self.host_root:
-            spec.update(rootDir=machine_root_dir(self.host_root), logDir=machine_log_dir(self.host_root))
+            spec["rootDir"] = machine_root_dir(self.host_root)
+            spec["logDir"] = machine_log_dir(self.host_root)
         return spec
 
-    def _run_runner(self, spec: dict, folder: str):
+    def _run_runner(self, spec: RunnerSpec, folder: str) -> Iterator[JsonObject]:
         """Start the runner and yield each JSON line it prints."""
         argv = [sys.executable, "-m", "agent.service.runner", json.dumps(spec)]
         env = without_aws_variables(os.environ, every=True)
@@ -173,7 +178,7 @@ def _close_after(thread: threading.Thread, fd: int) -> None:
     os.close(fd)
 
 
-def failed_events(events: list[dict] | None, message: str, at: str | None = None) -> list[dict]:
+def failed_events(events: list[JsonObject] | None, message: str, at: str | None = None) -> list[JsonObject]:
     """Lifecycle events after an agent-side failure: event ``at`` (default: the running or first
     pending one) Failed, every other one not run Skipped."""
     from agent.service.engine import pending_events
