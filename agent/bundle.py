@@ -26,26 +26,27 @@ from __future__ import annotations
 
 import bisect
 import errno
-import grp
-import gzip
 import io
 import os
-import pwd
-import queue
 import re
 import shutil
 import stat
 import struct
-import tarfile
 import threading
 import time
-import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
 from agent.revision import LocalRevision, Revision
+
+# tarfile, zipfile, gzip, queue, pwd and grp are imported where an archive is read, not here: a directory
+# bundle (and `cdsim local` of one) does without them (start-up)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import tarfile
+    import zipfile
 
 __all__ = ["ARCHIVE_DIR", "BUNDLE_LINK", "DEFAULT_LIMITS", "Limits", "Member", "check_archive_links",
            "check_members", "fetch_and_unpack", "list_members"]
@@ -510,6 +511,8 @@ def _compression(path: str) -> str | None:
 
 
 def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
+    import tarfile
+
     # GNU tar -x auto-detects compression, so a tgz declared as tar works; -z insists on gzip (§4.5).
     if _compression(path) == "gzip":
         # Inflate on a second thread, as tar -z does with its gzip child. Anything that fails to open
@@ -539,6 +542,9 @@ class _GzipPrefetch:
     _AHEAD = 8  # chunks of _CHUNK bytes inflated ahead at most
 
     def __init__(self, path: str):
+        import gzip
+        import queue
+
         self.name = path
         self._gz = gzip.GzipFile(path, "rb")
         self._queue: queue.Queue = queue.Queue(self._AHEAD)
@@ -561,6 +567,8 @@ class _GzipPrefetch:
             self._put(e)
 
     def _put(self, item) -> None:
+        import queue
+
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -616,6 +624,8 @@ class _GzipPrefetch:
         return self._pos
 
     def close(self) -> None:
+        import queue
+
         self._stop.set()
         while True:  # unblock a pending put
             try:
@@ -650,10 +660,22 @@ class _Owners:
         self._gids: dict[str, int | None] = {}
 
     def uid(self, name: str, number: int) -> int:
-        return _by_name(self._uids, lambda n: pwd.getpwnam(n).pw_uid, name, number)
+        return _by_name(self._uids, _uid_of, name, number)
 
     def gid(self, name: str, number: int) -> int:
-        return _by_name(self._gids, lambda n: grp.getgrnam(n).gr_gid, name, number)
+        return _by_name(self._gids, _gid_of, name, number)
+
+
+def _uid_of(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
 
 
 def _by_name(cache: dict[str, int | None], lookup: Callable[[str], int], name: str, number: int) -> int:
@@ -671,6 +693,8 @@ def _by_name(cache: dict[str, int | None], lookup: Callable[[str], int], name: s
 
 def _tar_members(tf: tarfile.TarFile, path: str, bundle_type: str,
                  limits: Limits) -> Iterator[tuple[Member, tarfile.TarInfo]]:
+    import tarfile
+
     budget = _Budget(path, limits)
     owners = _Owners()
     try:
@@ -714,8 +738,9 @@ def _tar_infos(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
-_FAST_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
-                         tarfile.LNKTYPE))
+_BLOCK = 512  # tarfile.BLOCKSIZE
+# tarfile's REGTYPE, AREGTYPE, DIRTYPE, SYMTYPE, LNKTYPE
+_FAST_TYPES = frozenset((b"0", b"\0", b"5", b"2", b"1"))
 
 
 # mode, uid, gid, size, mtime as 7/7/7/11/11 octal digits each ended by a NUL
@@ -735,13 +760,13 @@ def _fast_headers(tf: tarfile.TarFile) -> Callable[[], tarfile.TarInfo | None] |
     if isinstance(src, _GzipPrefetch):
         def read(offset: int) -> bytes:
             src.seek(offset)
-            return src.read(tarfile.BLOCKSIZE)
+            return src.read(_BLOCK)
         unread = src.unread
     elif type(src) is io.BufferedReader:
         fd = src.fileno()
 
         def read(offset: int) -> bytes:
-            return os.pread(fd, tarfile.BLOCKSIZE, offset)
+            return os.pread(fd, _BLOCK, offset)
 
         def unread(_buf: bytes) -> None:
             pass
@@ -760,7 +785,7 @@ def _fast_headers(tf: tarfile.TarFile) -> Callable[[], tarfile.TarInfo | None] |
         except _Unusual:
             unread(buf)
             return None
-        tf.offset = info.offset_data + (-(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        tf.offset = info.offset_data + (-(-info.size // _BLOCK) * _BLOCK
                                         if info.isreg() else 0)
         return info
     return fast
@@ -788,7 +813,9 @@ def _tar_text(field: bytes, encoding: str, errors: str) -> str:
 def _parse_header(buf: bytes, offset: int, encoding: str, errors: str) -> tarfile.TarInfo:
     """``TarInfo.frombuf`` + ``_proc_builtin`` (no pax state) for a plain header, field for field;
     ``_Unusual`` for any other block."""
-    if len(buf) != tarfile.BLOCKSIZE:
+    import tarfile
+
+    if len(buf) != _BLOCK:
         raise _Unusual
     (name, mode, uid, gid, size, mtime, chksum, kind, linkname, _magic, _version, uname, gname,
      devmajor, devminor, prefix) = _HEADER.unpack_from(buf)
@@ -858,6 +885,8 @@ class _Budget:
 
 
 def _open_zip(path: str) -> zipfile.ZipFile:
+    import zipfile
+
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
@@ -912,6 +941,8 @@ def _unzip_name(name: str, warn: Callable[[str], None]) -> str:
 
 
 def _read_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
+    import zipfile
+
     try:
         return zf.read(info)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
@@ -1151,6 +1182,8 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
     while size > 0:
         n = os.copy_file_range(src, dst, size, offset)
         if n == 0:  # a truncated archive: tarfile's own words for it
+            import tarfile
+
             raise tarfile.ReadError("unexpected end of data")
         offset += n
         size -= n
@@ -1162,6 +1195,8 @@ def _copy_stream(src, offset: int, size: int, dst: int) -> None:
     while size > 0:
         chunk = src.read(min(size, _CHUNK))
         if not chunk:  # a truncated archive: tarfile's own words for it
+            import tarfile
+
             raise tarfile.ReadError("unexpected end of data")
         size -= len(chunk)
         view = memoryview(chunk)
@@ -1182,6 +1217,10 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
     like unzip: a mode only where the entry has one (else its ``create_mode`` less the umask), symlinks
     get no mtime, a folder's entry that comes after its contents is ignored.
     Folder metadata is set last, deepest first, so creating their contents does not change it."""
+    import gzip
+    import tarfile
+    import zipfile
+
     tree = _Tree(archive_dir)
     folders: dict[tuple[str, ...], Member] = {}
     made: set[tuple[str, ...]] = set()  # the folder started empty: only these paths can exist
