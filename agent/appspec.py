@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 
 from agent.errors import AppSpecError
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")

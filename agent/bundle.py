@@ -29,7 +29,6 @@ import errno
 import io
 import os
 import re
-import shutil
 import stat
 import struct
 import threading
@@ -37,9 +36,9 @@ import time
 import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.revision import LocalRevision, Revision
 
 # tarfile, zipfile, gzip, queue, pwd and grp are imported where an archive is read, not here: a directory
@@ -157,6 +156,8 @@ def _link_bundle(source: str, link: str) -> None:
         _remove(link)
         os.symlink(source, link)
     except OSError:
+        import shutil
+
         shutil.copyfile(source, link)  # a filesystem without symlinks: the agent's copy fallback
 
 
@@ -167,6 +168,8 @@ def _remove(path: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil
+
         shutil.rmtree(path)
     else:
         os.unlink(path)

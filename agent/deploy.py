@@ -11,7 +11,6 @@ import os
 import sys
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from agent import lifecycle
 from agent.agentlog import AgentLog
@@ -19,6 +18,8 @@ from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
 from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut
 from agent.events import EventStream
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.revision import LocalRevision, Revision, revision_env
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)

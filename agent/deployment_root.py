@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from agent.fsutil import atomic_write
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 

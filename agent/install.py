@@ -15,18 +15,12 @@ writes through it, possibly outside the destination tree.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
-import grp
 import json
 import os
-import pwd
-import shutil
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from agent import permissions as perm
 from agent.appspec import AclEntry, AppSpec, Context, Permission
@@ -37,6 +31,11 @@ from agent.errors import (
     UnsafeBundle,
 )
 from agent.fsutil import atomic_write
+from agent.records import field, replace
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+
+# shutil, subprocess, pwd and grp are imported where ACLs, SELinux contexts or owners by name need them:
+# most deployments do without (start-up)
 
 __all__ = [
     "AfterCleanupView",
@@ -150,7 +149,7 @@ class InstallSummary:
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in self.__match_args__}  # flat: asdict's result
 
 
 # ------------------------------------------------------------------------------------ filesystem seam
@@ -201,7 +200,12 @@ def run_cleanup(cleanup_path: str) -> list[str]:
     semanage exists (its result ignored). Returns the paths removed."""
     entries = read_cleanup(cleanup_path)
     removed: list[str] = []
-    semanage = shutil.which("semanage") if any(e.startswith(SEMANAGE_PREFIX) for e in entries) else None
+    semanage = None
+    if any(e.startswith(SEMANAGE_PREFIX) for e in entries):
+        import shutil
+        import subprocess
+
+        semanage = shutil.which("semanage")
     for entry in reversed(entries):
         if entry.startswith(SEMANAGE_PREFIX):
             if semanage:
@@ -723,6 +727,8 @@ class _Executor:
     def _uid(self, name: str) -> int:
         if name not in self.users:
             try:
+                import pwd
+
                 self.users[name] = pwd.getpwnam(name).pw_uid
             except KeyError:
                 raise DeploymentError(f"can't find user for {name}") from None
@@ -731,12 +737,17 @@ class _Executor:
     def _gid(self, name: str) -> int:
         if name not in self.groups:
             try:
+                import grp
+
                 self.groups[name] = grp.getgrnam(name).gr_gid
             except KeyError:
                 raise DeploymentError(f"can't find group for {name}") from None
         return self.groups[name]
 
     def setfacl(self, ins: Setfacl) -> None:
+        import shutil
+        import subprocess
+
         setfacl = shutil.which("setfacl")
         if not setfacl:
             raise EnvironmentProblem("acls need setfacl (Debian/Ubuntu: apt-get install acl)",
@@ -756,6 +767,9 @@ class _Executor:
                 hint=os.fsdecode(proc.stderr).strip() or None)
 
     def semanage(self, ins: Semanage) -> None:
+        import shutil
+        import subprocess
+
         semanage, restorecon = shutil.which("semanage"), shutil.which("restorecon")
         if not (semanage and restorecon):
             raise EnvironmentProblem(
@@ -816,5 +830,5 @@ def install(appspec: AppSpec, archive_dir: str, instructions_dir: str, group_id:
     removed = run_cleanup(cleanup_path)
     atomic_write(os.path.join(instructions_dir, f"{group_id}-install.json"), install_json(instructions))
     summary = execute_instructions(instructions, cleanup_path, progress=progress)
-    return dataclasses.replace(summary, cleanup_removed=len(removed), elapsed_s=time.monotonic() - start)
+    return replace(summary, cleanup_removed=len(removed), elapsed_s=time.monotonic() - start)
 

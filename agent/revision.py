@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from agent.errors import UsageError
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 __all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "Revision", "S3Revision",
            "classify_location", "revision_env"]
