@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("CDSIM_DEBUG"))
     # `cdsim local ...` takes codedeploy-local's own command line, parsed the agent's way
     rest = [a for a in argv if a != "--debug"]
+    if rest == ["--version"]:  # what argparse's version action prints, without importing argparse
+        print(f"cdsim {__version__}")
+        return 0
     if rest and rest[0] == "local":
         from agent.commands import local
         return _run(local.run_argv, rest[1:], debug)
