@@ -576,7 +576,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
 
     Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
     AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
     from yaml import events as ev
     from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 

@@ -84,7 +84,9 @@ class AgentConfig:
 
 def parse_config_text(text: str, path: str) -> dict:
     """The file's mapping with leading colons stripped from keys (§2.1)."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
 
     def broken(inner: str) -> DeploymentError:
         return DeploymentError(
