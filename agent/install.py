@@ -261,27 +261,75 @@ def preview_cleanup(cleanup_path: str) -> CleanupPreview:
     keeps: list[str] = []
     contexts: list[str] = []
     gone: set[str] = set()
+    kinds = _EntryKinds()
     for entry in reversed(read_cleanup(cleanup_path)):
         if entry.startswith(SEMANAGE_PREFIX):
             contexts.append(entry[len(SEMANAGE_PREFIX):])
             continue
-        try:
-            st = os.lstat(entry)
-        except (FileNotFoundError, NotADirectoryError):
+        is_dir = kinds.is_dir(entry)
+        if is_dir is None:
             continue
         if entry in gone:
             continue
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                children = os.listdir(entry)
-            except OSError:
-                children = ["?"]
-            if any(os.path.join(entry, c) not in gone for c in children):
+        if is_dir:
+            children = kinds.children(entry)
+            prefix = entry if entry.endswith("/") else entry + "/"  # os.path.join(entry, c), faster
+            if any(prefix + c not in gone for c in children):
                 keeps.append(entry)
                 continue
         gone.add(entry)
         removes.append(entry)
     return CleanupPreview(tuple(removes), tuple(keeps), tuple(contexts))
+
+
+class _EntryKinds:
+    """``os.lstat(entry)`` reduced to: None (no such entry: FileNotFoundError or NotADirectoryError),
+    True (a directory) or False (anything else), other errors raised as lstat raises them. For a
+    journal of thousands of files, one ``scandir`` of each folder (the kernel's d_type, no stat) stands
+    in for an lstat of each entry in it; entries that are not plain normalised absolute paths, and
+    folders scandir cannot list, get lstat itself."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, dict[str, bool] | None] = {}  # None: the folder does not exist
+        self.unlisted: set[str] = set()  # folders scandir could not list: lstat each entry
+
+    def is_dir(self, entry: str) -> bool | None:
+        folder, _, name = entry.rpartition("/")
+        if not folder or not name or name in (".", "..") or "//" in entry or "/./" in entry \
+                or "/../" in entry or len(os.fsencode(name)) > 255:
+            return self._lstat(entry)
+        if folder not in self.folders and folder not in self.unlisted:
+            self._scan(folder)
+        if folder in self.unlisted:
+            return self._lstat(entry)
+        listing = self.folders[folder]
+        return None if listing is None else listing.get(name)
+
+    def children(self, folder: str) -> list[str]:
+        """``os.listdir(folder)`` (``["?"]`` where it fails), from the scan when there was one."""
+        listing = self.folders.get(folder)
+        if listing is not None:
+            return list(listing)
+        try:
+            return os.listdir(folder)
+        except OSError:
+            return ["?"]
+
+    def _scan(self, folder: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                self.folders[folder] = {e.name: e.is_dir(follow_symlinks=False) for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            self.folders[folder] = None
+        except OSError:
+            self.unlisted.add(folder)  # e.g. a folder we may search but not read: lstat, as before
+
+    @staticmethod
+    def _lstat(entry: str) -> bool | None:
+        try:
+            return stat.S_ISDIR(os.lstat(entry).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
 
 class AfterCleanupView(FsView):
