@@ -284,11 +284,12 @@ def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
         if "\n" in name or name != name.rstrip(" \t\n\v\f\r"):  # see _split: the journal could not name it
             raise _unsafe(rel + name, "has a newline in its name or a name ending in white space "
                                       "(the cleanup journal could not name it)")
-        mode = entry.stat(follow_symlinks=False).st_mode
+        st = entry.stat(follow_symlinks=False)
+        mode = st.st_mode
         if stat.S_ISREG(mode):
             if mode & (stat.S_ISUID | stat.S_ISGID):
                 raise _unsafe(rel + name, "has a setuid/setgid bit")
-            _copy_file(name, sfd, dfd, mode)
+            _copy_file(name, sfd, dfd, mode, st.st_size)
         elif stat.S_ISDIR(mode):
             _make_dir(name, dfd)
             csfd = os.open(name, _DIR_OPEN, dir_fd=sfd)
@@ -312,7 +313,7 @@ def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
             raise _unsafe(rel + name, f"is {_SPECIAL[_kind_of(mode)]}")
 
 
-def _copy_file(name: str, sfd: int, dfd: int, mode: int) -> None:
+def _copy_file(name: str, sfd: int, dfd: int, mode: int, size: int) -> None:
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -325,18 +326,23 @@ def _copy_file(name: str, sfd: int, dfd: int, mode: int) -> None:
             _clear(name, dfd)  # merging onto a symlink or folder: replace it, never write through it
             dst = os.open(name, flags, mode & 0o7777, dir_fd=dfd)
         try:
-            _copy_data(src, dst)
+            _copy_data(src, dst, size)
         finally:
             os.close(dst)
     finally:
         os.close(src)
 
 
-def _copy_data(src: int, dst: int) -> None:
-    """Kernel-side copy to end of file (copy_file_range, else sendfile)."""
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """Kernel-side copy to end of file (copy_file_range, else sendfile). ``size``: the file's size when
+    it was listed; a short copy that reaches it is taken as the end (the install step copies that way
+    too), which saves the second system call that would only return 0."""
     try:
-        while os.copy_file_range(src, dst, 1 << 30):
-            pass
+        done = 0
+        while n := os.copy_file_range(src, dst, 1 << 30):
+            done += n
+            if done == size and n < 1 << 30:
+                return
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
