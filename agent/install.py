@@ -131,9 +131,21 @@ Instruction = Copy | Mkdir | Chmod | Setfacl | Semanage | Chown
 
 
 def install_json(instructions: Iterable[Instruction]) -> str:
-    """``<dg>-install.json`` exactly as the agent writes it: one line, no trailing newline, key order kept."""
-    return json.dumps({"instructions": [i.to_json() for i in instructions]},
-                      ensure_ascii=False, separators=(",", ":"))
+    """``<dg>-install.json`` exactly as the agent writes it: one line, no trailing newline, key order kept.
+
+    The text of ``json.dumps({"instructions": [i.to_json() for i in instructions]}, ensure_ascii=False,
+    separators=(",", ":"))``, with copies and mkdirs (nearly every instruction) written directly with
+    the string encoder json.dumps itself uses: no dict per instruction, about twice as fast."""
+    text = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) encodes strings with
+    parts = []
+    for i in instructions:
+        if isinstance(i, Copy):
+            parts.append('{"type":"copy","source":' + text(i.source) + ',"destination":' + text(i.destination) + "}")
+        elif isinstance(i, Mkdir):
+            parts.append('{"type":"mkdir","directory":' + text(i.directory) + "}")
+        else:
+            parts.append(json.dumps(i.to_json(), ensure_ascii=False, separators=(",", ":")))
+    return '{"instructions":[' + ",".join(parts) + "]}"
 
 
 @dataclass(frozen=True)

@@ -771,3 +771,22 @@ def test_the_cleanup_preview_decides_as_one_lstat_per_entry_would(tmp_path):
     with pytest.raises(OSError) as reference:
         _preview_by_lstat(str(journal))
     assert (ours.value.errno, ours.value.filename) == (reference.value.errno, reference.value.filename)
+
+
+def test_install_json_is_json_dumps_of_the_instructions():
+    """install_json writes copies and mkdirs itself: the text is json.dumps's, escapes included."""
+    import json
+    import random
+
+    from agent.install import Chmod, Chown, Copy, Mkdir, install_json
+    rnd = random.Random(17)
+    alphabet = ["a", "é", '"', "\\", "\n", "\x00", "\x1f", "\u2028", "\udcff", "\U0001f4a5", "/", " ", "\t", "\x7f"]
+
+    def text():
+        return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+
+    for _ in range(300):
+        instructions = [rnd.choice([Copy(text(), text()), Mkdir(text()), Chmod("644", text()),
+                                    Chown(text() or None, None, text())]) for _ in range(rnd.randint(0, 20))]
+        assert install_json(instructions) == json.dumps({"instructions": [i.to_json() for i in instructions]},
+                                                        ensure_ascii=False, separators=(",", ":"))
