@@ -550,9 +550,10 @@ class _GzipPrefetch:
     ``gzip.GzipFile`` gives them (before an error, as with GzipFile, how much of the stream comes first
     depends on the read sizes). For tarfile: read, tell, forward seek.
 
-    The thread inflates a stream of one gzip member in 1 MiB steps (one call, the GIL released
-    throughout, per MiB: GzipFile's 8 KiB steps took the GIL back from the main thread thousands of
-    times), with zlib-ng where it is installed (about twice zlib's speed), else zlib. Anything else
+    The thread inflates a stream of one gzip member in 1 MiB steps (one call per MiB, the GIL released
+    while it inflates and taken back a few times per call: GzipFile's 8 KiB steps took it back from the
+    main thread thousands of times), with zlib-ng where it is installed (about twice zlib's speed), else
+    zlib. Anything else
     (several members, data after the member, a corrupt or truncated stream, a header zlib reads
     differently) goes to ``gzip.GzipFile`` from the same point of the output, which then gives its own
     data and errors."""
@@ -1038,13 +1039,16 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
 # Safety check (pure)
 
 _DRIVE = re.compile(r"[A-Za-z]:")
+# a path component ending in white space: the last character of a component is the one before a "/"
+# or the end (one search instead of a strip per component)
+_WHITE_END = re.compile(r"[ \t\n\v\f\r](?:/|\Z)")
 
 
 def _split(name: str) -> tuple[tuple[str, ...], str | None]:
     """A member name as path components inside the archive folder, or why it would leave it."""
     if "\x00" in name:
         return (), "has a NUL byte in its name"
-    if "\n" in name or any(p != p.rstrip(" \t\n\v\f\r") for p in name.split("/")):
+    if "\n" in name or _WHITE_END.search(name):
         # the cleanup journal holds one path a line, stripped (§3.2): such a path would be read
         # back as another one, and the next Install's cleanup would delete that
         return (), ("has a newline in its name or a name ending in white space "
@@ -1055,13 +1059,13 @@ def _split(name: str) -> tuple[tuple[str, ...], str | None]:
         return (), "starts with a drive letter"
     if "\\" in name and ".." in re.split(r"[\\/]", name):
         return (), "leaves the archive folder through '..' (with backslashes)"
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    parts = tuple([p for p in name.split("/") if p and p != "."])
     if ".." in parts:
         return (), "leaves the archive folder through '..'"
     return parts, None
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen __init__ sets each field through object.__setattr__ (one per member)
 class _Step:
     member: Member
     parts: tuple[str, ...]                   # () is the archive folder itself
