@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 
 from agent.errors import AppSpecError
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.ruby import RubyHash as _RubyHash
 from agent.ruby import inspect as ruby_inspect
 from agent.ruby import inspect_str as ruby_inspect_str
@@ -503,7 +504,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
 
     Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
     AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
     from yaml import events as ev
     from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from agent.errors import UsageError
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "RemoteRevision", "Revision", "S3Revision",
            "classify_location", "from_record", "revision_env", "to_record"]
@@ -82,8 +84,11 @@ def revision_env(revision: Revision) -> dict[str, str | None]:
 
 def to_record(revision: RemoteRevision) -> dict[str, str | None]:
     """A JSON-ready record of an S3 or GitHub revision (``from_record`` reads it back)."""
-    kind = "S3" if isinstance(revision, S3Revision) else "GitHub"
-    return {"type": kind, **asdict(revision)}
+    if isinstance(revision, S3Revision):
+        return {"type": "S3", "bucket": revision.bucket, "key": revision.key, "bundle_type": revision.bundle_type,
+                "version": revision.version, "etag": revision.etag}
+    return {"type": "GitHub", "account": revision.account, "repository": revision.repository,
+            "commit_id": revision.commit_id, "bundle_type": revision.bundle_type}
 
 
 def from_record(record: Mapping[str, object]) -> RemoteRevision:
@@ -116,6 +121,8 @@ def classify_location(location: str, bundle_type: str, cwd: str) -> Revision:
     if scheme == "s3":
         return _s3(location, bundle_type)
     if scheme == "https":
+        from urllib.parse import urlsplit  # here: a local path (nearly every run) needs no URL parsing
+
         parts = urlsplit(location)
         if _host(parts.netloc).endswith("github.com"):
             return _github(location, parts, bundle_type)
@@ -140,6 +147,8 @@ def _host(netloc: str) -> str:
 
 
 def _s3(location: str, bundle_type: str) -> S3Revision:
+    from urllib.parse import parse_qs, urlsplit
+
     parts = urlsplit(location)
     if not parts.path.startswith("/"):
         raise UsageError(f"s3 location {location} not in the expected format of 's3://bucket/key'")
@@ -166,6 +175,8 @@ def _github(location: str, parts, bundle_type: str) -> GitHubRevision:
 
 
 def _file_url_path(location: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
     parts = urlsplit(location)
     if _host(parts.netloc) not in ("", "localhost") or not parts.path.startswith("/"):
         raise UsageError(f"location {location} is not a file URL of this machine "

@@ -17,8 +17,10 @@ Every other character is shown as itself. The one difference left: characters as
 from __future__ import annotations
 
 import math
-import unicodedata
-from collections.abc import Iterable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["RubyHash", "inspect", "inspect_float", "inspect_list", "inspect_str", "to_s"]
 
@@ -45,6 +47,11 @@ def _not_utf8(ch: str) -> str:
     return "".join(f"\\x{b:02X}" for b in raw)
 
 
+def _category(ch: str) -> str:
+    import unicodedata  # here: most strings are ASCII, and the agent's messages are read at start-up
+    return unicodedata.category(ch)
+
+
 def inspect_str(s: str) -> str:
     """Ruby's ``String#inspect`` of a UTF-8 string."""
     out = []
@@ -56,7 +63,7 @@ def inspect_str(s: str) -> str:
             out.append("\\#")
         elif 0xD800 <= code <= 0xDFFF:
             out.append(_not_utf8(ch))
-        elif code != 0x85 and unicodedata.category(ch) in _UNPRINTABLE:
+        elif code < 0x20 or (code >= 0x7F and code != 0x85 and _category(ch) in _UNPRINTABLE):
             out.append(f"\\u{code:04X}" if code < 0x10000 else f"\\u{{{code:X}}}")
         else:
             out.append(ch)

@@ -22,7 +22,10 @@ seen from the host through an instance's upper layer.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["AGENT_LOG_DIR", "AGENT_ROOT_DIR", "EVENTS_FOLDER", "STATE_DIR_VARIABLE", "agent_work_dir",
            "events_dir", "events_file", "host_dir", "host_log_dir", "host_root_dir", "in_upper", "instance_dir",

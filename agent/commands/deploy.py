@@ -64,6 +64,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def deployment_options(args: argparse.Namespace) -> list[str]:
+    """The options of a deployment that `cdsim deploy` and `cdsim watch` pass on, unchanged, to the
+    `cdsim deploy` they start (inside an instance, or for each change)."""
+    argv = ["-g", args.deployment_group, "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
+    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("--root-dir", args.root_dir)):
+        if value:
+            argv += [flag, value]
+    if args.quiet:
+        argv.append("-q")
+    if args.inherit_env:
+        argv.append("--inherit-env")
+    if args.ignore_application_stop_failures:
+        argv.append("--ignore-application-stop-failures")
+    return argv
+
+
 def add_ignore_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-application-stop-failures", action="store_true",
                    help="as the service's ignoreApplicationStopFailures: a failing ApplicationStop (which runs "
@@ -168,21 +184,12 @@ def deploy_in_instance(args: argparse.Namespace, bundle: str, btype: str) -> int
         binds[config_file] = instances.bind_target(config_file)
         config_file = binds[config_file]
     argv = [sys.executable, "-m", "agent", "deploy", "--host", binds[bundle], "--type", btype,
-            "-g", args.deployment_group, "-d", args.deployment_group_name,
-            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period),
-            "-a", args.application_name or bundle]
-    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("-c", config_file),
-                        ("--root-dir", args.root_dir)):
-        if value:
-            argv += [flag, value]
-    if args.quiet:
-        argv.append("-q")
+            "-d", args.deployment_group_name, "-a", args.application_name or bundle,
+            *deployment_options(args)]
+    if config_file:
+        argv += ["-c", config_file]
     if args.verbose:
         argv.append("-v")
-    if args.inherit_env:
-        argv.append("--inherit-env")
-    if args.ignore_application_stop_failures:
-        argv.append("--ignore-application-stop-failures")
     if not args.quiet:
         print(f"cdsim: deploying into instance {name!r} (cdsim instance shell {name} to look around)",
               flush=True)

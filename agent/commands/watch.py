@@ -111,21 +111,14 @@ def _events_dir(args: argparse.Namespace) -> str:
 
 
 def _deploy_argv(args: argparse.Namespace, bundle: str) -> list[str]:
-    argv = [sys.executable, "-m", "agent", "deploy", bundle, "-g", args.deployment_group,
-            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
+    from agent.commands.deploy import deployment_options
+
+    argv = [sys.executable, "-m", "agent", "deploy", bundle]
     if args.host:
         argv.append("--host")
     elif args.instance:
         argv += ["--instance", args.instance]
-    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("--root-dir", args.root_dir)):
-        if value:
-            argv += [flag, value]
-    if args.quiet:
-        argv.append("-q")
-    if args.inherit_env:
-        argv.append("--inherit-env")
-    if getattr(args, "ignore_application_stop_failures", False):
-        argv.append("--ignore-application-stop-failures")
+    argv += deployment_options(args)
     return argv
 
 
