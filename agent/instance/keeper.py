@@ -162,6 +162,7 @@ def start(inst: store.Instance) -> dict:
         record = running(inst)
         if not record:
             store.refresh_id_maps(inst)
+            services.prepare(inst)
             record = _spawn(inst)
         services.start(inst, record["init_pid"], record["init_started"], package_env())
         return record

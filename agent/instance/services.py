@@ -31,7 +31,7 @@ from typing import Any
 
 from agent.errors import EnvironmentProblem
 from agent.fsutil import atomic_write
-from agent.instance import imds, netlink, store
+from agent.instance import awsnet, imds, localaws, netlink, overlay, store
 from agent.instance import namespaces as ns
 
 RECORD = "services.json"
@@ -68,6 +68,17 @@ def running(inst: store.Instance) -> int | None:
     if not record or _start_ticks(record.get("pid", -1)) != record.get("started"):
         return None
     return record["pid"]
+
+
+def prepare(inst: store.Instance) -> None:
+    """Before the instance starts (its overlay not mounted): the files that make it ask its own resolver
+    and trust the local AWS's CA (agent.instance.awsnet), recorded as synthesized."""
+    if inst.network != "private":
+        return
+    state = os.path.dirname(os.path.dirname(inst.path))
+    written = awsnet.write_upper(inst.upper, awsnet.upper_files(state), store.read_synthesized(inst),
+                                 overlay._mirror_dirs)
+    store.add_synthesized(inst, written)
 
 
 def start(inst: store.Instance, init_pid: int, init_started: int, env: dict[str, str]) -> None:
@@ -181,16 +192,23 @@ def _open_sockets(init_pid: int, init_started: int, userns: bool, identity: imds
     netlink.add_veth(SERVICES_LINK, INSTANCE_LINK, instance_ns, identity["mac"])
     subnet = ipaddress.ip_interface(f"{identity['local_ipv4']}/20").network
     netlink.add_address(str(subnet.network_address + 1), 20, SERVICES_LINK)   # the subnet's router
-    netlink.add_address(imds.ADDRESS, 32, SERVICES_LINK)
+    for address in (imds.ADDRESS, awsnet.DNS_ADDRESS, awsnet.AWS_ADDRESS):
+        netlink.add_address(address, 32, SERVICES_LINK)
     netlink.link_up(SERVICES_LINK)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((imds.ADDRESS, imds.PORT))
-    listener.listen(128)
+    sockets = []
+    for address, port in ((imds.ADDRESS, imds.PORT), (awsnet.AWS_ADDRESS, 443), (awsnet.AWS_ADDRESS, 80)):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind((address, port))
+        listener.listen(128)
+        sockets.append(listener)
+    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolver.bind((awsnet.DNS_ADDRESS, 53))
+    sockets.append(resolver)
     ns.setns(instance_ns, ns.CLONE_NEWNET)
     netlink.add_address(identity["local_ipv4"], 20, INSTANCE_LINK)
     netlink.link_up(INSTANCE_LINK)
     netlink.add_link_route(LINK_LOCAL[0], LINK_LOCAL[1], INSTANCE_LINK)
-    return [listener]
+    return sockets
 
 
 # ---- the daemon -----------------------------------------------------------------------------------
@@ -258,13 +276,28 @@ def daemon_main(folder: str, init_pid: int, init_started: int, report: int) -> i
         os.write(report, (message.decode("utf-8", "replace") or "error the namespace helper died")
                  .replace("\n", " ").encode() + b"\n")
         return 1
-    listener = socket.socket(fileno=fds[0])
+    listener, https, http, resolver = (socket.socket(fileno=fd) for fd in fds)
     atomic_write(os.path.join(folder, RECORD), json.dumps(
         {"pid": os.getpid(), "started": _start_ticks(os.getpid()), "init_pid": init_pid,
          "init_started": init_started}) + "\n", private=True)
     metadata = imds.Metadata(lambda: imds.load(inst), lambda path, why: imds.record_refusal(inst, path, why))
     server = _MetadataServer(listener, metadata)
     threading.Thread(target=server.serve_forever, name="imds", daemon=True).start()
+    state = os.path.dirname(os.path.dirname(folder))
+    env = dict(os.environ)
+
+    def upstream() -> str:
+        return localaws.ensure(state, env)
+
+    names = {imds.hostname(identity): identity["local_ipv4"]}
+
+    def lookup(name: str) -> str | None:
+        return awsnet.AWS_ADDRESS if awsnet.is_aws_name(name) else names.get(name)
+
+    certificates = awsnet.Certificates(state)
+    for target, args in ((awsnet.serve_dns, (resolver, lookup)), (awsnet.serve_aws, (https, upstream, certificates)),
+                         (awsnet.serve_aws, (http, upstream, None))):
+        threading.Thread(target=target, args=args, daemon=True).start()
     os.write(report, b"ok\n")
     os.close(report)
     _wait_for_exit(init_pid, init_started)

@@ -1,0 +1,121 @@
+"""The local AWS of a cdsim state: one moto server that the instances of that state reach as AWS.
+
+:func:`ensure` starts it when an instance first calls AWS: moto's all-services server (EC2, ELB, ELBv2,
+Auto Scaling, S3, SSM, Secrets Manager, STS, ...) on a Unix socket in the state folder
+(``aws/moto.sock``, 0600: only its owner connects; no TCP port on the host). It keeps its resources in
+memory while any instance of the state runs and exits once none has for a moment. Account
+``000000000000``, as the instance metadata reports. Must not import the deploy engine or hooks_runtime.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ACCOUNT = "000000000000"
+START_TIMEOUT = 90.0
+IDLE_CHECK = 0.5
+
+_MAIN = "import sys; from agent.instance.localaws import server_main; sys.exit(server_main(sys.argv[1]))"
+
+
+def folder(state: str) -> str:
+    return os.path.join(state, "aws")
+
+
+def socket_path(state: str) -> str:
+    return os.path.join(folder(state), "moto.sock")
+
+
+def answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def ensure(state: str, env: dict[str, str] | None = None) -> str:
+    """The socket of the state's local AWS, started if it is not running."""
+    os.makedirs(folder(state), mode=0o700, exist_ok=True)
+    path = socket_path(state)
+    with open(os.path.join(folder(state), "lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if answers(path):
+            return path
+        with open(os.path.join(folder(state), "moto.log"), "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-c", _MAIN, state], stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log, start_new_session=True, cwd="/", env=env)
+        proc.wait()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not answers(path):
+            if time.monotonic() > deadline:
+                raise OSError(f"the local AWS (moto) did not start in {START_TIMEOUT:.0f} s: see "
+                              + os.path.join(folder(state), "moto.log"))
+            time.sleep(0.05)
+    return path
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else int(fields[19])
+
+
+def instances_running(state: str) -> bool:
+    """Whether any instance of the state has its services running (their daemons' records)."""
+    top = os.path.join(state, "instances")
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(top, name, "services.json"), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and _start_ticks(record.get("pid", -1)) == record.get("started"):
+            return True
+    return False
+
+
+def server_main(state: str) -> int:
+    if os.fork() != 0:
+        os._exit(0)
+    os.environ["MOTO_ACCOUNT_ID"] = ACCOUNT
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    path = socket_path(state)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server("unix://" + path, 0, app, threaded=True, request_handler=MotoRequestHandler)
+    os.chmod(path, 0o600)
+
+    def watch() -> None:
+        idle = 0
+        while idle < 4:
+            time.sleep(IDLE_CHECK)
+            idle = 0 if instances_running(state) else idle + 1
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.serve_forever()
+    return 0
