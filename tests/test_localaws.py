@@ -92,7 +92,8 @@ class TestAwsInsideInstances:
         script = ("import boto3, json\n"
                   "s = boto3.session.Session(region_name='us-east-1')\n"
                   "sm = s.client('secretsmanager'); sm.create_secret(Name='db', SecretString='pw')\n"
-                  "s3 = s.client('s3'); s3.create_bucket(Bucket='bucket-one'); s3.put_object(Bucket='bucket-one', Key='k', Body=b'v')\n"
+                  "s3 = s.client('s3'); s3.create_bucket(Bucket='bucket-one')\n"
+                  "s3.put_object(Bucket='bucket-one', Key='k', Body=b'v')\n"
                   "print(json.dumps([sm.get_secret_value(SecretId='db')['SecretString'],\n"
                   "  s3.get_object(Bucket='bucket-one', Key='k')['Body'].read().decode(),\n"
                   "  s.client('ec2').describe_instances()['ResponseMetadata']['HTTPStatusCode'],\n"
@@ -110,3 +111,30 @@ class TestAwsInsideInstances:
 @pytest.fixture
 def curl_tool() -> str:
     return require_tool("curl", "curl")
+
+
+class TestInstancesAreEc2Instances:
+    def test_identity_document_matches_describe_instances_with_tags_address_and_state(self, state, curl_tool):
+        """Each private instance of the state is an EC2 instance of the local AWS: the identity document's
+        instanceId is the one `aws ec2 describe-instances` lists under the instance's tags, with the
+        private address the metadata reports; a stopped instance reads stopped."""
+        web, idle = inst.create("web-1"), inst.create("idle-1")
+        assert cdsim("instance", "metadata-options", "web-1", "--tag", "fleet=demo").returncode == 0
+        assert sh(idle, "true").returncode == 0
+        inst.stop(idle)
+        token = "T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)"
+        out = sh(web, f"{token}; curl -s -H \"X-aws-ec2-metadata-token: $T\" "
+                      "http://169.254.169.254/latest/dynamic/instance-identity/document > /tmp/doc.json && "
+                      f"{CLEAN} ec2 describe-instances --output json > /tmp/ec2.json && cat /tmp/doc.json && "
+                      "echo '#####' && cat /tmp/ec2.json")
+        assert out.returncode == 0, out.stdout
+        doc_text, ec2_text = out.stdout.split("#####")
+        doc = json.loads(doc_text)
+        listed = {i["InstanceId"]: i for r in json.loads(ec2_text)["Reservations"] for i in r["Instances"]}
+        assert doc["instanceId"] in listed, (doc, listed)
+        me = listed[doc["instanceId"]]
+        assert {t["Key"]: t["Value"] for t in me["Tags"]} == {"Name": "web-1", "fleet": "demo"}
+        assert me["PrivateIpAddress"] == doc["privateIp"] and me["State"]["Name"] == "running"
+        assert me["Placement"]["AvailabilityZone"] == doc["availabilityZone"]
+        other = listed[imds.load(idle)["instance_id"]]
+        assert other["State"]["Name"] == "stopped"

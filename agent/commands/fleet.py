@@ -50,6 +50,7 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
              state: str | None = None) -> list[str]:
     """Create, register and tag ``count`` instances; create the app and group if given and missing."""
     from agent import instance as instances
+    from agent.instance import imds
     from agent.service.client import ServiceError, call
 
     if count < 1:
@@ -57,7 +58,9 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
     key, value = parse_tag(tag)
     names = instance_names(value, count)
     for name in names:
-        instances.get_or_create(name, network=network, state=state)
+        made = instances.get_or_create(name, network=network, state=state)
+        if made.network == "private":   # an EC2 instance of the local AWS with the fleet's tag
+            imds.modify_options(made, tags={**imds.load(made)["tags"], key: value})
         try:
             info = call(endpoint, "GetOnPremisesInstance", {"instanceName": name})["instanceInfo"]
             registered = not info.get("deregisterTime")

@@ -31,7 +31,10 @@ AWS_ADDRESS = "169.254.169.250"
 DNS_ADDRESS = "169.254.169.253"
 AWS_DOMAINS = ("amazonaws.com", "amazonaws.com.cn", "api.aws")
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem",
-                  "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem")
+                  "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+                  # AWS CLI v2's own Python, as its installer puts it
+                  "/usr/local/aws-cli/v2/current/dist/awscli/botocore/cacert.pem",
+                  "/usr/local/aws-cli/v2/current/dist/certifi/cacert.pem")
 CA_NAME = "cdsim local AWS CA"
 
 

@@ -90,7 +90,7 @@ def new_identity(name: str, region: str = "us-east-1") -> Identity:
     return Identity(
         instance_id="i-0" + _hex(seed + name, 16), ami_id="ami-0" + _hex("cdsim-ami", 16),
         instance_type="t3.micro", region=region, availability_zone=region + "a",
-        local_ipv4=f"172.31.{octets[0] % 256}.{1 + octets[1] % 254}",
+        local_ipv4=f"172.31.{octets[0] % 16}.{4 + octets[1] % 250}",   # the default VPC's first subnet
         mac="0e:" + ":".join(f"{b:02x}" for b in mac_bytes), launched=time.time(), role=ROLE,
         secret=secrets.token_hex(20), tags={}, user_data=None,
         options=Options(HttpTokens="required", HttpEndpoint="enabled", InstanceMetadataTags="disabled"))

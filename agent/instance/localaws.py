@@ -4,11 +4,15 @@
 Auto Scaling, S3, SSM, Secrets Manager, STS, ...) on a Unix socket in the state folder
 (``aws/moto.sock``, 0600: only its owner connects; no TCP port on the host). It keeps its resources in
 memory while any instance of the state runs and exits once none has for a moment. Account
-``000000000000``, as the instance metadata reports. Must not import the deploy engine or hooks_runtime.
+``000000000000``, as the instance metadata reports. Every private-network instance of the state is an
+EC2 instance there (:class:`Ec2Mirror`): the id, AMI, type, zone and private address its metadata
+reports, its tags plus ``Name``, running while its services run, else stopped. Must not import the
+deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import socket
@@ -16,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from typing import Any
 
 ACCOUNT = "000000000000"
 START_TIMEOUT = 90.0
@@ -78,15 +84,76 @@ def instances_running(state: str) -> bool:
         names = os.listdir(top)
     except OSError:
         return False
-    for name in names:
+    return any(_services_running(os.path.join(top, name)) for name in names)
+
+
+class Ec2Mirror:
+    """Keeps moto's EC2 in step with the state's instances (checked before each request, redone only
+    when an instance's identity, tags or running state changed)."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self._seen: tuple[tuple[str, float, bool], ...] = ()
+        self._lock = threading.Lock()
+
+    def _instances(self) -> list[tuple[str, str, bool]]:
+        top = os.path.join(self.state, "instances")
+        found = []
         try:
-            with open(os.path.join(top, name, "services.json"), encoding="utf-8") as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and _start_ticks(record.get("pid", -1)) == record.get("started"):
-            return True
-    return False
+            names = sorted(os.listdir(top))
+        except OSError:
+            return []
+        for name in names:
+            folder = os.path.join(top, name)
+            if os.path.isfile(os.path.join(folder, "ec2.json")):
+                found.append((name, folder, _services_running(folder)))
+        return found
+
+    def sync(self) -> None:
+        with self._lock:
+            found = self._instances()
+            seen = tuple((name, os.path.getmtime(os.path.join(folder, "ec2.json")), up) for name, folder, up in found)
+            if seen == self._seen:
+                return
+            for name, folder, up in found:
+                with open(os.path.join(folder, "ec2.json"), encoding="utf-8") as f:
+                    self._mirror(name, json.load(f), up)
+            self._seen = seen
+
+    def _mirror(self, name: str, identity: dict[str, Any], up: bool) -> None:
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[ACCOUNT][identity["region"]]
+        iid = identity["instance_id"]
+        instance = backend.get_instance_by_id(iid)
+        if instance is None:
+            subnet = next((s for s in backend.describe_subnets()
+                           if s.default_for_az and ipaddress.ip_address(identity["local_ipv4"])
+                           in ipaddress.ip_network(s.cidr_block)), None)
+            reservation = backend.run_instances(
+                identity["ami_id"], 1, None, [], instance_type=identity["instance_type"],
+                is_instance_type_default=False, placement=subnet.availability_zone if subnet else None,
+                region_name=identity["region"], subnet_id=subnet.id if subnet else None,
+                private_ip=identity["local_ipv4"] if subnet else None, security_group_ids=[], nics=[], tags={},
+                iam_instance_profile_name=None, iam_instance_profile_arn=None, metadata_options={},
+                launch_template={}, ebs_optimized=False, disable_api_stop=False, key_name=None,
+                client_token=None, monitoring_state="disabled")
+            instance = reservation.instances[0]
+            instance.id = iid
+        backend.create_tags([iid], {"Name": name, **identity.get("tags", {})})
+        if up and instance.state_code != 16:
+            backend.start_instances([iid])
+        elif not up and instance.state_code == 16:
+            backend.stop_instances([iid])
+
+
+def _services_running(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, "services.json"), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and _start_ticks(record.get("pid", -1)) == record.get("started")
 
 
 def server_main(state: str) -> int:
@@ -101,7 +168,16 @@ def server_main(state: str) -> int:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    app = DomainDispatcherApplication(create_backend_app)
+    moto = DomainDispatcherApplication(create_backend_app)
+    mirror = Ec2Mirror(state)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            mirror.sync()
+        except Exception:  # noqa: BLE001 - logged; the request still goes to moto
+            traceback.print_exc()
+        return moto(environ, start_response)
+
     server = make_server("unix://" + path, 0, app, threaded=True, request_handler=MotoRequestHandler)
     os.chmod(path, 0o600)
 

@@ -76,8 +76,11 @@ def prepare(inst: store.Instance) -> None:
     if inst.network != "private":
         return
     state = os.path.dirname(os.path.dirname(inst.path))
-    written = awsnet.write_upper(inst.upper, awsnet.upper_files(state), store.read_synthesized(inst),
-                                 overlay._mirror_dirs)
+    try:
+        written = awsnet.write_upper(inst.upper, awsnet.upper_files(state), store.read_synthesized(inst),
+                                     overlay._mirror_dirs)
+    except OSError:
+        return   # an upper layer that is not a folder: the keeper says what is wrong when it mounts it
     store.add_synthesized(inst, written)
 
 
