@@ -25,6 +25,9 @@ def register(sub) -> None:
     up.add_argument("--deployment-group", default=None)
     up.add_argument("--deployment-config", default=None, help="the group's deployment configuration")
     up.add_argument("--network", choices=("private", "host"), default="private")
+    up.add_argument("--target-group", default=None, metavar="NAME",
+                    help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
+                         "the instances start, and the local AWS keeps it while they run)")
     down = actions.add_parser("down", help="deregister and destroy the instances with a tag")
     down.add_argument("--tag", required=True)
     for a in (up, down):
@@ -47,14 +50,18 @@ def instance_names(value: str, count: int) -> list[str]:
 
 def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = None,
              group: str | None = None, config: str | None = None, network: str = "private",
-             state: str | None = None) -> list[str]:
-    """Create, register and tag ``count`` instances; create the app and group if given and missing."""
+             state: str | None = None, target_group: str | None = None) -> list[str]:
+    """Create, register and tag ``count`` instances; create the app and group if given and missing;
+    with ``target_group``, start them and register them in that target group of the local AWS."""
     from agent import instance as instances
     from agent.instance import imds
     from agent.service.client import ServiceError, call
 
     if count < 1:
         raise UsageError("--instances must be at least 1")
+    if target_group and network != "private":
+        raise UsageError(f"--target-group needs instances with a private network: {imds.HOST_NETWORK_NOTE}",
+                         reference="fleet-target-group-host")
     key, value = parse_tag(tag)
     names = instance_names(value, count)
     for name in names:
@@ -71,6 +78,8 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
                 "instanceName": name, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
         call(endpoint, "AddTagsToOnPremisesInstances",
              {"instanceNames": [name], "tags": [{"Key": key, "Value": value}]})
+    if target_group:
+        _register_in_target_group(names, target_group, network, state)
     if application:
         try:
             call(endpoint, "GetApplication", {"applicationName": application})
@@ -89,6 +98,19 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
                     "onPremisesInstanceTagFilters": [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}],
                     **({"deploymentConfigName": config} if config else {})})
     return names
+
+
+def _register_in_target_group(names: list[str], target_group: str, network: str, state: str | None) -> None:
+    from agent import instance as instances
+    from agent.instance import imds, localaws, store
+
+    made = [instances.get(name, state=state) for name in names]
+    for inst in made:
+        instances.start(inst)
+    folder = state or store.state_dir()
+    localaws.ensure(folder)
+    localaws.register_targets(folder, target_group, [imds.load(inst)["instance_id"] for inst in made],
+                              region=imds.load(made[0])["region"])
 
 
 def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str]:
@@ -119,10 +141,11 @@ def run(args) -> int:
     if args.action == "up":
         names = fleet_up(endpoint, count=args.instances, tag=args.tag, application=args.application,
                          group=args.deployment_group, config=args.deployment_config, network=args.network,
-                         state=args.state)
+                         state=args.state, target_group=args.target_group)
         print(f"fleet up: {', '.join(names)} registered with tag {args.tag}"
               + (f"; application {args.application}" if args.application else "")
-              + (f", deployment group {args.deployment_group}" if args.deployment_group else ""))
+              + (f", deployment group {args.deployment_group}" if args.deployment_group else "")
+              + (f"; in target group {args.target_group}" if args.target_group else ""))
         return 0
     names = fleet_down(endpoint, tag=args.tag, state=args.state)
     print(f"fleet down: {', '.join(names) if names else 'no instances'}")

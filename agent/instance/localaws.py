@@ -12,6 +12,7 @@ deploy engine or hooks_runtime.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import ipaddress
 import json
 import os
@@ -21,7 +22,9 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from typing import Any
+from xml.etree import ElementTree
 
 ACCOUNT = "000000000000"
 START_TIMEOUT = 90.0
@@ -66,6 +69,75 @@ def ensure(state: str, env: dict[str, str] | None = None) -> str:
                               + os.path.join(folder(state), "moto.log"))
             time.sleep(0.05)
     return path
+
+
+class LocalAwsError(Exception):
+    """The local AWS refused a request: ``code`` and ``message`` as AWS's error response gives them."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+def query(state: str, service: str, params: dict[str, str], *, region: str = "us-east-1",
+          host: str | None = None) -> ElementTree.Element:
+    """One AWS query-protocol call (EC2, ELB, ELBv2, Auto Scaling, ...) to the state's local AWS, from the
+    host (through its Unix socket); the response's XML with namespaces removed. Raises LocalAwsError."""
+    body = urllib.parse.urlencode(params)
+    connection = _UnixConnection(socket_path(state))
+    stamp = time.strftime("%Y%m%d")
+    headers = {"Host": host or f"{service}.{region}.amazonaws.com",
+               "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+               "Authorization": f"AWS4-HMAC-SHA256 Credential=AKIACDSIMLOCAL/{stamp}/{region}/{service}/aws4_request, "
+                                "SignedHeaders=host, Signature=0"}
+    try:
+        connection.request("POST", "/", body=body, headers=headers)
+        reply = connection.getresponse()
+        text = reply.read()
+    finally:
+        connection.close()
+    root = ElementTree.fromstring(text)
+    for element in root.iter():
+        element.tag = element.tag.rsplit("}", 1)[-1]
+    if reply.status >= 400:
+        raise LocalAwsError(root.findtext(".//Code") or str(reply.status), root.findtext(".//Message") or "")
+    return root
+
+
+def register_targets(state: str, target_group: str, instance_ids: list[str], *, region: str = "us-east-1",
+                     port: int = 80) -> str:
+    """Register EC2 instances in the ELBv2 target group ``target_group`` of the state's local AWS, made
+    (HTTP, ``port``, the default VPC) when missing; returns its ARN. The local AWS must be running."""
+    elbv2 = {"Version": "2015-12-01"}
+    try:
+        found = query(state, "elasticloadbalancing", {**elbv2, "Action": "DescribeTargetGroups",
+                                                      "Names.member.1": target_group}, region=region)
+        arn = found.findtext(".//TargetGroupArn")
+    except LocalAwsError as e:
+        if e.code != "TargetGroupNotFound":
+            raise
+        arn = None
+    if not arn:
+        vpcs = query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeVpcs",
+                                    "Filter.1.Name": "isDefault", "Filter.1.Value.1": "true"}, region=region)
+        made = query(state, "elasticloadbalancing", {
+            **elbv2, "Action": "CreateTargetGroup", "Name": target_group, "Protocol": "HTTP", "Port": str(port),
+            "VpcId": vpcs.findtext(".//vpcId") or "", "TargetType": "instance"}, region=region)
+        arn = made.findtext(".//TargetGroupArn") or ""
+    targets = {f"Targets.member.{n}.Id": iid for n, iid in enumerate(instance_ids, 1)}
+    query(state, "elasticloadbalancing", {**elbv2, "Action": "RegisterTargets", "TargetGroupArn": arn, **targets},
+          region=region)
+    return arn
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=60)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
 
 
 def _start_ticks(pid: int) -> int | None:
