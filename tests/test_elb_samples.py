@@ -47,7 +47,20 @@ def _git(path: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_elb_v2_sample_takes_each_instance_out_of_its_target_group_one_at_a_time(state, tmp_path):
+ASG_STATE = """#!/bin/bash
+# the user's own daemon would be stopped/started here; this one notes the instance's Auto Scaling state
+ME=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)
+STATE=$(aws --region us-east-1 autoscaling describe-auto-scaling-instances --instance-ids "$ME" \\
+    --query 'AutoScalingInstances[0].LifecycleState' --output text)
+echo "{event} $ME $ME=$STATE" >> /var/log/elb-observe.log
+exit 0
+"""
+
+
+def deploy_sample_twice(state: str, tmp_path: Path, observer: str, **fleet_options: str) -> tuple[dict, dict]:
+    """A 3-instance fleet (fleet up with ``fleet_options``), the elb-v2 sample with ``observer`` as its
+    placeholder scripts and a ValidateService hook, deployed twice OneAtATime; returns the instance ids and
+    what each instance's observer noted, line by line."""
     require_tool("git", "git")
     require_tool("curl", "curl")
     require_tool("bash", "bash")
@@ -61,7 +74,7 @@ def test_elb_v2_sample_takes_each_instance_out_of_its_target_group_one_at_a_time
     try:
         ep = service.endpoint
         names = fleet_up(ep, count=3, tag="Name=Web", application="A", group="G",
-                         config="CodeDeployDefault.OneAtATime", state=state, target_group="web-tg")
+                         config="CodeDeployDefault.OneAtATime", state=state, **fleet_options)
         ids = {}
         for name in names:
             instance = inst.get(name, state=state)
@@ -78,9 +91,9 @@ def test_elb_v2_sample_takes_each_instance_out_of_its_target_group_one_at_a_time
         shutil.copytree(SAMPLE, repo)
         common = repo / "common_functions.sh"
         common.write_text(common.read_text().replace('TARGET_GROUP_LIST=""', 'TARGET_GROUP_LIST="web-tg"', 1))
-        (repo / "stop_httpd.sh").write_text(OBSERVE.format(event="stop"))
-        (repo / "start_httpd.sh").write_text(OBSERVE.format(event="start"))
-        (repo / "validate.sh").write_text(OBSERVE.format(event="validate"))
+        (repo / "stop_httpd.sh").write_text(observer.format(event="stop"))
+        (repo / "start_httpd.sh").write_text(observer.format(event="start"))
+        (repo / "validate.sh").write_text(observer.format(event="validate"))
         (repo / "ids.txt").write_text("\n".join(ids.values()) + "\n")
         appspec = (repo / "appspec.yml").read_text()
         (repo / "appspec.yml").write_text(appspec + "  ValidateService:\n    - location: validate.sh\n")
@@ -113,17 +126,37 @@ def test_elb_v2_sample_takes_each_instance_out_of_its_target_group_one_at_a_time
                 logs[name] = [line.split() for line in f.read().splitlines()]
     finally:
         service.close()
+    return ids, logs
+
+
+def noted(lines: list[list[str]], event: str) -> list[dict[str, str]]:
+    return [dict(s.split("=") for s in line[2:]) for line in lines if line[0] == event]
+
+
+def test_elb_v2_sample_takes_each_instance_out_of_its_target_group_one_at_a_time(state, tmp_path):
+    """Before each instance's ApplicationStop (after deregister_from_elb.sh) it is unused in the target
+    group and the other two are healthy; after its ApplicationStart (register_with_elb.sh) it is healthy."""
+    ids, logs = deploy_sample_twice(state, tmp_path, OBSERVE, target_group="web-tg")
     for name, lines in logs.items():
         me = ids[name]
-        stops = [dict(s.split("=") for s in line[2:]) for line in lines if line[0] == "stop"]
-        validates = [dict(s.split("=") for s in line[2:]) for line in lines if line[0] == "validate"]
+        stops, validates = noted(lines, "stop"), noted(lines, "validate")
         assert len(stops) == 1 and len(validates) == 2, lines
         assert all(line[1] == me for line in lines)
-        # after deregister_from_elb.sh: this instance is out, the other two still serve
         assert stops[0][me] in ("unused", "draining"), lines
         assert all(state_ == "healthy" for iid, state_ in stops[0].items() if iid != me), lines
-        # after register_with_elb.sh: back in
         assert validates[-1][me] == "healthy", lines
+
+
+def test_elb_v2_sample_in_an_auto_scaling_group_uses_standby(state, tmp_path):
+    """With the instances in an Auto Scaling group the sample takes the standby path: Standby during
+    ApplicationStop, InService again after ApplicationStart."""
+    ids, logs = deploy_sample_twice(state, tmp_path, ASG_STATE, auto_scaling_group="web-asg")
+    for name, lines in logs.items():
+        me = ids[name]
+        stops, validates = noted(lines, "stop"), noted(lines, "validate")
+        assert len(stops) == 1 and len(validates) == 2, lines
+        assert stops[0][me] == "Standby", lines
+        assert validates[-1][me] == "InService", lines
 
 
 def test_fleet_target_group_with_the_host_network_is_refused_before_anything_is_made(state):
@@ -131,5 +164,5 @@ def test_fleet_target_group_with_the_host_network_is_refused_before_anything_is_
                            "--target-group", "web-tg", "--endpoint", "http://127.0.0.1:9"], capture_output=True,
                           text=True, timeout=60, cwd=REPO, check=False)
     assert done.returncode == 2, done.stderr
-    assert "--target-group needs instances with a private network" in done.stderr
+    assert "--target-group and --auto-scaling-group need instances with a private network" in done.stderr
     assert "Traceback" not in done.stderr and inst.list_instances(state=state) == []

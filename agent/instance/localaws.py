@@ -130,6 +130,37 @@ def register_targets(state: str, target_group: str, instance_ids: list[str], *, 
     return arn
 
 
+def attach_to_auto_scaling_group(state: str, group: str, instance_ids: list[str], *, image_id: str,
+                                 instance_type: str, zone: str, region: str = "us-east-1") -> None:
+    """Attach EC2 instances to the Auto Scaling group ``group`` of the state's local AWS, made when missing
+    (a launch configuration of the instances' AMI and type; minimum 0, maximum the instances it gets)."""
+    autoscaling = {"Version": "2011-01-01"}
+    found = query(state, "autoscaling", {**autoscaling, "Action": "DescribeAutoScalingGroups",
+                                         "AutoScalingGroupNames.member.1": group}, region=region)
+    current = found.find(".//AutoScalingGroups/member")
+    if current is None:
+        config = f"{group}-launch-configuration"
+        query(state, "autoscaling", {**autoscaling, "Action": "CreateLaunchConfiguration",
+                                     "LaunchConfigurationName": config, "ImageId": image_id,
+                                     "InstanceType": instance_type}, region=region)
+        query(state, "autoscaling", {**autoscaling, "Action": "CreateAutoScalingGroup", "AutoScalingGroupName": group,
+                                     "LaunchConfigurationName": config, "MinSize": "0",
+                                     "MaxSize": str(len(instance_ids)), "DesiredCapacity": "0",
+                                     "AvailabilityZones.member.1": zone}, region=region)
+        members: set[str] = set()
+    else:
+        members = {e.text or "" for e in current.iterfind(".//Instances/member/InstanceId")}
+        wanted = len(members | set(instance_ids))
+        if wanted > int(current.findtext("MaxSize") or "0"):
+            query(state, "autoscaling", {**autoscaling, "Action": "UpdateAutoScalingGroup",
+                                         "AutoScalingGroupName": group, "MaxSize": str(wanted)}, region=region)
+    new = [iid for iid in instance_ids if iid not in members]
+    if new:
+        query(state, "autoscaling", {**autoscaling, "Action": "AttachInstances", "AutoScalingGroupName": group,
+                                     **{f"InstanceIds.member.{n}": iid for n, iid in enumerate(new, 1)}},
+              region=region)
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=60)
