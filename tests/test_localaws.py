@@ -131,7 +131,8 @@ class TestInstancesAreEc2Instances:
         doc_text, ec2_text = out.stdout.split("#####")
         doc = json.loads(doc_text)
         listed = {i["InstanceId"]: i for r in json.loads(ec2_text)["Reservations"] for i in r["Instances"]}
-        assert doc["instanceId"] in listed, (doc, listed)
+        with open(os.path.join(state, "aws", "moto.log"), encoding="utf-8", errors="replace") as log:
+            assert doc["instanceId"] in listed, (doc, listed, log.read()[-3000:])
         me = listed[doc["instanceId"]]
         assert {t["Key"]: t["Value"] for t in me["Tags"]} == {"Name": "web-1", "fleet": "demo"}
         assert me["PrivateIpAddress"] == doc["privateIp"] and me["State"]["Name"] == "running"

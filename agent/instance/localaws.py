@@ -218,10 +218,17 @@ class Ec2Mirror:
             seen = tuple((name, os.path.getmtime(os.path.join(folder, "ec2.json")), up) for name, folder, up in found)
             if seen == self._seen:
                 return
+            failed = False
             for name, folder, up in found:
-                with open(os.path.join(folder, "ec2.json"), encoding="utf-8") as f:
-                    self._mirror(name, json.load(f), up)
-            self._seen = seen
+                try:   # one instance that can't be mirrored does not keep the others out
+                    with open(os.path.join(folder, "ec2.json"), encoding="utf-8") as f:
+                        self._mirror(name, json.load(f), up)
+                except Exception:  # noqa: BLE001 - logged (moto.log); tried again with the next request
+                    print(f"cdsim: cannot mirror instance {name} into the local EC2:", flush=True)
+                    traceback.print_exc()
+                    failed = True
+            if not failed:
+                self._seen = seen
 
     def _mirror(self, name: str, identity: dict[str, Any], up: bool) -> None:
         from moto.ec2.models import ec2_backends
