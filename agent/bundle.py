@@ -102,10 +102,11 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     """Put ``revision`` into ``{deployment_dir}/deployment-archive`` as DownloadBundle does; return that path.
 
     ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
-    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed
-    the way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises ``BundleError`` (corrupt or
-    mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError`` (``same file: …``
-    when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem`` (``disk-full``).
+    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed the
+    way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises
+    ``BundleError`` (corrupt or mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError``
+    (``same file: …`` when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem``
+    (``disk-full``).
     A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
     extraction leaves it.
     """
@@ -516,7 +517,7 @@ def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
         # this way is opened again below so the error is tarfile's own, word for word.
         reader = _GzipPrefetch(path)
         try:
-            tf = tarfile.TarFile.taropen(path, "r", reader)
+            tf = tarfile.TarFile.taropen(path, "r", reader)  # noqa: SIM115 - returned open, the caller closes it
         except BaseException as e:
             reader.close()
             if not isinstance(e, Exception):
@@ -929,7 +930,7 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
             return float(struct.unpack_from("<i", body, 1)[0])
         i += 4 + length
     try:
-        return time.mktime(info.date_time + (0, 0, -1))
+        return time.mktime((*info.date_time, 0, 0, -1))
     except (OverflowError, ValueError):
         return None
 

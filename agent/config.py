@@ -116,7 +116,7 @@ def load_local_config(path: str | None) -> AgentConfig:
     if os.path.isfile(DEFAULT_CONFIG_PATH) and os.access(DEFAULT_CONFIG_PATH, os.R_OK):
         try:
             merged.update(read_config_file(DEFAULT_CONFIG_PATH))
-        except Exception:  # noqa: BLE001 - step 1 of §1.2 ignores any failure of the default file
+        except Exception:  # noqa: BLE001, S110 - step 1 of §1.2 ignores any failure of the default file
             pass
     chosen = path or DEFAULT_CONFIG_PATH
     merged.update(read_config_file(chosen))

@@ -145,7 +145,7 @@ class _Deployment:
         from agent import bundle
 
         if self._max_revisions is None:
-            self.cfg.max_revisions  # raises the configuration error
+            _ = self.cfg.max_revisions  # raises the configuration error
         removed = self.root.apply_retention(self.did, self._max_revisions)
         rev = self.req.revision
         if isinstance(rev, LocalRevision):

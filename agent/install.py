@@ -769,7 +769,7 @@ class _Executor:
             (["-r", c.range] if c.range else []) + [real]
         for cmd in (argv, ["restorecon", "-v", real]):
             exe = semanage if cmd[0] == "semanage" else restorecon
-            proc = subprocess.run([exe] + cmd[1:], stdin=subprocess.DEVNULL, capture_output=True, check=False)
+            proc = subprocess.run([exe, *cmd[1:]], stdin=subprocess.DEVNULL, capture_output=True, check=False)
             if proc.returncode != 0:
                 raise DeploymentError(
                     f"The deployment failed because the application specification file contains an error in "
