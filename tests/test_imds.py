@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
+from test_instance import unprivileged as unprivileged  # the fixture, used by name
 
 import agent.instance as inst
-from agent.instance import imds
+from agent.instance import awsnet, imds
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = os.geteuid() == 0
@@ -169,6 +170,31 @@ class TestInsideAnInstance:
         out = sh(i, f"curl -s {URL}/latest/meta-data/tags/instance; echo; curl -s {URL}/latest/meta-data/tags/"
                     f"instance/Name; echo; curl -s {URL}/latest/user-data; curl -s {URL}/latest/")
         assert out.stdout == "Name\nenv\nweb\n#!/bin/bash\necho hello\ndynamic\nmeta-data\nuser-data"
+
+
+@pytest.mark.skipif(not ROOT, reason="creating a user with useradd and su to it needs root (CI runs as root)")
+def test_unprivileged_users_instance_has_metadata_and_the_local_aws_too(unprivileged, curl):
+    """An ordinary user's instance (a user namespace) gets the same: a token, its instance id, AWS names
+    resolving to the local AWS, and HTTPS to it verified against the CA of that user's state."""
+    assert unprivileged("create", "mine").returncode == 0
+    out = unprivileged("exec", "mine", script=(
+        f"T=$({TOKEN}); curl -s -H \"X-aws-ec2-metadata-token: $T\" {URL}/latest/meta-data/instance-id; echo; "
+        "getent hosts sts.amazonaws.com; "
+        "curl -s -w '\\n%{http_code}\\n' 'https://sts.amazonaws.com/?Action=GetCallerIdentity'"))
+    logs = ""
+    for log in ("aws/moto.log", "instances/mine/services.log"):
+        try:
+            with open(os.path.join(unprivileged.state, log), errors="replace") as f:
+                logs += f"--- {log}\n{f.read()[-3000:]}"
+        except OSError:
+            continue
+    assert out.returncode == 0, out.stdout + out.stderr + logs
+    lines = out.stdout.split()
+    assert lines[0].startswith("i-0") and lines[1] == awsnet.AWS_ADDRESS, out.stdout
+    # TLS verified against the user's state's CA (000: no answer); 503 when the user's Python has no moto,
+    # with the reason
+    assert lines[-1].isdigit() and lines[-1] != "000", out.stdout
+    assert lines[-1] != "503" or "the local AWS is not available" in out.stdout, out.stdout
 
 
 class TestBadInput:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import hashlib
+import importlib.util
 import os
 import select
 import socket
@@ -143,7 +144,7 @@ def bundle_paths() -> list[str]:
     found = [p for p in SYSTEM_BUNDLES if os.path.isfile(p)]
     for module, relative in (("certifi", "cacert.pem"), ("botocore", "cacert.pem")):
         try:
-            spec = __import__("importlib.util").util.find_spec(module)
+            spec = importlib.util.find_spec(module)
         except (ImportError, ValueError):
             continue
         if spec is not None and spec.origin:
@@ -267,6 +268,14 @@ def _relay(client: socket.socket, upstream: Callable[[], str]) -> None:
         backend.connect(upstream())
     except OSError as e:
         print(f"cdsim: cannot reach the local AWS: {e}", file=sys.stderr, flush=True)
+        why = f"cdsim: the local AWS is not available: {e}\n".encode("utf-8", "replace")
+        try:   # an answer the aws CLI and boto3 show, rather than a dropped connection
+            client.settimeout(5)
+            client.recv(65536)   # (its request first: closing on unread data would reset the connection)
+            client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                           + f"Content-Length: {len(why)}\r\n\r\n".encode() + why)
+        except OSError:
+            pass
         client.close()
         return
     reading_client = True

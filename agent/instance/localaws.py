@@ -61,14 +61,25 @@ def ensure(state: str, env: dict[str, str] | None = None) -> str:
         with open(os.path.join(folder(state), "moto.log"), "ab") as log:
             proc = subprocess.Popen([sys.executable, "-c", _MAIN, state], stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=log, start_new_session=True, cwd="/", env=env)
-        proc.wait()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not answers(path):
-            if time.monotonic() > deadline:
-                raise OSError(f"the local AWS (moto) did not start in {START_TIMEOUT:.0f} s: see "
-                              + os.path.join(folder(state), "moto.log"))
-            time.sleep(0.05)
+        try:   # it exits once it listens (its child serves), or with why it can't
+            status = proc.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            status = -1
+        if status != 0 or not answers(path):
+            raise OSError(f"the local AWS (moto) cannot start: {_last_line(os.path.join(folder(state), 'moto.log'))} "
+                          f"(see {os.path.join(folder(state), 'moto.log')})")
     return path
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f.readlines()[-50:] if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"
 
 
 class LocalAwsError(Exception):
@@ -267,8 +278,8 @@ def _services_running(folder: str) -> bool:
 
 
 def server_main(state: str) -> int:
-    if os.fork() != 0:
-        os._exit(0)
+    """Import moto and listen, then leave the serving to a child (detached): the starting process learns
+    from this one's exit status whether the local AWS runs."""
     os.environ["MOTO_ACCOUNT_ID"] = ACCOUNT
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
@@ -290,6 +301,8 @@ def server_main(state: str) -> int:
 
     server = make_server("unix://" + path, 0, app, threaded=True, request_handler=MotoRequestHandler)
     os.chmod(path, 0o600)
+    if os.fork() != 0:
+        os._exit(0)
 
     def watch() -> None:
         idle = 0
