@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 
 from agent.errors import AppSpecError
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
@@ -575,7 +576,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
 
     Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
     AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
     from yaml import events as ev
     from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 

@@ -13,10 +13,13 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import TextIO
 
 from agent.errors import UsageError
 from agent.reports.model import DeploymentSummary, Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `cdsim local` imports this module
+if TYPE_CHECKING:
+    from typing import TextIO
 
 __all__ = ["KINDS", "add_report_option", "load_records", "parse_report_option", "render", "render_text",
            "write_reports"]
