@@ -43,6 +43,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO, Generic, Protocol, TypeVar
 
 from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
 from agent.revision import LocalRevision, Revision
@@ -103,9 +104,10 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
 
     ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
     ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed
-    the way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises ``BundleError`` (corrupt or
-    mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError`` (``same file: …``
-    when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem`` (``disk-full``).
+    the way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises
+    ``BundleError`` (corrupt or mistyped archive, ``bundle-too-large``), ``UnsafeBundle``,
+    ``DeploymentError`` (``same file: …`` when the archive was already linked in this deployment, Q37)
+    or ``EnvironmentProblem`` (``disk-full``).
     A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
     extraction leaves it.
     """
@@ -516,14 +518,16 @@ def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
         # this way is opened again below so the error is tarfile's own, word for word.
         reader = _GzipPrefetch(path)
         try:
-            tf = tarfile.TarFile.taropen(path, "r", reader)
+            tf = tarfile.TarFile.taropen(path, "r", reader)  # noqa: SIM115 - returned open, the caller closes it
         except BaseException as e:
             reader.close()
             if not isinstance(e, Exception):
                 raise
             # any error is reported by the plain open below
         else:
-            tf._extfileobj = False  # the TarFile owns the reader: closing it stops the thread
+            # the TarFile owns the reader: closing it stops the thread. A private attribute that
+            # typeshed leaves out; tarfile has no public way to hand over the file object
+            tf._extfileobj = False  # type: ignore[attr-defined]
             return tf
     try:
         return tarfile.open(path, "r:gz" if bundle_type == "tgz" else "r:*")
@@ -541,7 +545,7 @@ class _GzipPrefetch:
     def __init__(self, path: str):
         self.name = path
         self._gz = gzip.GzipFile(path, "rb")
-        self._queue: queue.Queue = queue.Queue(self._AHEAD)
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
         self._stop = threading.Event()
         self._buf = b""
         self._off = 0
@@ -560,7 +564,7 @@ class _GzipPrefetch:
         except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
             self._put(e)
 
-    def _put(self, item) -> None:
+    def _put(self, item: bytes | BaseException) -> None:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -595,6 +599,10 @@ class _GzipPrefetch:
 
     def tell(self) -> int:
         return self._pos
+
+    def write(self, data: bytes) -> int:
+        """tarfile's file-object protocol has it; a read-only stream refuses it."""
+        raise io.UnsupportedOperation("write")
 
     def unread(self, data: bytes) -> None:
         """Put back the ``data`` just read: the next read starts with it."""
@@ -736,14 +744,16 @@ def _fast_headers(tf: tarfile.TarFile) -> Callable[[], tarfile.TarInfo | None] |
         def read(offset: int) -> bytes:
             src.seek(offset)
             return src.read(tarfile.BLOCKSIZE)
-        unread = src.unread
+
+        def unread(data: bytes) -> None:
+            src.unread(data)
     elif type(src) is io.BufferedReader:
         fd = src.fileno()
 
         def read(offset: int) -> bytes:
             return os.pread(fd, tarfile.BLOCKSIZE, offset)
 
-        def unread(_buf: bytes) -> None:
+        def unread(data: bytes) -> None:
             pass
     else:
         return None
@@ -929,7 +939,7 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
             return float(struct.unpack_from("<i", body, 1)[0])
         i += 4 + length
     try:
-        return time.mktime(info.date_time + (0, 0, -1))
+        return time.mktime((*info.date_time, 0, 0, -1))
     except (OverflowError, ValueError):
         return None
 
@@ -961,12 +971,15 @@ def _split(name: str) -> tuple[tuple[str, ...], str | None]:
     return parts, None
 
 
+_Source = TypeVar("_Source")  # the archive's own entry (TarInfo, ZipInfo), None for a listing
+
+
 @dataclass(frozen=True)
-class _Step:
+class _Step(Generic[_Source]):
     member: Member
-    parts: tuple[str, ...]                   # () is the archive folder itself
-    link_parts: tuple[str, ...] | None = None  # a hard link's target
-    source: object = None                    # the archive's own entry (TarInfo, ZipInfo) for its data
+    parts: tuple[str, ...]                     # () is the archive folder itself
+    link_parts: tuple[str, ...] | None         # a hard link's target
+    source: _Source                            # the archive's own entry, for its data
 
 
 class _Checker:
@@ -979,7 +992,7 @@ class _Checker:
         self.kinds: dict[tuple[str, ...], str] = {(): "dir"}
         self.parents: set[tuple[str, ...]] = set()
 
-    def check(self, m: Member, source: object = None) -> _Step | None:
+    def check(self, m: Member, source: _Source) -> _Step[_Source] | None:
         kinds, parents = self.kinds, self.parents
         parts, why = _split(m.name)
         if why is None and not parts and m.type != "dir":
@@ -1023,15 +1036,15 @@ class _Checker:
             raise _unsafe_many(self.problems, label)
 
 
-def _plan(members: list[Member], label: str | None) -> list[_Step]:
+def _plan(members: list[Member], label: str | None) -> list[_Step[None]]:
     """Check every member before anything is written; the steps to extract them in order."""
     checker = _Checker()
-    steps = [step for m in members if (step := checker.check(m)) is not None]
+    steps = [step for m in members if (step := checker.check(m, None)) is not None]
     checker.finish(label)
     return steps
 
 
-def _checked(pairs: Iterator[tuple[Member, object]], label: str) -> Iterator[_Step]:
+def _checked(pairs: Iterator[tuple[Member, _Source]], label: str) -> Iterator[_Step[_Source]]:
     """The steps of ``pairs`` as they are read, each checked before it is yielded. After the first
     offending member nothing more is yielded, but the rest is still read so that the refusal names
     every offending member (and an over-limit or corrupt archive is still reported as such)."""
@@ -1125,23 +1138,25 @@ def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits,
         with _open_tar(path, bundle_type) as tf:
             plain = _compression(path) is None
             with open(path, "rb") as raw:
-                def data(step: _Step, fd: int) -> None:
+                def tar_data(step: _Step[tarfile.TarInfo], fd: int) -> None:
                     info = step.source
                     if plain and info.sparse is None:
                         _copy_range(raw.fileno(), fd, info.offset_data, info.size)
                     elif info.sparse is None:
                         _copy_stream(tf.fileobj, info.offset_data, info.size, fd)
                     else:
-                        with tf.extractfile(info) as f:
+                        f = tf.extractfile(info)
+                        assert f is not None, "a sparse member is a regular file"
+                        with f:
                             _pump(f, fd)
-                _extract(_checked(_tar_members(tf, path, bundle_type, limits), path), archive_dir, data,
+                _extract(_checked(_tar_members(tf, path, bundle_type, limits), path), archive_dir, tar_data,
                          as_tar=True, owners=os.geteuid() == 0, label=path, bundle_type=bundle_type)
     elif bundle_type == "zip":
         with _open_zip(path) as zf:
-            def data(step: _Step, fd: int) -> None:
+            def zip_data(step: _Step[zipfile.ZipInfo], fd: int) -> None:
                 with zf.open(step.source) as f:
                     _pump(f, fd)
-            _extract(_checked(_zip_members(zf, path, limits, warn), path), archive_dir, data, as_tar=False,
+            _extract(_checked(_zip_members(zf, path, limits, warn), path), archive_dir, zip_data, as_tar=False,
                      owners=False, label=path, bundle_type="zip")
     else:
         raise UsageError(f"type {bundle_type} is not a valid type. Must be one of tgz,tar,zip,directory")
@@ -1156,7 +1171,15 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
         size -= n
 
 
-def _copy_stream(src, offset: int, size: int, dst: int) -> None:
+class _Stream(Protocol):
+    """A forward-readable stream: tarfile's file object (a plain file, gzip, the prefetcher)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def seek(self, pos: int, /) -> object: ...
+
+
+def _copy_stream(src: _Stream, offset: int, size: int, dst: int) -> None:
     """``size`` bytes at ``offset`` of the (decompressed) archive stream, read forward, into ``dst``."""
     src.seek(offset)
     while size > 0:
@@ -1169,14 +1192,14 @@ def _copy_stream(src, offset: int, size: int, dst: int) -> None:
             view = view[os.write(dst, view):]
 
 
-def _pump(f, fd: int) -> None:
+def _pump(f: IO[bytes], fd: int) -> None:
     while chunk := f.read(_CHUNK):
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
 
 
-def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, int], None], *,
+def _extract(steps: Iterable[_Step[_Source]], archive_dir: str, data: Callable[[_Step[_Source], int], None], *,
              as_tar: bool, owners: bool, label: str, bundle_type: str) -> None:
     """Write the checked ``steps``. Like tar -xp (``as_tar``): every stored mode, symlink mtimes too;
     like unzip: a mode only where the entry has one (else its ``create_mode`` less the umask), symlinks
@@ -1208,11 +1231,12 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
             made.add(parts)
             if m.type == "symlink":
                 os.symlink(m.link_target or "", name, dir_fd=parent)
-                if owners and m.uid is not None:
+                if owners and m.uid is not None and m.gid is not None:
                     os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
                 if as_tar and m.mtime is not None:
                     os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
             elif m.type == "hardlink":
+                assert step.link_parts is not None, "the checker sets it on every hard link"
                 src_parent = tree.dir_fd(step.link_parts[:-1])
                 os.link(step.link_parts[-1], name, src_dir_fd=src_parent, dst_dir_fd=parent,
                         follow_symlinks=False)
@@ -1221,7 +1245,7 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
                              0o600 if m.mode is not None else m.create_mode, dir_fd=parent)
                 try:
                     data(step, fd)
-                    if owners and m.uid is not None:
+                    if owners and m.uid is not None and m.gid is not None:
                         os.fchown(fd, m.uid, m.gid)
                     if m.mode is not None:
                         os.fchmod(fd, m.mode)
@@ -1237,7 +1261,7 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
                     own = os.fstat(fd)
                     _guard_archive_folder(fd, m.mode, own.st_uid, own.st_gid)
             else:
-                if owners and m.uid is not None:
+                if owners and m.uid is not None and m.gid is not None:
                     os.fchown(fd, m.uid, m.gid)
                 if m.mode is not None and (as_tar or m.mode):
                     os.fchmod(fd, m.mode)
