@@ -10,6 +10,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from agent import __version__
 from agent.errors import CdsimError, ExitStatus, exit_status_for
@@ -94,7 +96,10 @@ def _summary(name: str, module: str) -> str:
     return getattr(mod, "SUMMARY", "")
 
 
-def _run(func, args, debug: bool) -> int:
+_Args = TypeVar("_Args")  # parsed arguments (argparse.Namespace), or codedeploy-local's argv
+
+
+def _run(func: Callable[[_Args], int], args: _Args, debug: bool) -> int:
     try:
         return int(func(args))
     except CdsimError as e:

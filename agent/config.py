@@ -8,22 +8,24 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from agent.errors import DeploymentError, UsageError
 
 DEFAULT_CONFIG_PATH = "/etc/codedeploy-agent/conf/codedeployagent.yml"
 DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 DEFAULT_LOG_DIR = "/var/log/aws/codedeploy-agent/"
+DEFAULT_ON_PREMISES_CONFIG = "/etc/codedeploy-agent/conf/codedeploy.onpremises.yml"
 
 # the built-in defaults of §2.2 (None = no built-in default)
-BUILTIN = {
+BUILTIN: dict[str, object] = {
     "root_dir": None,
     "log_dir": None,
     "program_name": "codedeploy-agent",
     "verbose": False,
     "max_revisions": None,
     "enable_deployments_log": True,
-    "on_premises_config_file": "/etc/codedeploy-agent/conf/codedeploy.onpremises.yml",
+    "on_premises_config_file": DEFAULT_ON_PREMISES_CONFIG,
     "proxy_uri": None,
 }
 
@@ -52,9 +54,9 @@ class AgentConfig:
     verbose: bool = False
     max_revisions_raw: object = None
     enable_deployments_log: bool = True
-    on_premises_config_file: str | None = BUILTIN["on_premises_config_file"]
+    on_premises_config_file: str | None = DEFAULT_ON_PREMISES_CONFIG
     path: str | None = None
-    raw: dict = field(default_factory=dict, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def max_revisions(self) -> int:
@@ -81,7 +83,7 @@ class AgentConfig:
         return replace(self, root_dir=root_dir)
 
 
-def parse_config_text(text: str, path: str) -> dict:
+def parse_config_text(text: str, path: str) -> dict[str, Any]:
     """The file's mapping with leading colons stripped from keys (§2.1)."""
     import yaml
 
@@ -98,7 +100,7 @@ def parse_config_text(text: str, path: str) -> dict:
     return {str(k).lstrip(":"): v for k, v in data.items()}
 
 
-def read_config_file(path: str) -> dict:
+def read_config_file(path: str) -> dict[str, Any]:
     if not (os.path.isfile(path) and os.access(path, os.R_OK)):
         raise UsageError(f"configuration file {path} does not exist or is not readable")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -112,19 +114,19 @@ def load_local_config(path: str | None) -> AgentConfig:
     gives ``root_dir`` the agent uses the config file *path* as the root (Q21); we keep that quirk
     out: cdsim falls back to the shipped default root and says so in the differences list.
     """
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     if os.path.isfile(DEFAULT_CONFIG_PATH) and os.access(DEFAULT_CONFIG_PATH, os.R_OK):
         try:
             merged.update(read_config_file(DEFAULT_CONFIG_PATH))
-        except Exception:  # noqa: BLE001 - step 1 of §1.2 ignores any failure of the default file
+        except Exception:  # noqa: BLE001, S110 - step 1 of §1.2 ignores any failure of the default file
             pass
     chosen = path or DEFAULT_CONFIG_PATH
     merged.update(read_config_file(chosen))
     return config_from_mapping(merged, chosen)
 
 
-def config_from_mapping(values: dict, path: str | None = None) -> AgentConfig:
-    v = dict(BUILTIN)
+def config_from_mapping(values: dict[str, Any], path: str | None = None) -> AgentConfig:
+    v: dict[str, Any] = dict(BUILTIN)  # the file's YAML values over the defaults
     v.update(values)
     return AgentConfig(
         root_dir=str(v.get("root_dir") or DEFAULT_ROOT_DIR),

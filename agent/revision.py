@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from agent.errors import UsageError
 
@@ -116,7 +116,7 @@ def _s3(location: str, bundle_type: str) -> S3Revision:
                       version=query.get("versionId", [None])[0], etag=query.get("etag", [None])[0])
 
 
-def _github(location: str, parts, bundle_type: str) -> GitHubRevision:
+def _github(location: str, parts: SplitResult, bundle_type: str) -> GitHubRevision:
     gh_type = bundle_type if bundle_type in ("zip", "tar") else "zip"  # Q28: tgz/directory become zip
     if _host(parts.netloc) == "github.com":
         m = re.fullmatch(r"/([^/]+)/(.+)", parts.path)

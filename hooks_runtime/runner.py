@@ -227,7 +227,7 @@ class _Run:
             if self.exited and exited_at is None:
                 exited_at = time.time()
                 look_for_holders = exited_at + HOLDER_SETTLE
-        if code == ScriptErrorCode.SUCCEEDED and self.holders:
+        if code == ScriptErrorCode.SUCCEEDED and self.holders and exited_at is not None:
             self.notes.append(f"the hook's output stayed open {time.time() - exited_at:.1f} s after the "
                               "script exited, until " + ", ".join(map(str, self.holders.values())) +
                               " closed it; the hook waited, as the agent does")
@@ -315,7 +315,8 @@ class _Run:
                               f"({script.timeout} s); {holder_fix(stream.lower())}")
         stats = {pid: read_stat(pid) for pid in self.holders}
         self._end({pid: st for pid, st in stats.items() if st is not None and st.alive}, group=False)
-        return ScriptErrorCode.OUTPUTS_LEFT_OPEN, f"Script at specified location: {script.location} failed to close {stream}"
+        return (ScriptErrorCode.OUTPUTS_LEFT_OPEN,
+                f"Script at specified location: {script.location} failed to close {stream}")
 
     def _end(self, targets: dict[int, ProcStat], *, group: bool) -> None:
         """SIGTERM (to the script's process group too when ``group``), up to ``grace`` seconds for
