@@ -23,6 +23,10 @@ CLI prints it (``message`` usually is it).
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hooks_runtime import HookResult
 
 
 class ExitStatus(enum.IntEnum):
@@ -114,8 +118,8 @@ class HookFailed(DeploymentError):
     reference = "hook-failed"
     exit_status = ExitStatus.HOOK_FAILED
 
-    def __init__(self, message: str, *, result=None, event: str | None = None,
-                 script_path: str | None = None, **kw):
+    def __init__(self, message: str, *, result: HookResult | None = None, event: str | None = None,
+                 script_path: str | None = None, **kw: Any):
         super().__init__(message, **kw)
         self.result = result
         self.event = event
