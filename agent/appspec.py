@@ -695,9 +695,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> 
                 key = compose(nxt, depth + 1)
                 mapping.value.append((key, compose(loader.get_event(), depth + 1)))
             return mapping
-        # pragma: no cover - the parser only yields the events above here
-        raise _err(f"unexpected YAML event {event!r}", filename, None, code="yaml-syntax",
-                   agent_class=None)
+        # the parser only yields the events above here
+        raise _err(f"unexpected YAML event {event!r}", filename, None,  # pragma: no cover
+                   code="yaml-syntax", agent_class=None)
 
     try:
         loader.get_event()                 # StreamStart
