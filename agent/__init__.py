@@ -8,8 +8,7 @@ The public API; every CLI command is a thin layer over these. Names are loaded l
     deploy(DeploymentRequest(...)) -> DeploymentResult                cdsim deploy / cdsim local
     parse_appspec(text, filename) -> AppSpec
 """
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:  # the lazily loaded names, for type checkers
     from agent.appspec import AppSpec as AppSpec
     from agent.appspec import parse_appspec as parse_appspec
@@ -44,7 +43,7 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "__version__", "deploy"])
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "deploy":  # the module agent.deploy is callable: agent.deploy(request)
         import importlib
         return importlib.import_module("agent.deploy")

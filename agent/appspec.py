@@ -29,16 +29,29 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Final, Literal, NamedTuple, NoReturn, Protocol, TypeAlias, TypeGuard
 
 from agent.errors import AppSpecError
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import ClassVar, Final, Literal, NoReturn, Protocol, TypeAlias, TypeGuard
+
     from yaml import YAMLError
     from yaml import nodes as yaml_nodes
     from yaml.events import Event
+
+    class _EventSource(Protocol):
+        """What compose_appspec uses of PyYAML's (C)SafeLoader: the event stream and the tag resolver."""
+
+        def get_event(self) -> Event | None: ...
+
+        def resolve(self, kind: type[yaml_nodes.Node], value: str | None,
+                    implicit: bool | tuple[bool, bool]) -> str: ...
+
+        def dispose(self) -> None: ...
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
@@ -509,48 +522,57 @@ def psych_tokenize(text: str) -> ScalarValue:
 
 # The composed document: what Psych sees of each node, with its position. ``id`` tells the kinds apart
 # (as in yaml.nodes); ``tag`` is the tag as resolved (explicit, or PyYAML's implicit resolution).
+# Plain classes (compared by identity, as yaml.nodes): one is made per YAML value.
 
 
-@dataclass(eq=False, kw_only=True)
 class ScalarNode:
     id: ClassVar[Literal["scalar"]] = "scalar"
-    tag: str
-    value: str
-    mark: Mark
-    style: str | None = None     # None: plain
-    psych_quoted: bool = False   # libyaml's quoted_implicit: not plain and no tag (Psych keeps the text)
-    psych_tag: str | None = None  # the tag as written, None when there is none
-    explicit_tag: bool = False
-    anchor: str | None = None
+
+    def __init__(self, *, tag: str, value: str, mark: Mark, style: str | None = None,
+                 psych_quoted: bool = False, psych_tag: str | None = None, explicit_tag: bool = False,
+                 anchor: str | None = None) -> None:
+        self.tag = tag
+        self.value = value
+        self.mark = mark
+        self.style = style                # None: plain
+        self.psych_quoted = psych_quoted  # libyaml's quoted_implicit: not plain, no tag (Psych keeps the text)
+        self.psych_tag = psych_tag        # the tag as written, None when there is none
+        self.explicit_tag = explicit_tag
+        self.anchor = anchor
 
 
-@dataclass(eq=False, kw_only=True)
 class SequenceNode:
     id: ClassVar[Literal["sequence"]] = "sequence"
-    tag: str
-    value: list[Node]
-    mark: Mark
-    explicit_tag: bool = False
-    anchor: str | None = None
+
+    def __init__(self, *, tag: str, value: list[Node], mark: Mark, explicit_tag: bool = False,
+                 anchor: str | None = None) -> None:
+        self.tag = tag
+        self.value = value
+        self.mark = mark
+        self.explicit_tag = explicit_tag
+        self.anchor = anchor
 
 
-@dataclass(eq=False, kw_only=True)
 class MappingNode:
     id: ClassVar[Literal["mapping"]] = "mapping"
-    tag: str
-    value: list[tuple[Node, Node]]
-    mark: Mark
-    explicit_tag: bool = False
-    anchor: str | None = None
+
+    def __init__(self, *, tag: str, value: list[tuple[Node, Node]], mark: Mark, explicit_tag: bool = False,
+                 anchor: str | None = None) -> None:
+        self.tag = tag
+        self.value = value
+        self.mark = mark
+        self.explicit_tag = explicit_tag
+        self.anchor = anchor
 
 
-@dataclass(eq=False, kw_only=True)
 class AliasNode:
     """A ``*name`` alias left in the tree: Psych 4 refuses it when converting (``Unknown alias``)."""
 
     id: ClassVar[Literal["alias"]] = "alias"
-    anchor: str
-    mark: Mark
+
+    def __init__(self, *, anchor: str, mark: Mark) -> None:
+        self.anchor = anchor
+        self.mark = mark
 
 
 Node: TypeAlias = "ScalarNode | SequenceNode | MappingNode | AliasNode"
@@ -558,17 +580,6 @@ Node: TypeAlias = "ScalarNode | SequenceNode | MappingNode | AliasNode"
 
 def node_mark(node: Node) -> Mark:
     return node.mark
-
-
-class _EventSource(Protocol):
-    """What compose_appspec uses of PyYAML's (C)SafeLoader: the event stream and the tag resolver."""
-
-    def get_event(self) -> Event | None: ...
-
-    def resolve(self, kind: type[yaml_nodes.Node], value: str | None,
-                implicit: bool | tuple[bool, bool]) -> str: ...
-
-    def dispose(self) -> None: ...
 
 
 def _event_mark(event: Event) -> Mark:
@@ -652,7 +663,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> 
 
     Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
     AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
     from yaml import events as ev
     from yaml import nodes as yn
 
@@ -785,13 +798,8 @@ def _check_loadable(root: Node, filename: str) -> None:
                        code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
 
 
-HashKey: TypeAlias = tuple[str, object]
-
-
-class MappingEntry(NamedTuple):
-    key_node: Node
-    node: Node
-    key: RubyValue
+HashKey: TypeAlias = "tuple[str, object]"
+MappingEntry: TypeAlias = "tuple[Node, Node, RubyValue]"  # (key node, value node, key value)
 
 
 def _hash_key(value: object, node: Node) -> HashKey:
@@ -810,7 +818,7 @@ def mapping_entries(node: MappingNode, filename: str = DEFAULT_APPSPEC_NAME) -> 
         if kv == "<<" and k.id == "scalar" and k.tag == _TAG + "merge" and v.id == "mapping":
             out.update(mapping_entries(v, filename))
             continue
-        out[_hash_key(kv, k)] = MappingEntry(k, v, kv)
+        out[_hash_key(kv, k)] = (k, v, kv)
     return out
 
 
@@ -901,7 +909,7 @@ class _Parser:
         """Ruby ``node[key]`` on an indexable node: a Hash lookup; on a String a substring test."""
         if node.id == "mapping":
             hit = mapping_entries(node, self.filename).get(("str", key))
-            return hit.node if hit else None
+            return hit[1] if hit else None
         v = self.val(node)
         return (ScalarNode(tag=_TAG + "str", value=key, mark=node.mark, style="'", psych_quoted=True)
                 if isinstance(v, str) and key in v else None)
@@ -975,7 +983,7 @@ class _Parser:
 
         def get(key: str) -> Node | None:
             hit = entries.get(("str", key))
-            return hit.node if hit else None
+            return hit[1] if hit else None
 
         loc_node = get("location")
         loc_v = self.val(loc_node)
@@ -1070,7 +1078,7 @@ class _Parser:
 
         def get(key: str) -> Node | None:
             hit = entries.get(("str", key))
-            return hit.node if hit else None
+            return hit[1] if hit else None
 
         obj_node = get("object")
         obj = self.val(obj_node)

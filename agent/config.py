@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from agent.errors import DeploymentError, UsageError
+from agent.records import field, replace
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_CONFIG_PATH = "/etc/codedeploy-agent/conf/codedeployagent.yml"
 DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
@@ -85,7 +89,9 @@ class AgentConfig:
 
 def parse_config_text(text: str, path: str) -> dict[str, Any]:
     """The file's mapping with leading colons stripped from keys (§2.1)."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
 
     def broken(inner: str) -> DeploymentError:
         return DeploymentError(

@@ -11,8 +11,6 @@ import os
 import sys
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
 
 from agent import lifecycle
 from agent.agentlog import AgentLog
@@ -20,13 +18,26 @@ from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
 from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut
 from agent.events import EventStream
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.revision import LocalRevision, Revision, revision_env
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from typing import Any, TypedDict
+
     from agent.appspec import AppSpec
     from agent.events import Listener
     from hooks_runtime import HookResult
     from hooks_runtime.diagnostics import ProcInfo
+
+    class _RevisionOrigin(TypedDict):
+        """Whose scripts a hook event runs (the hook.start and hook.end fields of events.py)."""
+
+        previous_revision: bool
+        revision_deployment_id: str
+        revision_archive: str
+        revision_appspec: str
 
 DEFAULT_GROUP_ID = "default-local-deployment-group"
 DEFAULT_GROUP_NAME = "LocalFleet"
@@ -101,6 +112,7 @@ class _Deployment:
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
         self.hooks: list[tuple[str, HookResult]] = []
+        self._parsed: dict[tuple[str, bytes], AppSpec] = {}  # (file name, bytes) -> its parse
         self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
     # -- events --------------------------------------------------------------------------------------
@@ -198,7 +210,13 @@ class _Deployment:
             raise DeploymentError(f"No such file or directory @ rb_sysopen - {path}") from None
         except IsADirectoryError:
             raise DeploymentError(f"Is a directory @ io_fread - {path}") from None
-        return parse_appspec(data, filename=os.path.basename(path))
+        # The file is read for every event, as the agent reads it (a hook may change it); the same
+        # bytes parse to the same spec, so a parse is kept for the next event that reads them.
+        key = (os.path.basename(path), data)
+        spec = self._parsed.get(key)
+        if spec is None:
+            spec = self._parsed[key] = parse_appspec(data, filename=key[0])
+        return spec
 
     def install(self) -> None:
         from agent import install as installer
@@ -255,8 +273,6 @@ class _Deployment:
 
     def hook_event(self, event: str) -> None:
         from agent.appspec import appspec_not_found_message
-        from hooks_runtime import HookLog, Script, run_script
-        from hooks_runtime.environment import missing_command_hint
 
         rev_dir = self._revision_dir_for(event)
         if rev_dir is None:
@@ -274,6 +290,10 @@ class _Deployment:
         scripts = spec.scripts_for(event)
         if not scripts:
             return
+        # here, not at the top: a deployment without hooks never imports the hooks runtime (start-up)
+        from hooks_runtime import HookLog, Script, run_script
+        from hooks_runtime.environment import missing_command_hint
+
         # cdsim, not the agent (§5.5 allows '..'): a script must be a file of the revision
         archive = os.path.normpath(join(rev_dir, "deployment-archive"))
         previous = rev_dir != self.root.deployment_dir(self.did)
@@ -386,18 +406,9 @@ class _Capture:
         return joined
 
 
-class _RevisionOrigin(TypedDict):
-    """Whose scripts a hook event runs (the hook.start and hook.end fields of events.py)."""
-
-    previous_revision: bool
-    revision_deployment_id: str
-    revision_archive: str
-    revision_appspec: str
-
-
 def _hook_fields(result: HookResult) -> dict[str, Any]:
     def procs(ps: tuple[ProcInfo, ...]) -> list[dict[str, Any]]:
-        return [asdict(p) for p in ps]
+        return [vars(p) for p in ps]
 
     return {
         "location": result.location, "status": "Succeeded" if result.succeeded else "Failed",

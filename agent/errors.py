@@ -23,9 +23,11 @@ CLI prints it (``message`` usually is it).
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from hooks_runtime import HookResult
 
 

@@ -15,13 +15,16 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TextIO
+
+    Record = dict[str, Any]  # one event: JSON data, the fields above plus each type's own
+    Listener = Callable[[Record], None]
 
 SCHEMA_VERSION = 1
-
-Record = dict[str, Any]  # one event: JSON data, the fields above plus each type's own
-Listener = Callable[[Record], None]
 
 
 class EventStream:
@@ -37,7 +40,7 @@ class EventStream:
         self._file: TextIO | None = None
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the stream's life, close() closes it
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the stream's life; close()
 
     def emit(self, type_: str, **fields: object) -> Record:
         record = {"schema": SCHEMA_VERSION, "type": type_, "time": round(time.time(), 6),

@@ -13,15 +13,30 @@ import posixpath
 import re
 import stat
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Protocol
 
 from agent import appspec as A
 from agent import lifecycle
 from agent.errors import AppSpecError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     import tarfile
     import zipfile
+    from typing import Protocol
+
+    class _Tree(Protocol):
+        """What validation reads of a bundle: a directory (_DirTree) or an archive (_ArchiveTree)."""
+
+        display: str
+
+        def shown(self, rel: str) -> str: ...
+
+        def entry(self, rel: str) -> _Entry | None: ...
+
+        def read(self, rel: str, limit: int) -> bytes: ...
+
+        def files_under(self, rel: str) -> tuple[list[str], list[str]]: ...
+
 
 EVENT_TIMEOUT_LIMIT = 3600          # the service's limit per lifecycle event (§5.5)
 MAX_BUNDLE_ENTRIES = 200_000        # bounds the walk of a hostile bundle
@@ -94,20 +109,6 @@ class _BundleError(Exception):
     def __init__(self, code: str, message: str, hint: str | None = None):
         super().__init__(message)
         self.code, self.message, self.hint = code, message, hint
-
-
-class _Tree(Protocol):
-    """What validation reads of a bundle: a directory (_DirTree) or an archive (_ArchiveTree)."""
-
-    display: str
-
-    def shown(self, rel: str) -> str: ...
-
-    def entry(self, rel: str) -> _Entry | None: ...
-
-    def read(self, rel: str, limit: int) -> bytes: ...
-
-    def files_under(self, rel: str) -> tuple[list[str], list[str]]: ...
 
 
 class _DirTree:

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from agent import bundle as bundle_mod
 from agent import install as inst
@@ -35,6 +34,10 @@ from agent.errors import (
     UsageError,
 )
 from agent.revision import LocalRevision
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_ROOT_DIR", "Collision", "HookSource", "LeftOut", "PathChange",
            "PermissionPlan", "Plan", "make_plan", "render_text"]

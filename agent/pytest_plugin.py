@@ -43,8 +43,8 @@ _GROUP = "default-local-deployment-group"
 class HookRun:
     """One hook script's run."""
 
-    event: str
-    location: str
+    event: str | None           # None only where the event stream lacks it (as the report's summary)
+    location: str | None
     status: str                 # Succeeded | Failed | Unfinished
     exit_status: int | None
     duration: float | None
@@ -181,10 +181,12 @@ class DeployTarget:
             return Deployment(None, "Failed", proc.returncode, (proc.stderr or proc.stdout).strip() or None,
                               None, None, (), (), None, proc.stdout, proc.stderr, (), self)
         for h in dep["hooks"]:
-            if h.get("scripts_log"):
-                h["scripts_log"] = self.host_path(h["scripts_log"])
-        if dep.get("deployment_dir"):
-            dep["deployment_dir"] = self.host_path(dep["deployment_dir"])
+            scripts_log = h.get("scripts_log")
+            if scripts_log:
+                h["scripts_log"] = self.host_path(scripts_log)
+        deployment_dir = dep.get("deployment_dir")
+        if deployment_dir:
+            dep["deployment_dir"] = self.host_path(deployment_dir)
         fill_missing_output(dep)
         root = str(self.root) if self.mode == "host" else "/opt/codedeploy-agent/deployment-root"
         files = read_cleanup(self.host_path(f"{root}/deployment-instructions/{group}-cleanup"))
@@ -199,7 +201,8 @@ class DeployTarget:
                           tuple(records), self)
 
     # -- exec --------------------------------------------------------------------------------------
-    def exec(self, *argv: str, input: str | None = None, check: bool = False,  # noqa: A002 - subprocess.run's name
+    def exec(self, *argv: str, input: str | None = None,  # noqa: A002 - subprocess.run's input=, as users know it
+             check: bool = False,
              timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` where the bundle is deployed (inside the instance as its root, or here) and
         capture its output as text."""

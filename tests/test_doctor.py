@@ -129,7 +129,8 @@ class TestBundle:
 def validator():
     """The schema `cdsim schema` prints, as a Draft 7 validator."""
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the schema (pip install jsonschema)")
-    proc = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     jsonschema.Draft7Validator.check_schema(schema)
