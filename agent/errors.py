@@ -25,9 +25,9 @@ agent's exception class); ``HookFailed`` adds the hook's ``result`` and ``script
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:   # for annotations only: errors imports nothing that does I/O
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
     from hooks_runtime import HookResult
 
 
@@ -121,6 +121,7 @@ class BundleError(InvalidInput):
 
 class UnsafeBundle(BundleError):
     reference = "bundle-unsafe-member"
+    members: tuple[str, ...] = ()   # the refused members' names, where known (plan and validate list them)
 
 
 class DeploymentError(CdsimError):

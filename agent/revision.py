@@ -23,6 +23,7 @@ from agent.records import record as dataclass  # dataclasses' semantics, cheaper
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from urllib.parse import SplitResult
 
 __all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "RemoteRevision", "Revision", "S3Revision",
            "classify_location", "from_record", "revision_env", "to_record"]
@@ -158,7 +159,7 @@ def _s3(location: str, bundle_type: str) -> S3Revision:
                       version=query.get("versionId", [None])[0], etag=query.get("etag", [None])[0])
 
 
-def _github(location: str, parts, bundle_type: str) -> GitHubRevision:
+def _github(location: str, parts: SplitResult, bundle_type: str) -> GitHubRevision:
     gh_type = bundle_type if bundle_type in ("zip", "tar") else "zip"  # Q28: tgz/directory become zip
     if _host(parts.netloc) == "github.com":
         m = re.fullmatch(r"/([^/]+)/(.+)", parts.path)
