@@ -12,6 +12,7 @@ The state folder (``state_dir()``) holds::
     service/                                  `cdsim server`'s folder: credentials, server.json, S3 data
     service/agent-work/<instance>/            a `cdsim agent`'s downloads  (agent_work_dir)
     service/hosts/<instance>/                 a `cdsim agent --host`'s machine: deployment-root/, log/
+    aws/                                      the local AWS of instances: moto.sock, the CA, certs/  (aws_dir)
 
 A log folder holds the event streams, the one source of every report:
 ``<log dir>/cdsim-events/<deployment group id>/<deployment id>.jsonl`` (``events_dir``, ``events_file``).
@@ -27,7 +28,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["AGENT_LOG_DIR", "AGENT_ROOT_DIR", "EVENTS_FOLDER", "STATE_DIR_VARIABLE", "agent_work_dir",
+__all__ = ["AGENT_LOG_DIR", "AGENT_ROOT_DIR", "EVENTS_FOLDER", "STATE_DIR_VARIABLE", "agent_work_dir", "aws_dir",
            "events_dir", "events_file", "host_dir", "host_log_dir", "host_root_dir", "in_upper", "instance_dir",
            "instances_dir", "machine_log_dir", "machine_root_dir", "resolve", "service_dir", "service_host_dir",
            "state_dir"]
@@ -85,6 +86,10 @@ def instance_dir(name: str, state: str | None = None) -> str:
 
 def service_dir(state: str | None = None) -> str:
     return os.path.join(resolve(state), "service")
+
+
+def aws_dir(state: str | None = None) -> str:
+    return os.path.join(resolve(state), "aws")
 
 
 def agent_work_dir(instance: str, state: str | None = None) -> str:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 
 from agent.fsutil import atomic_write
+from agent.state import aws_dir
 
 AWS_ADDRESS = "169.254.169.250"
 DNS_ADDRESS = "169.254.169.253"
@@ -42,7 +43,7 @@ CA_NAME = "cdsim local AWS CA"
 # ---- the CA ---------------------------------------------------------------------------------------
 
 def ca_files(state: str) -> tuple[str, str]:
-    folder = os.path.join(state, "aws")
+    folder = aws_dir(state)
     return os.path.join(folder, "ca.pem"), os.path.join(folder, "ca.key")
 
 
@@ -88,7 +89,7 @@ class Certificates:
         self.state = state
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._lock = threading.Lock()
-        self._folder = os.path.join(state, "aws", "certs")
+        self._folder = os.path.join(aws_dir(state), "certs")
         os.makedirs(self._folder, mode=0o700, exist_ok=True)
 
     def context(self, name: str) -> ssl.SSLContext:

@@ -26,7 +26,7 @@ import urllib.parse
 from typing import Any
 from xml.etree import ElementTree
 
-from agent.state import instances_dir
+from agent.state import aws_dir, instances_dir
 
 ACCOUNT = "000000000000"
 START_TIMEOUT = 90.0
@@ -36,7 +36,7 @@ _MAIN = "import sys; from agent.instance.localaws import server_main; sys.exit(s
 
 
 def folder(state: str) -> str:
-    return os.path.join(state, "aws")
+    return aws_dir(state)
 
 
 def socket_path(state: str) -> str:
