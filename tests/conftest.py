@@ -83,6 +83,7 @@ def no_leftover_processes(monkeypatch: pytest.MonkeyPatch):
 FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
     "runas_user": ("root", "unprivileged"),
     "user_without_subids": ("root", "unprivileged"),
+    "nologin_user": ("root",),
     "state": ("instance",),            # a state folder whose instances are destroyed afterwards
     "instances_here": ("instance",),
     "cdsim_deploy": ("instance",),     # the plugin deploys into an instance where instances work
@@ -102,6 +103,8 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 # and single tests or classes (node id, relative to tests/, up to a "::" or a "[")
 NODE_MARKS: dict[str, tuple[str, ...]] = {
     "test_instance.py::TestUnprivilegedUser": ("instance",),
+    "test_sample_app.py::TestDeployments": ("instance",),   # namespaces of its own (unshare)
+    "test_toolkit.py::test_the_runner_sets_the_state_folder_and_env_wins_over_it": ("instance",),
     "test_pytest_plugin.py::test_fixture_deploys_and_reports_hooks_files_and_exec[instance]": ("instance",),
     "test_concurrency.py::test_two_cdsim_processes_on_one_instance_never_interleave": ("instance",),
     "test_logs.py::test_logs_and_history_read_inside_an_instance": ("instance",),

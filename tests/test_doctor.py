@@ -13,7 +13,7 @@ import yaml
 
 from agent.errors import ExitStatus
 from tests import lib
-from tests.lib import CLI, require_tool
+from tests.lib import CLI, IS_ROOT, REPO, require_tool
 
 
 def doctor(*args: str, env: dict | None = None) -> tuple[int, dict]:
@@ -41,7 +41,7 @@ def appspec(folder: Path, runas: list[str] = (), extra: str = "") -> Path:
 @pytest.fixture
 def nologin_user():
     """A real user whose shell refuses to run commands (as system accounts often have)."""
-    if os.geteuid() != 0:
+    if not IS_ROOT:   # also marked root (conftest's FIXTURE_MARKS), which skips first
         pytest.skip("creating a user needs root (CI runs as root)")
     name = f"cdsimnl{os.getpid() % 100000}"
     subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
@@ -140,8 +140,7 @@ class TestSchema:
 
     def test_shipped_appspecs_are_valid(self, validator):
         """The sample app's appspec and every broken variant's (their mistakes are not in the appspec)."""
-        root = Path(__file__).resolve().parent.parent
-        specs = [root / "sample_app" / "appspec.yml", *sorted((root / "sample_app_broken").rglob("appspec.yml"))]
+        specs = [REPO / "sample_app" / "appspec.yml", *sorted((REPO / "sample_app_broken").rglob("appspec.yml"))]
         assert len(specs) > 1
         for path in specs:
             errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from agent.appspec import parse_appspec
-from tests.lib import CLI, REPO, require_tool
+from tests.lib import CLI, REPO, needs_root, require_tool
 
 SAMPLE = REPO / "sample_app"
 BROKEN = REPO / "sample_app_broken"
@@ -350,8 +350,6 @@ set +e
 
 def _namespaces_usable() -> str | None:
     """Why the namespaced deployments cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (private mount/PID/network namespaces and an overlay on /etc)"
     require_tool("unshare", "util-linux")
     done = subprocess.run(["unshare", "--mount", "--pid", "--net", "--fork", "true"], capture_output=True, check=False)
     if done.returncode != 0:
@@ -382,6 +380,7 @@ def _scripts_logs(tmp_path: Path, group: str) -> list[str]:
             for d in dirs]
 
 
+@needs_root("private mount, PID and network namespaces and an overlay on /etc need root (CI runs as root)")
 class TestDeployments:
     def test_sample_deploys_twice_and_the_second_stop_ends_the_first_server(self, tmp_path):
         """Two deployments succeed; the second ApplicationStop stops the first server; the page is served."""
