@@ -2,7 +2,8 @@
 import re
 import sys
 
-text = open(sys.argv[1] if len(sys.argv) > 1 else "README.md", encoding="utf-8").read()
+with open(sys.argv[1] if len(sys.argv) > 1 else "README.md", encoding="utf-8") as f:
+    text = f.read()
 section = text.split("## Quick start", 1)[1]
 block = re.search(r"```[^\n]*\n(.*?)```", section, re.S).group(1)
 lines = [line for line in block.splitlines() if line.strip()]

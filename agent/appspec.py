@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 
 from agent.errors import AppSpecError
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
@@ -575,7 +576,9 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
 
     Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
     AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
-    import yaml
+    from agent.yaml_import import load_yaml
+
+    yaml = load_yaml()
     from yaml import events as ev
     from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
@@ -1001,7 +1004,7 @@ class _Parser:
                 ok = False
             else:
                 excepts = tuple(ev)
-                for item, v in zip(except_node.value, ev):
+                for item, v in zip(except_node.value, ev, strict=True):
                     if not isinstance(v, str):
                         self.crash("each except pattern", "a string", item, later=True)
                         ok = False
@@ -1033,7 +1036,7 @@ class _Parser:
         if node.id != "sequence":
             self.crash("type", "a list (type: [file] or type: [directory])", node)
             return None
-        for item, t in zip(node.value, v):
+        for item, t in zip(node.value, v, strict=True):
             if t not in ("file", "directory") or not isinstance(t, str):
                 self.fail(_msg_type(ruby_to_s(t)), item, code="invalid-permission-type",
                           hint="each type is file or directory")
@@ -1067,7 +1070,8 @@ class _Parser:
                     hint = (f"YAML 1.1 (Psych) reads the unquoted {node.value} as the base-60 number {ruby_to_s(v)}; "
                             "write the mode as octal digits, e.g. mode: '644'")
                 elif isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
-                    hint = f"YAML reads the unquoted {node.value} as the octal number {v}; quote it: mode: '{node.value}'"
+                    hint = (f"YAML reads the unquoted {node.value} as the octal number {v}; "
+                            f"quote it: mode: '{node.value}'")
                 self.fail(_msg_mode_char(mode, ch), node, code="invalid-mode", hint=hint)
                 return _CRASH
         return mode
@@ -1080,7 +1084,7 @@ class _Parser:
             self.crash("acls", "a list of ACL entries (- u:bob:rw)", node)
             return _CRASH
         out = []
-        for item, ace in zip(node.value, v):
+        for item, ace in zip(node.value, v, strict=True):
             if not isinstance(ace, str):
                 self.crash("each ACL entry", "a string such as u:bob:rw", item)
                 return _CRASH

@@ -26,26 +26,27 @@ from __future__ import annotations
 
 import bisect
 import errno
-import grp
-import gzip
 import io
 import os
-import pwd
-import queue
 import re
-import shutil
 import stat
 import struct
-import tarfile
 import threading
 import time
-import zipfile
+import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.revision import LocalRevision, Revision
+
+# tarfile, zipfile, gzip, queue, pwd and grp are imported where an archive is read, not here: a directory
+# bundle (and `cdsim local` of one) does without them (start-up)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import tarfile
+    import zipfile
 
 __all__ = ["ARCHIVE_DIR", "BUNDLE_LINK", "DEFAULT_LIMITS", "Limits", "Member", "check_archive_links",
            "check_members", "fetch_and_unpack", "list_members"]
@@ -102,10 +103,11 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     """Put ``revision`` into ``{deployment_dir}/deployment-archive`` as DownloadBundle does; return that path.
 
     ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
-    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed
-    the way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises ``BundleError`` (corrupt or
-    mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError`` (``same file: …``
-    when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem`` (``disk-full``).
+    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed the
+    way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises
+    ``BundleError`` (corrupt or mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError``
+    (``same file: …`` when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem``
+    (``disk-full``).
     A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
     extraction leaves it.
     """
@@ -155,6 +157,8 @@ def _link_bundle(source: str, link: str) -> None:
         _remove(link)
         os.symlink(source, link)
     except OSError:
+        import shutil
+
         shutil.copyfile(source, link)  # a filesystem without symlinks: the agent's copy fallback
 
 
@@ -165,6 +169,8 @@ def _remove(path: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil
+
         shutil.rmtree(path)
     else:
         os.unlink(path)
@@ -279,11 +285,12 @@ def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
         if "\n" in name or name != name.rstrip(" \t\n\v\f\r"):  # see _split: the journal could not name it
             raise _unsafe(rel + name, "has a newline in its name or a name ending in white space "
                                       "(the cleanup journal could not name it)")
-        mode = entry.stat(follow_symlinks=False).st_mode
+        st = entry.stat(follow_symlinks=False)
+        mode = st.st_mode
         if stat.S_ISREG(mode):
             if mode & (stat.S_ISUID | stat.S_ISGID):
                 raise _unsafe(rel + name, "has a setuid/setgid bit")
-            _copy_file(name, sfd, dfd, mode)
+            _copy_file(name, sfd, dfd, mode, st.st_size)
         elif stat.S_ISDIR(mode):
             _make_dir(name, dfd)
             csfd = os.open(name, _DIR_OPEN, dir_fd=sfd)
@@ -307,7 +314,7 @@ def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
             raise _unsafe(rel + name, f"is {_SPECIAL[_kind_of(mode)]}")
 
 
-def _copy_file(name: str, sfd: int, dfd: int, mode: int) -> None:
+def _copy_file(name: str, sfd: int, dfd: int, mode: int, size: int) -> None:
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -320,18 +327,23 @@ def _copy_file(name: str, sfd: int, dfd: int, mode: int) -> None:
             _clear(name, dfd)  # merging onto a symlink or folder: replace it, never write through it
             dst = os.open(name, flags, mode & 0o7777, dir_fd=dfd)
         try:
-            _copy_data(src, dst)
+            _copy_data(src, dst, size)
         finally:
             os.close(dst)
     finally:
         os.close(src)
 
 
-def _copy_data(src: int, dst: int) -> None:
-    """Kernel-side copy to end of file (copy_file_range, else sendfile)."""
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """Kernel-side copy to end of file (copy_file_range, else sendfile). ``size``: the file's size when
+    it was listed; a short copy that reaches it is taken as the end (the install step copies that way
+    too), which saves the second system call that would only return 0."""
     try:
-        while os.copy_file_range(src, dst, 1 << 30):
-            pass
+        done = 0
+        while n := os.copy_file_range(src, dst, 1 << 30):
+            done += n
+            if done == size and n < 1 << 30:
+                return
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
@@ -510,13 +522,15 @@ def _compression(path: str) -> str | None:
 
 
 def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
+    import tarfile
+
     # GNU tar -x auto-detects compression, so a tgz declared as tar works; -z insists on gzip (§4.5).
     if _compression(path) == "gzip":
         # Inflate on a second thread, as tar -z does with its gzip child. Anything that fails to open
         # this way is opened again below so the error is tarfile's own, word for word.
         reader = _GzipPrefetch(path)
         try:
-            tf = tarfile.TarFile.taropen(path, "r", reader)
+            tf = tarfile.TarFile.taropen(path, "r", reader)  # noqa: SIM115 - returned open, the caller closes it
         except BaseException as e:
             reader.close()
             if not isinstance(e, Exception):
@@ -532,16 +546,27 @@ def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
 
 
 class _GzipPrefetch:
-    """A gzip file read forward only, inflated ahead by a background thread (zlib releases the GIL), so
-    a second core decompresses while this one writes the members. The data, and any error, come out
-    exactly as ``gzip.GzipFile`` gives them, in stream order. For tarfile: read, tell, forward seek."""
+    """A gzip file read forward only, inflated ahead by a background thread, so a second core
+    decompresses while this one writes the members. The data, and any error at the end, come out as
+    ``gzip.GzipFile`` gives them (before an error, as with GzipFile, how much of the stream comes first
+    depends on the read sizes). For tarfile: read, tell, forward seek.
+
+    The thread inflates a stream of one gzip member in 1 MiB steps (one call per MiB, the GIL released
+    while it inflates and taken back a few times per call: GzipFile's 8 KiB steps took it back from the
+    main thread thousands of times), with zlib-ng where it is installed (about twice zlib's speed), else
+    zlib. Anything else
+    (several members, data after the member, a corrupt or truncated stream, a header zlib reads
+    differently) goes to ``gzip.GzipFile`` from the same point of the output, which then gives its own
+    data and errors."""
 
     _AHEAD = 8  # chunks of _CHUNK bytes inflated ahead at most
 
     def __init__(self, path: str):
+        import queue
+
         self.name = path
-        self._gz = gzip.GzipFile(path, "rb")
-        self._queue: queue.Queue = queue.Queue(self._AHEAD)
+        self._raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
         self._stop = threading.Event()
         self._buf = b""
         self._off = 0
@@ -552,15 +577,59 @@ class _GzipPrefetch:
 
     def _inflate(self) -> None:
         try:
-            while not self._stop.is_set():
-                chunk = self._gz.read(_CHUNK)
-                self._put(chunk)
-                if not chunk:
-                    return
+            done = self._inflate_member()
+            if done is not None:
+                self._inflate_gzipfile(done)
         except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
             self._put(e)
 
-    def _put(self, item) -> None:
+    def _inflate_member(self) -> int | None:
+        """Inflate a stream made of one gzip member and nothing after it. None once it has all been
+        handed over (or the reader stopped); else the bytes handed over so far, for GzipFile to go on."""
+        inflater = _inflater()
+        d = inflater.decompressobj(31)  # 31: a gzip header and trailer (CRC-32, size), both checked
+        done = 0
+        while not self._stop.is_set():
+            data = self._raw.read(_CHUNK)
+            if not data:
+                return done  # truncated: GzipFile says how
+            try:
+                while True:
+                    out = d.decompress(data, _CHUNK)  # at most _CHUNK out per call: no bomb in memory
+                    if out:
+                        self._put(out)
+                        done += len(out)
+                    data = d.unconsumed_tail
+                    if d.eof or (not data and len(out) < _CHUNK):
+                        break
+            except inflater.error:
+                return done
+            if d.eof:
+                if d.unused_data or self._raw.read(1):
+                    return done  # another member, or padding or junk after it: GzipFile's rules
+                self._put(b"")
+                return None
+        return None
+
+    def _inflate_gzipfile(self, skip: int) -> None:
+        """The rest of the stream through gzip.GzipFile, after the ``skip`` bytes already handed over."""
+        import gzip
+
+        with gzip.GzipFile(self.name, "rb") as gz:
+            while skip > 0:  # the same bytes again (inflating is deterministic): not handed over twice
+                got = gz.read(min(skip, _CHUNK))
+                if not got:
+                    break
+                skip -= len(got)
+            while not self._stop.is_set():
+                chunk = gz.read(_CHUNK)
+                self._put(chunk)
+                if not chunk:
+                    return
+
+    def _put(self, item: bytes | BaseException) -> None:
+        import queue
+
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -616,6 +685,8 @@ class _GzipPrefetch:
         return self._pos
 
     def close(self) -> None:
+        import queue
+
         self._stop.set()
         while True:  # unblock a pending put
             try:
@@ -623,7 +694,17 @@ class _GzipPrefetch:
             except queue.Empty:
                 break
         self._thread.join()
-        self._gz.close()
+        self._raw.close()
+
+
+def _inflater() -> types.ModuleType:
+    """zlib-ng's zlib-compatible module where it is installed (a dependency; wheels for the usual
+    platforms), else the standard library's zlib: the same API, the same output."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        return zlib
+    return zlib_ng
 
 
 def _corrupt(path: str, bundle_type: str, cause: BaseException | str) -> BundleError:
@@ -650,10 +731,22 @@ class _Owners:
         self._gids: dict[str, int | None] = {}
 
     def uid(self, name: str, number: int) -> int:
-        return _by_name(self._uids, lambda n: pwd.getpwnam(n).pw_uid, name, number)
+        return _by_name(self._uids, _uid_of, name, number)
 
     def gid(self, name: str, number: int) -> int:
-        return _by_name(self._gids, lambda n: grp.getgrnam(n).gr_gid, name, number)
+        return _by_name(self._gids, _gid_of, name, number)
+
+
+def _uid_of(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
 
 
 def _by_name(cache: dict[str, int | None], lookup: Callable[[str], int], name: str, number: int) -> int:
@@ -671,6 +764,8 @@ def _by_name(cache: dict[str, int | None], lookup: Callable[[str], int], name: s
 
 def _tar_members(tf: tarfile.TarFile, path: str, bundle_type: str,
                  limits: Limits) -> Iterator[tuple[Member, tarfile.TarInfo]]:
+    import tarfile
+
     budget = _Budget(path, limits)
     owners = _Owners()
     try:
@@ -714,8 +809,9 @@ def _tar_infos(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
-_FAST_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
-                         tarfile.LNKTYPE))
+_BLOCK = 512  # tarfile.BLOCKSIZE
+# tarfile's REGTYPE, AREGTYPE, DIRTYPE, SYMTYPE, LNKTYPE
+_FAST_TYPES = frozenset((b"0", b"\0", b"5", b"2", b"1"))
 
 
 # mode, uid, gid, size, mtime as 7/7/7/11/11 octal digits each ended by a NUL
@@ -735,13 +831,13 @@ def _fast_headers(tf: tarfile.TarFile) -> Callable[[], tarfile.TarInfo | None] |
     if isinstance(src, _GzipPrefetch):
         def read(offset: int) -> bytes:
             src.seek(offset)
-            return src.read(tarfile.BLOCKSIZE)
+            return src.read(_BLOCK)
         unread = src.unread
     elif type(src) is io.BufferedReader:
         fd = src.fileno()
 
         def read(offset: int) -> bytes:
-            return os.pread(fd, tarfile.BLOCKSIZE, offset)
+            return os.pread(fd, _BLOCK, offset)
 
         def unread(_buf: bytes) -> None:
             pass
@@ -760,7 +856,7 @@ def _fast_headers(tf: tarfile.TarFile) -> Callable[[], tarfile.TarInfo | None] |
         except _Unusual:
             unread(buf)
             return None
-        tf.offset = info.offset_data + (-(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        tf.offset = info.offset_data + (-(-info.size // _BLOCK) * _BLOCK
                                         if info.isreg() else 0)
         return info
     return fast
@@ -788,7 +884,9 @@ def _tar_text(field: bytes, encoding: str, errors: str) -> str:
 def _parse_header(buf: bytes, offset: int, encoding: str, errors: str) -> tarfile.TarInfo:
     """``TarInfo.frombuf`` + ``_proc_builtin`` (no pax state) for a plain header, field for field;
     ``_Unusual`` for any other block."""
-    if len(buf) != tarfile.BLOCKSIZE:
+    import tarfile
+
+    if len(buf) != _BLOCK:
         raise _Unusual
     (name, mode, uid, gid, size, mtime, chksum, kind, linkname, _magic, _version, uname, gname,
      devmajor, devminor, prefix) = _HEADER.unpack_from(buf)
@@ -858,6 +956,8 @@ class _Budget:
 
 
 def _open_zip(path: str) -> zipfile.ZipFile:
+    import zipfile
+
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
@@ -912,6 +1012,8 @@ def _unzip_name(name: str, warn: Callable[[str], None]) -> str:
 
 
 def _read_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
+    import zipfile
+
     try:
         return zf.read(info)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
@@ -929,7 +1031,7 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
             return float(struct.unpack_from("<i", body, 1)[0])
         i += 4 + length
     try:
-        return time.mktime(info.date_time + (0, 0, -1))
+        return time.mktime((*info.date_time, 0, 0, -1))
     except (OverflowError, ValueError):
         return None
 
@@ -938,13 +1040,16 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
 # Safety check (pure)
 
 _DRIVE = re.compile(r"[A-Za-z]:")
+# a path component ending in white space: the last character of a component is the one before a "/"
+# or the end (one search instead of a strip per component)
+_WHITE_END = re.compile(r"[ \t\n\v\f\r](?:/|\Z)")
 
 
 def _split(name: str) -> tuple[tuple[str, ...], str | None]:
     """A member name as path components inside the archive folder, or why it would leave it."""
     if "\x00" in name:
         return (), "has a NUL byte in its name"
-    if "\n" in name or any(p != p.rstrip(" \t\n\v\f\r") for p in name.split("/")):
+    if "\n" in name or _WHITE_END.search(name):
         # the cleanup journal holds one path a line, stripped (§3.2): such a path would be read
         # back as another one, and the next Install's cleanup would delete that
         return (), ("has a newline in its name or a name ending in white space "
@@ -955,13 +1060,13 @@ def _split(name: str) -> tuple[tuple[str, ...], str | None]:
         return (), "starts with a drive letter"
     if "\\" in name and ".." in re.split(r"[\\/]", name):
         return (), "leaves the archive folder through '..' (with backslashes)"
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    parts = tuple([p for p in name.split("/") if p and p != "."])
     if ".." in parts:
         return (), "leaves the archive folder through '..'"
     return parts, None
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen __init__ sets each field through object.__setattr__ (one per member)
 class _Step:
     member: Member
     parts: tuple[str, ...]                   # () is the archive folder itself
@@ -1151,6 +1256,8 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
     while size > 0:
         n = os.copy_file_range(src, dst, size, offset)
         if n == 0:  # a truncated archive: tarfile's own words for it
+            import tarfile
+
             raise tarfile.ReadError("unexpected end of data")
         offset += n
         size -= n
@@ -1162,6 +1269,8 @@ def _copy_stream(src, offset: int, size: int, dst: int) -> None:
     while size > 0:
         chunk = src.read(min(size, _CHUNK))
         if not chunk:  # a truncated archive: tarfile's own words for it
+            import tarfile
+
             raise tarfile.ReadError("unexpected end of data")
         size -= len(chunk)
         view = memoryview(chunk)
@@ -1182,6 +1291,10 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
     like unzip: a mode only where the entry has one (else its ``create_mode`` less the umask), symlinks
     get no mtime, a folder's entry that comes after its contents is ignored.
     Folder metadata is set last, deepest first, so creating their contents does not change it."""
+    import gzip
+    import tarfile
+    import zipfile
+
     tree = _Tree(archive_dir)
     folders: dict[tuple[str, ...], Member] = {}
     made: set[tuple[str, ...]] = set()  # the folder started empty: only these paths can exist

@@ -6,13 +6,15 @@ stays fast.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
 
 from agent import __version__
 from agent.errors import CdsimError, ExitStatus, exit_status_for
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    import argparse
 
 # subcommand name -> module under agent.commands
 COMMANDS = {
@@ -55,6 +57,8 @@ SUMMARIES = {
 
 
 def _base_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: `cdsim local` parses its command line the agent's way
+
     p = argparse.ArgumentParser(
         prog="cdsim",
         description="A local AWS CodeDeploy agent: validate, plan and run CodeDeploy revisions "
@@ -67,6 +71,8 @@ def _base_parser() -> argparse.ArgumentParser:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command; with ``only``, only that command's module is imported (the
     others are placeholders that still list in --help; ``only=""`` imports none)."""
+    import importlib
+
     parser = _base_parser()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
@@ -87,6 +93,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def _summary(name: str, module: str) -> str:
     if name in SUMMARIES:
         return SUMMARIES[name]
+    import importlib
+
     try:
         mod = importlib.import_module(f"agent.commands.{module}")
     except ImportError:
@@ -116,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("CDSIM_DEBUG"))
     # `cdsim local ...` takes codedeploy-local's own command line, parsed the agent's way
     rest = [a for a in argv if a != "--debug"]
+    if rest == ["--version"]:  # what argparse's version action prints, without importing argparse
+        print(f"cdsim {__version__}")
+        return 0
     if rest and rest[0] == "local":
         from agent.commands import local
         return _run(local.run_argv, rest[1:], debug)

@@ -11,7 +11,6 @@ import os
 import sys
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from agent import lifecycle
 from agent.agentlog import AgentLog
@@ -19,7 +18,13 @@ from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
 from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFailed, HookTimedOut
 from agent.events import EventStream
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.revision import LocalRevision, Revision, revision_env
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from agent.appspec import AppSpec
 
 DEFAULT_GROUP_ID = "default-local-deployment-group"
 DEFAULT_GROUP_NAME = "LocalFleet"
@@ -91,6 +96,7 @@ class _Deployment:
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
         self.hooks: list = []
+        self._parsed: dict[tuple[str, bytes], AppSpec] = {}  # (file name, bytes) -> its parse
         self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
     # -- events --------------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ class _Deployment:
         from agent import bundle
 
         if self._max_revisions is None:
-            self.cfg.max_revisions  # raises the configuration error
+            _ = self.cfg.max_revisions  # raises the configuration error
         removed = self.root.apply_retention(self.did, self._max_revisions)
         rev = self.req.revision
         if isinstance(rev, LocalRevision):
@@ -168,7 +174,7 @@ class _Deployment:
                 return path
         return join(archive, "appspec.yml")
 
-    def _parse(self, path: str):
+    def _parse(self, path: str) -> AppSpec:
         from agent.appspec import parse_appspec
 
         # cdsim, not the agent: an appspec that is a link out of the revision is not read (its values
@@ -187,7 +193,13 @@ class _Deployment:
             raise DeploymentError(f"No such file or directory @ rb_sysopen - {path}") from None
         except IsADirectoryError:
             raise DeploymentError(f"Is a directory @ io_fread - {path}") from None
-        return parse_appspec(data, filename=os.path.basename(path))
+        # The file is read for every event, as the agent reads it (a hook may change it); the same
+        # bytes parse to the same spec, so a parse is kept for the next event that reads them.
+        key = (os.path.basename(path), data)
+        spec = self._parsed.get(key)
+        if spec is None:
+            spec = self._parsed[key] = parse_appspec(data, filename=key[0])
+        return spec
 
     def install(self) -> None:
         from agent import install as installer
@@ -244,8 +256,6 @@ class _Deployment:
 
     def hook_event(self, event: str) -> None:
         from agent.appspec import appspec_not_found_message
-        from hooks_runtime import HookLog, Script, run_script
-        from hooks_runtime.environment import missing_command_hint
 
         rev_dir = self._revision_dir_for(event)
         if rev_dir is None:
@@ -263,6 +273,10 @@ class _Deployment:
         scripts = spec.scripts_for(event)
         if not scripts:
             return
+        # here, not at the top: a deployment without hooks never imports the hooks runtime (start-up)
+        from hooks_runtime import HookLog, Script, run_script
+        from hooks_runtime.environment import missing_command_hint
+
         # cdsim, not the agent (§5.5 allows '..'): a script must be a file of the revision
         archive = os.path.normpath(join(rev_dir, "deployment-archive"))
         previous = rev_dir != self.root.deployment_dir(self.did)

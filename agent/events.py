@@ -35,7 +35,7 @@ class EventStream:
         self._file = None
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the stream's life; close()
 
     def emit(self, type_: str, **fields) -> dict:
         record = {"schema": SCHEMA_VERSION, "type": type_, "time": round(time.time(), 6),

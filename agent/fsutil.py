@@ -7,7 +7,6 @@ afterwards or calls ``os.umask()`` (which would change the umask of every thread
 from __future__ import annotations
 
 import os
-import secrets
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -27,7 +26,7 @@ def atomic_write(path: str, data: bytes | str, *, private: bool = False) -> None
     folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
     while True:
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(folder, f".{base}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, _CREATE, 0o600 if private else 0o666)
             break

@@ -546,7 +546,8 @@ class _Lint:
                     hints.append(f"did you mean {close[0]} instead of {u}?")
             hints.append("a custom event runs only with cdsim local --events " + ",".join(unknown))
             self.add("error", "unknown-lifecycle-event",
-                     f"{appspec_basename} file contains unknown lifecycle events: {lifecycle.ruby_inspect_list(unknown)}",
+                     f"{appspec_basename} file contains unknown lifecycle events: "
+                     f"{lifecycle.ruby_inspect_list(unknown)}",
                      shown, mark, " ".join(hints))
         for event, scripts in spec.hooks:
             total = sum(s.timeout for s in scripts)
@@ -593,7 +594,8 @@ class _Lint:
             return
         if not head.startswith(b"#!"):
             self.add("warning", "script-no-shebang", f"script {s.location} ({event}) has no #! line: the "
-                     "agent runs it with /bin/sh", shown, s.mark, hint="start it with #!/bin/bash (or your interpreter)")
+                     "agent runs it with /bin/sh", shown, s.mark,
+                     hint="start it with #!/bin/bash (or your interpreter)")
             return
         first = head.split(b"\n", 1)[0]
         if first.endswith(b"\r"):

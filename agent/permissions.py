@@ -7,11 +7,12 @@ with these rules, agent.plan explains them. Messages are the agent's, verbatim.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 from agent.appspec import AclEntry, Permission
 from agent.errors import DeploymentError
+from agent.records import field
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 # Why a candidate path below (or not below) a permission's object is or is not affected.
 MATCH = "match"

@@ -187,7 +187,8 @@ class DeployTarget:
                           tuple(records), self)
 
     # -- exec --------------------------------------------------------------------------------------
-    def exec(self, *argv: str, input: str | None = None, check: bool = False,
+    def exec(self, *argv: str, input: str | None = None,  # noqa: A002 - subprocess.run's input=, as users know it
+             check: bool = False,
              timeout: float = 600) -> subprocess.CompletedProcess:
         """Run ``argv`` where the bundle is deployed (inside the instance as its root, or here) and
         capture its output as text."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from agent.errors import UsageError
+from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
 __all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "Revision", "S3Revision",
            "classify_location", "revision_env"]
@@ -83,6 +82,8 @@ def classify_location(location: str, bundle_type: str, cwd: str) -> Revision:
     if scheme == "s3":
         return _s3(location, bundle_type)
     if scheme == "https":
+        from urllib.parse import urlsplit  # here: a local path (nearly every run) needs no URL parsing
+
         parts = urlsplit(location)
         if _host(parts.netloc).endswith("github.com"):
             return _github(location, parts, bundle_type)
@@ -107,6 +108,8 @@ def _host(netloc: str) -> str:
 
 
 def _s3(location: str, bundle_type: str) -> S3Revision:
+    from urllib.parse import parse_qs, urlsplit
+
     parts = urlsplit(location)
     if not parts.path.startswith("/"):
         raise UsageError(f"s3 location {location} not in the expected format of 's3://bucket/key'")
@@ -133,6 +136,8 @@ def _github(location: str, parts, bundle_type: str) -> GitHubRevision:
 
 
 def _file_url_path(location: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
     parts = urlsplit(location)
     if _host(parts.netloc) not in ("", "localhost") or not parts.path.startswith("/"):
         raise UsageError(f"location {location} is not a file URL of this machine "

@@ -1,10 +1,15 @@
 """Issue 9's table: every figure against its floor measured in the same run.
 
     python bench/all.py [--files 20000] [--runs 5] [--where /dev/shm /var/tmp] [--only NAME ...]
+                        [--agent "codedeploy-local"]
 
-NAMEs: dir tgz big redeploy plan hooks startup fleet memory. File figures are measured on tmpfs
+NAMEs: dir tgz big redeploy plan hooks startup e2e fleet memory. File figures are measured on tmpfs
 (/dev/shm: our code, not the disk) and on the disk (/var/tmp: slow for metadata here, so a full run takes
-several minutes). Prints each figure as it is measured, then the table in Markdown.
+several minutes). Prints each figure as it is measured, then the table in Markdown, with the machine's
+cores and load: each figure's "load" column gives the 1-minute load average at its start and the cores
+other work kept busy while it was measured (LOADED above half the cores: its figure is not a quiet one).
+With --agent, the e2e figures also time the real agent (codedeploy-local, or a stand-in taking its
+flags) on the same bundles in the same run.
 """
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import TMPFS, WHERE, Row, table
+from common import TMPFS, WHERE, LoadMeter, Row, table
 
-NAMES = ("dir", "tgz", "big", "redeploy", "plan", "hooks", "startup", "fleet", "memory")
+NAMES = ("dir", "tgz", "big", "redeploy", "plan", "hooks", "startup", "e2e", "fleet", "memory")
+
+
+HOOK_OUTPUT = 1.1  # target for the hook printing 200 MB, x its output sent to /dev/null
 
 
 def hook_rows(runs: int) -> list[Row]:
@@ -29,7 +37,7 @@ def hook_rows(runs: int) -> list[Row]:
     except ImportError as e:
         return [Row("per-hook overhead, 50 no-op hooks", "", "subprocess.run", None, None, None, "ms each", 5.0,
                     note=f"not available: {e}"),
-                Row("hook printing 200 MB in lines", "", "output to /dev/null", None, None, None, "x", 1.15,
+                Row("hook printing 200 MB in lines", "", "output to /dev/null", None, None, None, "x", HOOK_OUTPUT,
                     note=f"not available: {e}")]
     hooks.OUTPUT_BYTES = 200_000_000  # the issue's figure; the script's own default is smaller
     work = tempfile.mkdtemp(prefix="cdsim-bench-", dir=TMPFS if os.path.isdir(TMPFS) else None)
@@ -39,7 +47,7 @@ def hook_rows(runs: int) -> list[Row]:
                 "ms each", 5.0)
         print(a.line(), flush=True)
         took, null, ratio = hooks.throughput(work, runs)
-        b = Row("hook printing 200 MB in lines", TMPFS, "output to /dev/null", null, took, ratio, "x", 1.15)
+        b = Row("hook printing 200 MB in lines", TMPFS, "output to /dev/null", null, took, ratio, "x", HOOK_OUTPUT)
         print(b.line(), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -52,38 +60,67 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--where", nargs="+", default=list(WHERE))
     ap.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    ap.add_argument("--agent", default=None,
+                    help='the real agent\'s command (e.g. "codedeploy-local"): e2e times it on the same bundles')
     args = ap.parse_args()
     runs = max(5, args.runs)
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     rows: list[Row] = []
     for name in NAMES:
         if name not in args.only:
             continue
-        if name in ("dir", "tgz", "big"):
-            import install
-            rows += install.rows([name], args.files, runs, args.where)
-        elif name == "redeploy":
-            import redeploy
-            rows += redeploy.rows(args.files, runs, args.where)
-        elif name == "plan":
-            import plan
-            rows += plan.rows(args.files, runs, args.where)
-        elif name == "hooks":
-            rows += hook_rows(runs)
-        elif name == "startup":
-            import startup
-            rows += startup.rows(max(9, runs))
-        elif name == "fleet":
-            import fleet
-            rows += fleet.rows(runs)
-        elif name == "memory":
-            import memory
-            rows += memory.rows(args.files, runs, [TMPFS])
+        with LoadMeter() as meter:
+            got = measure(name, args, runs)
+        for r in got:
+            r.load = meter.load
+        rows += got
+    cores = os.cpu_count()
     print()
-    print(f"cores: {os.cpu_count()}, {time.monotonic() - started:.0f} s, median of {runs} pairs each")
+    print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {cores} cores, load average {fmt_load(load_at_start)} at the "
+          f"start and {fmt_load(os.getloadavg())} at the end, {time.monotonic() - started:.0f} s, median of {runs} "
+          "pairs each")
+    loaded = [r for r in rows if r.load and r.load.loaded]
+    print("load column: 1-minute load at the figure's start / cores other work kept busy during it"
+          + (f"; {len(loaded)} figure(s) LOADED (other work above half the cores): not quiet figures"
+             if loaded else ""))
     print(table(rows))
     missed = [r for r in rows if r.met is False]
     return 1 if missed else 0
+
+
+def fmt_load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in avg)
+
+
+def measure(name: str, args: argparse.Namespace, runs: int) -> list[Row]:
+    rows: list[Row] = []
+    if name in ("dir", "tgz", "big"):
+        import install
+        rows += install.rows([name], args.files, runs, args.where)
+    elif name == "redeploy":
+        import redeploy
+        rows += redeploy.rows(args.files, runs, args.where)
+    elif name == "plan":
+        import plan
+        rows += plan.rows(args.files, runs, args.where)
+    elif name == "hooks":
+        rows += hook_rows(runs)
+    elif name == "startup":
+        import startup
+        rows += startup.rows(max(9, runs))
+    elif name == "e2e":
+        import shlex
+
+        import e2e
+        rows += e2e.rows(5000, max(9, runs), args.where, agent=shlex.split(args.agent) if args.agent else None)
+    elif name == "fleet":
+        import fleet
+        rows += fleet.rows(runs)
+    elif name == "memory":
+        import memory
+        rows += memory.rows(args.files, runs, [TMPFS])
+    return rows
 
 
 if __name__ == "__main__":

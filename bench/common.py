@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,21 +36,87 @@ class Row:
     floor_value: float | None  # seconds (or ms/MB as the unit says); None when skipped
     cdsim_value: float | None
     value: float | None        # what the target applies to
-    unit: str                  # "x" (ratio), "ms each", "s above", "MB"
-    target: float
+    unit: str                  # "x" (ratio), "ms each", "s above", "s", "MB", "x faster"
+    target: float | None       # None: a figure reported, not judged (e.g. the real agent against cdsim)
     note: str = ""
+    load: Load | None = None   # the machine's load while this figure was measured (all.py fills it)
 
     @property
     def met(self) -> bool | None:
-        return None if self.value is None else self.value <= self.target
+        if self.value is None or self.target is None:
+            return None
+        return self.value <= self.target
 
     def line(self) -> str:
         if self.value is None:
             return f"{self.figure}: {self.note or 'not measured'}"
         where = f" on {self.where}" if self.where else ""
+        judged = ("" if self.target is None else
+                  f" (target <= {self.target:g} {self.unit}: {'met' if self.met else 'MISSED'})")
+        load = f" [{self.load.text()}]" if self.load else ""
         return (f"{self.figure}{where}: floor ({self.floor}) {self.floor_value:.3f}, cdsim {self.cdsim_value:.3f} "
-                f"-> {self.value:.2f} {self.unit} (target <= {self.target:g} {self.unit}: "
-                f"{'met' if self.met else 'MISSED'}){' ' + self.note if self.note else ''}")
+                f"-> {self.value:.2f} {self.unit}{judged}{' ' + self.note if self.note else ''}{load}")
+
+
+# ------------------------------------------------------------------------------------------- load
+
+LOADED = 0.5  # a figure is marked as measured under load above this many busy cores per core
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat), None where unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Load:
+    """How busy the machine was with *other* work while one figure was measured: the 1-minute load
+    average at its start, and the cores other processes kept busy on average during it (the machine's
+    busy CPU time from /proc/stat less this benchmark's own and its children's, over the wall time)."""
+
+    load1: float
+    others: float | None  # cores busy with other work, on average
+    cores: int
+
+    @property
+    def loaded(self) -> bool:
+        """Other work kept more than LOADED x cores busy (where /proc/stat is unreadable: the 1-minute
+        load average, which also counts this benchmark's own previous figure, said so)."""
+        busy = self.load1 if self.others is None else self.others
+        return busy > LOADED * self.cores
+
+    def text(self) -> str:
+        others = "?" if self.others is None else f"{self.others:.2f}"
+        return f"load {self.load1:.2f}, others {others} cores" + (" UNDER LOAD" if self.loaded else "")
+
+
+class LoadMeter:
+    """``with LoadMeter() as m: ...`` then ``m.load``: the machine's load during the block."""
+
+    def __enter__(self) -> LoadMeter:
+        self.load1 = os.getloadavg()[0]
+        self.t0, self.busy0, self.own0 = time.monotonic(), _busy_seconds(), _own_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.monotonic() - self.t0, 1e-6)
+        busy1 = _busy_seconds()
+        others = None
+        if self.busy0 is not None and busy1 is not None:
+            others = max(0.0, ((busy1 - self.busy0) - (_own_seconds() - self.own0)) / wall)
+        self.load = Load(self.load1, others, os.cpu_count() or 1)
 
 
 def print_rows(rows: list[Row]) -> None:
@@ -58,20 +125,24 @@ def print_rows(rows: list[Row]) -> None:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("figure", "where", "floor", "floor", "cdsim", "value", "target", "met?")
+    head = ("figure", "where", "floor", "floor", "cdsim", "value", "target", "met?", "load")
     lines = [head]
     for r in rows:
+        target = "-" if r.target is None else f"<= {r.target:g} {r.unit}"
+        load = "-" if r.load is None else (f"{r.load.load1:.2f} / " +
+                                           ("?" if r.load.others is None else f"{r.load.others:.2f}") +
+                                           (" LOADED" if r.load.loaded else ""))
         if r.value is None:
-            lines.append((r.figure, r.where or "-", r.floor, "-", "-", "-", f"<= {r.target:g} {r.unit}",
-                          r.note or "skipped"))
+            lines.append((r.figure, r.where or "-", r.floor, "-", "-", "-", target, r.note or "skipped", load))
             continue
-        fmt = "{:.3f}s" if r.unit in ("x", "s above") else "{:.2f}"
+        fmt = "{:.3f}s" if r.unit in ("x", "s above", "s", "x faster") else "{:.2f}"
+        met = "-" if r.met is None else ("yes" if r.met else "NO")
         lines.append((r.figure, r.where or "-", r.floor, fmt.format(r.floor_value), fmt.format(r.cdsim_value),
-                      f"{r.value:.2f} {r.unit}", f"<= {r.target:g} {r.unit}", "yes" if r.met else "NO"))
+                      f"{r.value:.2f} {r.unit}", target, met, load))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = []
     for n, line in enumerate(lines):
-        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths)) + " |")
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
         if n == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)

@@ -27,7 +27,8 @@ OUTPUT_BYTES = 50_000_000
 # Lines of ~100 bytes produced by awk (a fast, buffered producer, like a build or a package manager
 # printing a log): 500 000 lines.
 PRINTER = """#!/bin/sh
-awk -v n={lines} 'BEGIN {{ for (i = 0; i < n; i++) printf "line %08d the quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuv\\n", i }}'{redirect}
+awk -v n={lines} 'BEGIN {{ for (i = 0; i < n; i++)
+    printf "line %08d the quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuv\\n", i }}'{redirect}
 """
 
 

@@ -25,7 +25,7 @@ from agent.bundle import fetch_and_unpack
 from agent.install import install
 from agent.revision import LocalRevision
 
-TARGETS = {"dir": 1.3, "tgz": 1.3, "big": 1.2}
+TARGETS = {"dir": 1.3, "tgz": 1.3, "big": 1.2, "big-tgz": 1.0}
 
 
 def deploy(location: str, kind: str, root: str) -> None:
@@ -87,7 +87,7 @@ def rows(figures: list[str], files: int, runs: int, where: list[str]) -> list[Ro
             else:
                 for kind in ("directory", "tgz"):
                     out.append(measure(w, f"DownloadBundle+Install, 200 x 1 MiB, {kind}", kind,
-                                       200, (1 << 20, 1 << 20), runs, TARGETS[fig]))
+                                       200, (1 << 20, 1 << 20), runs, TARGETS["big-tgz" if kind == "tgz" else fig]))
             print_rows(out[-1:] if fig != "big" else out[-2:])
     return out
 

@@ -20,7 +20,7 @@ from install import deploy
 from agent.appspec import parse_appspec
 from agent.install import install
 
-TARGET = 1.5
+TARGET = 1.3
 
 
 def measure(where: str, files: int, runs: int) -> Row:

@@ -109,7 +109,7 @@ _NOT_FOUND = (
     re.compile(r"^\S*sh: ([^\s:/][^\s:]*): command not found\s*$"),       # bash -c
     re.compile(r": \d+: ([^\s:/][^\s:]*): not found\s*$"),                # dash
     re.compile(r"command not found: ([^\s:/]\S*)\s*$"),                   # zsh
-    re.compile(r"env: ['‘]([^'’/]+)['’]: No such file or directory\s*$"),  # #!/usr/bin/env NAME
+    re.compile(r"env: ['\u2018]([^'\u2019/]+)['\u2019]: No such file or directory\s*$"),  # #!/usr/bin/env NAME
 )
 
 

@@ -315,7 +315,8 @@ class _Run:
                               f"({script.timeout} s); {holder_fix(stream.lower())}")
         stats = {pid: read_stat(pid) for pid in self.holders}
         self._end({pid: st for pid, st in stats.items() if st is not None and st.alive}, group=False)
-        return ScriptErrorCode.OUTPUTS_LEFT_OPEN, f"Script at specified location: {script.location} failed to close {stream}"
+        return (ScriptErrorCode.OUTPUTS_LEFT_OPEN,
+                f"Script at specified location: {script.location} failed to close {stream}")
 
     def _end(self, targets: dict[int, ProcStat], *, group: bool) -> None:
         """SIGTERM (to the script's process group too when ``group``), up to ``grace`` seconds for

@@ -122,7 +122,7 @@ SLOW: tuple[str, ...] = (
     # whole files: real deployments through the CLI, killed processes, fuzzing, nested pytest runs
     "hostile/test_corpus.py", "test_crash_safety.py", "test_concurrency.py", "test_pytest_plugin.py",
     "test_process_leaks.py", "test_fuzz.py", "test_application_stop.py", "test_local_cli.py",
-    "test_hook_environment.py", "test_logs.py", "test_umask.py",
+    "test_hook_environment.py", "test_logs.py", "test_umask.py", "test_bench_e2e.py",
     # hooks that time out, fork or hold their output
     "test_hooks_runtime.py::TestTimeout", "test_hooks_runtime.py::TestSupervisor",
     "test_hooks_runtime.py::TestEscapesWithoutAMarker", "test_hooks_runtime.py::TestOutputHolders",
@@ -135,6 +135,7 @@ SLOW: tuple[str, ...] = (
     "hostile/test_archives.py::TestBombs::test_zip_bomb_is_refused_with_default_limits",
     "test_validate.py::TestBase60AndRunas::test_runas_that_is_not_a_user_name_is_an_error",
     "test_validate.py::TestBadInput::test_50_mb_appspec",
+    "test_layering.py::test_no_command_parser_loads_anything_heavy",
 )
 
 

@@ -549,7 +549,7 @@ def test_resolver_agrees_with_the_real_psych():
     if not version.startswith("4.0."):
         unavailable(f"Psych {version} is not the agent's Psych 4.0 (Ruby 3.1: apt-get install ruby3.1)")
     differ = []
-    for case, (cls, text) in zip(cases, results):
+    for case, (cls, text) in zip(cases, results, strict=True):
         ours = _as_ruby(case)
         if ours[0] != cls or (cls != "error" and ours[1] != text):
             differ.append((case, (cls, text), ours))

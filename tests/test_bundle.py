@@ -403,7 +403,7 @@ class TestLinkCheck:
         rev = make_rev(tmp_path)
         inner = os.path.join(rev, "root", "g1", "d-1")
         os.makedirs(inner)
-        with pytest.raises(DeploymentError, match="cannot copy directory .* to itself"):
+        with pytest.raises(DeploymentError, match=r"cannot copy directory .* to itself"):
             fetch_and_unpack(LocalRevision(rev, "directory"), inner)
 
 

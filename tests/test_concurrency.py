@@ -166,14 +166,14 @@ def test_two_cdsim_processes_on_one_instance_never_interleave(tmp_path):
     site = Site(tmp_path)
     env = site.env()
     base = [*CLI]
-    created = run_cli(base + ["instance", "create", name], cwd=site.cwd, env=env, timeout=60)
+    created = run_cli([*base, "instance", "create", name], cwd=site.cwd, env=env, timeout=60)
     assert created.returncode == 0, created.explain()
     try:
         upper = site.base / "state" / "instances" / name / "upper"
         for trial in range(INSTANCE_TRIALS):
             log = f"/tmp/hooks-{trial}.log"   # inside the instance
             revs = [slow_revision(site, f"i{trial}{x}", log, site.target / str(trial)) for x in "ab"]
-            procs = [subprocess.Popen(base + ["deploy", "-q", "--instance", name, "-g", f"g{trial}", rev],
+            procs = [subprocess.Popen([*base, "deploy", "-q", "--instance", name, "-g", f"g{trial}", rev],
                                       cwd=site.cwd, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT) for rev in revs]
             outs = []
@@ -194,4 +194,4 @@ def test_two_cdsim_processes_on_one_instance_never_interleave(tmp_path):
             spans.sort()
             assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
     finally:
-        run_cli(base + ["instance", "destroy", name], cwd=site.cwd, env=env, timeout=60)
+        run_cli([*base, "instance", "destroy", name], cwd=site.cwd, env=env, timeout=60)

@@ -145,8 +145,8 @@ def assert_state_whole(site: Site) -> None:
     for entry in read_cleanup(str(site.instructions / f"{GROUP}-cleanup")):
         assert entry.startswith(str(site.target) + "/"), entry
     # the root keeps the agent's layout (a killed atomic write may leave its hidden temporary file)
-    assert sorted(os.listdir(site.root) if site.root.exists() else []) in (["deployment-instructions", "deployment-logs", GROUP],
-                                             ["deployment-instructions", GROUP], [GROUP], [])
+    assert sorted(os.listdir(site.root) if site.root.exists() else []) in (
+        ["deployment-instructions", "deployment-logs", GROUP], ["deployment-instructions", GROUP], [GROUP], [])
     for name in os.listdir(site.instructions) if site.instructions.exists() else ():
         assert name.startswith(GROUP) or re.fullmatch(rf"\.{GROUP}.*\.tmp", name), name
     for events in (site.logs / "cdsim-events" / GROUP).glob("*.jsonl"):

@@ -85,7 +85,7 @@ class TestConfig:
         assert config_from_mapping({"max_revisions": "5"}).max_revisions == 5
         assert config_from_mapping({"max_revisions": 5.7}).max_revisions == 5
         with pytest.raises(DeploymentError, match=r"Invalid configuration :max_revision=abc"):
-            config_from_mapping({"max_revisions": "abc"}).max_revisions
+            _ = config_from_mapping({"max_revisions": "abc"}).max_revisions
 
     def test_missing_config_file(self, tmp_path):
         """A missing -c file is the agent's validation error."""

@@ -60,7 +60,8 @@ def assert_service_environment(env: dict[str, str], cwd: str) -> None:
     assert env["BASH_EXECUTION_STRING"] == UNIT_COMMAND
     assert env["_"] == "/opt/codedeploy-agent/bin/codedeploy-agent"
     assert env["LIFECYCLE_EVENT"] == "BeforeInstall" and env["DEPLOYMENT_ID"].startswith("d-")
-    codedeploy = {"LIFECYCLE_EVENT", "DEPLOYMENT_ID", "APPLICATION_NAME", "DEPLOYMENT_GROUP_NAME", "DEPLOYMENT_GROUP_ID"}
+    codedeploy = {"LIFECYCLE_EVENT", "DEPLOYMENT_ID", "APPLICATION_NAME", "DEPLOYMENT_GROUP_NAME",
+                  "DEPLOYMENT_GROUP_ID"}
     assert set(env) - set(expected) == codedeploy   # nothing from the caller, nothing of cdsim's
     assert {k: v for k, v in env.items() if k not in codedeploy | SHELL_SETS} == \
         {k: v for k, v in expected.items() if k not in SHELL_SETS}

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import psutil
 import pytest
@@ -173,7 +174,8 @@ class TestOutput:
         path = hooks.script("slow.sh", "#!/bin/sh\necho early\nsleep 1.2\necho late\n")
         assert hooks.run(path).succeeded
         early, late = hooks.lines()[1:]
-        stamp = lambda line: time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        def stamp(line):
+            return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
         assert 1 <= stamp(late) - stamp(early) <= 2
 
 
@@ -634,7 +636,8 @@ class TestEscapesWithoutAMarker:
     """Processes that left the hook's group, session and environment are found by ancestry (and by
     the hook's cgroup where the host allows one); the hook's environment is exactly the one given."""
 
-    ENV_EXTRA = {"DEPLOYMENT_ID": DID, "LIFECYCLE_EVENT": "ApplicationStart", "ODD": "two words\nand = sign"}
+    ENV_EXTRA: ClassVar[dict[str, str]] = {"DEPLOYMENT_ID": DID, "LIFECYCLE_EVENT": "ApplicationStart",
+                                           "ODD": "two words\nand = sign"}
 
     def run(self, hooks, path, cgroup, **kw) -> HookResult:
         self.given = dict(os.environ, **self.ENV_EXTRA)

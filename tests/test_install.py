@@ -457,9 +457,10 @@ class TestFileExistsBehavior:
 
 
 class TestRedeploy:
-    REV1: ClassVar[dict[str, str]] = {"a.txt": "rev1 a\n", "b.txt": "rev1 b only\n", "sub/c.txt": "rev1 c\n", "gone/only.txt": "x\n",
-            "scripts/stop.sh": "#!/bin/sh\n"}
-    REV2: ClassVar[dict[str, str]] = {"a.txt": "rev2 a\n", "d.txt": "rev2 d\n", "sub/e.txt": "rev2 e\n", "scripts/stop.sh": "#!/bin/sh\n"}
+    REV1: ClassVar[dict[str, str]] = {"a.txt": "rev1 a\n", "b.txt": "rev1 b only\n", "sub/c.txt": "rev1 c\n",
+                                      "gone/only.txt": "x\n", "scripts/stop.sh": "#!/bin/sh\n"}
+    REV2: ClassVar[dict[str, str]] = {"a.txt": "rev2 a\n", "d.txt": "rev2 d\n", "sub/e.txt": "rev2 e\n",
+                                      "scripts/stop.sh": "#!/bin/sh\n"}
 
     def test_c_redeploy(self, dep, tmp_path):
         """rev1 then rev2 into one group: rev1-only files go, a folder holding a foreign file stays, rev2's
@@ -485,7 +486,7 @@ class TestRedeploy:
         app = f"{tmp_path}/app"
         dep.install(spec(("/", app)), dep.archive(self.REV1))
         (tmp_path / "app/d.txt").write_text("foreign\n")
-        with pytest.raises(FileCollision, match="app/d.txt"):
+        with pytest.raises(FileCollision, match=r"app/d\.txt"):
             dep.install(spec(("/", app)), dep.archive(self.REV2))
         # cdsim fixes Q13: the refused Install changed nothing, rev1's files and cleanup file are intact
         assert (tmp_path / "app/b.txt").exists()
@@ -619,7 +620,8 @@ class TestPermissionMatching:
         """A file object: pattern/except are errors, default ACEs are errors, type [directory] is a no-op."""
         obj = f"{tmp_path}/app/a.txt"
         assert gen_perms(dep, tmp_path, Permission(object=obj, types=("directory",), mode="600")) == []
-        with pytest.raises(DeploymentError, match=r"includes an object \(" + obj + r"\) with an invalid pattern \(\*\.txt\)"):
+        with pytest.raises(DeploymentError,
+                           match=r"includes an object \(" + obj + r"\) with an invalid pattern \(\*\.txt\)"):
             gen_perms(dep, tmp_path, Permission(object=obj, pattern="*.txt", mode="600"))
         with pytest.raises(DeploymentError) as e:
             gen_perms(dep, tmp_path, Permission(object=obj, except_=("x",), mode="600"))
@@ -716,3 +718,77 @@ class TestPermissionExecution:
             execute_instructions([Semanage(Context(None, "httpd_sys_content_t", "s0"), str(tmp_path / "f"))],
                                  str(tmp_path / "c"))
         assert (tmp_path / "c").read_text() == ""
+
+
+def _preview_by_lstat(cleanup_path):
+    """preview_cleanup's rules with one lstat per entry (how it was written before the folder scans)."""
+    import stat as st_
+
+    from agent.install import SEMANAGE_PREFIX, read_cleanup
+    removes, keeps, gone = [], [], set()
+    for entry in reversed(read_cleanup(cleanup_path)):
+        if entry.startswith(SEMANAGE_PREFIX):
+            continue
+        try:
+            st = os.lstat(entry)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if entry in gone:
+            continue
+        if st_.S_ISDIR(st.st_mode):
+            try:
+                children = os.listdir(entry)
+            except OSError:
+                children = ["?"]
+            if any(os.path.join(entry, c) not in gone for c in children):
+                keeps.append(entry)
+                continue
+        gone.add(entry)
+        removes.append(entry)
+    return tuple(removes), tuple(keeps)
+
+
+def test_the_cleanup_preview_decides_as_one_lstat_per_entry_would(tmp_path):
+    from agent.install import preview_cleanup
+    d = tmp_path / "dest"
+    (d / "sub" / "deep").mkdir(parents=True)
+    (d / "other").mkdir()
+    for p in ("a.txt", "sub/b.txt", "sub/deep/c.txt", "other/kept.txt"):
+        (d / p).write_text(p)
+    os.symlink(str(d / "sub"), str(d / "link-to-dir"))
+    os.symlink("missing-target", str(d / "dangling"))
+    entries = [f"{d}/sub", f"{d}/sub/deep", f"{d}/other", f"{d}/a.txt", f"{d}/sub/b.txt", f"{d}/sub/deep/c.txt",
+               f"{d}/link-to-dir", f"{d}/dangling", f"{d}/link-to-dir/b.txt", f"{d}/gone.txt", f"{d}/nodir/x",
+               f"{d}/a.txt/under-a-file", f"{d}//a.txt", f"{d}/sub/./b.txt", f"{d}/sub/deep/../b.txt", f"{d}/sub/",
+               "relative/path", f"{d}/a.txt"]
+    journal = tmp_path / "g-cleanup"
+    journal.write_text("".join(e + "\n" for e in entries))
+    preview = preview_cleanup(str(journal))
+    assert (preview.removes, preview.keeps) == _preview_by_lstat(str(journal))
+    assert f"{d}/other" in preview.keeps and f"{d}/sub" in preview.removes
+    # an entry lstat fails on otherwise (a name too long) fails the preview the same way
+    journal.write_text(f"{d}/a.txt\n{d}/{'n' * 300}\n")
+    with pytest.raises(OSError) as ours:
+        preview_cleanup(str(journal))
+    with pytest.raises(OSError) as reference:
+        _preview_by_lstat(str(journal))
+    assert (ours.value.errno, ours.value.filename) == (reference.value.errno, reference.value.filename)
+
+
+def test_install_json_is_json_dumps_of_the_instructions():
+    """install_json writes copies and mkdirs itself: the text is json.dumps's, escapes included."""
+    import json
+    import random
+
+    from agent.install import Chmod, Chown, Copy, Mkdir, install_json
+    rnd = random.Random(17)
+    alphabet = ["a", "é", '"', "\\", "\n", "\x00", "\x1f", "\u2028", "\udcff", "\U0001f4a5", "/", " ", "\t", "\x7f"]
+
+    def text():
+        return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+
+    for _ in range(300):
+        instructions = [rnd.choice([Copy(text(), text()), Mkdir(text()), Chmod("644", text()),
+                                    Chown(text() or None, None, text())]) for _ in range(rnd.randint(0, 20))]
+        assert install_json(instructions) == json.dumps({"instructions": [i.to_json() for i in instructions]},
+                                                        ensure_ascii=False, separators=(",", ":"))

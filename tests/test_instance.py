@@ -80,8 +80,9 @@ def snapshot(*paths: str) -> dict:
     """Type, mode, owner and content hash of each path and everything below it."""
     shot = {}
     for top in paths:
-        for dirpath, dirs, files in os.walk(top) if os.path.isdir(top) else [(os.path.dirname(top), [], [os.path.basename(top)])]:
-            for name in [""] + dirs + files:
+        walked = os.walk(top) if os.path.isdir(top) else [(os.path.dirname(top), [], [os.path.basename(top)])]
+        for dirpath, dirs, files in walked:
+            for name in ["", *dirs, *files]:
                 path = os.path.join(dirpath, name) if name else dirpath
                 try:
                     st = os.lstat(path)
@@ -126,7 +127,8 @@ SERVE = "cd {folder} && nohup python3 -m http.server 80 >/dev/null 2>&1 &"
 FETCH = ("import urllib.request,sys,time\n"
          "for _ in range(100):\n"
          "    try:\n"
-         "        print(urllib.request.urlopen('http://127.0.0.1:80/index.html', timeout=2).read().decode(), end=''); break\n"
+         "        page = urllib.request.urlopen('http://127.0.0.1:80/index.html', timeout=2)\n"
+         "        print(page.read().decode(), end=''); break\n"
          "    except OSError: time.sleep(0.1)\n"
          "else: sys.exit(9)\n")
 
@@ -305,7 +307,8 @@ class TestProcessesAndNetwork:
     def test_shell_reads_commands_from_stdin_and_exec_in_honours_cwd(self, state):
         """`instance shell` runs an interactive shell inside; exec_in's cwd is a folder of the instance."""
         cli("create", "sh1")
-        shell = cli("shell", "sh1", input="echo in-$(hostname) > /root/shell-was-here; cat /root/shell-was-here\nexit 4\n")
+        shell = cli("shell", "sh1",
+                    input="echo in-$(hostname) > /root/shell-was-here; cat /root/shell-was-here\nexit 4\n")
         assert shell.returncode == 4 and "in-sh1" in shell.stdout
         i = inst.get("sh1")
         assert run_in(i, "mkdir -p /opt/app").returncode == 0
@@ -421,9 +424,9 @@ class TestLifecycle:
     def test_public_api_is_locked(self):
         """The names the lead wires `cdsim deploy` onto."""
         assert inst.__all__ == sorted(inst.__all__)
-        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "bind_target", "command_in", "create", "destroy", "diff",
-                                     "exec_in", "get", "get_or_create", "id_map_problem", "list_instances",
-                                     "processes",
+        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "bind_target", "command_in", "create",
+                                     "destroy", "diff", "exec_in", "get", "get_or_create", "id_map_problem",
+                                     "list_instances", "processes",
                                      "running", "start", "state_dir", "stop", "unmapped_user_problem"}
 
     def test_state_dir_follows_environment(self, monkeypatch):
@@ -554,7 +557,7 @@ def subordinate_ids(user: str) -> None:
         return
     ends = [int(f[1]) + int(f[2]) for t in text.values() for f in (line.split(":") for line in t.splitlines())
             if len(f) == 3 and f[1].isdigit() and f[2].isdigit()]
-    start = max([100000] + ends)
+    start = max([100000, *ends])
     subprocess.run(["usermod", "--add-subuids", f"{start}-{start + 65535}", "--add-subgids",
                     f"{start}-{start + 65535}", user], check=True, capture_output=True)
 
@@ -724,14 +727,16 @@ class TestUnprivilegedUser:
         assert unprivileged("destroy", "refused").returncode == 0
         assert not os.path.exists(os.path.dirname(meta_file))
 
-    def test_without_subordinate_ids_only_the_caller_is_mapped_and_the_fix_is_named(self, user_without_subids, shared_dir):
+    def test_without_subordinate_ids_only_the_caller_is_mapped_and_the_fix_is_named(self, user_without_subids,
+                                                                                     shared_dir):
         """A user without subordinate ranges still gets an instance (root inside = that user); runas of
         another uid and su fail, and the error names the usermod command that fixes it."""
         as_user = _user_cli(user_without_subids, shared_dir)
         from agent.instance.idmap import SUBGID_FILE, SUBUID_FILE, free_range
         with open(SUBUID_FILE) as u, open(SUBGID_FILE) as g:
             start = free_range(u.read(), g.read())   # a range no other user has, not a fixed one
-        fix = f"usermod --add-subuids {start}-{start + 65535} --add-subgids {start}-{start + 65535} {user_without_subids.pw_name}"
+        fix = (f"usermod --add-subuids {start}-{start + 65535} --add-subgids {start}-{start + 65535} "
+               f"{user_without_subids.pw_name}")
         try:
             assert as_user("create", "plain").returncode == 0
             meta = as_user.meta("plain")

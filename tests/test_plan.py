@@ -40,7 +40,7 @@ def snapshot(*tops: Path) -> dict:
     out = {}
     for top in tops:
         for dirpath, dirnames, filenames in os.walk(top):
-            for name in [""] + dirnames + filenames:
+            for name in ["", *dirnames, *filenames]:
                 p = os.path.join(dirpath, name) if name else dirpath
                 st = os.lstat(p)
                 data = (os.readlink(p) if os.path.islink(p) else

@@ -239,9 +239,9 @@ class TestHtml:
         assert "http://" not in page.read_text() and "https://" not in page.read_text()  # self-contained
         args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600",
                 "--user-data-dir=" + str(tmp_path / "profile")]
-        run_unaccounted(args + [f"--screenshot={tmp_path / 'report.png'}", page.as_uri()], tmp_path / "shot")
+        run_unaccounted([*args, f"--screenshot={tmp_path / 'report.png'}", page.as_uri()], tmp_path / "shot")
         assert (tmp_path / "report.png").stat().st_size > 1000, (tmp_path / "shot.err").read_text()[-2000:]
-        run_unaccounted(args + ["--dump-dom", page.as_uri()], tmp_path / "dom")
+        run_unaccounted([*args, "--dump-dom", page.as_uri()], tmp_path / "dom")
         dom = (tmp_path / "dom.out").read_text()
         bars = {}   # Chromium's DOM dump is HTML, not XML: the bars are read with a regex
         for m in re.finditer(r'<div class="bar ([^"]*)"([^>]*)>', dom):

@@ -541,8 +541,8 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     with open(os.path.join(repo.path, "appspec.yml"), "w") as f:   # no files section: the host stays untouched
         f.write("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/AfterInstall.sh\n")
     with open(os.path.join(repo.path, "scripts", "AfterInstall.sh"), "w") as f:
-        f.write('#!/bin/sh\necho "commit $BUNDLE_COMMIT for $DEPLOYMENT_GROUP_NAME, secret ${AWS_SECRET_ACCESS_KEY:-unset}" '
-                '> "$(dirname "$0")/../seen"\n')
+        f.write('#!/bin/sh\necho "commit $BUNDLE_COMMIT for $DEPLOYMENT_GROUP_NAME, '
+                'secret ${AWS_SECRET_ACCESS_KEY:-unset}" > "$(dirname "$0")/../seen"\n')
     os.chmod(os.path.join(repo.path, "scripts", "AfterInstall.sh"), 0o755)
     repo.git("add", "-A")
     repo.git("commit", "-qm", "host")

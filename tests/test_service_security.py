@@ -266,7 +266,8 @@ def test_unsigned_api_calls_are_refused_and_nothing_runs(service):
     assert call(ep, "ListApplications", {})["applications"] == ["A"]
     assert call(ep, "ListDeployments", {})["deployments"] == []
     # the agents' operations too: no command can be taken or reported without the credentials
-    status, _, doc = send(ep, "POST", "/", b'{"instanceName": "x"}', {"X-Amz-Target": "CdsimAgent_20261127.PollCommand"})
+    status, _, doc = send(ep, "POST", "/", b'{"instanceName": "x"}',
+                          {"X-Amz-Target": "CdsimAgent_20261127.PollCommand"})
     assert (status, json.loads(doc)["__type"]) == (400, "UnrecognizedClientException")
 
 

@@ -87,3 +87,70 @@ def test_an_unsafe_member_after_many_good_ones_leaves_the_archive_empty(tmp_path
     assert "../evil.txt" in e.value.message
     assert os.listdir(dep / "deployment-archive") == []
     assert not (tmp_path / "evil.txt").exists()
+
+
+def _gzip_member(data: bytes, **kw) -> bytes:
+    import gzip
+    return gzip.compress(data, mtime=0, **kw)
+
+
+def _with_header_extras(data: bytes) -> bytes:
+    """A member with FHCRC, FEXTRA, FNAME and FCOMMENT set (the header CRC deliberately wrong:
+    GzipFile skips it, zlib checks it)."""
+    import struct
+    import zlib
+    body = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = body.compress(data) + body.flush()
+    head = b"\x1f\x8b\x08" + bytes([0x02 | 0x04 | 0x08 | 0x10]) + bytes(4) + b"\x00\x03"
+    head += struct.pack("<H", 4) + b"abcd" + b"name\x00" + b"comment\x00" + b"\xff\xff"
+    return head + deflated + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+
+
+_TEXT = b"".join(b"line %d of a text that compresses well\n" % n for n in range(200_000))
+_GZ = _gzip_member(_TEXT)
+GZIP_STREAMS = {
+    "one member": _GZ,
+    "empty": _gzip_member(b""),
+    "two members": _GZ + _gzip_member(b"second member\n"),
+    "zero padding": _GZ + bytes(4096),
+    "junk after": _GZ + b"junk",
+    "truncated in the data": _GZ[:len(_GZ) // 2],
+    "truncated in the trailer": _GZ[:-3],
+    "bad crc": _GZ[:-8] + bytes(4) + _GZ[-4:],
+    "bad size": _GZ[:-4] + b"\x01\x02\x03\x04",
+    "corrupt deflate": _GZ[:40] + b"\xff" * 64 + _GZ[104:],
+    "header extras": _with_header_extras(_TEXT[:100_000]),
+    "random data": _gzip_member(os.urandom(3 << 20)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GZIP_STREAMS))
+def test_the_read_ahead_gzip_stream_gives_what_gzipfile_gives(tmp_path, name):
+    """_GzipPrefetch inflates one-member streams itself (zlib-ng where installed) and hands anything
+    else to gzip.GzipFile: either way the bytes, and the error at the end, are GzipFile's."""
+    import gzip
+    path = tmp_path / "x.gz"
+    path.write_bytes(GZIP_STREAMS[name])
+
+    def drain(read):
+        got, error = [], None
+        try:
+            while chunk := read(300_000):
+                got.append(chunk)
+        except Exception as e:  # noqa: BLE001 - compared below
+            error = (type(e), str(e))
+        return b"".join(got), error
+
+    with gzip.GzipFile(str(path), "rb") as gz:
+        expected = drain(gz.read)
+    reader = bundle._GzipPrefetch(str(path))
+    try:
+        ours = drain(reader.read)
+    finally:
+        reader.close()
+    assert ours[1] == expected[1]
+    if expected[1] is None:
+        assert ours[0] == expected[0]
+    else:  # before an error each gives a prefix of the same stream; how much depends on the read sizes
+        shorter = min(len(ours[0]), len(expected[0]))
+        assert ours[0][:shorter] == expected[0][:shorter]

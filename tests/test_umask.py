@@ -70,13 +70,13 @@ def deploy(kind: str, base: Path, rev: Path, cfg: Path, umask: int) -> str:
 
 def tree(base: Path) -> dict[str, str]:
     """Every entry below ``base`` (``base`` itself as '.'): relative path -> 'd 0755' / 'f 0644'."""
-    out = {".": "d %04o" % stat.S_IMODE(base.lstat().st_mode)}
+    out = {".": f"d {stat.S_IMODE(base.lstat().st_mode):04o}"}
     for dirpath, dirnames, filenames in os.walk(base):
         for name in dirnames + filenames:
             p = Path(dirpath, name)
             st = p.lstat()
             kind = "d" if stat.S_ISDIR(st.st_mode) else "f" if stat.S_ISREG(st.st_mode) else "?"
-            out[str(p.relative_to(base))] = "%s %04o" % (kind, stat.S_IMODE(st.st_mode))
+            out[str(p.relative_to(base))] = f"{kind} {stat.S_IMODE(st.st_mode):04o}"
     return out
 
 

@@ -140,7 +140,8 @@ class TestAllProblemsAtOnce:
         b = bundle(tmp_path / "b", HEAD + "Hooks: {}\n")
         r, _, _ = cdsim(str(b))
         lines = r.stdout.splitlines()
-        assert lines[0] == f"{b}/appspec.yml:3:1: warning: unknown key 'Hooks' in the appspec: the agent ignores it [unknown-key]"
+        assert lines[0] == (f"{b}/appspec.yml:3:1: warning: unknown key 'Hooks' in the appspec: "
+                            "the agent ignores it [unknown-key]")
         assert lines[1] == "  hint: did you mean hooks? (keys are case-sensitive)"
         assert lines[2] == f"{b}: valid: 0 errors, 1 warning"
         assert r.returncode == 0
@@ -181,7 +182,8 @@ class TestBundleErrors:
                    "  - source: b/x.conf\n    destination: /etc/app\n", {"a/x.conf": "1", "b/x.conf": "2"})
         [f] = validate_bundle(str(b))
         assert f.code == "files-duplicate-destination"
-        assert "specifies two source files named b/x.conf and a/x.conf for the same destination (/etc/app/x.conf)" in f.message
+        assert ("specifies two source files named b/x.conf and a/x.conf for the same destination (/etc/app/x.conf)"
+                in f.message)
 
     def test_unknown_lifecycle_event_has_the_agents_text(self, tmp_path):
         b = bundle(tmp_path / "b", HEAD + "hooks:\n  AfterInstal:\n    - location: a.sh\n  Custom: []\n",
@@ -211,7 +213,8 @@ class TestWarnings:
     @pytest.mark.parametrize("text, hint", [
         (HEAD + "Hooks: {}\n", "did you mean hooks? (keys are case-sensitive)"),
         (HEAD + "overwrite: true\n", "did you mean file_exists_behavior: OVERWRITE (a top-level key)?"),
-        (HEAD + "files:\n  - {source: a, destination: /x, file_mode: '644'}\n", "did you mean a permissions entry with mode:?"),
+        (HEAD + "files:\n  - {source: a, destination: /x, file_mode: '644'}\n",
+         "did you mean a permissions entry with mode:?"),
         (HEAD + "version_: 1\n", "did you mean version?"),
         (HEAD + "BeforeInstall: []\n", "did you mean to put BeforeInstall under hooks:?"),
         (HEAD + "hooks:\n  BeforeInstall:\n    - {location: a, time_out: 5}\n", "did you mean timeout?"),
@@ -255,7 +258,8 @@ class TestWarnings:
 
     @pytest.mark.parametrize("value", ["'false'", '"no"', "0"])
     def test_sudo_string_false_enables_sudo(self, tmp_path, value):
-        findings = self.warnings(tmp_path, HEAD + f"hooks:\n  BeforeInstall:\n    - location: a.sh\n      sudo: {value}\n",
+        findings = self.warnings(tmp_path,
+                                 HEAD + f"hooks:\n  BeforeInstall:\n    - location: a.sh\n      sudo: {value}\n",
                                  {"a.sh": SCRIPT})
         assert codes(findings) == ["sudo-string-enables"]
 
@@ -266,8 +270,10 @@ class TestWarnings:
         assert "chmod a+x" in findings[0].message and "/bin/sh" in findings[1].message
 
     def test_runas_unknown_user_and_empty(self, tmp_path):
-        findings = self.warnings(tmp_path, HEAD + "hooks:\n  BeforeInstall:\n    - {location: a.sh, runas: no-such-user-cdsim, timeout: 60}\n"
-                                 "    - {location: a.sh, runas: '', timeout: 60}\n    - {location: a.sh, runas: root, timeout: 60}\n", {"a.sh": SCRIPT})
+        findings = self.warnings(tmp_path, HEAD + "hooks:\n  BeforeInstall:\n"
+                                 "    - {location: a.sh, runas: no-such-user-cdsim, timeout: 60}\n"
+                                 "    - {location: a.sh, runas: '', timeout: 60}\n"
+                                 "    - {location: a.sh, runas: root, timeout: 60}\n", {"a.sh": SCRIPT})
         assert codes(findings) == ["runas-unknown-user", "runas-empty"]
 
     def test_event_timeouts_above_3600(self, tmp_path):
@@ -294,7 +300,8 @@ class TestWarnings:
         assert (f.code, f.line) == ("yaml-anchor", 3)
 
     def test_context_role_ignored(self, tmp_path):
-        [f] = self.warnings(tmp_path, HEAD + "permissions:\n  - object: /x\n    context: {type: t, range: s0, role: r}\n")
+        [f] = self.warnings(tmp_path,
+                            HEAD + "permissions:\n  - object: /x\n    context: {type: t, range: s0, role: r}\n")
         assert f.code == "context-role-ignored"
 
 
@@ -487,7 +494,7 @@ def _steps():
     for golden in sorted(GOLDEN.glob("*.json")):
         recorded = json.loads(golden.read_text())
         case = yaml.safe_load((CASES / recorded["case"] / "case.yaml").read_text())
-        for spec, step in zip(case["steps"], recorded["steps"]):
+        for spec, step in zip(case["steps"], recorded["steps"], strict=True):
             yield pytest.param(recorded["case"], spec, step, id=f"{recorded['case']}-{spec['name']}")
 
 

@@ -7,13 +7,14 @@ server, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (`eval "$(cdsim server env)
 """
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 
 SUMMARY = "run an agent that polls a cdsim server for an instance's deployments"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("agent", help=SUMMARY, description=__doc__)
     p.add_argument("--endpoint", default=None, help="the server's URL (default: the running server's)")
     p.add_argument("--instance", required=True, help="the on-premises instance name it serves")
@@ -28,7 +29,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from agent.service.agent_loop import Agent
     from agent.service.client import find_endpoint, service_dir
 

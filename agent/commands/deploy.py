@@ -6,21 +6,32 @@ it runs, with the hook's output live.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 import threading
 import time
 
+from agent.commands.where import DEFAULT_INSTANCE
 from agent.errors import EnvironmentProblem, UsageError
 
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+    from agent.config import AgentConfig
+    from agent.deploy import DeploymentResult
+    from agent.instance import Instance
+
 SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
-DEFAULT_INSTANCE = "default"
 INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("deploy", help=SUMMARY, description=__doc__)
     from agent.commands.where import add_bundle_argument  # BUNDLE, or -l/--bundle-location BUNDLE
     add_bundle_argument(p, default=".", help="bundle directory or zip/tar/tgz file (default: .)")
@@ -54,7 +65,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_ignore_option(p) -> None:
+def deployment_options(args: argparse.Namespace) -> list[str]:
+    """The options of a deployment that `cdsim deploy` and `cdsim watch` pass on, unchanged, to the
+    `cdsim deploy` they start (inside an instance, or for each change)."""
+    argv = ["-g", args.deployment_group, "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
+    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("--root-dir", args.root_dir)):
+        if value:
+            argv += [flag, value]
+    if args.quiet:
+        argv.append("-q")
+    if args.inherit_env:
+        argv.append("--inherit-env")
+    if args.ignore_application_stop_failures:
+        argv.append("--ignore-application-stop-failures")
+    return argv
+
+
+def add_ignore_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-application-stop-failures", action="store_true",
                    help="as the service's ignoreApplicationStopFailures: a failing ApplicationStop (which runs "
                         "the last successful revision's script) is reported failed-and-ignored and the "
@@ -79,7 +106,7 @@ def state_dir() -> str:
     return instance_state_dir()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     bundle = os.path.abspath(args.bundle)
     if not os.path.exists(bundle):
         raise UsageError(f"bundle {args.bundle} does not exist")
@@ -89,7 +116,7 @@ def run(args) -> int:
     return deploy_in_instance(args, bundle, btype)
 
 
-def _config(args, root_default: str, log_default: str):
+def _config(args: argparse.Namespace, root_default: str, log_default: str) -> AgentConfig:
     from agent.config import config_from_mapping, load_local_config
     if args.agent_configuration_file:
         cfg = load_local_config(args.agent_configuration_file)
@@ -100,7 +127,7 @@ def _config(args, root_default: str, log_default: str):
     return cfg
 
 
-def deploy_here(args, bundle: str, btype: str) -> int:
+def deploy_here(args: argparse.Namespace, bundle: str, btype: str) -> int:
     """Run the engine in this process (on the host, or already inside an instance)."""
     from agent.deploy import DeploymentRequest, deploy
     from agent.reports.progress import ProgressBar
@@ -122,7 +149,7 @@ def deploy_here(args, bundle: str, btype: str) -> int:
         ignore_application_stop_failures=args.ignore_application_stop_failures,
         **hook_environment(args.inherit_env),
         progress=None if args.quiet else ProgressBar("  copying files"))
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     result = deploy(request, listeners=[printer.on_record, records.append], notify=printer.notice,
                     on_output=None if args.quiet else printer.output_line)
     printer.finish(result)
@@ -131,7 +158,7 @@ def deploy_here(args, bundle: str, btype: str) -> int:
     return result.exit_status
 
 
-def hook_environment(inherit: bool) -> dict:
+def hook_environment(inherit: bool) -> dict[str, Any]:
     """The hooks' ``base_env`` and ``cwd`` for a DeploymentRequest: the agent service's (spec §7.3,
     §9.1: cwd ``/``, the systemd unit's environment, AWS key variables removed), or with ``inherit``
     the caller's, as codedeploy-local gives them."""
@@ -141,14 +168,14 @@ def hook_environment(inherit: bool) -> dict:
     return {"base_env": service_environment(), "cwd": "/"}
 
 
-def _reports(args, records: list[dict]) -> None:
+def _reports(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
     from agent.reports import write_reports
     for path in write_reports(args.report, records):
         if not args.quiet and path != "-":
             print(f"report: {path}", file=sys.stderr)
 
 
-def deploy_in_instance(args, bundle: str, btype: str) -> int:
+def deploy_in_instance(args: argparse.Namespace, bundle: str, btype: str) -> int:
     from agent import instance as instances
 
     name = args.instance or DEFAULT_INSTANCE
@@ -164,21 +191,12 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
         binds[config_file] = instances.bind_target(config_file)
         config_file = binds[config_file]
     argv = [sys.executable, "-m", "agent", "deploy", "--host", binds[bundle], "--type", btype,
-            "-g", args.deployment_group, "-d", args.deployment_group_name,
-            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period),
-            "-a", args.application_name or bundle]
-    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("-c", config_file),
-                        ("--root-dir", args.root_dir)):
-        if value:
-            argv += [flag, value]
-    if args.quiet:
-        argv.append("-q")
+            "-d", args.deployment_group_name, "-a", args.application_name or bundle,
+            *deployment_options(args)]
+    if config_file:
+        argv += ["-c", config_file]
     if args.verbose:
         argv.append("-v")
-    if args.inherit_env:
-        argv.append("--inherit-env")
-    if args.ignore_application_stop_failures:
-        argv.append("--ignore-application-stop-failures")
     if not args.quiet:
         print(f"cdsim: deploying into instance {name!r} (cdsim instance shell {name} to look around)",
               flush=True)
@@ -190,7 +208,7 @@ def deploy_in_instance(args, bundle: str, btype: str) -> int:
     return status
 
 
-def _check_id_map(inst, name: str, bundle: str, appspec_filename: str | None, *, quiet: bool) -> None:
+def _check_id_map(inst: Instance, name: str, bundle: str, appspec_filename: str | None, *, quiet: bool) -> None:
     """Stop before the first hook when the bundle needs users other than root inside an instance that
     can map only its creator (an ordinary user without subordinate ids), with the exact fix; say nothing
     for bundles that need no other user. An instance made before this machine could map other users is
@@ -217,7 +235,7 @@ def _check_id_map(inst, name: str, bundle: str, appspec_filename: str | None, *,
                              hint="or deploy as root, or onto this machine with --host")
 
 
-def _records_from_instance(inst, group: str, since: float) -> list[dict]:
+def _records_from_instance(inst: Instance, group: str, since: float) -> list[dict[str, Any]]:
     """The event stream the run inside wrote, read from the instance's upper layer."""
     import glob
 
@@ -229,7 +247,7 @@ def _records_from_instance(inst, group: str, since: float) -> list[dict]:
     return read_events(max(fresh, key=os.path.getmtime))
 
 
-def run_local_in_instance(opts: dict) -> int:
+def run_local_in_instance(opts: dict[str, Any]) -> int:
     """`cdsim local --instance NAME ...`: the agent-exact CLI, run inside an instance."""
     from agent import instance as instances
 
@@ -258,7 +276,7 @@ def run_local_in_instance(opts: dict) -> int:
 class Printer:
     """Renders the event stream for a person: events, hooks, live output, the outcome."""
 
-    def __init__(self, quiet: bool = False, verbose: bool = False, stream=None):
+    def __init__(self, quiet: bool = False, verbose: bool = False, stream: TextIO | None = None):
         self.quiet = quiet
         self.verbose = verbose
         self.out = stream or sys.stdout
@@ -297,7 +315,7 @@ class Printer:
                 self.out.flush()
             self._ticker = None
 
-    def on_record(self, r: dict) -> None:
+    def on_record(self, r: dict[str, Any]) -> None:
         t = r["type"]
         if t == "deployment.start":
             if self.verbose:
@@ -346,12 +364,13 @@ class Printer:
     def notice(self, text: str) -> None:
         print(f"cdsim: {text}", file=sys.stderr, flush=True)
 
-    def finish(self, result) -> None:
+    def finish(self, result: DeploymentResult) -> None:
         took = time.monotonic() - self.started
         if result.succeeded:
             self._p(f"Deployment {result.deployment_id} succeeded in {took:.1f}s")
         else:
             err = result.error
+            assert err is not None   # a deployment that did not succeed carries its error
             where = f"{err.location()}: " if err.location() else ""
             print(f"Deployment {result.deployment_id} failed"
                   + (f" at {result.failed_event}" if result.failed_event else "")

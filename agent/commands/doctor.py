@@ -3,9 +3,9 @@
 
 Checks, each printed as ok / warn / FAIL with a hint. Always, of this machine: running as root or not;
 Linux namespaces and overlayfs (probed for real with `unshare` and a throw-away overlay mount, the way
-instances use them); the kernel's open_tree (Linux 5.2, to bind the bundle into an instance). For an instance (the default one
-unless ``--instance`` or ``--host`` says otherwise): that it can be entered (started if stopped, as
-`cdsim deploy` does) and its id map, i.e. whether users other than root can exist inside
+instances use them); the kernel's open_tree (Linux 5.2, to bind the bundle into an instance). For an
+instance (the default one unless ``--instance`` or ``--host`` says otherwise): that it can be entered
+(started if stopped, as `cdsim deploy` does) and its id map, i.e. whether users other than root can exist inside
 (agent.instance.idmap: root, or newuidmap + subordinate ranges), against the users the bundle needs.
 With a bundle (a directory, an appspec file or a zip/tar/tgz), where the deployment runs (inside the
 instance, by running `cdsim doctor --host` there; an instance that does not exist yet is judged by
@@ -21,6 +21,8 @@ is started.
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import os
 import pwd
@@ -35,6 +37,19 @@ import zipfile
 from dataclasses import asdict, dataclass
 
 from agent.errors import AppSpecNotFound, ExitStatus, UsageError
+
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Any
+
+    from agent.appspec import AppSpec
+    from agent.instance import Instance
+
+    # a file of the bundle: its name and a reader of at most n of its first bytes
+    Readable = tuple[str, Callable[[int], bytes]]
 
 SUMMARY = "check that a bundle can run where cdsim deploy puts it: namespaces, instance, users, tools, hook PATH"
 DESCRIPTION = (
@@ -56,7 +71,7 @@ class Check:
     where: str = ""    # where a bundle check ran, for an instance: "instance NAME" or "this machine"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from agent.commands import where as places
 
     p = sub.add_parser("doctor", help=SUMMARY, description=DESCRIPTION)
@@ -71,7 +86,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+def _run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=_PROBE_TIMEOUT, check=False, **kw)
 
@@ -106,7 +121,7 @@ def check_namespaces() -> Check:
     if base is None:
         return Check("namespaces", FAIL, "unshare is not installed", "install util-linux")
     try:
-        proc = _run(base + ["true"])
+        proc = _run([*base, "true"])
     except subprocess.TimeoutExpired:
         return Check("namespaces", FAIL, "unshare did not return", None)
     if proc.returncode != 0:
@@ -135,7 +150,7 @@ def check_overlayfs() -> Check:
         opts = f"lowerdir={tmp}/lower,upperdir={tmp}/upper,workdir={tmp}/work"
         try:
             # in a private mount namespace, so the mount vanishes with the probe
-            proc = _run(base + ["mount", "-t", "overlay", "overlay", "-o", opts, f"{tmp}/merged"])
+            proc = _run([*base, "mount", "-t", "overlay", "overlay", "-o", opts, f"{tmp}/merged"])
         except subprocess.TimeoutExpired:
             return Check("overlayfs", FAIL, "the overlay mount probe did not return")
         # overlayfs leaves its work folder mode 000: open it so the temporary folder can go
@@ -153,10 +168,8 @@ def check_instance_tools(release: str | None = None) -> Check:
     """cdsim enters instances with its own launcher (no nsenter or setpriv); binding the bundle into an
     instance for each deployment needs open_tree (Linux 5.2)."""
     release = release or os.uname().release
-    try:
-        version = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", release).groups())
-    except (AttributeError, ValueError):
-        version = (0, 0)
+    numbers = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(numbers.group(1)), int(numbers.group(2))) if numbers else (0, 0)
     if version < (5, 2):
         return Check("instance launcher", FAIL, f"Linux {release}: binding the bundle into an instance needs "
                      "Linux 5.2 or later (open_tree)", "deploy with --host, or use a newer kernel")
@@ -174,20 +187,20 @@ def _bundle_files(path: str, hooks: set[str]) -> dict[str, bytes]:
     """The files of a bundle (a directory or a zip/tar/tgz; for an appspec file, its folder) the
     scan needs, by bundle-relative name: the hook scripts and the shell scripts they may source,
     each at most 1 MiB, 32 MiB read in all, hook scripts first."""
-    found: list[tuple[str, object]] = []   # (name, read(at most n bytes))
+    found: list[Readable] = []
     if os.path.isfile(path) and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 if not info.is_dir() and info.file_size <= _MAX_SCANNED:
                     found.append((os.path.normpath(info.filename.lstrip("/")),
-                                  lambda n, i=info, z=zf: _head(z.open(i), n)))
+                                  _reader(functools.partial(zf.open, info))))
             return _read_within_budget(found, hooks)
     if os.path.isfile(path) and _is_tar(path):
         with tarfile.open(path) as tf:
             for member in tf.getmembers():
                 if member.isfile() and member.size <= _MAX_SCANNED:
                     found.append((os.path.normpath(member.name.lstrip("/")),
-                                  lambda n, m=member, t=tf: _head(t.extractfile(m), n)))
+                                  _reader(functools.partial(tf.extractfile, member))))
             return _read_within_budget(found, hooks)
     top = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for folder, dirs, files in os.walk(top):
@@ -195,11 +208,16 @@ def _bundle_files(path: str, hooks: set[str]) -> dict[str, bytes]:
         for name in files:
             full = os.path.join(folder, name)
             if os.path.isfile(full) and not os.path.islink(full) and os.path.getsize(full) <= _MAX_SCANNED:
-                found.append((os.path.relpath(full, top), lambda n, f=full: _head(f, n)))
+                found.append((os.path.relpath(full, top), _reader(full)))
     return _read_within_budget(found, hooks)
 
 
-def _head(source, n: int) -> bytes:
+def _reader(source: str | Callable[[], IO[bytes] | None]) -> Callable[[int], bytes]:
+    """read(n): at most the first n bytes of the file at path ``source``, or of the member ``source()`` opens."""
+    return lambda n: _head(source if isinstance(source, str) else source(), n)
+
+
+def _head(source: str | IO[bytes] | None, n: int) -> bytes:
     """At most ``n`` bytes of a file path or an open member (closed afterwards)."""
     try:
         f = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115 - closed below
@@ -211,7 +229,7 @@ def _head(source, n: int) -> bytes:
         return b""
 
 
-def _read_within_budget(found: list, hooks: set[str]) -> dict[str, bytes]:
+def _read_within_budget(found: list[Readable], hooks: set[str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     budget = _SCAN_BUDGET
     for name, read in sorted(found, key=lambda item: item[0] not in hooks):
@@ -244,10 +262,10 @@ def _read_appspec(path: str, name: str | None) -> tuple[bytes, str]:
                     return zf.read(members[n]), n
     elif os.path.isfile(path) and _is_tar(path):
         with tarfile.open(path) as tf:
-            members = {m.name.lstrip("./"): m for m in tf.getmembers() if m.isfile()}
+            regular = {m.name.lstrip("./"): m for m in tf.getmembers() if m.isfile()}
             for n in names:
-                if n in members:
-                    extracted = tf.extractfile(members[n])
+                extracted = tf.extractfile(regular[n]) if n in regular else None
+                if extracted is not None:
                     return extracted.read(), n
     elif os.path.isfile(path):
         with open(path, "rb") as f:
@@ -349,7 +367,7 @@ def commands_called(text: str) -> list[str]:
     return found
 
 
-def hook_scripts(spec, files: dict[str, bytes]) -> dict[str, bytes]:
+def hook_scripts(spec: AppSpec, files: dict[str, bytes]) -> dict[str, bytes]:
     """The bundle's hook scripts by location, as far as the bundle holds them."""
     out: dict[str, bytes] = {}
     for _event, scripts in spec.hooks:
@@ -360,7 +378,7 @@ def hook_scripts(spec, files: dict[str, bytes]) -> dict[str, bytes]:
     return out
 
 
-def check_hook_commands(spec, files: dict[str, bytes], caller_path: str | None) -> list[Check]:
+def check_hook_commands(spec: AppSpec, files: dict[str, bytes], caller_path: str | None) -> list[Check]:
     """The PATH hooks get (the agent service's environment, as hooks_runtime builds it) and, per
     command the shell hook scripts call, whether that PATH finds it."""
     from hooks_runtime.environment import service_environment
@@ -408,7 +426,7 @@ def _is_tar(path: str) -> bool:
 def _probe_env(argv: list[str], env: dict[str, str] | None = None) -> dict[str, str] | None:
     script = 'printf "PATH=%s\\nHOME=%s\\n" "$PATH" "$HOME"'
     try:
-        proc = _run(argv + [script], env=env)
+        proc = _run([*argv, script], env=env)
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
@@ -435,7 +453,8 @@ def check_runas(user: str) -> list[Check]:
     except subprocess.TimeoutExpired:
         return [Check(name, FAIL, f"`su {user} -c true` did not return (waiting for a terminal?)")]
     if proc.returncode != 0:
-        return [Check(name, FAIL, f"`su {user} -c true` fails: {_last_line(proc.stderr + proc.stdout) or proc.returncode}",
+        why = _last_line(proc.stderr + proc.stdout) or proc.returncode
+        return [Check(name, FAIL, f"`su {user} -c true` fails: {why}",
                       f"the user's shell is {entry.pw_shell}; runas hooks need a login shell that runs "
                       "commands (e.g. usermod -s /bin/bash " + user + ")")]
     checks = [Check(name, OK, f"user exists (uid {entry.pw_uid}, shell {entry.pw_shell}); su works with no terminal")]
@@ -454,7 +473,7 @@ def check_runas(user: str) -> list[Check]:
     return checks
 
 
-def check_tools(spec) -> list[Check]:
+def check_tools(spec: AppSpec) -> list[Check]:
     out = []
     if any(p.acls for p in spec.permissions):
         found = shutil.which("setfacl")
@@ -471,7 +490,7 @@ def check_tools(spec) -> list[Check]:
     return out
 
 
-def _needs_other_users(spec) -> list[str]:
+def _needs_other_users(spec: AppSpec) -> list[str]:
     """Users and groups other than root the deployment will switch to or give files to."""
     names: list[str] = []
     for _event, scripts in spec.hooks:
@@ -505,7 +524,7 @@ def check_id_map(problem: str | None, needed: list[str], *, creator_is_root: boo
     return Check("id map", WARN, problem)
 
 
-def check_enter(inst) -> Check:
+def check_enter(inst: Instance) -> Check:
     """The instance starts (if stopped) and a command runs inside it."""
     from agent import instance as instances
     from agent.errors import CdsimError
@@ -607,7 +626,7 @@ def diagnose_instance(name: str, bundle: str | None, appspec_filename: str | Non
                      for c in _checks_inside(inst, os.path.abspath(bundle), appspec_filename)]
 
 
-def _checks_inside(inst, bundle: str, appspec_filename: str | None) -> list[Check]:
+def _checks_inside(inst: Instance, bundle: str, appspec_filename: str | None) -> list[Check]:
     """`cdsim doctor --host --format json` run inside the instance, as `cdsim deploy` runs its engine
     there (same interpreter and checkout, the bundle by its absolute path)."""
     from agent import instance as instances
@@ -631,11 +650,11 @@ def _checks_inside(inst, bundle: str, appspec_filename: str | None) -> list[Chec
     return [Check(c["name"], c["status"], c["detail"], c.get("hint")) for c in report.get("checks", [])]
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from agent.commands import where as places
 
     place = places.resolve(args)
-    if place.host:
+    if place.instance is None:
         checks = diagnose(args.bundle, args.appspec_filename)
         subject = ("instance " + os.environ["CDSIM_INSIDE_INSTANCE"] if os.environ.get("CDSIM_INSIDE_INSTANCE")
                    else "this machine")

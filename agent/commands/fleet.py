@@ -7,6 +7,7 @@ the tag when they are missing. The server runs an agent for each. ``down`` dereg
 """
 from __future__ import annotations
 
+import argparse
 import re
 
 from agent.errors import UsageError
@@ -15,7 +16,7 @@ SUMMARY = "launch or remove a fleet of tagged instances registered with the cdsi
 ROLE_ARN = "arn:aws:iam::000000000000:role/cdsim-codedeploy"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("fleet", help=SUMMARY, description=__doc__)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     up = actions.add_parser("up", help="create, tag and register instances (and the app and group)")
@@ -95,7 +96,7 @@ def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str
     from agent.service.client import call
 
     key, value = parse_tag(tag)
-    names = call(endpoint, "ListOnPremisesInstances", {
+    names: list[str] = call(endpoint, "ListOnPremisesInstances", {
         "registrationStatus": "Registered",
         "tagFilters": [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}]})["instanceNames"]
     for name in names:
@@ -106,7 +107,7 @@ def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str
     return names
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from agent.service.client import find_endpoint
 
     if not getattr(args, "action", None):

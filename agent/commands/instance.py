@@ -14,10 +14,16 @@ import sys
 
 from agent.errors import UsageError
 
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from agent.instance import Change
+
 SUMMARY = "manage sandboxed instances (simulated EC2 instances made of Linux namespaces)"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("instance", help=SUMMARY, description=SUMMARY)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     c = actions.add_parser("create", help="create a stopped instance")
@@ -42,7 +48,7 @@ def register(sub) -> None:
     p.set_defaults(func=run, parser=p)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import agent.instance as inst  # not at import time: `cdsim --help` stays fast
 
     action = getattr(args, "action", None)
@@ -109,7 +115,7 @@ PYTHON_CACHE = "bytecode of this machine's Python code"
 LDCONFIG_CACHE = "ldconfig's cache"
 
 
-def incidental(found: list, host_root: str = "/") -> dict[str, str]:
+def incidental(found: list[Change], host_root: str = "/") -> dict[str, str]:
     """Path -> why, for changes no deployment made on purpose: ldconfig's caches, and a __pycache__
     entry whose source module is on this machine (``host_root``) and not itself changed in the
     instance (Python wrote it when code of this machine ran inside). A __pycache__ folder counts

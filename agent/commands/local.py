@@ -4,11 +4,22 @@ prints the agent's lines; our extras (the hook's failure reason, notices) go to 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 
 from agent.errors import ExitStatus
+
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent.config import AgentConfig
+    from agent.errors import HookFailed
+    from agent.revision import Revision
 
 SUMMARY = "run a revision exactly as codedeploy-local does (same flags, output and on-disk layout)"
 
@@ -34,7 +45,7 @@ class _Usage(Exception):
         self.detail = detail
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # `cdsim local` is dispatched before argparse (agent.cli.main); this entry only lists it in --help
     p = sub.add_parser("local", help=SUMMARY, add_help=False)
     p.set_defaults(func=lambda args: run_argv([]))
@@ -87,9 +98,11 @@ def _agent_version() -> str:
     return __version__
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """docopt 0.5 semantics: unique prefixes, --opt=value, -x value, no positionals or repeats."""
-    out: dict[str, str] = {}
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """docopt 0.5 semantics: unique prefixes, --opt=value, -x value, no positionals or repeats.
+    Option -> its value (None for a flag; a list for the repeatable ones)."""
+    out: dict[str, Any] = {}
+    value: str | None
     longs = list(OPTIONS) + list(FLAGS)
     i = 0
     while i < len(argv):
@@ -127,7 +140,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
             if full in FLAGS:
                 value = None
                 if rest:
-                    argv = argv[:i] + ["-" + rest] + argv[i:]
+                    argv = [*argv[:i], "-" + rest, *argv[i:]]
             elif rest:
                 value = rest
             else:
@@ -168,7 +181,7 @@ def _scheme(location: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def validate(opts: dict, cwd: str) -> str | None:
+def validate(opts: dict[str, Any], cwd: str) -> str | None:
     """§1.3 in order; the first failing rule's message, or None."""
     location = opts.get("--bundle-location") or cwd
     btype = opts.get("--type", "directory")
@@ -205,7 +218,7 @@ def validate(opts: dict, cwd: str) -> str | None:
     return events_order_error(opts.get("--events"))
 
 
-def classify(location: str, btype: str, cwd: str):
+def classify(location: str, btype: str, cwd: str) -> Revision:
     """§1.4: the revision for a validated location, or a UsageError with the agent's text."""
     from agent.revision import classify_location
     return classify_location(location, btype, cwd)
@@ -224,7 +237,7 @@ def run_argv(argv: list[str]) -> int:
     return run(opts)
 
 
-def run(opts: dict) -> int:
+def run(opts: dict[str, Any]) -> int:
     from agent.config import DEFAULT_CONFIG_PATH, load_local_config
     from agent.errors import CdsimError
 
@@ -261,7 +274,7 @@ def run(opts: dict) -> int:
     return _execute(opts, config, cwd)
 
 
-def _execute(opts: dict, config, cwd: str) -> int:
+def _execute(opts: dict[str, Any], config: AgentConfig, cwd: str) -> int:
     from agent.deploy import DeploymentRequest, deploy
     from agent.deployment_root import new_deployment_id
     from agent.errors import CdsimError, HookFailed
@@ -288,7 +301,7 @@ def _execute(opts: dict, config, cwd: str) -> int:
         appspec_filename=opts.get("--appspec-filename"), deployment_id=did, cwd=cwd,
         grace_seconds=float(grace) if grace else 5.0,
         ignore_application_stop_failures="--ignore-application-stop-failures" in opts)
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     result = deploy(request, listeners=[records.append],
                     notify=lambda text: print(f"cdsim: {text}", file=sys.stderr, flush=True))
     if not os.environ.get("CDSIM_INSIDE_INSTANCE"):
@@ -303,6 +316,7 @@ def _execute(opts: dict, config, cwd: str) -> int:
     if result.succeeded:
         print("AppSpec file valid. Local deployment successful", file=out)
         return 0
+    assert err is not None   # a deployment that did not succeed carries its error
     if isinstance(err, HookFailed):
         _explain_hook_failure(err)
     else:
@@ -315,7 +329,7 @@ def _execute(opts: dict, config, cwd: str) -> int:
     return int(err.exit_status)
 
 
-def _explain_hook_failure(err) -> None:
+def _explain_hook_failure(err: HookFailed) -> None:
     """What the agent never prints (Q19): why the hook failed, and what we did about it."""
     r = err.result
     print(f"cdsim: {err.event}: {err.message}", file=sys.stderr)

@@ -16,6 +16,7 @@ CLI registers one command per module).
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import glob
 import json
@@ -26,6 +27,12 @@ import time
 from dataclasses import dataclass, field
 
 from agent.errors import ExitStatus, UsageError
+
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 SUMMARY = "print what a deployment's hooks printed (the latest by default); --follow while it runs"
 HISTORY_SUMMARY = "list past deployments (in the instance cdsim deploy uses, or --instance/--host), newest last"
@@ -47,7 +54,7 @@ class FoundDeployment:
     error: str | None = None
     events_path: str | None = None
     deployment_dir: str | None = None
-    hooks: list[dict] = field(default_factory=list)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
     prefix: str = ""
 
     @property
@@ -56,7 +63,7 @@ class FoundDeployment:
             return None
         return _host_path(f"{self.deployment_dir}/logs/scripts.log", self.prefix)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"deployment_id": self.deployment_id, "group": self.group, "started": self.started,
                 "ended": self.ended, "status": self.status, "failed_event": self.failed_event,
                 "error": self.error, "events_path": self.events_path, "scripts_log": self.scripts_log,
@@ -70,13 +77,13 @@ def _host_path(path: str, prefix: str) -> str:
     return path
 
 
-def _sources(args) -> list[tuple[str, str, str]]:
+def _sources(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """(root dir, log dir, path prefix) triples to search, for the place ``args`` names."""
     from agent.commands import where as places
 
     place = places.resolve(args)
     roots = getattr(args, "root_dir", None) or []
-    if not place.host:
+    if place.instance is not None:
         inst = places.existing_instance(place.instance)
         if inst is None:
             return []
@@ -96,19 +103,19 @@ def _sources(args) -> list[tuple[str, str, str]]:
     return out
 
 
-def _nothing_found(args) -> str:
+def _nothing_found(args: argparse.Namespace) -> str:
     """What to say when no deployment is found where ``args`` looked."""
     from agent.commands import where as places
 
     place = places.resolve(args)
-    if place.host:
+    if place.instance is None:
         return "no deployment found on this machine"
     if places.existing_instance(place.instance) is None:
         return f"no deployment in instance {place.instance} yet (it does not exist)"
     return f"no deployment in instance {place.instance} yet"
 
 
-def _nothing_found_hint(args) -> str:
+def _nothing_found_hint(args: argparse.Namespace) -> str:
     from agent.commands import where as places
 
     place = places.resolve(args)
@@ -138,7 +145,7 @@ def _from_events(path: str, prefix: str) -> FoundDeployment | None:
         hooks=[{k: h.get(k) for k in ("event", "location", "status", "duration", "message")} for h in dep["hooks"]])
 
 
-def find_deployments(args) -> list[FoundDeployment]:
+def find_deployments(args: argparse.Namespace) -> list[FoundDeployment]:
     """Every deployment found, oldest first."""
     found: dict[str, FoundDeployment] = {}
     for root, log_dir, prefix in _sources(args):
@@ -166,7 +173,8 @@ def find_deployments(args) -> list[FoundDeployment]:
     return sorted(found.values(), key=lambda d: (d.started or 0.0, d.deployment_id))
 
 
-def pick(deployments: list[FoundDeployment], wanted: str | None, args=None) -> FoundDeployment:
+def pick(deployments: list[FoundDeployment], wanted: str | None,
+         args: argparse.Namespace | None = None) -> FoundDeployment:
     """The deployment named by id (or a unique prefix of it), or the latest."""
     if not deployments:
         raise UsageError(_nothing_found(args) if args is not None else "no deployment found",
@@ -185,7 +193,7 @@ def pick(deployments: list[FoundDeployment], wanted: str | None, args=None) -> F
                      + ", ".join(d.deployment_id for d in matches), reference="deployment-ambiguous")
 
 
-def _add_search_options(p) -> None:
+def _add_search_options(p: argparse.ArgumentParser) -> None:
     from agent.commands import where as places
 
     places.add_where_options(p, instance_help="look at the deployments made in this sandboxed instance",
@@ -209,7 +217,7 @@ HISTORY_DESCRIPTION = (
     "deployments made on this machine (`cdsim deploy --host`, `cdsim local`).")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("logs", help=SUMMARY, description=LOGS_DESCRIPTION)
     p.add_argument("deployment", nargs="?", metavar="DEPLOYMENT",
                    help="deployment id or a unique prefix of it (default: the latest)")
@@ -222,7 +230,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def register_history(sub) -> None:
+def register_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     h = sub.add_parser("history", help=HISTORY_SUMMARY, description=HISTORY_DESCRIPTION)
     h.add_argument("--limit", "-n", type=int, default=20, help="show the last N deployments (default 20, 0: all)")
     h.add_argument("--format", choices=("text", "json"), default="text")
@@ -260,7 +268,7 @@ def _ended(dep: FoundDeployment) -> bool:
         return False
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     dep = pick(find_deployments(args), args.deployment, args)
     keep = _Filter(args.event, timestamps=not args.no_timestamps)
     out = sys.stdout
@@ -280,7 +288,7 @@ def run(args) -> int:
     return _follow(dep, keep, out)
 
 
-def _follow(dep: FoundDeployment, keep: _Filter, out) -> int:
+def _follow(dep: FoundDeployment, keep: _Filter, out: TextIO) -> int:
     """Print scripts.log as it grows until the event stream records the deployment's end."""
     print(f"cdsim: following deployment {dep.deployment_id} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     f = None
@@ -302,8 +310,9 @@ def _follow(dep: FoundDeployment, keep: _Filter, out) -> int:
                             out.write(shown)
                     out.flush()
             if done:
-                if pending and keep(pending) is not None:
-                    out.write(keep(pending) + "\n")
+                tail = keep(pending) if pending else None
+                if tail is not None:
+                    out.write(tail + "\n")
                 return int(ExitStatus.SUCCESS)
             time.sleep(0.2)
     except KeyboardInterrupt:
@@ -320,7 +329,7 @@ def _when(epoch: float | None) -> str:
     return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def run_history(args) -> int:
+def run_history(args: argparse.Namespace) -> int:
     deps = find_deployments(args)
     if args.limit and args.limit > 0:
         deps = deps[-args.limit:]

@@ -22,6 +22,12 @@ from agent.commands import where as places
 from agent.commands.deploy import INSTANCE_ROOT_DIR
 from agent.errors import UsageError
 
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from agent.instance import Instance
+
 SUMMARY = "show what a deployment would install, delete and change where it would deploy, changing nothing"
 DESCRIPTION = (
     "Show what a deployment's Install would do, changing nothing: the previous install's cleanup, the "
@@ -30,7 +36,7 @@ DESCRIPTION = (
     "that instance's files, users and previous deployment; --host plans against this machine.")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("plan", help=SUMMARY, description=DESCRIPTION)
     places.add_bundle_argument(p, default=None,
                                help="a bundle directory or a zip/tar/tgz archive (default: the current directory)")
@@ -55,7 +61,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     place = places.resolve(args)
-    if place.host:
+    if place.instance is None:
         inside = os.environ.get("CDSIM_INSIDE_INSTANCE")
         return _plan_here(args, args.root_dir or _host_root(inside),
                           f"instance {inside}" if inside else "this machine")
@@ -90,7 +96,7 @@ def _plan_here(args: argparse.Namespace, root_dir: str, place: str) -> int:
     return int(result.exit_status)
 
 
-def _plan_in_instance(args: argparse.Namespace, inst) -> int:
+def _plan_in_instance(args: argparse.Namespace, inst: Instance) -> int:
     """`cdsim plan --host` run inside the instance, as `cdsim deploy` runs its engine there: the same
     interpreter and checkout (the host's files are the instance's lower layer), the bundle by its
     absolute path, which the instance sees too."""

@@ -6,6 +6,7 @@ knows the agent's quirks, line numbers and the bundle's files).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from importlib import resources
 
@@ -19,13 +20,13 @@ def schema_text() -> str:
     return resources.files("agent").joinpath("appspec.schema.json").read_text(encoding="utf-8")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("schema", help=SUMMARY, description=__doc__)
     p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead of standard output")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     text = schema_text()
     if args.output:
         from agent.fsutil import atomic_write

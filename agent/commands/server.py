@@ -3,6 +3,7 @@ the shell lines that point the aws CLI at the running one, with its credentials 
 signed with them; only the server's user can read them)."""
 from __future__ import annotations
 
+import argparse
 import os
 
 from agent.errors import EnvironmentProblem
@@ -10,7 +11,7 @@ from agent.errors import EnvironmentProblem
 SUMMARY = "run a local CodeDeploy service (the aws CLI's deploy commands work against it)"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("server", help=SUMMARY, description=__doc__)
     p.add_argument("action", nargs="?", choices=("run", "env"), default="run",
                    help="run (default): start the server; env: print the export lines of the running one")
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from agent.service.auth import read
     from agent.service.client import server_info, service_dir
     from agent.service.server import env_lines, serve

@@ -5,6 +5,7 @@ the CLI imports this module to build its parser, so YAML and the linter load onl
 """
 from __future__ import annotations
 
+import argparse
 import json
 
 from agent.errors import ExitStatus
@@ -12,7 +13,7 @@ from agent.errors import ExitStatus
 SUMMARY = "check a bundle and its appspec: every problem the agent would hit, in one pass"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "validate", help=SUMMARY, description=SUMMARY + ". Errors are what makes the agent fail the "
         "deployment; warnings are what it accepts but probably not what you meant.")
@@ -28,7 +29,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from agent.lint import summary, validate_bundle
 
     findings = validate_bundle(args.path, args.appspec_filename)

@@ -7,16 +7,23 @@ instance, lifecycle event, message and log tail.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 
 from agent.errors import ExitStatus, UsageError
 
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
 SUMMARY = "wait for a deployment to finish; exit non-zero with the failure when it fails"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("wait", help=SUMMARY, description=__doc__)
     p.add_argument("deployment", nargs="?", default="-", help="deployment id, or - to read it from stdin")
     p.add_argument("--endpoint", default=None)
@@ -27,7 +34,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_deployment_id(arg: str, stdin=None) -> str:
+def read_deployment_id(arg: str, stdin: TextIO | None = None) -> str:
     text = arg
     if arg == "-":
         text = (stdin or sys.stdin).read().strip()
@@ -42,7 +49,7 @@ def read_deployment_id(arg: str, stdin=None) -> str:
     return text
 
 
-def targets(endpoint: str, did: str) -> list[dict]:
+def targets(endpoint: str, did: str) -> list[dict[str, Any]]:
     from agent.service.client import call
     ids = call(endpoint, "ListDeploymentTargets", {"deploymentId": did})["targetIds"]
     out = []
@@ -52,12 +59,12 @@ def targets(endpoint: str, did: str) -> list[dict]:
     return out
 
 
-def _where(t: dict) -> str:
+def _where(t: dict[str, Any]) -> str:
     running = [e["lifecycleEventName"] for e in t["lifecycleEvents"] if e["status"] == "InProgress"]
     return f" ({running[0]})" if running else ""
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from agent.service.client import call, find_endpoint
 
     did = read_deployment_id(args.deployment)
@@ -86,7 +93,7 @@ def run(args) -> int:
     return report_failure(info, current, counts)
 
 
-def report_failure(info: dict, current: list[dict], counts: str) -> int:
+def report_failure(info: dict[str, Any], current: list[dict[str, Any]], counts: str) -> int:
     did = info["deploymentId"]
     err = info.get("errorInformation") or {}
     out = sys.stderr
@@ -105,7 +112,8 @@ def report_failure(info: dict, current: list[dict], counts: str) -> int:
                   f"{d.get('message')}", file=out)
             origin = e.get("cdsimScriptRevision")
             if origin:
-                print(f"    the script is the previous revision's (spec §4.2): deployment {origin.get('deploymentId')}, "
+                print("    the script is the previous revision's (spec §4.2): "
+                      f"deployment {origin.get('deploymentId')}, "
                       f"archive {origin.get('archive')}, appspec {origin.get('appspec')}; this revision's "
                       f"{e['lifecycleEventName']} script will not run until a deployment succeeds: deploy with "
                       "ignoreApplicationStopFailures, or remove the marker "

@@ -9,6 +9,7 @@ Reads the run's event stream (agent.events) for the summary; imports no engine m
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import subprocess
@@ -17,6 +18,12 @@ import threading
 import time
 
 from agent.errors import ExitStatus, UsageError
+
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUMMARY = "re-run a deployment whenever a file of the bundle changes; show what changed since the last run"
 DESCRIPTION = """Deploy the bundle, then deploy it again each time one of its files changes (a burst of
@@ -30,7 +37,7 @@ _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".part", ".pyc")
 _CHANGE_EVENTS = ("created", "modified", "deleted", "moved")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("watch", help=SUMMARY, description=DESCRIPTION)
     p.add_argument("bundle", nargs="?", default=".", help="bundle directory or zip/tar/tgz file (default: .)")
     p.add_argument("-l", "--bundle-location", dest="bundle_location", default=None,
@@ -91,38 +98,32 @@ class _Changes:
             return taken
 
 
-def _events_dir(args) -> str:
+def _events_dir(args: argparse.Namespace) -> str:
     """Where the runs' event streams appear, as seen from here."""
     if args.host:
         from agent.instance import state_dir
         return os.path.join(state_dir(), "host", "log", "cdsim-events", args.deployment_group)
     from agent import instance as instances
-    from agent.commands.deploy import DEFAULT_INSTANCE, INSTANCE_LOG_DIR
+    from agent.commands.deploy import INSTANCE_LOG_DIR
+    from agent.commands.where import DEFAULT_INSTANCE
 
     inst = instances.get_or_create(args.instance or DEFAULT_INSTANCE)
     return os.path.join(inst.upper + INSTANCE_LOG_DIR.rstrip("/"), "cdsim-events", args.deployment_group)
 
 
-def _deploy_argv(args, bundle: str) -> list[str]:
-    argv = [sys.executable, "-m", "agent", "deploy", bundle, "-g", args.deployment_group,
-            "-b", args.file_exists_behavior, "--grace-period", str(args.grace_period)]
+def _deploy_argv(args: argparse.Namespace, bundle: str) -> list[str]:
+    from agent.commands.deploy import deployment_options
+
+    argv = [sys.executable, "-m", "agent", "deploy", bundle]
     if args.host:
         argv.append("--host")
     elif args.instance:
         argv += ["--instance", args.instance]
-    for flag, value in (("-e", args.events), ("-A", args.appspec_filename), ("--root-dir", args.root_dir)):
-        if value:
-            argv += [flag, value]
-    if args.quiet:
-        argv.append("-q")
-    if args.inherit_env:
-        argv.append("--inherit-env")
-    if getattr(args, "ignore_application_stop_failures", False):
-        argv.append("--ignore-application-stop-failures")
+    argv += deployment_options(args)
     return argv
 
 
-def _outcome(records: list[dict]) -> dict:
+def _outcome(records: list[dict[str, Any]]) -> dict[str, Any]:
     from agent.reports.model import summarize
 
     dep = summarize(records) if records else None
@@ -147,7 +148,7 @@ def _secs(v: float | None) -> str:
     return "?" if v is None else f"{v:.2f}s"
 
 
-def describe(number: int, changed: list[str], now: dict, before: dict | None) -> list[str]:
+def describe(number: int, changed: list[str], now: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
     """The summary lines of run ``number`` compared with the previous run's outcome."""
     head = f"cdsim watch: run {number}"
     if changed:
@@ -186,19 +187,19 @@ def describe(number: int, changed: list[str], now: dict, before: dict | None) ->
     return lines
 
 
-def _one_run(args, bundle: str, events_dir: str) -> tuple[int, dict]:
+def _one_run(args: argparse.Namespace, bundle: str, events_dir: str) -> tuple[int, dict[str, Any]]:
     before = set(glob.glob(os.path.join(events_dir, "*.jsonl")))
     proc = subprocess.run(_deploy_argv(args, bundle), stdin=subprocess.DEVNULL, check=False)
     new = sorted(set(glob.glob(os.path.join(events_dir, "*.jsonl"))) - before, key=os.path.getmtime)
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     if new:
         from agent.events import read_events
         records = read_events(new[-1])
     return proc.returncode, _outcome(records)
 
 
-def run(args) -> int:
-    from watchdog.events import FileSystemEventHandler
+def run(args: argparse.Namespace) -> int:
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers import Observer
 
     if args.bundle_location is not None:
@@ -213,7 +214,7 @@ def run(args) -> int:
     changes = _Changes()
 
     class Handler(FileSystemEventHandler):
-        def on_any_event(self, event) -> None:
+        def on_any_event(self, event: FileSystemEvent) -> None:
             if event.event_type not in _CHANGE_EVENTS:
                 return   # opened/closed events: a deployment reading the bundle is no change
             kinds = {"created": "created", "deleted": "gone", "moved": "gone"}

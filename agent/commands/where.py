@@ -9,18 +9,29 @@ Must not import the deploy engine.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.commands.deploy import DEFAULT_INSTANCE
+# typing and the modules named in annotations only are imported for the type checker, not at run time:
+# the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent.instance import Instance
 
 __all__ = ["DEFAULT_INSTANCE", "Where", "add_bundle_argument", "add_where_options", "existing_instance",
            "resolve"]
+
+# the instance `cdsim deploy` deploys into, and every command that follows a deployment looks in, by default
+DEFAULT_INSTANCE = "default"
 
 
 class _BundleAction(argparse.Action):
     """Stores the bundle from the positional or from -l, refusing two of them."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         if option_string is None and values is self.default:
             return   # the optional positional matched nothing: keep what -l gave, or the default
         given = getattr(namespace, "_bundle_from", None)
@@ -30,7 +41,8 @@ class _BundleAction(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_bundle_argument(parser: argparse.ArgumentParser, *, default: str | None, help: str,
+def add_bundle_argument(parser: argparse.ArgumentParser, *, default: str | None,
+                        help: str,  # noqa: A002 - passed on as add_argument's help=, named as there
                         metavar: str = "BUNDLE", dest: str = "bundle") -> None:
     """The optional positional bundle, and ``-l/--bundle-location`` for the same value."""
     parser.add_argument(dest, nargs="?", default=default, metavar=metavar, action=_BundleAction, help=help)
@@ -73,7 +85,7 @@ def resolve(args: argparse.Namespace) -> Where:
     return Where(DEFAULT_INSTANCE, False)
 
 
-def existing_instance(name: str):
+def existing_instance(name: str) -> Instance | None:
     """The instance called ``name``, or None when it was never created."""
     from agent import instance as instances
     from agent.errors import UsageError

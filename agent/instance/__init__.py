@@ -26,13 +26,18 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO, Any
 
 from agent.errors import EnvironmentProblem, UsageError
 from agent.instance import confine, enter, idmap, keeper, store
 from agent.instance.diff import Change
 from agent.instance.diff import changes as _changes
 from agent.instance.store import Instance, state_dir
+
+# what subprocess accepts for a child's stdin, stdout or stderr
+Stdio = int | IO[Any] | None
 
 __all__ = [
     "Change",
@@ -146,9 +151,10 @@ def _check_owner(instance: Instance) -> None:
             reference="instance-owner", hint="use your own state folder (CDSIM_STATE_DIR)")
 
 
-def _enter_command(instance: Instance, record: dict, cwd: str | None, binds: dict[str, str] | None) -> list[str]:
+def _enter_command(instance: Instance, record: store.KeeperRecord, cwd: str | None,
+                   binds: dict[str, str] | None) -> list[str]:
     meta = store.read_meta(instance.path)
-    spec = {"pid": record["init_pid"], "started": record["init_started"],
+    spec: enter.LaunchSpec = {"pid": record["init_pid"], "started": record["init_started"],
             "userns": bool(meta.get("user_namespace")), "private_net": instance.network == "private",
             "cwd": cwd, "binds": [[host, inside] for host, inside in (binds or {}).items()]}
     for host, inside in spec["binds"]:
@@ -183,8 +189,9 @@ def command_in(instance: Instance, argv: list[str], *, cwd: str | None = None,
     return _enter_command(instance, record, cwd, binds) + list(argv)
 
 
-def exec_in(instance: Instance, argv: list[str], *, env: dict | None = None, cwd: str | None = None,
-            stdin=None, stdout=None, stderr=None, binds: dict[str, str] | None = None) -> int:
+def exec_in(instance: Instance, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+            stdin: Stdio = None, stdout: Stdio = None, stderr: Stdio = None,
+            binds: dict[str, str] | None = None) -> int:
     """Run ``argv`` inside the instance (starting it if needed) as its root; return its exit status.
 
     Stdio is inherited unless given (anything subprocess accepts). Processes it leaves behind keep
@@ -237,7 +244,8 @@ def destroy(instance: Instance) -> None:
     if store.read_meta(real).get("id_helpers") and os.geteuid() != 0:
         # files of users made inside belong to the caller's subordinate ids, which the caller can't
         # remove as itself: remove the folder as root of a user namespace with the instance's maps
-        remover = "import sys; from agent.instance.idmap import remove_folder; sys.exit(remove_folder(sys.argv[1]))"
+        remover = ("import sys; from agent.instance import idmap, store; "
+                   "sys.exit(idmap.remove_folder(sys.argv[1], store.read_meta(sys.argv[1])))")
         done = subprocess.run([sys.executable, "-c", remover, real],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/",
                               env=keeper.package_env(), check=False)
@@ -255,7 +263,7 @@ def destroy(instance: Instance) -> None:
 
 def _remove_as_caller(real: str) -> None:
     # rmtree never follows symlinks; overlayfs leaves its work folders mode 000, so open them up first
-    def allow(func, path, _exc):
+    def allow(func: Callable[[str], object], path: str, _exc: object) -> None:
         parent = os.path.dirname(path)
         os.chmod(parent, 0o700)
         if os.path.isdir(path) and not os.path.islink(path):

@@ -111,10 +111,10 @@ def filter_supported(machine: str | None = None) -> bool:
 
 
 # the twin of agent.instance.namespaces._lib: this module imports nothing of cdsim (see above)
-_libc = None
+_libc: ctypes.CDLL | None = None
 
 
-def _lib():
+def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
         # the C library python itself is linked with: no find_library (it runs ldconfig)

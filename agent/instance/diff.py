@@ -15,6 +15,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from agent.instance.idmap import IdMaps
+
 KINDS = ("added", "changed", "deleted")
 _XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
@@ -50,7 +52,7 @@ def is_opaque(path: str) -> bool:
     return _xattr(path, "opaque") == b"y"
 
 
-def _inside_id(on_disk: int, mapping: list) -> int:
+def _inside_id(on_disk: int, mapping: list[list[int]]) -> int:
     for inside, outside, count in mapping:
         if outside <= on_disk < outside + count:
             return inside + (on_disk - outside)
@@ -70,7 +72,7 @@ def _same_content(a: str, b: str) -> bool:
         return False
 
 
-def _differs(upper_path: str, ust: os.stat_result, host_path: str, hst: os.stat_result, maps: dict) -> bool:
+def _differs(upper_path: str, ust: os.stat_result, host_path: str, hst: os.stat_result, maps: IdMaps) -> bool:
     if stat.S_IFMT(ust.st_mode) != stat.S_IFMT(hst.st_mode):
         return True
     if stat.S_IMODE(ust.st_mode) != stat.S_IMODE(hst.st_mode) and not stat.S_ISLNK(ust.st_mode):
@@ -109,7 +111,7 @@ def _sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def changes(upper: str, maps: dict, host_root: str = "/", synthesized: dict | None = None) -> list[Change]:
+def changes(upper: str, maps: IdMaps, host_root: str = "/", synthesized: dict[str, str] | None = None) -> list[Change]:
     """Every change recorded in ``upper`` against the tree at ``host_root``, sorted by path.
     ``synthesized`` ({path: sha256}) names files cdsim wrote itself: unchanged, they are no change."""
     found: list[Change] = []

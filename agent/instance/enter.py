@@ -30,7 +30,25 @@ import signal
 import sys
 import warnings  # noqa: F401 - os.execvp imports it, which inside would load the instance's copy
 
-if __package__:
+# typing costs this launcher ~10 ms at every start: it is imported for the type checker only (mypy
+# takes any name TYPE_CHECKING as true; `from __future__ import annotations` leaves annotations unread)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import TypedDict
+
+    class LaunchSpec(TypedDict):
+        """What the launcher enters: the instance's init (host pid and start time), its namespaces,
+        the working folder inside and the bind mounts ([host path, path inside])."""
+
+        pid: int
+        started: int
+        userns: bool
+        private_net: bool
+        cwd: str | None
+        binds: list[list[str]]
+
+if TYPE_CHECKING or __package__:
     from agent.instance import confine
     from agent.instance import namespaces as ns
 else:   # run as a script: its folder is sys.path[0]
@@ -43,7 +61,7 @@ STATUS_NOT_FOUND = 127
 STATUS_LAUNCHER = 7   # agent.errors.ExitStatus.ENVIRONMENT: the instance could not be entered
 
 
-def launcher_argv(spec: dict, argv: list[str]) -> list[str]:
+def launcher_argv(spec: LaunchSpec, argv: list[str]) -> list[str]:
     """The host command line that runs ``argv`` as ``spec`` says (keys: pid, started, userns,
     private_net, cwd, binds = [[host path, path inside], ...]); :func:`parse` reads it back."""
     script = os.path.abspath(__file__)
@@ -55,14 +73,14 @@ def launcher_argv(spec: dict, argv: list[str]) -> list[str]:
             spec.get("cwd") or "", str(len(binds) // 2), *binds, "--", *argv]
 
 
-def parse(args: list[str]) -> tuple[dict, list[str]]:
+def parse(args: list[str]) -> tuple[LaunchSpec, list[str]]:
     """(spec, argv) from what :func:`launcher_argv` put after the script; ValueError if malformed."""
     pid, started, flags, cwd, count = args[:5]
     n = int(count)
     binds = args[5:5 + 2 * n]
     if len(binds) != 2 * n or args[5 + 2 * n:6 + 2 * n] != ["--"] or len(args) < 7 + 2 * n:
         raise ValueError("malformed")
-    spec = {"pid": int(pid), "started": int(started), "userns": "u" in flags, "private_net": "n" in flags,
+    spec: LaunchSpec = {"pid": int(pid), "started": int(started), "userns": "u" in flags, "private_net": "n" in flags,
             "cwd": cwd or None, "binds": [binds[i:i + 2] for i in range(0, len(binds), 2)]}
     return spec, args[6 + 2 * n:]
 
@@ -79,7 +97,7 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def _open_init(spec: dict) -> int:
+def _open_init(spec: LaunchSpec) -> int:
     """A pidfd of the instance's init (setns takes it for every namespace at once), checked to be that
     process: a pidfd can't move on to another process if the pid is reused later."""
     pid = spec["pid"]
@@ -230,7 +248,7 @@ def _exec_child(last_cap: int, cwd: str | None, argv: list[str], held: list[int]
         os._exit(STATUS_NOT_FOUND if isinstance(e, FileNotFoundError) else STATUS_CANNOT_RUN)
 
 
-def run(spec: dict, argv: list[str]) -> int:
+def run(spec: LaunchSpec, argv: list[str]) -> int:
     last_cap = confine.prepare()
     binds = [(os.path.abspath(host), inside) for host, inside in spec.get("binds") or ()]
     kinds = [(host, os.path.isdir(host)) for host, _ in binds]
@@ -244,7 +262,7 @@ def run(spec: dict, argv: list[str]) -> int:
         if binds:   # a mount namespace this user namespace owns, for open_tree
             ns.unshare(ns.CLONE_NEWNS)
     trees = []
-    for (host, inside), (_, is_dir) in zip(binds, kinds):
+    for (host, inside), (_, is_dir) in zip(binds, kinds, strict=True):
         fd = ns.open_tree(host)
         try:
             ns.set_tree_attributes(fd, _BIND_ATTRIBUTES)
@@ -259,7 +277,7 @@ def run(spec: dict, argv: list[str]) -> int:
         os.close(init)
     attached: list[str] = []
 
-    def stop(signum, _frame):
+    def stop(signum: int, _frame: FrameType | None) -> None:
         _detach(attached)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -288,9 +306,9 @@ def run(spec: dict, argv: list[str]) -> int:
     finally:
         _detach(attached)
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
+        killer = os.WTERMSIG(status)
+        signal.signal(killer, signal.SIG_DFL)
+        os.kill(os.getpid(), killer)
     return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status)
 
 

@@ -16,8 +16,22 @@ import pwd
 import shutil
 import subprocess
 import sys
+from typing import NotRequired, TypedDict
 
 from agent.instance import namespaces as ns
+
+
+class IdMaps(TypedDict):
+    """An instance's id maps (kept in its meta.json): ``uid_map``/``gid_map`` rows are [inside, outside,
+    count] as /proc/PID/uid_map has them; ``id_helpers`` when newuidmap/newgidmap write them;
+    ``id_map_problem`` when only the caller is mapped, saying why and how to fix it."""
+
+    user_namespace: bool
+    uid_map: list[list[int]]
+    gid_map: list[list[int]]
+    id_helpers: NotRequired[bool]
+    id_map_problem: NotRequired[str]
+
 
 SUBUID_FILE, SUBGID_FILE = "/etc/subuid", "/etc/subgid"
 # Where the setuid helpers live (Debian, Fedora, Arch): also searched when they are not on PATH.
@@ -82,7 +96,7 @@ def fix_hint(user: str) -> str:
         "nothing: this machine now maps other users; the instance is re-mapped when it next starts"
 
 
-def plan(uid: int, gid: int, user: str, *, subuid: str, subgid: str, helpers: bool) -> dict:
+def plan(uid: int, gid: int, user: str, *, subuid: str, subgid: str, helpers: bool) -> IdMaps:
     """The id maps of an instance started by ``uid``/``gid`` (pure): identity for root; else 0 = the
     caller and, given the helpers and both subordinate ranges, 1..N = the ranges (``id_helpers``);
     else only the caller, with ``id_map_problem`` saying why and how to fix it."""
@@ -94,10 +108,11 @@ def plan(uid: int, gid: int, user: str, *, subuid: str, subgid: str, helpers: bo
                 "uid_map": [[0, uid, 1], [1, uids[0], uids[1]]], "gid_map": [[0, gid, 1], [1, gids[0], gids[1]]]}
     missing = [what for what, ok in (("newuidmap/newgidmap", helpers), (f"a range in {SUBUID_FILE}", uids),
                                      (f"a range in {SUBGID_FILE}", gids)) if not ok]
+    fix = advice(user, uid, gid, subuid=subuid, subgid=subgid, helpers=helpers)
+    assert fix is not None   # something is missing, so advice has a step for it
     problem = (f"only your uid is mapped into the instance (as root): {user} lacks "
                + ", ".join(missing) + "; so no useradd, chown to other users or su/runas inside; fix, "
-               + advice(user, uid, gid, subuid=subuid, subgid=subgid, helpers=helpers)
-               + "; the instance is re-mapped when it next starts")
+               + fix + "; the instance is re-mapped when it next starts")
     return {"user_namespace": True, "uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]], "id_map_problem": problem}
 
 
@@ -120,7 +135,7 @@ def _read(path: str) -> str:
         return ""
 
 
-def current() -> dict:
+def current() -> IdMaps:
     """The id maps an instance started now by this process would get (see :func:`plan`)."""
     uid, gid = os.geteuid(), os.getegid()
     try:
@@ -131,29 +146,29 @@ def current() -> dict:
                 helpers=bool(_helper("newuidmap") and _helper("newgidmap")))
 
 
-def _write_own_maps(meta: dict) -> None:
+def _write_own_maps(meta: IdMaps) -> None:
     # an unprivileged process may map only its own ids, and only after giving up setgroups
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
-    for kind in ("uid", "gid"):
+    for kind, rows in (("uid", meta["uid_map"]), ("gid", meta["gid_map"])):
         with open(f"/proc/self/{kind}_map", "w") as f:
-            f.write("".join(f"{a} {b} {c}\n" for a, b, c in meta[f"{kind}_map"]))
+            f.write("".join(f"{a} {b} {c}\n" for a, b, c in rows))
 
 
-def write_maps_with_helpers(pid: int, meta: dict) -> None:
+def write_maps_with_helpers(pid: int, meta: IdMaps) -> None:
     """From outside: map process ``pid``'s fresh user namespace with newuidmap/newgidmap (which also
     leave setgroups allowed, so su and useradd can set supplementary groups inside)."""
-    for kind, tool in (("uid", "newuidmap"), ("gid", "newgidmap")):
+    for tool, rows in (("newuidmap", meta["uid_map"]), ("newgidmap", meta["gid_map"])):
         path = _helper(tool)
         if path is None:
             raise OSError(2, f"{tool} not found (package uidmap)")
-        argv = [path, str(pid)] + [str(n) for entry in meta[f"{kind}_map"] for n in entry]
+        argv = [path, str(pid)] + [str(n) for entry in rows for n in entry]
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise OSError(1, f"{' '.join(argv)} failed: {(done.stderr or done.stdout).strip()}")
 
 
-def enter_user_namespace(flags: int, meta: dict) -> None:
+def enter_user_namespace(flags: int, meta: IdMaps) -> None:
     """Unshare ``flags`` (CLONE_NEWUSER among them) and map ids as ``meta`` says; afterwards this
     process is root inside. With the helpers, a forked child outside the namespace runs them against
     our pid once we have unshared (it waits on a pipe), and reports any failure back."""
@@ -202,12 +217,10 @@ def enter_user_namespace(flags: int, meta: dict) -> None:
         raise OSError(1, message.decode("utf-8", "replace") or "the id map helper failed")
 
 
-def remove_folder(folder: str) -> int:
-    """Remove ``folder`` (an instance folder) as root of a user namespace with its maps; the process
-    stays in that namespace, so run it in a process of its own (see agent.instance.destroy). Returns
-    an exit status, having said why on stderr."""
-    from agent.instance import store
-    meta = store.read_meta(folder)
+def remove_folder(folder: str, meta: IdMaps) -> int:
+    """Remove ``folder`` (an instance folder) as root of a user namespace with its maps ``meta``; the
+    process stays in that namespace, so run it in a process of its own (see agent.instance.destroy).
+    Returns an exit status, having said why on stderr."""
     try:
         enter_user_namespace(ns.CLONE_NEWUSER, meta)
     except OSError as e:

@@ -144,7 +144,7 @@ def _alive(pid: int, started: int | None = None) -> bool:
     return st is not None and st[0] not in "ZX" and (started is None or st[1] == started)
 
 
-def running(inst: store.Instance) -> dict | None:
+def running(inst: store.Instance) -> store.KeeperRecord | None:
     """The keeper record of a running instance, or None (no record, or its init is gone)."""
     record = store.read_keeper(inst)
     if not record or not _alive(record.get("init_pid", -1), record.get("init_started")):
@@ -155,7 +155,7 @@ def running(inst: store.Instance) -> dict | None:
     return record
 
 
-def start(inst: store.Instance) -> dict:
+def start(inst: store.Instance) -> store.KeeperRecord:
     """Start the instance's keeper unless it runs; return its record. Serialised by a lock file."""
     with open(inst.lock_file, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -171,7 +171,7 @@ _KEEPER_MAIN = ("import sys; from agent.instance.keeper import keeper_main; "
                 "sys.exit(keeper_main(sys.argv[1], int(sys.argv[2])))")
 
 
-def _spawn(inst: store.Instance) -> dict:
+def _spawn(inst: store.Instance) -> store.KeeperRecord:
     if sys.platform != "linux":
         raise EnvironmentProblem(f"sandboxed instances need Linux (this is {sys.platform})",
                                  hint=HINT, reference="instance-unsupported")
@@ -199,7 +199,7 @@ def _spawn(inst: store.Instance) -> dict:
         why += "".join(f"; {reason}" for reason in _user_namespace_blockers())
         raise EnvironmentProblem(f"cannot start instance {inst.name!r}: {why}", hint=HINT,
                                  reference="instance-unavailable")
-    record = {"keeper_pid": keeper_pid, "init_pid": init_pid,
+    record: store.KeeperRecord = {"keeper_pid": keeper_pid, "init_pid": init_pid,
               "init_started": (_stat(init_pid) or ("", 0))[1],
               "pid_namespace": ns.pid_namespace(init_pid), "started": time.time()}
     store.write_keeper(inst, record)
@@ -226,7 +226,7 @@ def _user_namespace_blockers() -> list[str]:
     return found
 
 
-def package_env() -> dict:
+def package_env() -> dict[str, str]:
     """Our environment, with this checkout first on PYTHONPATH (for `python -m agent.instance...`)."""
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -255,7 +255,7 @@ def _read_report(fd: int) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()
 
 
-def processes(inst: store.Instance, record: dict | None = None) -> list[int]:
+def processes(inst: store.Instance, record: store.KeeperRecord | None = None) -> list[int]:
     """Host pids of every process in the instance (its init included)."""
     record = record or running(inst)
     if not record:
@@ -284,7 +284,7 @@ def stop(inst: store.Instance) -> list[int]:
         except ProcessLookupError:
             pass
         _wait_gone(pids, 10)
-    _wait_gone([record["keeper_pid"]], 5)
+    _wait_gone([pid for pid in (record["keeper_pid"],) if pid is not None], 5)
     store.clear_keeper(inst)
     return pids
 

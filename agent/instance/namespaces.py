@@ -41,10 +41,10 @@ AT_FDCWD = -100
 
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41}
 
-_libc = None
+_libc: ctypes.CDLL | None = None
 
 
-def _lib():
+def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
         # the C library python itself is linked with: no find_library (it runs ldconfig, which inside
@@ -59,7 +59,7 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _b(s: str | None):
+def _b(s: str | None) -> bytes | None:
     return None if s is None else os.fsencode(s)
 
 
@@ -74,7 +74,7 @@ def setns(fd: int, nstype: int = 0) -> None:
 def open_tree(path: str) -> int:
     """A detached copy of the mount tree at ``path`` (file or folder, recursive), as a file descriptor
     for :func:`move_mount`: a bind mount not yet attached anywhere."""
-    fd = _lib().syscall(ctypes.c_long(_OPEN_TREE), ctypes.c_int(AT_FDCWD), _b(path),
+    fd: int = _lib().syscall(ctypes.c_long(_OPEN_TREE), ctypes.c_int(AT_FDCWD), _b(path),
                         ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE))
     if fd < 0:
         err = ctypes.get_errno()

@@ -16,6 +16,7 @@ import hashlib
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from agent.instance import namespaces as ns
 
@@ -98,7 +99,7 @@ def _build_root_as_root(upper: str, work: str, root: str) -> None:
             binds.append(point)
     # upper folders of the stacked overlays are made before the root overlay is mounted: changing an
     # upper layer under a mounted overlay is undefined
-    for point in ["/"] + overlays:
+    for point in ["/", *overlays]:
         _mirror_dirs(upper, point)
         os.makedirs(work_dir(work, point), exist_ok=True)
     ns.mount("overlay", root, "overlay", 0, _overlay_options("/", upper, work_dir(work, "/"), userxattr))
@@ -201,7 +202,8 @@ def _contains_mounts(path: str, mounts: list[str]) -> bool:
     return any(m.startswith(prefix) for m in mounts)
 
 
-def subtrees(mounts: list[str], listdir, is_dir, private: tuple[str, ...] = PRIVATE_MOUNTS) -> tuple[list[str], list[str]]:
+def subtrees(mounts: list[str], listdir: Callable[[str], list[str]], is_dir: Callable[[str], bool],
+             private: tuple[str, ...] = PRIVATE_MOUNTS) -> tuple[list[str], list[str]]:
     """Split the host tree for a user namespace: (skeleton folders, whose entries are copied, and
     overlay roots, folders with no mount below them). ``listdir``/``is_dir`` read the host (pure over
     them)."""

@@ -14,14 +14,36 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TypedDict, cast
 
 from agent.errors import UsageError
 from agent.fsutil import atomic_write
 from agent.instance import idmap
+from agent.instance.idmap import IdMaps
 
 NETWORKS = ("private", "host")
 # a hostname label: the instance name becomes the hostname inside
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class InstanceMeta(IdMaps):
+    """``meta.json``: what the instance is, with the id maps it was made with (:class:`IdMaps`)."""
+
+    schema: int
+    name: str
+    network: str
+    created: float
+    owner_uid: int
+
+
+class KeeperRecord(TypedDict):
+    """``keeper.json``: the running keeper and the instance's init (host pids), to tell it is still them."""
+
+    keeper_pid: int | None
+    init_pid: int
+    init_started: int
+    pid_namespace: str | None
+    started: float
 
 
 def state_dir() -> str:
@@ -88,14 +110,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def id_maps() -> dict:
+def id_maps() -> IdMaps:
     """How ids inside the instance map to ids on disk (see agent.instance.idmap): identity for root;
     else the caller as root, plus the caller's subordinate ranges when the system provides them."""
     return idmap.current()
 
 
 def write_meta(inst: Instance) -> None:
-    meta = {"schema": 1, "name": inst.name, "network": inst.network, "created": time.time(),
+    meta: InstanceMeta = {"schema": 1, "name": inst.name, "network": inst.network, "created": time.time(),
             "owner_uid": os.geteuid(), **id_maps()}
     atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n", private=True)
 
@@ -110,15 +132,15 @@ def refresh_id_maps(inst: Instance) -> bool:
     now = id_maps()
     if now.get("id_map_problem") or now["uid_map"][0] != meta["uid_map"][0] or now["gid_map"][0] != meta["gid_map"][0]:
         return False
-    meta = {k: v for k, v in meta.items() if k != "id_map_problem"}
-    meta.update(now)
+    del meta["id_map_problem"]
+    meta = {**meta, **now}
     atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n", private=True)
     return True
 
 
-def read_meta(path: str) -> dict:
+def read_meta(path: str) -> InstanceMeta:
     with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-        return json.load(f)
+        return cast(InstanceMeta, json.load(f))   # written by write_meta only (0600, ours)
 
 
 def load(name: str, state: str | None = None) -> Instance | None:
@@ -138,14 +160,14 @@ def names(state: str | None = None) -> list[str]:
     return [e for e in entries if os.path.isfile(os.path.join(instances_dir(state), e, "meta.json"))]
 
 
-def write_keeper(inst: Instance, record: dict) -> None:
+def write_keeper(inst: Instance, record: KeeperRecord) -> None:
     atomic_write(inst.keeper_file, json.dumps(record, sort_keys=True) + "\n", private=True)
 
 
-def read_keeper(inst: Instance) -> dict | None:
+def read_keeper(inst: Instance) -> KeeperRecord | None:
     try:
         with open(inst.keeper_file, encoding="utf-8") as f:
-            return json.load(f)
+            return cast(KeeperRecord, json.load(f))   # written by write_keeper only
     except (FileNotFoundError, ValueError):
         return None
 
@@ -157,15 +179,16 @@ def clear_keeper(inst: Instance) -> None:
         pass
 
 
-def read_synthesized(inst: Instance) -> dict:
+def read_synthesized(inst: Instance) -> dict[str, str]:
+    """{path inside: sha256} of the files cdsim wrote into the upper layer itself."""
     try:
         with open(inst.synthesized_file, encoding="utf-8") as f:
-            return json.load(f)
+            return cast(dict[str, str], json.load(f))   # written by add_synthesized only
     except (FileNotFoundError, ValueError):
         return {}
 
 
-def add_synthesized(inst: Instance, written: dict) -> None:
+def add_synthesized(inst: Instance, written: dict[str, str]) -> None:
     if written:
         atomic_write(inst.synthesized_file, json.dumps({**read_synthesized(inst), **written}, sort_keys=True) + "\n",
                      private=True)

@@ -9,12 +9,17 @@ writes files. Must not import the deploy engine, hooks_runtime or the CLI.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import TextIO
 
 from agent.errors import UsageError
+from agent.reports.model import DeploymentSummary, Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `cdsim local` imports this module
+if TYPE_CHECKING:
+    from typing import TextIO
 
 __all__ = ["KINDS", "add_report_option", "load_records", "parse_report_option", "render", "render_text",
            "write_reports"]
@@ -35,11 +40,9 @@ def parse_report_option(text: str) -> tuple[str, str]:
     return kind, path
 
 
-def add_report_option(parser) -> None:
+def add_report_option(parser: argparse.ArgumentParser) -> None:
     """Add the repeatable ``--report KIND=FILE`` option to an argparse parser (``args.report``: a list
     of (kind, path)); a malformed value is a usage error at parse time."""
-    import argparse
-
     def kind_and_path(text: str) -> tuple[str, str]:
         try:
             return parse_report_option(text)
@@ -51,7 +54,7 @@ def add_report_option(parser) -> None:
                              "standard output); repeatable")
 
 
-def _deployments(records: list[dict]) -> list[dict]:
+def _deployments(records: list[Record]) -> list[DeploymentSummary]:
     from agent.reports import model, scripts_log
 
     deps = model.summarize_all(records)
@@ -60,7 +63,7 @@ def _deployments(records: list[dict]) -> list[dict]:
     return deps
 
 
-def render_text(kind: str, records: Iterable[dict], *, workspace: str | None = None) -> str:
+def render_text(kind: str, records: Iterable[Record], *, workspace: str | None = None) -> str:
     """The report of ``kind`` as text."""
     records = list(records)
     deps = _deployments(records)
@@ -80,7 +83,7 @@ def render_text(kind: str, records: Iterable[dict], *, workspace: str | None = N
                      hint=f"KIND is one of {', '.join(KINDS)}")
 
 
-def render(kind: str, records: Iterable[dict], path: str, *, workspace: str | None = None) -> None:
+def render(kind: str, records: Iterable[Record], path: str, *, workspace: str | None = None) -> None:
     """Write the report of ``kind`` to ``path`` (``-``: standard output), atomically."""
     from agent.fsutil import atomic_write
 
@@ -94,13 +97,13 @@ def render(kind: str, records: Iterable[dict], path: str, *, workspace: str | No
     atomic_write(path, text)
 
 
-def load_records(path: str) -> list[dict]:
+def load_records(path: str) -> list[Record]:
     """The records of a JSON-lines event file (what ``cdsim local`` reports are made from)."""
     from agent.events import read_events
     return read_events(path)
 
 
-def write_reports(specs: Iterable[str | tuple[str, str]], records: Iterable[dict], *,
+def write_reports(specs: Iterable[str | tuple[str, str]], records: Iterable[Record], *,
                   env: Mapping[str, str] | None = None, stream: TextIO | None = None) -> list[str]:
     """Write each ``KIND=FILE`` (or ``(kind, path)``) report; returns the paths written.
 

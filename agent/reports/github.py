@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from agent.reports.model import DeploymentSummary
+
 
 def _data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -20,21 +22,21 @@ def _prop(text: str) -> str:
     return _data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _command(level: str, message: str, **props) -> str:
+def _command(level: str, message: str, **props: object) -> str:
     given = ",".join(f"{k}={_prop(str(v))}" for k, v in props.items() if v is not None)
     return f"::{level}{' ' + given if given else ''}::{_data(message)}"
 
 
-def _in_bundle(dep: dict, name: str, workspace: str) -> str | None:
+def _in_bundle(dep: DeploymentSummary, name: str, workspace: str) -> str | None:
     """``name`` inside a directory bundle, relative to the workspace; None for archives."""
-    bundle = dep.get("bundle_location")
+    bundle = dep["bundle_location"]
     if not bundle or not os.path.isdir(bundle):
         return None
     path = os.path.join(bundle, name.lstrip("/"))
     return os.path.relpath(path, workspace) if os.path.isabs(path) else path
 
 
-def annotations(deployments: list[dict], workspace: str) -> list[str]:
+def workflow_commands(deployments: list[DeploymentSummary], workspace: str) -> list[str]:
     lines = []
     for dep in deployments:
         did = dep["deployment_id"]
@@ -54,7 +56,7 @@ def annotations(deployments: list[dict], workspace: str) -> list[str]:
                           + (" (ignored)" if ignored else "")))
         if dep["status"] == "Failed" and not any(h.get("status") == "Failed" and not h.get("ignored")
                                                  for h in dep["hooks"]):
-            file = _in_bundle(dep, dep["error_file"], workspace) if dep.get("error_file") else None
+            file = _in_bundle(dep, dep["error_file"], workspace) if dep["error_file"] else None
             message = dep.get("error") or "deployment failed"
             if file and message.startswith(f"{dep['error_file']}:{dep['error_line']}"):
                 message = message.split(": ", 1)[-1]   # the location is in the annotation already
@@ -67,5 +69,5 @@ def annotations(deployments: list[dict], workspace: str) -> list[str]:
     return lines
 
 
-def render(deployments: list[dict], workspace: str) -> str:
-    return "".join(line + "\n" for line in annotations(deployments, workspace))
+def render(deployments: list[DeploymentSummary], workspace: str) -> str:
+    return "".join(line + "\n" for line in workflow_commands(deployments, workspace))

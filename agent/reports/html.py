@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 from html import escape
 
+from agent.reports.model import DeploymentSummary, HookSummary
+
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
 h1{font-size:1.4em}h2{font-size:1.2em;margin-top:2em}h3{font-size:1.05em}
@@ -68,15 +70,15 @@ def _bar(kind: str, name: str, status: str, start: float | None, end: float | No
             f'style="left:{left:.4f}%;width:{width:.4f}%" title="{escape(title)}"></div></div></div>')
 
 
-def _timeline(dep: dict) -> str:
+def _timeline(dep: DeploymentSummary) -> str:
     t0 = dep["started"] or 0.0
     span = max((dep["ended"] or t0) - t0, 1e-6)
     rows = []
-    hooks_by_event: dict[str, list[dict]] = {}
+    hooks_by_event: dict[str | None, list[HookSummary]] = {}
     for hook in dep["hooks"]:
         hooks_by_event.setdefault(hook["event"], []).append(hook)
     for ev in dep["events"]:
-        rows.append(_bar("event", ev["event"], ev["status"], ev["started"], ev["ended"], t0, span))
+        rows.append(_bar("event", str(ev["event"]), ev["status"], ev["started"], ev["ended"], t0, span))
         for hook in hooks_by_event.pop(ev["event"], []):
             rows.append(_bar("hook", f"{hook['event']} {hook['location']}", hook.get("status", "Unfinished"),
                              hook.get("started"), hook.get("ended"), t0, span))
@@ -98,7 +100,7 @@ def _output(text: str) -> str:
     return "".join(parts) or "(no output)"
 
 
-def _hooks(dep: dict) -> str:
+def _hooks(dep: DeploymentSummary) -> str:
     if not dep["hooks"]:
         return "<p>No hook ran.</p>"
     rows = []
@@ -124,7 +126,7 @@ def _hooks(dep: dict) -> str:
             "<th>Message</th></tr>" + "".join(rows) + "</table>" + "".join(details))
 
 
-def _files(dep: dict) -> str:
+def _files(dep: DeploymentSummary) -> str:
     parts = []
     if dep["files"]:
         items = "".join(f"<li>{escape(str(f.get('destination') or f))}"
@@ -138,7 +140,7 @@ def _files(dep: dict) -> str:
     return "".join(parts) or "<p>Install did not run.</p>"
 
 
-def _deployment(dep: dict) -> str:
+def _deployment(dep: DeploymentSummary) -> str:
     status = dep["status"]
     error = (f'<p class="bad">Failed at {escape(str(dep.get("failed_event") or "?"))}: '
              f'{escape(str(dep["error"]))} [{escape(str(dep.get("reference")))}]</p>' if dep["error"] else "")
@@ -153,7 +155,7 @@ def _deployment(dep: dict) -> str:
             f"<h3>Files installed</h3>{_files(dep)}{notices}</section>")
 
 
-def render(deployments: list[dict]) -> str:
+def render(deployments: list[DeploymentSummary]) -> str:
     title = "cdsim deployment report"
     if len(deployments) == 1:
         title += f": {deployments[0]['deployment_id']} {deployments[0]['status']}"

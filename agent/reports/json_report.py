@@ -6,18 +6,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from agent.reports.model import split_by_deployment, summarize
+from agent.reports.model import DeploymentSummary, Record, split_by_deployment, summarize
 
 REPORT_SCHEMA = 1
 
 
-def build(records: list[dict], deployments: list[dict] | None = None) -> dict:
+def build(records: list[Record], deployments: list[DeploymentSummary] | None = None) -> dict[str, Any]:
     groups = split_by_deployment(records)
     deps = deployments if deployments is not None else [summarize(g) for g in groups]
     return {"schema": REPORT_SCHEMA,
-            "deployments": [dict(dep, records=group) for dep, group in zip(deps, groups)]}
+            "deployments": [dict(dep, records=group) for dep, group in zip(deps, groups, strict=False)]}
 
 
-def render(records: list[dict], deployments: list[dict] | None = None) -> str:
+def render(records: list[Record], deployments: list[DeploymentSummary] | None = None) -> str:
     return json.dumps(build(records, deployments), indent=2, default=str) + "\n"

@@ -16,7 +16,7 @@ import re
 import socket
 import xml.etree.ElementTree as ET
 
-from agent.reports.model import failure_outside_hooks
+from agent.reports.model import DeploymentSummary, failure_outside_hooks
 
 # XML 1.0 forbids most control characters even escaped; hooks print anything
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -35,12 +35,12 @@ def _timestamp(epoch: float | None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S")   # xs:dateTime without zone, as the schema wants
 
 
-def _testcase(parent: ET.Element, classname: str, name: str, duration: float | None) -> ET.Element:
+def _testcase(parent: ET.Element, classname: str | None, name: str | None, duration: float | None) -> ET.Element:
     return ET.SubElement(parent, "testcase", {"classname": _clean(classname), "name": _clean(name),
                                               "time": _secs(duration)})
 
 
-def render(deployments: list[dict], hostname: str | None = None) -> str:
+def render(deployments: list[DeploymentSummary], hostname: str | None = None) -> str:
     host = hostname or socket.gethostname()
     root = ET.Element("testsuites", {"name": "cdsim"})
     totals = {"tests": 0, "failures": 0, "errors": 0, "time": 0.0}

@@ -56,8 +56,8 @@ class ProgressBar:
             self.shown = False
 
 
-def _isatty(stream) -> bool:
+def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
-    except (AttributeError, ValueError):
+    except ValueError:   # a closed stream
         return False

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from agent.reports.model import DeploymentSummary
+
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
@@ -50,13 +52,13 @@ def read(path: str) -> list[ScriptSection]:
         return []
 
 
-def fill_missing_output(dep: dict) -> None:
+def fill_missing_output(dep: DeploymentSummary) -> None:
     """Give hooks whose ``hook.end`` carried no ``output`` the lines scripts.log holds for them
     (matched in order per event and location, since a script may run in several events)."""
     wanted = [h for h in dep["hooks"] if h.get("output") is None]
     if not wanted:
         return
-    logs = {h.get("scripts_log") for h in wanted if h.get("scripts_log")}
+    logs = {log for h in wanted if (log := h.get("scripts_log"))}
     if not logs and dep.get("deployment_dir"):
         logs = {f"{dep['deployment_dir']}/logs/scripts.log"}
     sections: list[ScriptSection] = []

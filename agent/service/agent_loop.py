@@ -16,12 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from agent.errors import CdsimError, EnvironmentProblem
 from agent.service import revisions
 from agent.service.auth import Credentials
 from agent.service.client import AGENT_PREFIX, call, download
 from agent.service.revisions import RevisionError
+from agent.service.shapes import JsonObject, RunnerSpec
 
 
 class Agent:
@@ -41,7 +43,7 @@ class Agent:
         self.local = local
         self.stop_event = threading.Event()
 
-    def _call(self, operation: str, body: dict) -> dict:
+    def _call(self, operation: str, body: JsonObject) -> JsonObject:
         return call(self.endpoint, operation, body, prefix=AGENT_PREFIX, credentials=self.credentials)
 
     def run(self) -> None:
@@ -65,7 +67,7 @@ class Agent:
                 self.stop_event.wait(self.poll_interval)
 
     # -- one command ----------------------------------------------------------------------------
-    def execute(self, command: dict) -> None:
+    def execute(self, command: JsonObject) -> None:
         cid = command["commandId"]
         try:
             revisions.check_deployment_id(command.get("deploymentId"))
@@ -78,7 +80,7 @@ class Agent:
             return
         folder = os.path.join(self.work_dir, f"{command['deploymentId']}-{self.instance}")
         os.makedirs(folder, exist_ok=True)
-        last: list = []
+        last: list[JsonObject] = []
         try:
             try:
                 spec = self._spec(command, folder)
@@ -106,7 +108,7 @@ class Agent:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _spec(self, command: dict, folder: str) -> dict:
+    def _spec(self, command: JsonObject, folder: str) -> RunnerSpec:
         rev = command["revision"]
         if rev["revisionType"] == "S3":
             s3 = rev["s3Location"]
@@ -116,8 +118,8 @@ class Agent:
             bundle = os.path.join(folder, "bundle." + bundle_type)
             download(command["s3Endpoint"], revisions.check_bucket(s3.get("bucket")),
                      revisions.check_key(s3.get("key")), s3.get("version"), bundle, credentials=self.credentials)
-            env = {"BUNDLE_BUCKET": s3["bucket"], "BUNDLE_KEY": s3["key"], "BUNDLE_VERSION": s3.get("version"),
-                   "BUNDLE_ETAG": s3.get("eTag")}
+            env: dict[str, str | None] = {"BUNDLE_BUCKET": s3["bucket"], "BUNDLE_KEY": s3["key"],
+                                          "BUNDLE_VERSION": s3.get("version"), "BUNDLE_ETAG": s3.get("eTag")}
         elif rev["revisionType"] == "GitHub":
             gh = rev["gitHubLocation"]
             commit = revisions.check_commit(gh.get("commitId"))
@@ -131,16 +133,18 @@ class Agent:
             env = {"BUNDLE_COMMIT": commit}
         else:
             raise RevisionError(f"unsupported revision type {rev['revisionType']!r}")
-        spec = {k: command[k] for k in ("deploymentId", "applicationName", "deploymentGroupName",
-                                        "deploymentGroupId", "creator", "fileExistsBehavior",
-                                        "ignoreApplicationStopFailures")}
-        spec.update(bundle=bundle, bundleType=bundle_type, bundleEnv=env)
+        spec: RunnerSpec = {
+            "deploymentId": command["deploymentId"], "applicationName": command["applicationName"],
+            "deploymentGroupName": command["deploymentGroupName"], "deploymentGroupId": command["deploymentGroupId"],
+            "creator": command["creator"], "fileExistsBehavior": command["fileExistsBehavior"],
+            "ignoreApplicationStopFailures": command["ignoreApplicationStopFailures"],
+            "bundle": bundle, "bundleType": bundle_type, "bundleEnv": env}
         if self.host_root:
-            spec.update(rootDir=os.path.join(self.host_root, "deployment-root"),
-                        logDir=os.path.join(self.host_root, "log"))
+            spec["rootDir"] = os.path.join(self.host_root, "deployment-root")
+            spec["logDir"] = os.path.join(self.host_root, "log")
         return spec
 
-    def _run_runner(self, spec: dict, folder: str):
+    def _run_runner(self, spec: RunnerSpec, folder: str) -> Iterator[JsonObject]:
         """Start the runner and yield each JSON line it prints."""
         argv = [sys.executable, "-m", "agent.service.runner", json.dumps(spec)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -191,7 +195,7 @@ def _close_after(thread: threading.Thread, fd: int) -> None:
     os.close(fd)
 
 
-def failed_events(events: list[dict] | None, message: str, at: str | None = None) -> list[dict]:
+def failed_events(events: list[JsonObject] | None, message: str, at: str | None = None) -> list[JsonObject]:
     """Lifecycle events after an agent-side failure: event ``at`` (default: the running or first
     pending one) Failed, every other one not run Skipped."""
     from agent.service.engine import pending_events

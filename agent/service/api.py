@@ -10,10 +10,13 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from agent.service import revisions
 from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, tag_matches
 from agent.service.revisions import RevisionError
+from agent.service.shapes import JsonObject
 from agent.service.store import Store
 
 TARGET_PREFIX = "CodeDeploy_20141006"
@@ -31,23 +34,29 @@ class ApiError(Exception):
         self.message = message
         self.status = status
 
-    def body(self) -> dict:
+    def body(self) -> JsonObject:
         return {"__type": self.kind, "message": self.message}
 
 
-def _str(body: dict, field: str, required: str | None = None, what: str | None = None) -> str | None:
-    """A string field; ``required`` names the exception when it is missing or empty."""
+def _str(body: JsonObject, field: str) -> str | None:
+    """A string field; None when it is missing or empty."""
     value = body.get(field)
     if value is None or value == "":
-        if required:
-            raise ApiError(required, f"{what or field} must be specified")
         return None
     if not isinstance(value, str):
         raise ApiError("SerializationException", f"{field}: expected a string, got {type(value).__name__}")
     return value
 
 
-def _list(body: dict, field: str) -> list:
+def _required(body: JsonObject, field: str, exception: str, what: str) -> str:
+    """A string field that must be given: ``exception`` (``what`` must be specified) when it is missing or empty."""
+    value = _str(body, field)
+    if value is None:
+        raise ApiError(exception, f"{what} must be specified")
+    return value
+
+
+def _list(body: JsonObject, field: str) -> list[Any]:
     value = body.get(field)
     if value is None:
         return []
@@ -56,14 +65,16 @@ def _list(body: dict, field: str) -> list:
     return value
 
 
-def _dict(body: dict, field: str) -> dict | None:
+def _dict(body: JsonObject, field: str) -> JsonObject | None:
     value = body.get(field)
-    if value is not None and not isinstance(value, dict):
+    if value is None:
+        return None
+    if not isinstance(value, dict):
         raise ApiError("SerializationException", f"{field}: expected a structure")
     return value
 
 
-def _tags(tags: list) -> list[dict]:
+def _tags(tags: list[Any]) -> list[JsonObject]:
     out = []
     for t in tags:
         if not isinstance(t, dict):
@@ -72,18 +83,18 @@ def _tags(tags: list) -> list[dict]:
     return out
 
 
-def _filters(filters: list, kind: str) -> list[dict]:
+def _filters(filters: list[Any], kind: str) -> list[JsonObject]:
     for f in filters:
         if not isinstance(f, dict) or f.get("Type") not in (None, "KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"):
             raise ApiError(kind, f"Invalid tag filter: {json.dumps(f)}")
     return filters
 
 
-def revision_key(rev: dict) -> str:
+def revision_key(rev: JsonObject) -> str:
     return json.dumps(rev, sort_keys=True)
 
 
-def check_revision(rev) -> dict:
+def check_revision(rev: object) -> JsonObject:
     """A RevisionLocation as stored: S3 (bucket, key, bundleType) or GitHub (repository, commitId).
 
     Every field that later reaches a command line or a path is checked here (``agent.service.revisions``);
@@ -123,6 +134,10 @@ def check_revision(rev) -> dict:
                    f"Unsupported revision type {kind!r} for the Server compute platform (S3 or GitHub)")
 
 
+def _config_name(body: JsonObject) -> str:
+    return _required(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+
+
 def _no_config(name: str) -> ApiError:
     return ApiError("DeploymentConfigDoesNotExistException", f"No deployment configuration found for name: {name}")
 
@@ -133,7 +148,7 @@ class Api:
         self.engine = engine
         self.github_roots = list(github_roots)
 
-    def _deployable(self, rev: dict) -> dict:
+    def _deployable(self, rev: JsonObject) -> JsonObject:
         """A GitHub revision's repository must be a folder under a configured GitHub root."""
         if rev.get("revisionType") == "GitHub":
             try:
@@ -142,30 +157,31 @@ class Api:
                 raise ApiError("InvalidRevisionException", str(e)) from None
         return rev
 
-    def dispatch(self, operation: str, body: dict) -> dict:
-        handler = getattr(self, "op_" + operation, None) if re.fullmatch(r"[A-Z][A-Za-z]+", operation) else None
+    def dispatch(self, operation: str, body: JsonObject) -> JsonObject:
+        handler: Callable[[JsonObject], JsonObject] | None = (
+            getattr(self, "op_" + operation, None) if re.fullmatch(r"[A-Z][A-Za-z]+", operation) else None)
         if handler is None:
             raise ApiError("UnknownOperationException", f"Unknown operation {operation}")
         return handler(body)
 
     # -- lookups --------------------------------------------------------------------------------
-    def _app(self, body: dict) -> dict:
-        name = _str(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+    def _app(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "applicationName", "ApplicationNameRequiredException", "Application name")
         app = self.store.get("application", name)
         if app is None:
             raise ApiError("ApplicationDoesNotExistException", f"No application found for name: {name}")
         return app
 
-    def _group(self, body: dict, field: str = "deploymentGroupName") -> dict:
+    def _group(self, body: JsonObject, field: str = "deploymentGroupName") -> JsonObject:
         app = self._app(body)
-        name = _str(body, field, "DeploymentGroupNameRequiredException", "Deployment group name")
+        name = _required(body, field, "DeploymentGroupNameRequiredException", "Deployment group name")
         group = self.store.get("group", f"{app['applicationName']}/{name}")
         if group is None:
             raise ApiError("DeploymentGroupDoesNotExistException", f"No Deployment Group found for name: {name}")
         return group
 
-    def _deployment(self, body: dict) -> dict:
-        did = _str(body, "deploymentId", "DeploymentIdRequiredException", "Deployment id")
+    def _deployment(self, body: JsonObject) -> JsonObject:
+        did = _required(body, "deploymentId", "DeploymentIdRequiredException", "Deployment id")
         if not _DEPLOYMENT_ID.match(did):
             raise ApiError("InvalidDeploymentIdException", f"Specified DeploymentId is not in the valid format: {did}")
         doc = self.store.get("deployment", did)
@@ -173,10 +189,10 @@ class Api:
             raise ApiError("DeploymentDoesNotExistException", f"The deployment {did} could not be found.")
         return doc
 
-    def _deployment_info(self, doc: dict) -> dict:
+    def _deployment_info(self, doc: JsonObject) -> JsonObject:
         return dict(public(doc), deploymentOverview=self.engine.overview(doc["deploymentId"]))
 
-    def _target(self, did: str, instance_id: str) -> dict:
+    def _target(self, did: str, instance_id: str) -> JsonObject:
         name = instance_id.rsplit("/", 1)[-1] if instance_id.startswith("arn:") else instance_id
         target = self.store.get("target", f"{did}/{name}")
         if target is None:
@@ -184,7 +200,7 @@ class Api:
                            f"The instance {instance_id} is not part of deployment {did}")
         return target
 
-    def _register_revision(self, app: str, rev: dict, description: str | None = None,
+    def _register_revision(self, app: str, rev: JsonObject, description: str | None = None,
                            group: str | None = None) -> None:
         key = f"{app}/{revision_key(rev)}"
         now = time.time()
@@ -199,8 +215,8 @@ class Api:
         self.store.put("revision", key, doc)
 
     # -- applications ---------------------------------------------------------------------------
-    def op_CreateApplication(self, body: dict) -> dict:
-        name = _str(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+    def op_CreateApplication(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "applicationName", "ApplicationNameRequiredException", "Application name")
         if len(name) > 100:
             raise ApiError("InvalidApplicationNameException", "The application name is too long")
         platform = _str(body, "computePlatform") or "Server"
@@ -215,22 +231,23 @@ class Api:
             self.store.put("application", name, app)
         return {"applicationId": app["applicationId"]}
 
-    def op_GetApplication(self, body: dict) -> dict:
+    def op_GetApplication(self, body: JsonObject) -> JsonObject:
         return {"application": self._app(body)}
 
-    def op_BatchGetApplications(self, body: dict) -> dict:
+    def op_BatchGetApplications(self, body: JsonObject) -> JsonObject:
         names = _list(body, "applicationNames")
         found = [self.store.get("application", n) for n in names]
         if any(a is None for a in found):
             raise ApiError("ApplicationDoesNotExistException",
-                           "Applications not found: " + ", ".join(n for n, a in zip(names, found) if a is None))
+                           "Applications not found: "
+                           + ", ".join(n for n, a in zip(names, found, strict=True) if a is None))
         return {"applicationsInfo": found}
 
-    def op_ListApplications(self, body: dict) -> dict:
+    def op_ListApplications(self, body: JsonObject) -> JsonObject:
         return {"applications": [k for k, _ in self.store.items("application")]}
 
-    def op_DeleteApplication(self, body: dict) -> dict:
-        name = _str(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+    def op_DeleteApplication(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "applicationName", "ApplicationNameRequiredException", "Application name")
         with self.store.transaction():
             for kind in ("group", "revision"):
                 for key, _ in self.store.items(kind, f"{name}/"):
@@ -239,7 +256,7 @@ class Api:
         return {}
 
     # -- deployment groups ----------------------------------------------------------------------
-    def _group_fields(self, body: dict, group: dict) -> dict:
+    def _group_fields(self, body: JsonObject, group: JsonObject) -> JsonObject:
         config = _str(body, "deploymentConfigName")
         if config is not None:
             if self.engine.config(config) is None:
@@ -253,8 +270,8 @@ class Api:
                       "loadBalancerInfo", "blueGreenDeploymentConfiguration"):
             if body.get(field) is not None:
                 group[field] = _dict(body, field)
-        if body.get("autoRollbackConfiguration") is not None:
-            auto = _dict(body, "autoRollbackConfiguration")
+        auto = _dict(body, "autoRollbackConfiguration")
+        if auto is not None:
             events = auto.get("events") or []
             known = ("DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_ALARM", "DEPLOYMENT_STOP_ON_REQUEST")
             if any(e not in known for e in events):
@@ -269,10 +286,10 @@ class Api:
             group["triggerConfigurations"] = _list(body, "triggerConfigurations")
         return group
 
-    def op_CreateDeploymentGroup(self, body: dict) -> dict:
+    def op_CreateDeploymentGroup(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
-        name = _str(body, "deploymentGroupName", "DeploymentGroupNameRequiredException", "Deployment group name")
-        _str(body, "serviceRoleArn", "RoleRequiredException", "Service role ARN")
+        name = _required(body, "deploymentGroupName", "DeploymentGroupNameRequiredException", "Deployment group name")
+        _required(body, "serviceRoleArn", "RoleRequiredException", "Service role ARN")
         with self.store.transaction():
             key = f"{app['applicationName']}/{name}"
             if self.store.get("group", key):
@@ -291,10 +308,10 @@ class Api:
             self.store.put("group", key, group)
         return {"deploymentGroupId": group["deploymentGroupId"]}
 
-    def op_GetDeploymentGroup(self, body: dict) -> dict:
+    def op_GetDeploymentGroup(self, body: JsonObject) -> JsonObject:
         return {"deploymentGroupInfo": public(self._group(body))}
 
-    def op_BatchGetDeploymentGroups(self, body: dict) -> dict:
+    def op_BatchGetDeploymentGroups(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
         out, missing = [], []
         for name in _list(body, "deploymentGroupNames"):
@@ -303,13 +320,13 @@ class Api:
         return {"deploymentGroupsInfo": out,
                 "errorMessage": f"Deployment groups not found: {', '.join(missing)}" if missing else ""}
 
-    def op_ListDeploymentGroups(self, body: dict) -> dict:
+    def op_ListDeploymentGroups(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
         return {"applicationName": app["applicationName"],
                 "deploymentGroups": [g["deploymentGroupName"] for g in
                                      self.store.values("group", f"{app['applicationName']}/")]}
 
-    def op_UpdateDeploymentGroup(self, body: dict) -> dict:
+    def op_UpdateDeploymentGroup(self, body: JsonObject) -> JsonObject:
         group = self._group(body, "currentDeploymentGroupName")
         app = group["applicationName"]
         with self.store.transaction():
@@ -325,19 +342,19 @@ class Api:
             self.store.put("group", f"{app}/{group['deploymentGroupName']}", group)
         return {"hooksNotCleanedUp": []}
 
-    def op_DeleteDeploymentGroup(self, body: dict) -> dict:
+    def op_DeleteDeploymentGroup(self, body: JsonObject) -> JsonObject:
         group = self._group(body)
         self.store.delete("group", f"{group['applicationName']}/{group['deploymentGroupName']}")
         return {"hooksNotCleanedUp": []}
 
     # -- revisions ------------------------------------------------------------------------------
-    def op_RegisterApplicationRevision(self, body: dict) -> dict:
+    def op_RegisterApplicationRevision(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
         rev = check_revision(body.get("revision"))
         self._register_revision(app["applicationName"], rev, _str(body, "description") or "")
         return {}
 
-    def op_GetApplicationRevision(self, body: dict) -> dict:
+    def op_GetApplicationRevision(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
         rev = check_revision(body.get("revision"))
         doc = self.store.get("revision", f"{app['applicationName']}/{revision_key(rev)}")
@@ -346,7 +363,7 @@ class Api:
         info = {k: v for k, v in doc.items() if k != "revision"}
         return {"applicationName": app["applicationName"], "revision": rev, "revisionInfo": info}
 
-    def op_BatchGetApplicationRevisions(self, body: dict) -> dict:
+    def op_BatchGetApplicationRevisions(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
         out = []
         for r in _list(body, "revisions"):
@@ -357,7 +374,7 @@ class Api:
                 out.append({"revisionLocation": rev, "genericRevisionInfo": info})
         return {"applicationName": app["applicationName"], "errorMessage": "", "revisions": out}
 
-    def op_ListApplicationRevisions(self, body: dict) -> dict:
+    def op_ListApplicationRevisions(self, body: JsonObject) -> JsonObject:
         app = self._app(body)
         docs = self.store.values("revision", f"{app['applicationName']}/")
         bucket, prefix = _str(body, "s3Bucket"), _str(body, "s3KeyPrefix")
@@ -376,8 +393,8 @@ class Api:
         return {"revisions": [d["revision"] for d in docs]}
 
     # -- deployment configurations --------------------------------------------------------------
-    def op_CreateDeploymentConfig(self, body: dict) -> dict:
-        name = _str(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+    def op_CreateDeploymentConfig(self, body: JsonObject) -> JsonObject:
+        name = _config_name(body)
         if name.startswith("CodeDeployDefault."):
             raise ApiError("InvalidDeploymentConfigNameException", "The CodeDeployDefault. prefix is reserved")
         mhh = _dict(body, "minimumHealthyHosts")
@@ -397,25 +414,25 @@ class Api:
             self.store.put("config", name, doc)
         return {"deploymentConfigId": doc["deploymentConfigId"]}
 
-    def op_GetDeploymentConfig(self, body: dict) -> dict:
-        name = _str(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+    def op_GetDeploymentConfig(self, body: JsonObject) -> JsonObject:
+        name = _config_name(body)
         doc = self.engine.config(name)
         if doc is None:
             raise _no_config(name)
         return {"deploymentConfigInfo": doc}
 
-    def op_ListDeploymentConfigs(self, body: dict) -> dict:
+    def op_ListDeploymentConfigs(self, body: JsonObject) -> JsonObject:
         return {"deploymentConfigsList": list(BUILTIN_CONFIGS) + [k for k, _ in self.store.items("config")]}
 
-    def op_DeleteDeploymentConfig(self, body: dict) -> dict:
-        name = _str(body, "deploymentConfigName", "DeploymentConfigNameRequiredException", "Deployment config name")
+    def op_DeleteDeploymentConfig(self, body: JsonObject) -> JsonObject:
+        name = _config_name(body)
         if name in BUILTIN_CONFIGS:
             raise ApiError("InvalidOperationException", "The built-in deployment configurations cannot be deleted")
         self.store.delete("config", name)
         return {}
 
     # -- deployments ----------------------------------------------------------------------------
-    def op_CreateDeployment(self, body: dict) -> dict:
+    def op_CreateDeployment(self, body: JsonObject) -> JsonObject:
         group = self._group(body)
         rev = body.get("revision")
         rev = check_revision(rev) if rev is not None else group.get("targetRevision")
@@ -450,14 +467,14 @@ class Api:
                                                     "events": auto.get("events") or []} if auto else None)
         return {"deploymentId": doc["deploymentId"]}
 
-    def op_GetDeployment(self, body: dict) -> dict:
+    def op_GetDeployment(self, body: JsonObject) -> JsonObject:
         return {"deploymentInfo": self._deployment_info(self._deployment(body))}
 
-    def op_BatchGetDeployments(self, body: dict) -> dict:
+    def op_BatchGetDeployments(self, body: JsonObject) -> JsonObject:
         docs = [self.store.get("deployment", d) for d in _list(body, "deploymentIds") if isinstance(d, str)]
         return {"deploymentsInfo": [self._deployment_info(d) for d in docs if d]}
 
-    def op_ListDeployments(self, body: dict) -> dict:
+    def op_ListDeployments(self, body: JsonObject) -> JsonObject:
         app_name, group_name = _str(body, "applicationName"), _str(body, "deploymentGroupName")
         if group_name and not app_name:
             raise ApiError("ApplicationNameRequiredException", "Application name must be specified")
@@ -469,7 +486,8 @@ class Api:
         window = _dict(body, "createTimeRange") or {}
         out = []
         for d in self.store.values("deployment"):
-            if (app_name and d["applicationName"] != app_name) or (group_name and d["deploymentGroupName"] != group_name):
+            if (app_name and d["applicationName"] != app_name) \
+                    or (group_name and d["deploymentGroupName"] != group_name):
                 continue
             if statuses and d["status"] not in statuses:
                 continue
@@ -480,7 +498,7 @@ class Api:
             out.append(d["deploymentId"])
         return {"deployments": list(reversed(out))}   # newest first
 
-    def op_StopDeployment(self, body: dict) -> dict:
+    def op_StopDeployment(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
         if doc["status"] in DONE:
             raise ApiError("DeploymentAlreadyCompletedException",
@@ -488,34 +506,34 @@ class Api:
         status, message = self.engine.stop(doc["deploymentId"], bool(body.get("autoRollbackEnabled")))
         return {"status": status, "statusMessage": message}
 
-    def _summary(self, t: dict) -> dict:
+    def _summary(self, t: JsonObject) -> JsonObject:
         return {"deploymentId": t["deploymentId"], "instanceId": t["targetId"], "status": t["status"],
                 "lastUpdatedAt": t["lastUpdatedAt"], "lifecycleEvents": t["lifecycleEvents"], "instanceType": "Blue"}
 
-    def op_ListDeploymentInstances(self, body: dict) -> dict:
+    def op_ListDeploymentInstances(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
         wanted = _list(body, "instanceStatusFilter")
         return {"instancesList": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
                                   if not wanted or t["status"] in wanted]}
 
-    def op_GetDeploymentInstance(self, body: dict) -> dict:
+    def op_GetDeploymentInstance(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
-        iid = _str(body, "instanceId", "InstanceIdRequiredException", "Instance id")
+        iid = _required(body, "instanceId", "InstanceIdRequiredException", "Instance id")
         return {"instanceSummary": self._summary(self._target(doc["deploymentId"], iid))}
 
-    def op_BatchGetDeploymentInstances(self, body: dict) -> dict:
+    def op_BatchGetDeploymentInstances(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
         out = [self._summary(self._target(doc["deploymentId"], i)) for i in _list(body, "instanceIds")]
         return {"instancesSummary": out, "errorMessage": ""}
 
-    def op_ListDeploymentTargets(self, body: dict) -> dict:
+    def op_ListDeploymentTargets(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
         filters = _dict(body, "targetFilters") or {}
         wanted = filters.get("TargetStatus") or []
         return {"targetIds": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
                               if not wanted or t["status"] in wanted]}
 
-    def op_BatchGetDeploymentTargets(self, body: dict) -> dict:
+    def op_BatchGetDeploymentTargets(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
         ids = _list(body, "targetIds")
         if not ids:
@@ -531,14 +549,14 @@ class Api:
         return {"deploymentTargets": out}
 
     # -- on-premises instances ------------------------------------------------------------------
-    def _instance(self, name: str) -> dict:
+    def _instance(self, name: str) -> JsonObject:
         doc = self.store.get("instance", name)
         if doc is None or doc.get("deregisterTime"):
             raise ApiError("InstanceNotRegisteredException", f"The on-premises instance {name} is not registered.")
         return doc
 
-    def op_RegisterOnPremisesInstance(self, body: dict) -> dict:
-        name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+    def op_RegisterOnPremisesInstance(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "instanceName", "InstanceNameRequiredException", "Instance name")
         if not revisions.valid_instance_name(name):
             raise ApiError("InvalidInstanceNameException",
                            f"The on-premises instance name {name!r} is not valid: use up to 100 letters, digits, "
@@ -553,30 +571,31 @@ class Api:
             if old and not old.get("deregisterTime"):
                 raise ApiError("InstanceNameAlreadyRegisteredException",
                                f"The on-premises instance {name} is already registered.")
-            doc = {"instanceName": name, "instanceArn": self.engine.instance_arn(name), "registerTime": time.time(),
-                   "tags": [], **({"iamSessionArn": session} if session else {"iamUserArn": user})}
+            doc: JsonObject = {"instanceName": name, "instanceArn": self.engine.instance_arn(name),
+                               "registerTime": time.time(), "tags": [],
+                               **({"iamSessionArn": session} if session else {"iamUserArn": user})}
             self.store.put("instance", name, doc)
         return {}
 
-    def op_DeregisterOnPremisesInstance(self, body: dict) -> dict:
-        name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+    def op_DeregisterOnPremisesInstance(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "instanceName", "InstanceNameRequiredException", "Instance name")
         with self.store.transaction():
             doc = self._instance(name)
             self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
         return {}
 
-    def op_GetOnPremisesInstance(self, body: dict) -> dict:
-        name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+    def op_GetOnPremisesInstance(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "instanceName", "InstanceNameRequiredException", "Instance name")
         doc = self.store.get("instance", name)
         if doc is None:
             raise ApiError("InstanceNotRegisteredException", f"The on-premises instance {name} is not registered.")
         return {"instanceInfo": doc}
 
-    def op_BatchGetOnPremisesInstances(self, body: dict) -> dict:
+    def op_BatchGetOnPremisesInstances(self, body: JsonObject) -> JsonObject:
         docs = [self.store.get("instance", n) for n in _list(body, "instanceNames")]
         return {"instanceInfos": [d for d in docs if d]}
 
-    def _tagging(self, body: dict, add: bool) -> dict:
+    def _tagging(self, body: JsonObject, add: bool) -> JsonObject:
         tags = _tags(_list(body, "tags"))
         names = _list(body, "instanceNames")
         if not tags:
@@ -592,13 +611,13 @@ class Api:
                 self.store.put("instance", name, doc)
         return {}
 
-    def op_AddTagsToOnPremisesInstances(self, body: dict) -> dict:
+    def op_AddTagsToOnPremisesInstances(self, body: JsonObject) -> JsonObject:
         return self._tagging(body, True)
 
-    def op_RemoveTagsFromOnPremisesInstances(self, body: dict) -> dict:
+    def op_RemoveTagsFromOnPremisesInstances(self, body: JsonObject) -> JsonObject:
         return self._tagging(body, False)
 
-    def op_ListOnPremisesInstances(self, body: dict) -> dict:
+    def op_ListOnPremisesInstances(self, body: JsonObject) -> JsonObject:
         status = _str(body, "registrationStatus")
         if status not in (None, "Registered", "Deregistered"):
             raise ApiError("InvalidRegistrationStatusException", f"Invalid registration status {status}")
@@ -620,12 +639,12 @@ class AgentApi:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def dispatch(self, operation: str, body: dict) -> dict:
+    def dispatch(self, operation: str, body: JsonObject) -> JsonObject:
         if operation == "PollCommand":
-            name = _str(body, "instanceName", "InstanceNameRequiredException", "Instance name")
+            name = _required(body, "instanceName", "InstanceNameRequiredException", "Instance name")
             return {"command": self.engine.poll(name, bool(body.get("local")))}
         if operation == "ReportCommand":
-            cid = _str(body, "commandId", "InvalidInputException", "Command id")
+            cid = _required(body, "commandId", "InvalidInputException", "Command id")
             status = _str(body, "status")
             if status not in (None, "Succeeded", "Failed"):
                 raise ApiError("InvalidInputException", f"Invalid command status {status}")

@@ -20,8 +20,13 @@ import stat
 import string
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.errors import EnvironmentProblem
+
+if TYPE_CHECKING:   # botocore has no type information: these are Any to mypy, named for the reader
+    from botocore.auth import SigV4Auth
+    from botocore.credentials import Credentials as BotoCredentials
 
 CREDENTIALS_FILE = "credentials.json"
 MAX_SKEW = 15 * 60          # seconds, as AWS: a request signed further from now is refused
@@ -36,7 +41,7 @@ class Credentials:
     access_key: str
     secret_key: str
 
-    def to_botocore(self):
+    def to_botocore(self) -> BotoCredentials:
         from botocore.credentials import Credentials as Boto
         return Boto(self.access_key, self.secret_key)
 
@@ -104,13 +109,13 @@ def read(folder: str) -> Credentials | None:
 
 
 # -- signing and verifying -------------------------------------------------------------------------
-def _signer(creds: Credentials, service: str, region: str):
+def _signer(creds: Credentials, service: str, region: str) -> SigV4Auth:
     from botocore.auth import S3SigV4Auth, SigV4Auth
     return (S3SigV4Auth if service == "s3" else SigV4Auth)(creds.to_botocore(), service, region)
 
 
-def sign(creds: Credentials, method: str, url: str, headers: dict, body: bytes, *, service: str,
-         region: str) -> dict:
+def sign(creds: Credentials, method: str, url: str, headers: dict[str, str], body: bytes, *, service: str,
+         region: str) -> dict[str, str]:
     """The headers of a request signed with ``creds`` (botocore's SigV4)."""
     from botocore.awsrequest import AWSRequest
     request = AWSRequest(method=method, url=url, headers=dict(headers), data=body)
@@ -162,7 +167,7 @@ def verify(creds: Credentials, *, method: str, url: str, headers: dict[str, str]
     # the signature covers x-amz-content-sha256 in place of the body: the body must be what it says
     claimed = headers.get("x-amz-content-sha256")
     if claimed is not None or s3:
-        if _HEX64.match(claimed or ""):
+        if claimed is not None and _HEX64.match(claimed):
             if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), claimed):
                 raise AuthError("XAmzContentSHA256Mismatch" if s3 else "InvalidSignatureException",
                                 "The provided 'x-amz-content-sha256' header does not match what was computed.", 400)

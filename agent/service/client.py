@@ -15,13 +15,25 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import TypedDict
 
 from agent.errors import EnvironmentProblem, UsageError
 from agent.service.auth import Credentials, read, sign
+from agent.service.shapes import JsonObject
 
 TARGET_PREFIX = "CodeDeploy_20141006"
 AGENT_PREFIX = "CdsimAgent_20261127"
 SERVER_FILE = "server.json"
+
+
+class ServerInfo(TypedDict):
+    """What a running server writes about itself to ``<state>/service/server.json``."""
+
+    pid: int
+    endpoint: str
+    s3Endpoint: str | None
+    region: str
+    state: str
 
 
 class ServiceError(UsageError):
@@ -66,16 +78,16 @@ def _region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def _signed(method: str, url: str, headers: dict, body: bytes, service: str,
-            creds: Credentials | None) -> dict:
+def _signed(method: str, url: str, headers: dict[str, str], body: bytes, service: str,
+            creds: Credentials | None) -> dict[str, str]:
     creds = creds or credentials_for(url.split("/", 3)[0] + "//" + url.split("/", 3)[2])
     if creds is None:
         return headers   # the server refuses it, and says why
     return sign(creds, method, url, headers, body, service=service, region=_region())
 
 
-def call(endpoint: str, operation: str, body: dict | None = None, *, prefix: str = TARGET_PREFIX,
-         timeout: float = 30.0, credentials: Credentials | None = None) -> dict:
+def call(endpoint: str, operation: str, body: JsonObject | None = None, *, prefix: str = TARGET_PREFIX,
+         timeout: float = 30.0, credentials: Credentials | None = None) -> JsonObject:
     data = json.dumps(body or {}).encode()
     url = endpoint.rstrip("/") + "/"
     headers = _signed("POST", url, {"X-Amz-Target": f"{prefix}.{operation}",
@@ -83,7 +95,8 @@ def call(endpoint: str, operation: str, body: dict | None = None, *, prefix: str
     req = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"{}")
+            answer: JsonObject = json.loads(resp.read() or b"{}")   # the server answers objects only
+            return answer
     except urllib.error.HTTPError as e:
         with e:
             text = e.read()
@@ -125,12 +138,12 @@ def service_dir(state: str | None = None) -> str:
     return os.path.join(os.path.abspath(state) if state else state_dir(), "service")
 
 
-def server_info(state: str | None = None) -> dict | None:
+def server_info(state: str | None = None) -> ServerInfo | None:
     """What the running server of a state folder wrote about itself, or None."""
     path = os.path.join(service_dir(state), SERVER_FILE)
     try:
         with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+            info: ServerInfo = json.load(f)
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return None

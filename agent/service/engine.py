@@ -26,10 +26,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TypedDict
 
+from agent.service.shapes import JsonObject
 from agent.service.store import Store
 
-BUILTIN_CONFIGS = {
+
+class MinimumHealthyHosts(TypedDict):
+    """A configuration's minimumHealthyHosts: HOST_COUNT or FLEET_PERCENT (MOST_CONCURRENCY: built-in only)."""
+
+    type: str
+    value: int
+
+
+BUILTIN_CONFIGS: dict[str, MinimumHealthyHosts] = {
     "CodeDeployDefault.OneAtATime": {"type": "MOST_CONCURRENCY", "value": 1},
     "CodeDeployDefault.HalfAtATime": {"type": "FLEET_PERCENT", "value": 50},
     "CodeDeployDefault.AllAtOnce": {"type": "HOST_COUNT", "value": 0},
@@ -56,7 +66,7 @@ NO_AGENT_MESSAGE = ("CodeDeploy agent was not able to receive the lifecycle even
                     "server.")
 
 
-def minimum_healthy(mhh: dict, total: int) -> int:
+def minimum_healthy(mhh: MinimumHealthyHosts, total: int) -> int:
     """How many instances must stay healthy while ``total`` are deployed to."""
     kind, value = mhh.get("type"), int(mhh.get("value", 0))
     if kind == "MOST_CONCURRENCY":
@@ -76,7 +86,7 @@ class Step:
     error: tuple[str, str] | None = None  # (errorInformation code, message) of a failure
 
 
-def plan(statuses: list[tuple[str, str]], mhh: dict) -> Step:
+def plan(statuses: list[tuple[str, str]], mhh: MinimumHealthyHosts) -> Step:
     """The next step for instances ``[(name, status)]`` in deployment order."""
     total = len(statuses)
     if total == 0:
@@ -105,7 +115,7 @@ def plan(statuses: list[tuple[str, str]], mhh: dict) -> Step:
     return Step(outcome="Failed", error=("HEALTH_CONSTRAINTS", HEALTH_MESSAGE))
 
 
-def tag_matches(tags: list[dict], f: dict) -> bool:
+def tag_matches(tags: list[JsonObject], f: JsonObject) -> bool:
     """One EC2/on-premises tag filter (KEY_ONLY, VALUE_ONLY, KEY_AND_VALUE) against an instance's tags."""
     kind = f.get("Type") or ("KEY_AND_VALUE" if f.get("Key") and f.get("Value") else
                              "KEY_ONLY" if f.get("Key") else "VALUE_ONLY")
@@ -119,7 +129,7 @@ def tag_matches(tags: list[dict], f: dict) -> bool:
     return False
 
 
-def group_selects(group: dict, tags: list[dict]) -> bool:
+def group_selects(group: JsonObject, tags: list[JsonObject]) -> bool:
     """A group's filters (any of the list matches) or tag sets (every inner list matches)."""
     filters = (group.get("ec2TagFilters") or []) + (group.get("onPremisesInstanceTagFilters") or [])
     sets = ((group.get("ec2TagSet") or {}).get("ec2TagSetList") or []) + \
@@ -133,11 +143,17 @@ def new_deployment_id() -> str:
     return "d-" + "".join(random.choices(string.ascii_uppercase + string.digits, k=9))
 
 
-def pending_events() -> list[dict]:
+def pending_events() -> list[JsonObject]:
     return [{"lifecycleEventName": e, "status": "Pending"} for e in LIFECYCLE_EVENTS]
 
 
-def public(doc: dict) -> dict:
+def _builtin_config(name: str) -> JsonObject:
+    return {"deploymentConfigName": name, "minimumHealthyHosts": BUILTIN_CONFIGS[name],
+            "computePlatform": "Server", "createTime": 0.0,
+            "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, name))}
+
+
+def public(doc: JsonObject) -> JsonObject:
     """A document without its private (underscore) fields."""
     return {k: v for k, v in doc.items() if not k.startswith("_")}
 
@@ -158,17 +174,15 @@ class Engine:
     def instance_arn(self, name: str) -> str:
         return f"arn:aws:codedeploy:{self.region}:{self.account}:instance/{name}"
 
-    def config(self, name: str) -> dict | None:
+    def config(self, name: str) -> JsonObject | None:
         if name in BUILTIN_CONFIGS:
-            return {"deploymentConfigName": name, "minimumHealthyHosts": BUILTIN_CONFIGS[name],
-                    "computePlatform": "Server", "createTime": 0.0,
-                    "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, name))}
+            return _builtin_config(name)
         return self.store.get("config", name)
 
-    def targets(self, did: str) -> list[dict]:
+    def targets(self, did: str) -> list[JsonObject]:
         return self.store.values("target", f"{did}/")
 
-    def overview(self, did: str) -> dict:
+    def overview(self, did: str) -> dict[str, int]:
         counts = dict.fromkeys(("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Ready"), 0)
         for t in self.targets(did):
             counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -178,23 +192,23 @@ class Engine:
         with self.changed:
             self.changed.notify_all()
 
-    def selected_instances(self, group: dict) -> list[str]:
+    def selected_instances(self, group: JsonObject) -> list[str]:
         names = [i["instanceName"] for i in self.store.values("instance")
                  if not i.get("deregisterTime") and group_selects(group, i.get("tags") or [])]
         return sorted(names)
 
     # -- creation -------------------------------------------------------------------------------
-    def create(self, group: dict, revision: dict, *, config_name: str | None, description: str = "",
+    def create(self, group: JsonObject, revision: JsonObject, *, config_name: str | None, description: str = "",
                creator: str = "user", ignore_stop_failures: bool = False,
-               file_exists: str = "DISALLOW", rollback_info: dict | None = None,
-               auto_rollback: dict | None = None) -> dict:
+               file_exists: str = "DISALLOW", rollback_info: JsonObject | None = None,
+               auto_rollback: JsonObject | None = None) -> JsonObject:
         """A new deployment of ``revision`` to the group's instances (resolved now), status Created."""
         now = time.time()
         did = new_deployment_id()
         while self.store.get("deployment", did):
             did = new_deployment_id()
         app = group["applicationName"]
-        doc = {
+        doc: JsonObject = {
             "applicationName": app, "deploymentGroupName": group["deploymentGroupName"],
             "deploymentConfigName": config_name or group.get("deploymentConfigName") or DEFAULT_CONFIG,
             "deploymentId": did, "revision": revision, "status": "Created", "createTime": now,
@@ -229,14 +243,14 @@ class Engine:
     def tick(self) -> None:
         """Advance every active deployment by one step."""
         self._expire_commands()
-        for did, doc in self.store.items("deployment"):
+        for doc in self.store.values("deployment"):
             if doc["status"] in ACTIVE:
                 self._advance(doc)
 
-    def _advance(self, doc: dict) -> None:
+    def _advance(self, doc: JsonObject) -> None:
         did = doc["deploymentId"]
         with self.store.transaction():
-            doc = self.store.get("deployment", did)
+            doc = self.store.existing("deployment", did)
             if doc["status"] not in ACTIVE:
                 return
             targets = self.targets(did)
@@ -245,7 +259,7 @@ class Engine:
                 if not any(t["status"] == "InProgress" for t in targets):
                     self._finish(doc, "Stopped", ("MANUAL_STOP", STOP_MESSAGE))
                 return
-            config = self.config(doc["deploymentConfigName"]) or self.config(DEFAULT_CONFIG)
+            config = self.config(doc["deploymentConfigName"]) or _builtin_config(DEFAULT_CONFIG)
             step = plan([(t["targetId"], t["status"]) for t in targets], config["minimumHealthyHosts"])
             now = time.time()
             if doc["status"] == "Created":
@@ -262,14 +276,14 @@ class Engine:
             if step.outcome:
                 self._finish(doc, step.outcome, step.error)
 
-    def _skip(self, targets: list[dict]) -> None:
+    def _skip(self, targets: list[JsonObject]) -> None:
         now = time.time()
         for t in targets:
             events = [dict(e, status="Skipped") if e["status"] == "Pending" else e for e in t["lifecycleEvents"]]
             self.store.put("target", f"{t['deploymentId']}/{t['targetId']}",
                            dict(t, status="Skipped", lastUpdatedAt=now, lifecycleEvents=events))
 
-    def _finish(self, doc: dict, status: str, error: tuple[str, str] | None) -> None:
+    def _finish(self, doc: JsonObject, status: str, error: tuple[str, str] | None) -> None:
         now = time.time()
         did = doc["deploymentId"]
         doc = dict(doc, status=status, completeTime=now)
@@ -291,11 +305,11 @@ class Engine:
                     doc["rollbackInfo"] = {"rollbackMessage": "No deployment found for rollback."}
             self.store.put("group", key, group)
         self.store.put("deployment", did, doc)
-        if rollback_to is not None:
+        if group is not None and rollback_to is not None:
             self.rollback(doc, group, rollback_to)
         self.notify()
 
-    def _rolls_back(self, doc: dict) -> bool:
+    def _rolls_back(self, doc: JsonObject) -> bool:
         if doc["creator"] == ROLLBACK_CREATOR:
             return False  # a failed rollback is not rolled back again
         if doc["status"] == "Stopped":
@@ -303,14 +317,14 @@ class Engine:
         auto = doc.get("autoRollbackConfiguration") or {}
         return bool(auto.get("enabled")) and "DEPLOYMENT_FAILURE" in (auto.get("events") or [])
 
-    def rollback(self, failed: dict, group: dict, revision: dict) -> dict:
+    def rollback(self, failed: JsonObject, group: JsonObject, revision: JsonObject) -> JsonObject:
         """Redeploy ``revision`` to the group as a new deployment, linking both rollbackInfos."""
         new = self.create(group, revision, config_name=failed["deploymentConfigName"],
                           creator=ROLLBACK_CREATOR,
                           ignore_stop_failures=failed.get("ignoreApplicationStopFailures", False),
                           file_exists=failed.get("fileExistsBehavior", "DISALLOW"),
                           rollback_info={"rollbackTriggeringDeploymentId": failed["deploymentId"]})
-        failed = dict(self.store.get("deployment", failed["deploymentId"]), rollbackInfo={
+        failed = dict(self.store.existing("deployment", failed["deploymentId"]), rollbackInfo={
             "rollbackDeploymentId": new["deploymentId"],
             "rollbackMessage": f"Deployment {failed['deploymentId']} failed; {new['deploymentId']} "
                                "redeploys the last successful revision."})
@@ -320,7 +334,7 @@ class Engine:
     def stop(self, did: str, auto_rollback: bool) -> tuple[str, str]:
         """StopDeployment: nothing new starts; running instances finish; then the deployment is Stopped."""
         with self.store.transaction():
-            doc = self.store.get("deployment", did)
+            doc = self.store.existing("deployment", did)
             doc["_stopRequested"] = True
             doc["_rollbackOnStop"] = bool(auto_rollback)
             self.store.put("deployment", did, doc)
@@ -332,13 +346,13 @@ class Engine:
         return "Succeeded", "The deployment is stopped."
 
     # -- agents ---------------------------------------------------------------------------------
-    def poll(self, instance: str, local: bool = False) -> dict | None:
+    def poll(self, instance: str, local: bool = False) -> JsonObject | None:
         """The next command for an instance, with everything its agent needs, or None."""
         with self.store.transaction():
             for cid, cmd in self.store.items("command"):
                 if cmd["instance"] != instance or cmd["state"] != "Pending":
                     continue
-                doc = self.store.get("deployment", cmd["deploymentId"])
+                doc = self.store.existing("deployment", cmd["deploymentId"])
                 cmd = dict(cmd, state="InProgress", pickedTime=time.time(), local=local)
                 self.store.put("command", cid, cmd)
                 return {"commandId": cid, "deploymentId": doc["deploymentId"],
@@ -351,14 +365,14 @@ class Engine:
                         "s3Endpoint": self.s3_endpoint}
         return None
 
-    def report(self, cid: str, events: list[dict] | None, status: str | None = None) -> dict:
+    def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None) -> dict[str, bool]:
         """An agent's progress (lifecycle events) and, with ``status``, the command's end."""
         with self.store.transaction():
             cmd = self.store.get("command", cid)
             if cmd is None or cmd["state"] == "Done":
                 return {"known": cmd is not None}
             key = f"{cmd['deploymentId']}/{cmd['instance']}"
-            target = self.store.get("target", key)
+            target = self.store.existing("target", key)
             now = time.time()
             if events:
                 target["lifecycleEvents"] = events
@@ -389,7 +403,7 @@ class Engine:
         """After a restart: commands that our own (now gone) agents were running failed (§8.5)."""
         for cid, cmd in self.store.items("command"):
             if cmd["state"] == "InProgress" and cmd["instance"] in local_instances:
-                target = self.store.get("target", f"{cmd['deploymentId']}/{cmd['instance']}")
+                target = self.store.existing("target", f"{cmd['deploymentId']}/{cmd['instance']}")
                 events = []
                 failed = False
                 for e in target["lifecycleEvents"]:

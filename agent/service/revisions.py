@@ -38,7 +38,7 @@ def check_ref_name(name: str) -> bool:
     return all(part and not part.startswith(".") and not part.endswith(".lock") for part in name.split("/"))
 
 
-def check_commit(commit) -> str:
+def check_commit(commit: object) -> str:
     if not isinstance(commit, str) or not (_HEX.match(commit) or check_ref_name(commit)):
         raise RevisionError(f"The commitId {commit!r} is not a commit id or a valid ref name")
     return commit
@@ -50,7 +50,7 @@ def github_roots(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     return [os.path.realpath(r) for r in roots]
 
 
-def check_repository_name(repository) -> str:
+def check_repository_name(repository: object) -> str:
     """The form alone: ``owner/name`` or an absolute path without ``..``."""
     if not isinstance(repository, str) or not repository or len(repository) > 4096 or "\0" in repository:
         raise RevisionError(f"The repository {repository!r} is not a repository name")
@@ -64,9 +64,9 @@ def check_repository_name(repository) -> str:
     return repository
 
 
-def github_repository(repository: str, roots: list[str]) -> str:
+def github_repository(name: object, roots: list[str]) -> str:
     """The local repository a GitHub revision names, resolved (symlinks followed) inside one of ``roots``."""
-    check_repository_name(repository)
+    repository = check_repository_name(name)
     if not roots:
         raise RevisionError(f"GitHub revisions are not enabled: no GitHub root is configured "
                             f"(cdsim server --github-root DIR, or ${GITHUB_ROOT_ENV})")
@@ -79,37 +79,37 @@ def github_repository(repository: str, roots: list[str]) -> str:
     raise RevisionError(f"The repository {repository!r} is not a folder under a configured GitHub root")
 
 
-def check_bucket(bucket) -> str:
+def check_bucket(bucket: object) -> str:
     if not isinstance(bucket, str) or not _BUCKET.match(bucket) or ".." in bucket:
         raise RevisionError(f"The bucket name {bucket!r} is not a valid S3 bucket name")
     return bucket
 
 
-def check_key(key) -> str:
+def check_key(key: object) -> str:
     if not isinstance(key, str) or not key or len(key.encode()) > 1024 \
             or any(ord(c) < 0x20 or ord(c) == 0x7f for c in key):
         raise RevisionError(f"The S3 key {key!r} is not a valid object key")
     return key
 
 
-def check_bundle_type(kind) -> str:
-    if kind not in BUNDLE_TYPES:
+def check_bundle_type(kind: object) -> str:
+    if not isinstance(kind, str) or kind not in BUNDLE_TYPES:
         raise RevisionError(f"The bundle type must be one of {', '.join(BUNDLE_TYPES)} (got {kind!r})")
     return kind
 
 
-def check_deployment_id(did) -> str:
+def check_deployment_id(did: object) -> str:
     if not isinstance(did, str) or not _DEPLOYMENT_ID.match(did):
         raise RevisionError(f"The deployment id {did!r} is not of the form d-XXXXXXXXX")
     return did
 
 
-def check_group_id(gid) -> str:
+def check_group_id(gid: object) -> str:
     """A deployment group id (the server makes UUIDs): it names a folder of the deployment root."""
     if not isinstance(gid, str) or not _GROUP_ID.match(gid):
         raise RevisionError(f"The deployment group id {gid!r} is not an id")
     return gid
 
 
-def valid_instance_name(name) -> bool:
+def valid_instance_name(name: object) -> bool:
     return isinstance(name, str) and bool(_INSTANCE_NAME.match(name))

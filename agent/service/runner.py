@@ -8,19 +8,24 @@ service's: errorCode, scriptName, message and the §7.8 log tail of the failing 
 
 With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
 goes on from the next event, as the service's option does (the engine's
-``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the engine; nothing imports this.
+``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the
+engine; nothing imports this.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from typing import TextIO
 
 from agent.service.engine import LIFECYCLE_EVENTS
+from agent.service.shapes import JsonObject, RunnerSpec
 
-# ScriptError codes (§7.7) as the service names them (LifecycleErrorCode)
-ERROR_CODES = {0: "Success", 1: "ScriptMissing", 2: "ScriptNotExecutable", 3: "ScriptTimedOut",
-               4: "ScriptFailed", 5: "UnknownError", 6: "ScriptFailed", 7: "UnknownError"}
+# ScriptError codes (§7.7) as the service names them (LifecycleErrorCode); looked up with whatever a
+# hook.end record holds (an int, or None when the hook has no code)
+ERROR_CODES: dict[object, str] = {0: "Success", 1: "ScriptMissing", 2: "ScriptNotExecutable",
+                                  3: "ScriptTimedOut", 4: "ScriptFailed", 5: "UnknownError", 6: "ScriptFailed",
+                                  7: "UnknownError"}
 INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
@@ -28,24 +33,25 @@ INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 class Tracker:
     """Turns the engine's event stream into the service's lifecycle events."""
 
-    def __init__(self, out=None):
+    def __init__(self, out: TextIO | None = None) -> None:
         from hooks_runtime.output import DiagnosticTail
 
         self._tail_class = DiagnosticTail
         self.out = out or sys.stdout
-        self.events = {e: {"lifecycleEventName": e, "status": "Pending"} for e in LIFECYCLE_EVENTS}
+        self.events: dict[str, JsonObject] = {e: {"lifecycleEventName": e, "status": "Pending"}
+                                              for e in LIFECYCLE_EVENTS}
         self.tail = DiagnosticTail()
-        self.failed_hook: dict | None = None
+        self.failed_hook: JsonObject | None = None
         self.marker: str | None = None   # the group's <group>_last_successful_install, once known
 
-    def send(self, **extra) -> None:
+    def send(self, **extra: str) -> None:
         self.out.write(json.dumps({"lifecycleEvents": list(self.events.values()), **extra}) + "\n")
         self.out.flush()
 
     def on_output(self, line: str) -> None:
         self.tail.append(line)
 
-    def on_record(self, r: dict) -> None:
+    def on_record(self, r: JsonObject) -> None:
         t = r["type"]
         if t == "event.start":
             self.tail = self._tail_class()
@@ -86,7 +92,7 @@ class Tracker:
         self.send(status="Succeeded" if succeeded else "Failed")
 
 
-def run(spec: dict, out=None) -> bool:
+def run(spec: RunnerSpec, out: TextIO | None = None) -> bool:
     from agent.config import config_from_mapping
     from agent.deploy import DeploymentRequest, deploy
     from agent.revision import LocalRevision
@@ -114,7 +120,7 @@ def run(spec: dict, out=None) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
+    spec: RunnerSpec = json.loads(argv[0])   # written by agent_loop.Agent._spec
     started = time.time()
     try:
         ok = run(spec)

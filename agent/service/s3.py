@@ -14,8 +14,13 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from agent.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 # moto refuses anonymous reads of private objects but checks no signature: any SigV4-shaped
 # Authorization header is an authenticated caller to it. The server has checked the real one.
@@ -34,7 +39,7 @@ class MotoS3:
 
     def __init__(self, folder: str):
         self.folder = folder
-        self.app = None
+        self.app: WSGIApplication | None = None
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -62,25 +67,31 @@ class MotoS3:
                 MotoS3._active -= 1
         self.app = None
 
-    def wsgi(self, environ: dict, start_response):
-        """Hand one (already authenticated) request to moto."""
-        return self.app(environ, start_response)
+    def _started(self) -> WSGIApplication:
+        if self.app is None:
+            raise RuntimeError("moto's S3 is not started (MotoS3.start)")
+        return self.app
 
-    def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None
+    def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Hand one (already authenticated) request to moto."""
+        return self._started()(environ, start_response)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
                 ) -> tuple[int, list[tuple[str, str]], bytes]:
         """One request to moto from the server itself."""
+        from werkzeug.datastructures import Headers
         from werkzeug.test import EnvironBuilder, run_wsgi_app
         hdrs = {"Host": "127.0.0.1", **(headers or {})}
         hdrs.setdefault("Authorization", _AUTH)
         raw_path, _, query = path.partition("?")
-        builder = EnvironBuilder(method=method, path=raw_path, query_string=query, headers=hdrs,
+        builder = EnvironBuilder(method=method, path=raw_path, query_string=query, headers=Headers(hdrs),
                                  input_stream=io.BytesIO(body), content_length=len(body))
         try:
             environ = builder.get_environ()
         finally:
             builder.close()
         environ["RAW_URI"] = environ["REQUEST_URI"] = path
-        app_iter, status, out_headers = run_wsgi_app(self.app, environ)
+        app_iter, status, out_headers = run_wsgi_app(self._started(), environ)
         try:
             data = b"".join(app_iter)
         finally:
@@ -94,7 +105,7 @@ class MotoS3:
             if bucket and self.request("HEAD", "/" + bucket)[0] == 404:
                 self.request("PUT", "/" + bucket)
 
-    def record(self, method: str, path: str, headers: dict, body: bytes) -> None:
+    def record(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         """Keep an object PUT to replay after a restart."""
         name = os.path.join(self.folder, "objects", f"{time.time_ns()}-{uuid.uuid4().hex}")
         with open(name + ".body", "wb") as f:

@@ -3,11 +3,12 @@
 ``Service`` owns the state folder's ``service/`` directory (0700: the SQLite file, ``server.json``
 telling other commands where it listens, the credentials file, moto's records), an HTTP server
 (werkzeug's threaded WSGI server with a large listen backlog, an idle timeout on every read, deadlines
-for the headers and the body, and body size limits) whose WSGI application ``App`` refuses every request not signed with the server's
-credentials (``agent.service.auth``), then answers AWS JSON 1.1 requests with ``X-Amz-Target`` and
-hands any other request to moto's S3 running in this process, so one ``AWS_ENDPOINT_URL`` serves the
-aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the supervisor that runs an agent for
-every registered on-premises instance that is one of this state folder's sandboxed instances.
+for the headers and the body, and body size limits) whose WSGI application ``App`` refuses every
+request not signed with the server's credentials (``agent.service.auth``), then answers AWS JSON 1.1
+requests with ``X-Amz-Target`` and hands any other request to moto's S3 running in this process, so
+one ``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the
+supervisor that runs an agent for every registered on-premises instance that is one of this state
+folder's sandboxed instances.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -27,10 +31,17 @@ from agent.errors import EnvironmentProblem
 from agent.fsutil import atomic_write
 from agent.service import auth
 from agent.service.api import AGENT_PREFIX, TARGET_PREFIX, AgentApi, Api, ApiError
-from agent.service.client import SERVER_FILE, remember, service_dir
+from agent.service.client import SERVER_FILE, ServerInfo, remember, service_dir
 from agent.service.engine import Engine
 from agent.service.revisions import github_roots, valid_instance_name
+from agent.service.shapes import JsonObject
 from agent.service.store import Store
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from agent.service.agent_loop import Agent
+    from agent.service.s3 import MotoS3
 
 DB_FILE = "codedeploy.sqlite3"
 LISTEN_BACKLOG = 1024            # pending connections the kernel queues (capped by net.core.somaxconn)
@@ -39,6 +50,14 @@ HEADER_DEADLINE = 15.0           # seconds from the connection to the end of the
 BODY_DEADLINE = 30.0             # seconds a body may take, plus one second per MiB
 API_BODY_LIMIT = 1 << 20         # bytes: CodeDeploy API requests are small JSON documents
 S3_BODY_LIMIT = 256 << 20        # bytes: one S3 PUT or part (the aws CLI sends 8 MiB parts above 8 MiB)
+
+
+@dataclass(frozen=True)
+class _RunningAgent:
+    """An agent the server runs for one of its sandboxed instances, and the thread it polls on."""
+
+    agent: Agent
+    thread: threading.Thread
 
 
 class Service:
@@ -55,7 +74,7 @@ class Service:
         self.region = region
         self.quiet = quiet
         self.store = Store(os.path.join(self.folder, DB_FILE))
-        self.moto = None
+        self.moto: MotoS3 | None = None
         if s3:
             from agent.service.s3 import MotoS3
             self.moto = MotoS3(os.path.join(self.folder, "s3"))
@@ -63,7 +82,7 @@ class Service:
         self.api = Api(self.store, self.engine, self.github_roots)
         self.agent_api = AgentApi(self.engine)
         self.run_agents = agents
-        self.agents: dict = {}
+        self.agents: dict[str, _RunningAgent] = {}
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.httpd: ThreadedWSGIServer | None = None
@@ -107,7 +126,7 @@ class Service:
         atomic_write(os.path.join(self.folder, SERVER_FILE), json.dumps(self.info()).encode(), private=True)
         return self
 
-    def info(self) -> dict:
+    def info(self) -> ServerInfo:
         return {"pid": os.getpid(), "endpoint": self.endpoint, "s3Endpoint": self.engine.s3_endpoint,
                 "region": self.region, "state": self.state}
 
@@ -117,10 +136,10 @@ class Service:
         for t in self.threads[1:]:   # the engine and the supervisor: no agent starts after this
             t.join(timeout=60)
         # agents finish the command they run and report it while the HTTP server still answers
-        for agent in self.agents.values():
-            agent.stop_event.set()
-        for agent in self.agents.values():
-            agent.thread.join(timeout=600)
+        for running in self.agents.values():
+            running.agent.stop_event.set()
+        for running in self.agents.values():
+            running.thread.join(timeout=600)
         if self.httpd:
             self.httpd.shutdown()
             self.threads[0].join(timeout=60)
@@ -139,7 +158,7 @@ class Service:
     def __enter__(self) -> Service:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- background work ------------------------------------------------------------------------
@@ -148,6 +167,7 @@ class Service:
             self.deadlines.expire()
 
     def _serve(self) -> None:
+        assert self.httpd is not None, "_start makes the server before this thread"
         self.httpd.serve_forever(poll_interval=0.05)   # shutdown() waits for one poll
 
     def _engine_loop(self) -> None:
@@ -179,18 +199,18 @@ class Service:
                     agent = Agent(self.endpoint, name, state=self.state, local=True,
                                   work_dir=os.path.join(self.folder, "work"), credentials=self.credentials,
                                   github_roots=self.github_roots)
-                    agent.thread = threading.Thread(target=agent.run, daemon=True, name=f"cdsim-agent-{name}")
-                    agent.thread.start()
-                    self.agents[name] = agent
+                    thread = threading.Thread(target=agent.run, daemon=True, name=f"cdsim-agent-{name}")
+                    thread.start()
+                    self.agents[name] = _RunningAgent(agent, thread)
                 for name in set(self.agents) - wanted:
-                    agent = self.agents[name]
-                    agent.stop_event.set()
-                    if not agent.thread.is_alive():
+                    running = self.agents[name]
+                    running.agent.stop_event.set()
+                    if not running.thread.is_alive():
                         del self.agents[name]
             self.stopping.wait(0.5)
 
     # -- HTTP ----------------------------------------------------------------------------------
-    def handle(self, target: str | None, raw: bytes) -> tuple[int, dict]:
+    def handle(self, target: str | None, raw: bytes) -> tuple[int, JsonObject]:
         """One API request: (status, JSON body). Never raises."""
         try:
             prefix, _, operation = (target or "").partition(".")
@@ -212,7 +232,7 @@ class Service:
             return 500, {"__type": "InternalFailure", "message": "The server encountered an internal error"}
 
 
-def env_lines(info: dict, creds: auth.Credentials) -> list[str]:
+def env_lines(info: ServerInfo, creds: auth.Credentials) -> list[str]:
     """The shell lines that point the aws CLI at a running server, with its credentials."""
     lines = [f"export AWS_ENDPOINT_URL={info['endpoint']}",
              f"export AWS_ACCESS_KEY_ID={creds.access_key}",
@@ -231,7 +251,7 @@ class HeaderDeadlines:
     """Connections still sending their request line and headers, and when they must be done: a client
     that trickles them a byte at a time (each read within IDLE_TIMEOUT) is cut at HEADER_DEADLINE."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pending: dict[socket.socket, float] = {}
 
@@ -256,7 +276,7 @@ class HeaderDeadlines:
                 pass
 
 
-def _handler(quiet: bool, deadlines: HeaderDeadlines):
+def _handler(quiet: bool, deadlines: HeaderDeadlines) -> type[WSGIRequestHandler]:
     class Handler(WSGIRequestHandler):
         timeout = IDLE_TIMEOUT           # the socket's timeout: every read of the request
         server_version = "cdsim"
@@ -273,11 +293,11 @@ def _handler(quiet: bool, deadlines: HeaderDeadlines):
             deadlines.done(self.connection)
             super().finish()
 
-        def log_request(self, code="-", size="-") -> None:
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             if not quiet:
                 super().log_request(code, size)
 
-        def log(self, type, message, *args) -> None:  # noqa: A002 - the base class's names
+        def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 - the base class's names
             # quiet: a client's bad or timed-out request is no news (a failure of ours is the
             # server's log, "Error on request", and still shows)
             if not quiet:
@@ -294,7 +314,7 @@ class RequestRefused(Exception):
         self.code, self.message, self.status = code, message, status
 
 
-def read_body(environ: dict, limit: int) -> bytes:
+def read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     """The request body, or RequestRefused: larger than ``limit`` (refused unread when its length is
     announced), or not complete within BODY_DEADLINE plus a second per MiB (each read also times out
     after IDLE_TIMEOUT)."""
@@ -345,9 +365,9 @@ def read_body(environ: dict, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def request_headers(environ: dict) -> dict[str, str]:
+def request_headers(environ: WSGIEnvironment) -> dict[str, str]:
     """The request's headers, lower-case names (as WSGI passes them: repeated ones joined by commas)."""
-    out = {}
+    out: dict[str, str] = {}
     for key, value in environ.items():
         if key.startswith("HTTP_"):
             out[key[5:].lower().replace("_", "-")] = value
@@ -362,13 +382,14 @@ class App:
     def __init__(self, service: Service):
         self.service = service
 
-    def __call__(self, environ: dict, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         service = self.service
         headers = request_headers(environ)
         method = environ["REQUEST_METHOD"]
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or "/"
         target = headers.get("x-amz-target")
-        s3 = service.moto is not None and target is None and not (method == "POST" and raw_uri == "/")
+        moto = service.moto if target is None and not (method == "POST" and raw_uri == "/") else None
+        s3 = moto is not None
         try:
             body = read_body(environ, S3_BODY_LIMIT if s3 else API_BODY_LIMIT)
             auth.verify(service.credentials, method=method, url=f"http://{headers.get('host', '')}{raw_uri}",
@@ -376,25 +397,25 @@ class App:
         except (RequestRefused, auth.AuthError) as e:
             code = e.code
             return (self._s3_error if s3 else self._api_error)(start_response, e.status, code, e.message)
-        if s3:
-            return self._s3(environ, start_response, method, raw_uri, headers, body)
+        if moto is not None:
+            return self._s3(moto, environ, start_response, method, raw_uri, headers, body)
         status, doc = service.handle(target, body)
         return self._json(start_response, status, doc)
 
     # -- answers -----------------------------------------------------------------------------------
     @staticmethod
-    def _json(start_response, status: int, doc: dict):
+    def _json(start_response: StartResponse, status: int, doc: JsonObject) -> list[bytes]:
         data = json.dumps(doc).encode()
         start_response(f"{status} {_REASONS.get(status, 'Error')}", [
             ("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", str(uuid.uuid4())),
             ("Content-Length", str(len(data)))])
         return [data]
 
-    def _api_error(self, start_response, status: int, code: str, message: str):
+    def _api_error(self, start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
         return self._json(start_response, status, {"__type": code, "message": message})
 
     @staticmethod
-    def _s3_error(start_response, status: int, code: str, message: str):
+    def _s3_error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
         rid = uuid.uuid4().hex[:16].upper()
         data = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
                 f"<Message>{escape(message)}</Message><RequestId>{rid}</RequestId></Error>").encode()
@@ -402,12 +423,12 @@ class App:
             ("Content-Type", "application/xml"), ("x-amz-request-id", rid), ("Content-Length", str(len(data)))])
         return [data]
 
-    def _s3(self, environ: dict, start_response, method: str, raw_uri: str, headers: dict, body: bytes):
+    def _s3(self, moto: MotoS3, environ: WSGIEnvironment, start_response: StartResponse, method: str,
+            raw_uri: str, headers: dict[str, str], body: bytes) -> list[bytes]:
         import io
 
         from werkzeug.test import run_wsgi_app
 
-        moto = self.service.moto
         path = raw_uri.split("?", 1)[0]
         if path.startswith("/moto-api") or path == "/favicon.ico":
             return self._s3_error(start_response, 403, "AccessDenied", "Access Denied")
@@ -437,7 +458,7 @@ class App:
                 if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date")]
         # a HEAD answer keeps the object's length (there is no body to measure)
         length = out_headers.get("Content-Length") if method == "HEAD" else str(len(data))
-        start_response(status, keep + [("Content-Length", length or "0")])
+        start_response(status, [*keep, ("Content-Length", length or "0")])
         return [] if method == "HEAD" else [data]
 
 

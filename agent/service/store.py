@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent.service.shapes import JsonObject
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS doc (
     kind TEXT NOT NULL,
@@ -66,7 +68,7 @@ class Store:
         self._db.execute("INSERT OR REPLACE INTO counter(name, value) VALUES ('seq', ?)", (value,))
         return value
 
-    def put(self, kind: str, key: str, body: dict) -> None:
+    def put(self, kind: str, key: str, body: JsonObject) -> None:
         """Insert or replace; a replaced document keeps its place in listings."""
         with self.transaction():
             row = self._db.execute("SELECT seq FROM doc WHERE kind=? AND key=?", (kind, key)).fetchone()
@@ -74,16 +76,27 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO doc(kind, key, seq, body) VALUES (?, ?, ?, ?)",
                              (kind, key, seq, json.dumps(body, sort_keys=True)))
 
-    def get(self, kind: str, key: str) -> dict | None:
+    def get(self, kind: str, key: str) -> JsonObject | None:
         with self._lock:
             row = self._db.execute("SELECT body FROM doc WHERE kind=? AND key=?", (kind, key)).fetchone()
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        doc: JsonObject = json.loads(row[0])
+        return doc
+
+    def existing(self, kind: str, key: str) -> JsonObject:
+        """A document the caller knows is there (the deployment of a target or a command, say);
+        LookupError when it is not, which is a bug of the caller."""
+        doc = self.get(kind, key)
+        if doc is None:
+            raise LookupError(f"no {kind} document {key!r} in {self.path}")
+        return doc
 
     def delete(self, kind: str, key: str) -> None:
         with self.transaction():
             self._db.execute("DELETE FROM doc WHERE kind=? AND key=?", (kind, key))
 
-    def items(self, kind: str, prefix: str = "") -> list[tuple[str, dict]]:
+    def items(self, kind: str, prefix: str = "") -> list[tuple[str, JsonObject]]:
         """(key, document) of a kind whose key starts with ``prefix``, oldest first."""
         with self._lock:
             rows = self._db.execute(
@@ -91,5 +104,5 @@ class Store:
                 (kind, len(prefix), prefix)).fetchall()
         return [(k, json.loads(b)) for k, b in rows]
 
-    def values(self, kind: str, prefix: str = "") -> list[dict]:
+    def values(self, kind: str, prefix: str = "") -> list[JsonObject]:
         return [doc for _, doc in self.items(kind, prefix)]

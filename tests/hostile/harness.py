@@ -244,8 +244,8 @@ def interpreter_for(uid: int, gid: int) -> tuple[list, dict] | None:
     drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
     for py, extra in ((sys.executable, {}), ("/usr/bin/python3", {"PYTHONPATH": repo})):
         env = dict(os.environ, **extra)
-        probe = subprocess.run(drop + [py, "-c", "import yaml, agent.cli"], env=env, cwd="/",
+        probe = subprocess.run([*drop, py, "-c", "import yaml, agent.cli"], env=env, cwd="/",
                                capture_output=True, check=False)
         if probe.returncode == 0:
-            return drop + [py], env
+            return [*drop, py], env
     return None

@@ -469,7 +469,8 @@ CASES = [
     Case("yaml-alias-bomb", spec_case(alias_bomb), S.INVALID, "Unknown alias", prev="downloaded"),
     Case("50MB-appspec", spec_case(big_appspec), S.INVALID, "more than the .* bytes cdsim reads",
          prev="downloaded", seconds=30),
-    Case("yaml-nesting-bomb", spec_case(deep_yaml), S.INVALID, "nests collections more than|maximum nesting depth", prev="downloaded"),
+    Case("yaml-nesting-bomb", spec_case(deep_yaml), S.INVALID, "nests collections more than|maximum nesting depth",
+         prev="downloaded"),
     Case("duplicate-yaml-keys-later-wins", spec_case(duplicate_keys), S.SUCCESS, "succeeded", prev="replaced",
          check=check_duplicates),
     Case("appspec-not-utf8", garbage_appspec, S.INVALID, "appspec", prev="downloaded"),
@@ -532,7 +533,8 @@ def assert_outcome(site: Site, case: Case, run, before: dict, outside: dict) -> 
         assert state == old
     elif case.prev == "downloaded":
         assert tree(site.target) == before["tree"]
-        assert {k: state[k] for k in (cleanup, install_json, last)} == {k: old[k] for k in (cleanup, install_json, last)}
+        kept = (cleanup, install_json, last)
+        assert {k: state[k] for k in kept} == {k: old[k] for k in kept}
         assert state[recent] != old[recent]
     else:
         assert case.prev == "replaced"
