@@ -34,6 +34,8 @@ SPAWNERS = {
     "agent.instance.enter": "the launcher forks and executes the command inside the instance",
     "agent.instance.idmap": "newuidmap/newgidmap from a forked helper outside the new user namespace",
     "agent.instance.keeper": "the keeper process and the instance's init",
+    "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",
+    "agent.instance.services": "the instance's services daemon (detached) and its helper joining the namespaces",
     "agent.pytest_plugin": "`cdsim deploy` in a subprocess, and exec() inside the deployment's place",
     "agent.service.agent_loop": "git archive for GitHub revisions, and the runner inside the instance",
     "hooks_runtime.environment": "bash -a sourcing /etc/profile, to read the environment hooks get",

@@ -203,6 +203,11 @@ def deploy_in_instance(args: argparse.Namespace, bundle: str, btype: str) -> int
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
     started = time.time()
     status = instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), binds=binds)
+    if status != 0:
+        from agent.instance.imds import refusal_advice
+        advice = refusal_advice(inst, started)
+        if advice:
+            print(f"cdsim: {advice}", file=sys.stderr, flush=True)
     if args.report or os.environ.get("GITHUB_ACTIONS") == "true":
         _reports(args, _records_from_instance(inst, args.deployment_group, started))
     return status

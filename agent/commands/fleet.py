@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--deployment-group", default=None)
     up.add_argument("--deployment-config", default=None, help="the group's deployment configuration")
     up.add_argument("--network", choices=("private", "host"), default="private")
+    up.add_argument("--target-group", default=None, metavar="NAME",
+                    help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
+                         "the instances start, and the local AWS keeps it while they run)")
+    up.add_argument("--auto-scaling-group", default=None, metavar="NAME",
+                    help="attach the instances to this Auto Scaling group of the local AWS (made when missing)")
     down = actions.add_parser("down", help="deregister and destroy the instances with a tag")
     down.add_argument("--tag", required=True)
     for a in (up, down):
@@ -48,17 +53,26 @@ def instance_names(value: str, count: int) -> list[str]:
 
 def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = None,
              group: str | None = None, config: str | None = None, network: str = "private",
-             state: str | None = None) -> list[str]:
-    """Create, register and tag ``count`` instances; create the app and group if given and missing."""
+             state: str | None = None, target_group: str | None = None,
+             auto_scaling_group: str | None = None) -> list[str]:
+    """Create, register and tag ``count`` instances; create the app and group if given and missing;
+    with ``target_group`` / ``auto_scaling_group``, start them and register them in that target group /
+    attach them to that Auto Scaling group of the local AWS."""
     from agent import instance as instances
+    from agent.instance import imds
     from agent.service.client import ServiceError, call
 
     if count < 1:
         raise UsageError("--instances must be at least 1")
+    if (target_group or auto_scaling_group) and network != "private":
+        raise UsageError("--target-group and --auto-scaling-group need instances with a private network: "
+                         + imds.HOST_NETWORK_NOTE, reference="fleet-target-group-host")
     key, value = parse_tag(tag)
     names = instance_names(value, count)
     for name in names:
-        instances.get_or_create(name, network=network, state=state)
+        made = instances.get_or_create(name, network=network, state=state)
+        if made.network == "private":   # an EC2 instance of the local AWS with the fleet's tag
+            imds.modify_options(made, tags={**imds.load(made)["tags"], key: value})
         try:
             info = call(endpoint, "GetOnPremisesInstance", {"instanceName": name})["instanceInfo"]
             registered = not info.get("deregisterTime")
@@ -69,6 +83,8 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
                 "instanceName": name, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
         call(endpoint, "AddTagsToOnPremisesInstances",
              {"instanceNames": [name], "tags": [{"Key": key, "Value": value}]})
+    if target_group or auto_scaling_group:
+        _join_local_aws(names, target_group, auto_scaling_group, state)
     if application:
         try:
             call(endpoint, "GetApplication", {"applicationName": application})
@@ -87,6 +103,26 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
                     "onPremisesInstanceTagFilters": [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}],
                     **({"deploymentConfigName": config} if config else {})})
     return names
+
+
+def _join_local_aws(names: list[str], target_group: str | None, auto_scaling_group: str | None,
+                    state: str | None) -> None:
+    from agent import instance as instances
+    from agent.instance import imds, localaws, store
+
+    made = [instances.get(name, state=state) for name in names]
+    for inst in made:
+        instances.start(inst)
+    folder = state or store.state_dir()
+    localaws.ensure(folder)
+    identity = imds.load(made[0])
+    ids = [imds.load(inst)["instance_id"] for inst in made]
+    if target_group:
+        localaws.register_targets(folder, target_group, ids, region=identity["region"])
+    if auto_scaling_group:
+        localaws.attach_to_auto_scaling_group(folder, auto_scaling_group, ids, image_id=identity["ami_id"],
+                                              instance_type=identity["instance_type"],
+                                              zone=identity["availability_zone"], region=identity["region"])
 
 
 def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str]:
@@ -117,10 +153,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "up":
         names = fleet_up(endpoint, count=args.instances, tag=args.tag, application=args.application,
                          group=args.deployment_group, config=args.deployment_config, network=args.network,
-                         state=args.state)
+                         state=args.state, target_group=args.target_group,
+                         auto_scaling_group=args.auto_scaling_group)
         print(f"fleet up: {', '.join(names)} registered with tag {args.tag}"
               + (f"; application {args.application}" if args.application else "")
-              + (f", deployment group {args.deployment_group}" if args.deployment_group else ""))
+              + (f", deployment group {args.deployment_group}" if args.deployment_group else "")
+              + (f"; in target group {args.target_group}" if args.target_group else "")
+              + (f"; in Auto Scaling group {args.auto_scaling_group}" if args.auto_scaling_group else ""))
         return 0
     names = fleet_down(endpoint, tag=args.tag, state=args.state)
     print(f"fleet down: {', '.join(names) if names else 'no instances'}")

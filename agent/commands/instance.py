@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 
+from agent.commands import instance_metadata
 from agent.errors import UsageError
 
 # typing and the modules named in annotations only are imported for the type checker, not at run time:
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for action, text in (("stop", "end every process in the instance"),
                          ("destroy", "stop the instance and remove its folder")):
         actions.add_parser(action, help=text).add_argument("name")
+    instance_metadata.register(actions)
     p.set_defaults(func=run, parser=p)
 
 
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if action == "create":
         created = inst.create(args.name, network=args.network)
         print(f"created instance {created.name} ({created.network} network) in {created.path}")
+        if created.network == "host":
+            from agent.instance.imds import HOST_NETWORK_NOTE
+            print(f"cdsim: note: {HOST_NETWORK_NOTE}", file=sys.stderr)
         return 0
     if action == "list":
         rows = inst.list_instances()
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row.name:20} {'running' if row.running else 'stopped':8} {row.network:8} {row.processes}")
         return 0
     instance = inst.get(args.name)
+    if action == "metadata-options":
+        return instance_metadata.run(args, instance)
     if action == "shell":
         shell = "/bin/bash" if shutil.which("bash") else "/bin/sh"
         env = {"TERM": os.environ.get("TERM", "xterm"), "HOME": "/root", "USER": "root", "LOGNAME": "root",

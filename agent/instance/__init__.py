@@ -14,7 +14,9 @@ command before anything of the instance's tree runs, and can bind host paths in 
 
 Module map: ``store`` (folders, metadata), ``namespaces`` (system calls), ``overlay`` (the root file
 system), ``keeper`` (start/stop), ``idmap`` (user namespace id maps), ``confine`` (capabilities,
-seccomp), ``enter`` (the launcher), ``diff`` (what changed). Must not import the deploy engine or
+seccomp), ``enter`` (the launcher), ``diff`` (what changed), ``services`` (the per-instance daemon
+serving its network: ``imds`` the instance metadata, ``awsnet`` its resolver, CA and the proxy to
+``localaws``, the state's moto; ``netlink`` the links). Must not import the deploy engine or
 hooks_runtime.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
-from agent.instance import confine, idmap, overlay, store
+from agent.instance import confine, idmap, overlay, services, store
 from agent.instance import namespaces as ns
 
 START_TIMEOUT = 30.0
@@ -160,10 +160,12 @@ def start(inst: store.Instance) -> store.KeeperRecord:
     with open(inst.lock_file, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = running(inst)
-        if record:
-            return record
-        store.refresh_id_maps(inst)
-        return _spawn(inst)
+        if not record:
+            store.refresh_id_maps(inst)
+            services.prepare(inst)
+            record = _spawn(inst)
+        services.start(inst, record["init_pid"], record["init_started"], package_env())
+        return record
 
 
 # run with -c, not -m: `-m agent.instance.keeper` runs a module its package has imported already
@@ -270,6 +272,7 @@ def stop(inst: store.Instance) -> list[int]:
     makes the kernel kill the rest). Returns the host pids that were running."""
     record = running(inst)
     if not record:
+        services.stop(inst)
         store.clear_keeper(inst)
         return []
     pids = processes(inst, record)
@@ -285,6 +288,7 @@ def stop(inst: store.Instance) -> list[int]:
             pass
         _wait_gone(pids, 10)
     _wait_gone([pid for pid in (record["keeper_pid"],) if pid is not None], 5)
+    services.stop(inst)
     store.clear_keeper(inst)
     return pids
 
