@@ -8,6 +8,21 @@ The public API; every CLI command is a thin layer over these. Names are loaded l
     deploy(DeploymentRequest(...)) -> DeploymentResult                cdsim deploy / cdsim local
     parse_appspec(text, filename) -> AppSpec
 """
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:  # the lazily loaded names, for type checkers
+    from agent.appspec import AppSpec as AppSpec
+    from agent.appspec import parse_appspec as parse_appspec
+    from agent.config import AgentConfig as AgentConfig
+    from agent.deploy import DeploymentRequest as DeploymentRequest
+    from agent.deploy import DeploymentResult as DeploymentResult
+    from agent.errors import CdsimError as CdsimError
+    from agent.errors import ExitStatus as ExitStatus
+    from agent.lint import Finding as Finding
+    from agent.lint import validate_bundle as validate_bundle
+    from agent.plan import Plan as Plan
+    from agent.plan import make_plan as make_plan
+    from agent.revision import LocalRevision as LocalRevision
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -28,7 +43,7 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "__version__", "deploy"])
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name == "deploy":  # the module agent.deploy is callable: agent.deploy(request)
         import importlib
         return importlib.import_module("agent.deploy")

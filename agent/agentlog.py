@@ -21,7 +21,7 @@ class AgentLog:
         self.program_name = program_name
         self.verbose = verbose
         self._lock = threading.Lock()
-        if self.path:
+        if log_dir:  # there is a path
             os.makedirs(log_dir, exist_ok=True)
 
     def log(self, level: str, cls: str, message: str) -> None:

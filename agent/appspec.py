@@ -13,7 +13,8 @@ too, so we reject with our own message naming the key and its position.
 
 How the YAML is read (§5.1): the events of the first document (libyaml through ``yaml.CSafeLoader``
 when available, the same parser Psych uses, so syntax errors read like the agent's) are composed into
-``yaml.nodes`` keeping each value's line and column, then converted the way Psych 4's ``YAML.load``
+our nodes (``ScalarNode``, ``SequenceNode``, ``MappingNode``, ``AliasNode``: what Psych sees of each
+value, with its line and column), then converted the way Psych 4's ``YAML.load``
 does: every scalar through ``psych_tokenize``, our rendering of Psych 4.0's scalar scanner (YAML 1.1
 as Psych reads it, base 60 included: ``0:02`` is 120, ``1:30`` is 5400, Q39; PyYAML's resolver differs
 and is not used for values), aliases rejected (``Unknown alias: x``), dates and symbols rejected
@@ -25,12 +26,32 @@ agent hands ``--help`` or ``-c id`` to su, which reads them as options) is refus
 """
 from __future__ import annotations
 
+import enum
 import math
 import re
 
 from agent.errors import AppSpecError
 from agent.records import field
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import ClassVar, Final, Literal, NoReturn, Protocol, TypeAlias, TypeGuard
+
+    from yaml import YAMLError
+    from yaml import nodes as yaml_nodes
+    from yaml.events import Event
+
+    class _EventSource(Protocol):
+        """What compose_appspec uses of PyYAML's (C)SafeLoader: the event stream and the tag resolver."""
+
+        def get_event(self) -> Event | None: ...
+
+        def resolve(self, kind: type[yaml_nodes.Node], value: str | None,
+                    implicit: bool | tuple[bool, bool]) -> str: ...
+
+        def dispose(self) -> None: ...
 
 DEFAULT_TIMEOUT = 3600
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
@@ -354,8 +375,13 @@ class _RubyHash:
 
     __slots__ = ("pairs",)
 
-    def __init__(self, pairs: list[tuple[object, object]]):
+    def __init__(self, pairs: list[tuple[RubyValue, RubyValue]]):
         self.pairs = pairs
+
+
+# What Psych 4 loads from a YAML scalar, and from a whole node (mappings as _RubyHash)
+ScalarValue: TypeAlias = "str | int | float | bool | None"
+RubyValue: TypeAlias = "ScalarValue | list[RubyValue] | _RubyHash"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -417,8 +443,8 @@ def is_base60(text: str) -> bool:
     return bool(_PSYCH_BASE60_INT.match(text) or _PSYCH_BASE60_FLOAT.match(text)) and "\n" not in text
 
 
-def _base60(text: str, part) -> int | float:
-    total = 0
+def _base60(text: str, part: Callable[[str], float]) -> int | float:
+    total: int | float = 0
     for i, piece in enumerate(text.split(":")):
         total += part(piece) * 60 ** abs(i - 2)
     return total
@@ -449,7 +475,7 @@ def _ruby_float_of(text: str) -> float:
     return float(cleaned)
 
 
-def psych_tokenize(text: str) -> object:
+def psych_tokenize(text: str) -> ScalarValue:
     """The Ruby value Psych 4 gives an untagged plain scalar (Python None, bool, int, float or str).
 
     Raises PsychRefused where Psych 4's ``YAML.load`` raises (dates, times, symbols, ``0b_``)."""
@@ -494,22 +520,78 @@ def psych_tokenize(text: str) -> object:
     return text
 
 
+# The composed document: what Psych sees of each node, with its position. ``id`` tells the kinds apart
+# (as in yaml.nodes); ``tag`` is the tag as resolved (explicit, or PyYAML's implicit resolution).
+# Plain classes (compared by identity, as yaml.nodes): one is made per YAML value.
+
+
+class ScalarNode:
+    id: ClassVar[Literal["scalar"]] = "scalar"
+
+    def __init__(self, *, tag: str, value: str, mark: Mark, style: str | None = None,
+                 psych_quoted: bool = False, psych_tag: str | None = None, explicit_tag: bool = False,
+                 anchor: str | None = None) -> None:
+        self.tag = tag
+        self.value = value
+        self.mark = mark
+        self.style = style                # None: plain
+        self.psych_quoted = psych_quoted  # libyaml's quoted_implicit: not plain, no tag (Psych keeps the text)
+        self.psych_tag = psych_tag        # the tag as written, None when there is none
+        self.explicit_tag = explicit_tag
+        self.anchor = anchor
+
+
+class SequenceNode:
+    id: ClassVar[Literal["sequence"]] = "sequence"
+
+    def __init__(self, *, tag: str, value: list[Node], mark: Mark, explicit_tag: bool = False,
+                 anchor: str | None = None) -> None:
+        self.tag = tag
+        self.value = value
+        self.mark = mark
+        self.explicit_tag = explicit_tag
+        self.anchor = anchor
+
+
+class MappingNode:
+    id: ClassVar[Literal["mapping"]] = "mapping"
+
+    def __init__(self, *, tag: str, value: list[tuple[Node, Node]], mark: Mark, explicit_tag: bool = False,
+                 anchor: str | None = None) -> None:
+        self.tag = tag
+        self.value = value
+        self.mark = mark
+        self.explicit_tag = explicit_tag
+        self.anchor = anchor
+
+
 class AliasNode:
     """A ``*name`` alias left in the tree: Psych 4 refuses it when converting (``Unknown alias``)."""
 
-    id = "alias"
+    id: ClassVar[Literal["alias"]] = "alias"
 
-    def __init__(self, anchor: str, start_mark, end_mark):
+    def __init__(self, *, anchor: str, mark: Mark) -> None:
         self.anchor = anchor
-        self.start_mark = start_mark
-        self.end_mark = end_mark
-        self.tag = None
-        self.value = None
+        self.mark = mark
 
 
-def node_mark(node) -> Mark:
-    m = node.start_mark
-    return Mark(m.line + 1, m.column + 1)
+Node: TypeAlias = "ScalarNode | SequenceNode | MappingNode | AliasNode"
+
+
+def node_mark(node: Node) -> Mark:
+    return node.mark
+
+
+def _event_mark(event: Event) -> Mark:
+    m = event.start_mark
+    # both parsers set the marks of every event; (1, 1) is only there for the type
+    return Mark(m.line + 1, m.column + 1) if m is not None else Mark(1, 1)
+
+
+def _alias_error(node: AliasNode, filename: str) -> AppSpecError:
+    return _err(f"Unknown alias: {node.anchor}", filename, node_mark(node), code="yaml-alias",
+                agent_class="Psych::BadAlias",
+                hint="the agent (Psych 4) refuses YAML aliases: write the value out in full")
 
 
 def _err(message: str, filename: str, mark: Mark | None, *, code: str, agent_class: str | None,
@@ -555,15 +637,20 @@ def _too_big(size: int, filename: str) -> AppSpecError:
                 hint="an appspec is a small YAML file; is this the right file?")
 
 
-def _syntax_error(exc, filename: str) -> AppSpecError:
+def _syntax_error(exc: YAMLError, filename: str) -> AppSpecError:
     """Psych's text for a libyaml error: ``(<unknown>): {problem} {context} at line L column C``
     where L:C is the context mark (1-based; 1:1 when there is none). Our prefix uses the problem mark."""
-    problem = getattr(exc, "problem", None)
-    context = getattr(exc, "context", None)
-    cmark = getattr(exc, "context_mark", None)
-    pmark = getattr(exc, "problem_mark", None) or cmark
+    from yaml import MarkedYAMLError
+    from yaml.reader import ReaderError
+
+    problem: str | None = None
+    context: str | None = None
+    cmark = pmark = None
+    if isinstance(exc, MarkedYAMLError):
+        problem, context, cmark = exc.problem, exc.context, exc.context_mark
+        pmark = exc.problem_mark or cmark
     if problem is None:  # a reader error (bad character)
-        problem = getattr(exc, "reason", None) or str(exc)
+        problem = (exc.reason if isinstance(exc, ReaderError) else None) or str(exc)
     text = " ".join(p for p in (problem, context) if p)
     line, col = (cmark.line + 1, cmark.column + 1) if cmark is not None and context else (1, 1)
     where = Mark(pmark.line + 1, pmark.column + 1) if pmark is not None else None
@@ -571,8 +658,8 @@ def _syntax_error(exc, filename: str) -> AppSpecError:
                 code="yaml-syntax", agent_class="Psych::SyntaxError")
 
 
-def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
-    """The first YAML document as ``yaml.nodes`` (None when the stream holds no document).
+def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> Node | None:
+    """The first YAML document as nodes (None when the stream holds no document).
 
     Aliases stay as ``AliasNode`` (rejected later, in document order, like Psych). Raises
     AppSpecError for undecodable input, syntax errors and nesting deeper than MAX_NESTING."""
@@ -580,46 +667,50 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
 
     yaml = load_yaml()
     from yaml import events as ev
-    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+    from yaml import nodes as yn
 
     text = _decode(data, filename)
-    loader_cls = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
-    loader = loader_cls(text)
+    loader_cls = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
+    loader: _EventSource = loader_cls(text)
 
-    def compose(event, depth):
+    def resolved(event: ev.ScalarEvent | ev.CollectionStartEvent, kind: type[yn.Node],
+                 value: str | None) -> tuple[str, bool]:
+        """(tag, explicit): a tag written other than '!' is kept, else the resolver picks one."""
+        if event.tag is not None and event.tag != "!":
+            return event.tag, True
+        return loader.resolve(kind, value, event.implicit), False
+
+    def compose(event: Event | None, depth: int) -> Node:
         if isinstance(event, ev.AliasEvent):
-            return AliasNode(event.anchor, event.start_mark, event.end_mark)
-        if depth > MAX_NESTING:
+            return AliasNode(anchor=event.anchor or "", mark=_event_mark(event))
+        if event is not None and depth > MAX_NESTING:
             raise _err(f"the appspec nests collections more than {MAX_NESTING} levels deep", filename,
-                       Mark(event.start_mark.line + 1, event.start_mark.column + 1),
-                       code="appspec-too-deep", agent_class=None)
-        explicit = event.tag not in (None, "!")
+                       _event_mark(event), code="appspec-too-deep", agent_class=None)
         if isinstance(event, ev.ScalarEvent):
-            tag = event.tag if explicit else loader.resolve(ScalarNode, event.value, event.implicit)
-            # libyaml reports the plain style as '', the pure-Python parser as None
-            node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style or None)
-            # what Psych sees: "quoted" is libyaml's quoted_implicit (not plain, no tag), and the raw tag
-            node.psych_quoted = bool(event.implicit[1])
-            node.psych_tag = event.tag
-        elif isinstance(event, ev.SequenceStartEvent):
-            tag = event.tag if explicit else loader.resolve(SequenceNode, None, event.implicit)
-            node = SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            tag, explicit = resolved(event, yn.ScalarNode, event.value)
+            # libyaml reports the plain style as '', the pure-Python parser as None. What Psych sees:
+            # "quoted" is libyaml's quoted_implicit (not plain, no tag), and the raw tag
+            return ScalarNode(tag=tag, value=event.value, mark=_event_mark(event), style=event.style or None,
+                              psych_quoted=bool(event.implicit[1]), psych_tag=event.tag,
+                              explicit_tag=explicit, anchor=event.anchor)
+        if isinstance(event, ev.SequenceStartEvent):
+            tag, explicit = resolved(event, yn.SequenceNode, None)
+            seq = SequenceNode(tag=tag, value=[], mark=_event_mark(event), explicit_tag=explicit,
+                               anchor=event.anchor)
             while not isinstance(nxt := loader.get_event(), ev.SequenceEndEvent):
-                node.value.append(compose(nxt, depth + 1))
-            node.end_mark = nxt.end_mark
-        elif isinstance(event, ev.MappingStartEvent):
-            tag = event.tag if explicit else loader.resolve(MappingNode, None, event.implicit)
-            node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+                seq.value.append(compose(nxt, depth + 1))
+            return seq
+        if isinstance(event, ev.MappingStartEvent):
+            tag, explicit = resolved(event, yn.MappingNode, None)
+            mapping = MappingNode(tag=tag, value=[], mark=_event_mark(event), explicit_tag=explicit,
+                                  anchor=event.anchor)
             while not isinstance(nxt := loader.get_event(), ev.MappingEndEvent):
                 key = compose(nxt, depth + 1)
-                node.value.append((key, compose(loader.get_event(), depth + 1)))
-            node.end_mark = nxt.end_mark
-        else:  # pragma: no cover - the parser only yields the events above here
-            raise _err(f"unexpected YAML event {event!r}", filename, None, code="yaml-syntax",
-                       agent_class=None)
-        node.explicit_tag = explicit
-        node.anchor = event.anchor
-        return node
+                mapping.value.append((key, compose(loader.get_event(), depth + 1)))
+            return mapping
+        # the parser only yields the events above here
+        raise _err(f"unexpected YAML event {event!r}", filename, None,  # pragma: no cover
+                   code="yaml-syntax", agent_class=None)
 
     try:
         loader.get_event()                 # StreamStart
@@ -635,17 +726,16 @@ def compose_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
         loader.dispose()
 
 
-def is_base60_node(node) -> bool:
+def is_base60_node(node: Node | None) -> TypeGuard[ScalarNode]:
     """Whether a node is a scalar Psych tokenizes and reads as a base-60 number."""
-    return (node is not None and getattr(node, "id", "") == "scalar"
-            and not getattr(node, "psych_quoted", node.style is not None)
-            and getattr(node, "psych_tag", None) in (None, "!") and is_base60(node.value))
+    return (isinstance(node, ScalarNode) and not node.psych_quoted
+            and node.psych_tag in (None, "!") and is_base60(node.value))
 
 
 _RUBY_TAG_PREFIXES = ("!ruby/", "tag:ruby.yaml.org,2002:")
 
 
-def scalar_value(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
+def scalar_value(node: ScalarNode, filename: str = DEFAULT_APPSPEC_NAME) -> ScalarValue:
     """The Ruby value Psych 4 gives a scalar node (as Python: None, bool, int, float, str).
 
     Like Psych: a quoted or block scalar without a tag is a string; an untagged plain scalar, or one
@@ -653,11 +743,9 @@ def scalar_value(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
     (psych_tokenize, whatever the tag says); ``!!str`` keeps the text; ``!!float`` is ``Float()`` of the
     tokenized value; ``!!binary`` is base64-decoded. Ruby object tags are refused."""
     v = node.value
-    explicit = getattr(node, "explicit_tag", False)
-    quoted = getattr(node, "psych_quoted", node.style is not None and not explicit)
-    tag = getattr(node, "psych_tag", node.tag if explicit else None)
+    tag = node.psych_tag
     try:
-        if quoted:
+        if node.psych_quoted:
             return v
         if tag is None or tag == "!":
             return psych_tokenize(v)
@@ -687,15 +775,13 @@ def scalar_value(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
                    code="yaml-invalid-number", agent_class=None, hint="quote the value to make it a string") from None
 
 
-def _check_loadable(root, filename: str) -> None:
+def _check_loadable(root: Node, filename: str) -> None:
     """What Psych's conversion to Ruby objects rejects, first in document order."""
     stack = [root]
     while stack:
         node = stack.pop()
-        if isinstance(node, AliasNode):
-            raise _err(f"Unknown alias: {node.anchor}", filename, node_mark(node), code="yaml-alias",
-                       agent_class="Psych::BadAlias",
-                       hint="the agent (Psych 4) refuses YAML aliases: write the value out in full")
+        if node.id == "alias":
+            raise _alias_error(node, filename)
         if node.id == "scalar":
             scalar_value(node, filename)
         elif node.id == "sequence":
@@ -712,30 +798,36 @@ def _check_loadable(root, filename: str) -> None:
                        code="yaml-unsupported-tag", agent_class=None, hint="remove the tag")
 
 
-def _hash_key(value: object, node) -> tuple:
+HashKey: TypeAlias = "tuple[str, object]"
+MappingEntry: TypeAlias = "tuple[Node, Node, RubyValue]"  # (key node, value node, key value)
+
+
+def _hash_key(value: object, node: Node) -> HashKey:
     # Ruby hash keys: 1, 1.0 and true are different keys; unhashable keys are compared by identity
     if isinstance(value, (str, int, float, bool)) or value is None:
         return (type(value).__name__, value)
     return ("node", id(node))
 
 
-def mapping_entries(node, filename: str = DEFAULT_APPSPEC_NAME) -> dict:
+def mapping_entries(node: MappingNode, filename: str = DEFAULT_APPSPEC_NAME) -> dict[HashKey, MappingEntry]:
     """A mapping node as Ruby sees it: {hash key: (key node, value node, key value)}, in order, later
     duplicates replacing the value in place, ``<<`` merging a mapping's entries."""
-    out: dict = {}
+    out: dict[HashKey, MappingEntry] = {}
     for k, v in node.value:
         kv = to_python(k, filename)
-        if kv == "<<" and k.tag == _TAG + "merge" and getattr(v, "id", "") == "mapping":
+        if kv == "<<" and k.id == "scalar" and k.tag == _TAG + "merge" and v.id == "mapping":
             out.update(mapping_entries(v, filename))
             continue
         out[_hash_key(kv, k)] = (k, v, kv)
     return out
 
 
-def to_python(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
+def to_python(node: Node | None, filename: str = DEFAULT_APPSPEC_NAME) -> RubyValue:
     """The loaded value of a node (mappings as ``_RubyHash``), for messages and plain values."""
     if node is None:
         return None
+    if node.id == "alias":
+        raise _alias_error(node, filename)
     if node.id == "scalar":
         return scalar_value(node, filename)
     if node.id == "sequence":
@@ -746,18 +838,23 @@ def to_python(node, filename: str = DEFAULT_APPSPEC_NAME) -> object:
 # ---------------------------------------------------------------------------------------------------
 # The parser (agent order, §5.2)
 
-_MISSING = object()
-_CRASH = object()
+class _Crash(enum.Enum):
+    """A value the agent crashes on, already reported: the entry it belongs to is left out."""
+
+    CRASH = "crash"
 
 
-def _kind(node) -> str:
+_CRASH: Final = _Crash.CRASH
+
+
+def _kind(node: Node | None) -> str:
     if node is None:
         return "nothing"
     if node.id == "mapping":
         return "a mapping"
     if node.id == "sequence":
         return "a list"
-    v = scalar_value(node)
+    v = to_python(node)
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -777,7 +874,7 @@ class _Parser:
         self.deferred: list[AppSpecError] = []
 
     # -- reporting
-    def fail(self, message: str, node, *, code: str, agent: bool = True, hint: str | None = None,
+    def fail(self, message: str, node: Node | None, *, code: str, agent: bool = True, hint: str | None = None,
              later: bool = False, mark: Mark | None = None) -> None:
         """Record a problem. ``agent``: the agent's own message; ``later``: the agent only crashes on it
         while installing, so its parse errors come first."""
@@ -790,31 +887,35 @@ class _Parser:
         else:
             raise e
 
-    def crash(self, what: str, expected: str, node, *, later: bool = False, hint: str | None = None) -> None:
+    def crash(self, what: str, expected: str, node: Node | None, *, later: bool = False,
+              hint: str | None = None) -> None:
         """A value the agent does not check and crashes on: our message, naming the key."""
         self.fail(f"{what} must be {expected}, not {_kind(node)} (the agent fails the deployment "
                   "with an internal error on this)", node, code="appspec-invalid", agent=False,
                   later=later, hint=hint)
 
     # -- access the Ruby way
-    def val(self, node) -> object:
+    def val(self, node: Node | None) -> RubyValue:
         return None if node is None else to_python(node, self.filename)
 
-    def index(self, node, key: str, what: str):
-        """Ruby ``node[key]``: a Hash lookup; on a String a substring test; anything else crashes."""
+    def indexable(self, node: Node, what: str) -> bool:
+        """Whether Ruby's ``node[key]`` works: on a Hash and a String; anything else crashes."""
+        if node.id == "mapping" or isinstance(self.val(node), str):
+            return True
+        self.crash(what, "a mapping", node)
+        return False
+
+    def index(self, node: Node, key: str) -> Node | None:
+        """Ruby ``node[key]`` on an indexable node: a Hash lookup; on a String a substring test."""
         if node.id == "mapping":
             hit = mapping_entries(node, self.filename).get(("str", key))
             return hit[1] if hit else None
         v = self.val(node)
-        if isinstance(v, str):
-            from yaml.nodes import ScalarNode
-            return (ScalarNode(_TAG + "str", key, node.start_mark, node.end_mark, style="'")
-                    if key in v else None)
-        self.crash(what, "a mapping", node)
-        return _CRASH
+        return (ScalarNode(tag=_TAG + "str", value=key, mark=node.mark, style="'", psych_quoted=True)
+                if isinstance(v, str) and key in v else None)
 
     # -- the document
-    def build(self, root) -> AppSpec | None:
+    def build(self, root: Node | None) -> AppSpec | None:
         if root is None or (root.id == "scalar" and self.val(root) in (None, False)):
             self.fail(MSG_EMPTY, root, code="appspec-empty", mark=None if root is not None else Mark(1, 1))
             return None
@@ -833,8 +934,8 @@ class _Parser:
                        files=files, permissions=permissions, hooks=hooks, file_exists_behavior=feb,
                        filename=self.filename)
 
-    def parse_version(self, root) -> object:
-        node = self.index(root, "version", "the appspec")
+    def parse_version(self, root: Node) -> RubyValue:
+        node = self.index(root, "version")
         v = self.val(node)
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0):
             hint = None
@@ -843,29 +944,29 @@ class _Parser:
             self.fail(_msg_version(ruby_to_s(v)), node or root, code="invalid-version", hint=hint)
         return v
 
-    def parse_os(self, root) -> object:
-        node = self.index(root, "os", "the appspec")
+    def parse_os(self, root: Node) -> RubyValue:
+        node = self.index(root, "os")
         v = self.val(node)
         if v != "linux" or not isinstance(v, str):
             self.fail(_msg_os(ruby_to_s(v)), node or root, code="unsupported-os",
                       hint="write os: linux (lower case; cdsim runs Linux deployments)")
         return v
 
-    def parse_hooks(self, root) -> tuple:
-        node = self.index(root, "hooks", "the appspec")
-        if node is None or node is _CRASH or self.val(node) in (None, False):
+    def parse_hooks(self, root: Node) -> tuple[tuple[str, tuple[HookScript, ...]], ...]:
+        node = self.index(root, "hooks")
+        if node is None or self.val(node) in (None, False):
             return ()
         if node.id != "mapping":
             self.crash("hooks", "a mapping of event names to lists of scripts", node)
             return ()
-        out = []
+        out: list[tuple[str, tuple[HookScript, ...]]] = []
         for _k, scripts_node, name in mapping_entries(node, self.filename).values():
             if scripts_node.id == "scalar" and self.val(scripts_node) is None:
                 continue  # a null hook is no hook at all (§5.5)
             if scripts_node.id != "sequence":
                 self.crash(f"hooks.{ruby_to_s(name)}", "a list of scripts (- location: ...)", scripts_node)
                 continue
-            scripts = []
+            scripts: list[HookScript] = []
             for item in scripts_node.value:
                 s = self.parse_script(item, ruby_to_s(name))
                 if s is not None:
@@ -873,14 +974,14 @@ class _Parser:
             out.append((ruby_to_s(name), tuple(scripts)))
         return tuple(out)
 
-    def parse_script(self, node, event: str) -> HookScript | None:
+    def parse_script(self, node: Node, event: str) -> HookScript | None:
         if node.id != "mapping":
             self.crash(f"each script of hooks.{event}", "a mapping with a location", node,
                        hint="write - location: path/to/script.sh")
             return None
         entries = mapping_entries(node, self.filename)
 
-        def get(key):
+        def get(key: str) -> Node | None:
             hit = entries.get(("str", key))
             return hit[1] if hit else None
 
@@ -924,22 +1025,22 @@ class _Parser:
         return HookScript(location=location, timeout=timeout, runas=runas,
                           sudo=sudo_v is not None and sudo_v is not False, mark=node_mark(node))
 
-    def parse_files(self, root) -> tuple:
-        node = self.index(root, "files", "the appspec")
-        if node is None or node is _CRASH or self.val(node) in (None, False):
+    def parse_files(self, root: Node) -> tuple[FileMapping, ...]:
+        node = self.index(root, "files")
+        if node is None or self.val(node) in (None, False):
             return ()
         if node.id != "sequence":
             self.crash("files", "a list of - source: / destination: entries", node)
             return ()
-        out = []
+        out: list[FileMapping] = []
         for item in node.value:
             if item.id == "scalar" and self.val(item) is None:
                 self.crash("each files entry", "a mapping with source and destination", item)
                 continue
-            src_node = self.index(item, "source", "each files entry")
-            if src_node is _CRASH:
+            if not self.indexable(item, "each files entry"):
                 continue
-            dst_node = self.index(item, "destination", "each files entry")
+            src_node = self.index(item, "source")
+            dst_node = self.index(item, "destination")
             src, dst = self.val(src_node), self.val(dst_node)
             if src is None:
                 self.fail(MSG_NO_SOURCE, item, code="file-no-source")
@@ -947,37 +1048,35 @@ class _Parser:
             if dst is None:
                 self.fail(_msg_no_destination(ruby_to_s(src)), item, code="file-no-destination")
                 continue
-            ok = True
             for what, v, n in (("source", src, src_node), ("destination", dst, dst_node)):
                 if not isinstance(v, str):
                     self.crash(f"files {what}", "a path (a string)", n, later=True,
                                hint=f"quote it: {what}: \"{ruby_to_s(v)}\"")
-                    ok = False
-            if ok:
+            if isinstance(src, str) and isinstance(dst, str):
                 out.append(FileMapping(source=src, destination=dst, mark=node_mark(item)))
         return tuple(out)
 
-    def parse_permissions(self, root) -> tuple:
-        node = self.index(root, "permissions", "the appspec")
-        if node is None or node is _CRASH or self.val(node) in (None, False):
+    def parse_permissions(self, root: Node) -> tuple[Permission, ...]:
+        node = self.index(root, "permissions")
+        if node is None or self.val(node) in (None, False):
             return ()
         if node.id != "sequence":
             self.crash("permissions", "a list of - object: entries", node)
             return ()
-        out = []
+        out: list[Permission] = []
         for item in node.value:
             p = self.parse_permission(item)
             if p is not None:
                 out.append(p)
         return tuple(out)
 
-    def parse_permission(self, node) -> Permission | None:
+    def parse_permission(self, node: Node) -> Permission | None:
         if node.id != "mapping":
             self.crash("each permissions entry", "a mapping with an object", node)
             return None
         entries = mapping_entries(node, self.filename)
 
-        def get(key):
+        def get(key: str) -> Node | None:
             hit = entries.get(("str", key))
             return hit[1] if hit else None
 
@@ -986,7 +1085,7 @@ class _Parser:
         if obj is None:
             self.fail(MSG_NO_OBJECT, node, code="permission-no-object")
             return None
-        ok = True
+        excepts_ok = True
         # the agent builds the entry's options in this order, then checks the object is not blank
         pattern_node = get("pattern")
         pattern = self.val(pattern_node)
@@ -994,56 +1093,55 @@ class _Parser:
             pattern = "**"
         elif not isinstance(pattern, str):
             self.crash("pattern", "a string", pattern_node, later=True)
-            ok = False
         except_node = get("except")
-        excepts: tuple = ()
+        excepts: list[str] = []
         ev = self.val(except_node)
-        if ev is not None and ev is not False:
+        if except_node is not None and ev is not None and ev is not False:
             if except_node.id != "sequence":
                 self.crash("except", "a list of patterns", except_node)
-                ok = False
+                excepts_ok = False
             else:
-                excepts = tuple(ev)
-                for item, v in zip(except_node.value, ev, strict=True):
-                    if not isinstance(v, str):
+                for item in except_node.value:
+                    v = self.val(item)
+                    if isinstance(v, str):
+                        excepts.append(v)
+                    else:
                         self.crash("each except pattern", "a string", item, later=True)
-                        ok = False
+                        excepts_ok = False
         types = self.parse_types(get("type"))
-        if types is None:
-            ok = False
         owner = self.parse_name(get("owner"), "owner")
         group = self.parse_name(get("group"), "group")
-        if owner is _CRASH or group is _CRASH:
-            ok = False
         mode = self.parse_mode(get("mode"))
         acls = self.parse_acls(get("acls"))
         context = self.parse_context(get("context"))
-        if mode is _CRASH or acls is _CRASH or context is _CRASH:
-            ok = False
         obj_s = _ruby_strip(ruby_to_s(obj))
         if not obj_s:
             self.fail(MSG_NO_OBJECT, obj_node, code="permission-no-object")
             return None
-        if not ok:
+        if (not excepts_ok or not isinstance(pattern, str) or types is None or owner is _CRASH
+                or group is _CRASH or mode is _CRASH or acls is _CRASH or context is _CRASH):
             return None
-        return Permission(object=obj_s, pattern=pattern, except_=excepts, types=types, owner=owner,
+        return Permission(object=obj_s, pattern=pattern, except_=tuple(excepts), types=types, owner=owner,
                           group=group, mode=mode, acls=acls, context=context, mark=node_mark(node))
 
-    def parse_types(self, node) -> tuple | None:
+    def parse_types(self, node: Node | None) -> tuple[str, ...] | None:
         v = self.val(node)
-        if v is None or v is False:
+        if node is None or v is None or v is False:
             return ("file", "directory")
         if node.id != "sequence":
             self.crash("type", "a list (type: [file] or type: [directory])", node)
             return None
-        for item, t in zip(node.value, v, strict=True):
-            if t not in ("file", "directory") or not isinstance(t, str):
+        types: list[str] = []
+        for item in node.value:
+            t = self.val(item)
+            if not isinstance(t, str) or t not in ("file", "directory"):
                 self.fail(_msg_type(ruby_to_s(t)), item, code="invalid-permission-type",
                           hint="each type is file or directory")
                 return None
-        return tuple(v)
+            types.append(t)
+        return tuple(types)
 
-    def parse_name(self, node, what: str):
+    def parse_name(self, node: Node | None, what: str) -> str | _Crash | None:
         v = self.val(node)
         if v is None or v is False:
             return None
@@ -1053,7 +1151,7 @@ class _Parser:
             return _CRASH
         return v
 
-    def parse_mode(self, node):
+    def parse_mode(self, node: Node | None) -> str | _Crash | None:
         if node is None:
             return None
         v = self.val(node)
@@ -1069,22 +1167,24 @@ class _Parser:
                 if is_base60_node(node):
                     hint = (f"YAML 1.1 (Psych) reads the unquoted {node.value} as the base-60 number {ruby_to_s(v)}; "
                             "write the mode as octal digits, e.g. mode: '644'")
-                elif isinstance(v, int) and getattr(node, "style", "") is None and node.value.startswith("0"):
+                elif (isinstance(v, int) and node.id == "scalar" and node.style is None
+                      and node.value.startswith("0")):
                     hint = (f"YAML reads the unquoted {node.value} as the octal number {v}; "
                             f"quote it: mode: '{node.value}'")
                 self.fail(_msg_mode_char(mode, ch), node, code="invalid-mode", hint=hint)
                 return _CRASH
         return mode
 
-    def parse_acls(self, node):
+    def parse_acls(self, node: Node | None) -> tuple[AclEntry, ...] | _Crash | None:
         v = self.val(node)
-        if v is None:
+        if node is None or v is None:
             return None
         if node.id != "sequence":
             self.crash("acls", "a list of ACL entries (- u:bob:rw)", node)
             return _CRASH
-        out = []
-        for item, ace in zip(node.value, v, strict=True):
+        out: list[AclEntry] = []
+        for item in node.value:
+            ace = self.val(item)
             if not isinstance(ace, str):
                 self.crash("each ACL entry", "a string such as u:bob:rw", item)
                 return _CRASH
@@ -1094,14 +1194,15 @@ class _Parser:
             out.append(entry)
         return tuple(out)
 
-    def parse_ace(self, ace: str, node) -> AclEntry | None:
+    def parse_ace(self, ace: str, node: Node) -> AclEntry | None:
         parts = ace.split(":")[::-1]  # perms, name, type, default
         words = {"u": "user", "user": "user", "g": "group", "group": "group", "m": "mask",
                  "mask": "mask", "o": "other", "other": "other"}
 
-        def invalid() -> None:
+        def invalid() -> AclEntry | None:
             self.fail(_msg_acl_invalid(ace), node, code="invalid-acl",
                       hint="write [d:]{u|g|m|o}:[name]:perms, e.g. u:bob:rw or d:g:dev:r")
+            return None
 
         if not 2 <= len(parts) <= 4:
             return invalid()
@@ -1147,18 +1248,18 @@ class _Parser:
         return AclEntry(default=default, type=typ, name=name,
                         perms=("r" if r else "-") + ("w" if w else "-") + ("x" if x else "-"))
 
-    def parse_context(self, node):
+    def parse_context(self, node: Node | None) -> Context | _Crash | None:
         if node is None or self.val(node) is None:
             return None
-        type_node = self.index(node, "type", "context")
-        if type_node is _CRASH:
+        if not self.indexable(node, "context"):
             return _CRASH
+        type_node = self.index(node, "type")
         if self.val(type_node) is None:
             self.fail(_msg_context_type(ruby_inspect(self.val(node))), node, code="invalid-context",
                       hint="context needs a type, e.g. type: httpd_sys_content_t")
             return _CRASH
-        name_node = self.index(node, "name", "context")
-        range_node = self.index(node, "range", "context")
+        name_node = self.index(node, "name")
+        range_node = self.index(node, "range")
         rng = None
         if range_node is None or self.val(range_node) is None:
             # §6.7: the agent crashes writing install.json for a context without range
@@ -1177,13 +1278,13 @@ class _Parser:
         return Context(user=None if user is None else ruby_to_s(user), type=ruby_to_s(self.val(type_node)),
                        range=rng)
 
-    def parse_range(self, rng: str, node) -> str | None:
+    def parse_range(self, rng: str, node: Node) -> str | None:
         """SELinux range ``s#[-s#][:c#[.c#](,c#[.c#])*]`` -> canonical form, or None after a failure."""
 
         class Bad(Exception):
             pass
 
-        def bad(msg: str):
+        def bad(msg: str) -> NoReturn:
             self.fail(msg, node, code="invalid-context-range",
                       hint="a range looks like s0, s0-s3 or s0:c0.c5,c9")
             raise Bad
@@ -1244,8 +1345,8 @@ class _Parser:
         except Bad:
             return None
 
-    def parse_file_exists_behavior(self, root) -> str | None:
-        node = self.index(root, "file_exists_behavior", "the appspec")
+    def parse_file_exists_behavior(self, root: Node) -> str | None:
+        node = self.index(root, "file_exists_behavior")
         v = self.val(node)
         if v is None:
             return None
@@ -1258,20 +1359,18 @@ class _Parser:
         return v
 
 
-def _load(data: str | bytes, filename: str, collect: bool):
-    root = compose_appspec(data, filename)
-    if root is not None:
-        _check_loadable(root, filename)
-    parser = _Parser(filename, collect)
-    return root, parser, parser.build(root)
-
-
 def parse_appspec(text: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> AppSpec:
     """Parse an appspec the agent's way; raise AppSpecError with the agent's first error."""
-    return _load(text, filename, collect=False)[2]
+    root = compose_appspec(text, filename)
+    if root is not None:
+        _check_loadable(root, filename)
+    spec = _Parser(filename, collect=False).build(root)
+    assert spec is not None, "without collect, every problem raises"
+    return spec
 
 
-def appspec_problems(text: str | bytes, filename: str = DEFAULT_APPSPEC_NAME):
+def appspec_problems(text: str | bytes, filename: str = DEFAULT_APPSPEC_NAME
+                     ) -> tuple[Node | None, AppSpec | None, list[AppSpecError]]:
     """Every parse problem at once, for ``cdsim validate``: (root node or None, AppSpec or None,
     problems). The first problem the agent would raise is among them (it is ``parse_appspec``'s).
     With problems, the AppSpec holds the entries that parsed (bad ones left out), or is None."""

@@ -47,6 +47,14 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import tarfile
     import zipfile
+    from typing import IO, Protocol
+
+    class _Stream(Protocol):
+        """A forward-readable stream: tarfile's file object (a plain file, gzip, the prefetcher)."""
+
+        def read(self, size: int, /) -> bytes: ...
+
+        def seek(self, pos: int, /) -> object: ...
 
 __all__ = ["ARCHIVE_DIR", "BUNDLE_LINK", "DEFAULT_LIMITS", "Limits", "Member", "check_archive_links",
            "check_members", "fetch_and_unpack", "list_members"]
@@ -103,11 +111,11 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     """Put ``revision`` into ``{deployment_dir}/deployment-archive`` as DownloadBundle does; return that path.
 
     ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
-    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed the
-    way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises
-    ``BundleError`` (corrupt or mistyped archive, ``bundle-too-large``), ``UnsafeBundle``, ``DeploymentError``
-    (``same file: …`` when the archive was already linked in this deployment, Q37) or ``EnvironmentProblem``
-    (``disk-full``).
+    ``Stripping leading directory from archive bundle contents.``); ``warn`` receives what cdsim changed
+    the way unzip does (a zip member's leading ``/`` or ``..`` stripped, a setuid bit dropped). Raises
+    ``BundleError`` (corrupt or mistyped archive, ``bundle-too-large``), ``UnsafeBundle``,
+    ``DeploymentError`` (``same file: …`` when the archive was already linked in this deployment, Q37)
+    or ``EnvironmentProblem`` (``disk-full``).
     A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
     extraction leaves it.
     """
@@ -537,7 +545,9 @@ def _open_tar(path: str, bundle_type: str) -> tarfile.TarFile:
                 raise
             # any error is reported by the plain open below
         else:
-            tf._extfileobj = False  # the TarFile owns the reader: closing it stops the thread
+            # the TarFile owns the reader: closing it stops the thread. A private attribute that
+            # typeshed leaves out; tarfile has no public way to hand over the file object
+            tf._extfileobj = False  # type: ignore[attr-defined]
             return tf
     try:
         return tarfile.open(path, "r:gz" if bundle_type == "tgz" else "r:*")
@@ -664,6 +674,10 @@ class _GzipPrefetch:
 
     def tell(self) -> int:
         return self._pos
+
+    def write(self, data: bytes) -> int:
+        """tarfile's file-object protocol has it; a read-only stream refuses it."""
+        raise io.UnsupportedOperation("write")
 
     def unread(self, data: bytes) -> None:
         """Put back the ``data`` just read: the next read starts with it."""
@@ -832,14 +846,16 @@ def _fast_headers(tf: tarfile.TarFile) -> Callable[[], tarfile.TarInfo | None] |
         def read(offset: int) -> bytes:
             src.seek(offset)
             return src.read(_BLOCK)
-        unread = src.unread
+
+        def unread(data: bytes) -> None:
+            src.unread(data)
     elif type(src) is io.BufferedReader:
         fd = src.fileno()
 
         def read(offset: int) -> bytes:
             return os.pread(fd, _BLOCK, offset)
 
-        def unread(_buf: bytes) -> None:
+        def unread(data: bytes) -> None:
             pass
     else:
         return None
@@ -1069,9 +1085,9 @@ def _split(name: str) -> tuple[tuple[str, ...], str | None]:
 @dataclass  # not frozen: a frozen __init__ sets each field through object.__setattr__ (one per member)
 class _Step:
     member: Member
-    parts: tuple[str, ...]                   # () is the archive folder itself
-    link_parts: tuple[str, ...] | None = None  # a hard link's target
-    source: object = None                    # the archive's own entry (TarInfo, ZipInfo) for its data
+    parts: tuple[str, ...]                     # () is the archive folder itself
+    link_parts: tuple[str, ...] | None         # a hard link's target
+    source: tarfile.TarInfo | zipfile.ZipInfo | None  # the archive's own entry, for its data (None: a listing)
 
 
 class _Checker:
@@ -1084,7 +1100,7 @@ class _Checker:
         self.kinds: dict[tuple[str, ...], str] = {(): "dir"}
         self.parents: set[tuple[str, ...]] = set()
 
-    def check(self, m: Member, source: object = None) -> _Step | None:
+    def check(self, m: Member, source: tarfile.TarInfo | zipfile.ZipInfo | None = None) -> _Step | None:
         kinds, parents = self.kinds, self.parents
         parts, why = _split(m.name)
         if why is None and not parts and m.type != "dir":
@@ -1136,7 +1152,8 @@ def _plan(members: list[Member], label: str | None) -> list[_Step]:
     return steps
 
 
-def _checked(pairs: Iterator[tuple[Member, object]], label: str) -> Iterator[_Step]:
+def _checked(pairs: Iterator[tuple[Member, tarfile.TarInfo]] | Iterator[tuple[Member, zipfile.ZipInfo]],
+             label: str) -> Iterator[_Step]:
     """The steps of ``pairs`` as they are read, each checked before it is yielded. After the first
     offending member nothing more is yielded, but the rest is still read so that the refusal names
     every offending member (and an over-limit or corrupt archive is still reported as such)."""
@@ -1227,26 +1244,34 @@ def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits,
     # earlier members were written; the caller then empties the archive folder, and nothing outside it
     # was ever written (every write is relative to an O_NOFOLLOW descriptor of a checked folder).
     if bundle_type in ("tar", "tgz"):
+        import tarfile  # loaded already by _open_tar
+
         with _open_tar(path, bundle_type) as tf:
             plain = _compression(path) is None
             with open(path, "rb") as raw:
-                def data(step: _Step, fd: int) -> None:
+                def tar_data(step: _Step, fd: int) -> None:
                     info = step.source
+                    assert isinstance(info, tarfile.TarInfo), "a tar member's step carries its TarInfo"
                     if plain and info.sparse is None:
                         _copy_range(raw.fileno(), fd, info.offset_data, info.size)
                     elif info.sparse is None:
                         _copy_stream(tf.fileobj, info.offset_data, info.size, fd)
                     else:
-                        with tf.extractfile(info) as f:
+                        f = tf.extractfile(info)
+                        assert f is not None, "a sparse member is a regular file"
+                        with f:
                             _pump(f, fd)
-                _extract(_checked(_tar_members(tf, path, bundle_type, limits), path), archive_dir, data,
+                _extract(_checked(_tar_members(tf, path, bundle_type, limits), path), archive_dir, tar_data,
                          as_tar=True, owners=os.geteuid() == 0, label=path, bundle_type=bundle_type)
     elif bundle_type == "zip":
+        import zipfile  # loaded already by _open_zip
+
         with _open_zip(path) as zf:
-            def data(step: _Step, fd: int) -> None:
+            def zip_data(step: _Step, fd: int) -> None:
+                assert isinstance(step.source, zipfile.ZipInfo), "a zip member's step carries its ZipInfo"
                 with zf.open(step.source) as f:
                     _pump(f, fd)
-            _extract(_checked(_zip_members(zf, path, limits, warn), path), archive_dir, data, as_tar=False,
+            _extract(_checked(_zip_members(zf, path, limits, warn), path), archive_dir, zip_data, as_tar=False,
                      owners=False, label=path, bundle_type="zip")
     else:
         raise UsageError(f"type {bundle_type} is not a valid type. Must be one of tgz,tar,zip,directory")
@@ -1263,7 +1288,7 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
         size -= n
 
 
-def _copy_stream(src, offset: int, size: int, dst: int) -> None:
+def _copy_stream(src: _Stream, offset: int, size: int, dst: int) -> None:
     """``size`` bytes at ``offset`` of the (decompressed) archive stream, read forward, into ``dst``."""
     src.seek(offset)
     while size > 0:
@@ -1278,7 +1303,7 @@ def _copy_stream(src, offset: int, size: int, dst: int) -> None:
             view = view[os.write(dst, view):]
 
 
-def _pump(f, fd: int) -> None:
+def _pump(f: IO[bytes], fd: int) -> None:
     while chunk := f.read(_CHUNK):
         view = memoryview(chunk)
         while view:
@@ -1321,11 +1346,12 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
             made.add(parts)
             if m.type == "symlink":
                 os.symlink(m.link_target or "", name, dir_fd=parent)
-                if owners and m.uid is not None:
+                if owners and m.uid is not None and m.gid is not None:
                     os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
                 if as_tar and m.mtime is not None:
                     os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
             elif m.type == "hardlink":
+                assert step.link_parts is not None, "the checker sets it on every hard link"
                 src_parent = tree.dir_fd(step.link_parts[:-1])
                 os.link(step.link_parts[-1], name, src_dir_fd=src_parent, dst_dir_fd=parent,
                         follow_symlinks=False)
@@ -1334,7 +1360,7 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
                              0o600 if m.mode is not None else m.create_mode, dir_fd=parent)
                 try:
                     data(step, fd)
-                    if owners and m.uid is not None:
+                    if owners and m.uid is not None and m.gid is not None:
                         os.fchown(fd, m.uid, m.gid)
                     if m.mode is not None:
                         os.fchmod(fd, m.mode)
@@ -1350,7 +1376,7 @@ def _extract(steps: Iterable[_Step], archive_dir: str, data: Callable[[_Step, in
                     own = os.fstat(fd)
                     _guard_archive_folder(fd, m.mode, own.st_uid, own.st_gid)
             else:
-                if owners and m.uid is not None:
+                if owners and m.uid is not None and m.gid is not None:
                     os.fchown(fd, m.uid, m.gid)
                 if m.mode is not None and (as_tar or m.mode):
                     os.fchmod(fd, m.mode)

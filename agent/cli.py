@@ -15,6 +15,10 @@ from agent.errors import CdsimError, ExitStatus, exit_status_for
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    _Args = TypeVar("_Args")  # parsed arguments (argparse.Namespace), or codedeploy-local's argv
 
 # subcommand name -> module under agent.commands
 COMMANDS = {
@@ -102,7 +106,7 @@ def _summary(name: str, module: str) -> str:
     return getattr(mod, "SUMMARY", "")
 
 
-def _run(func, args, debug: bool) -> int:
+def _run(func: Callable[[_Args], int], args: _Args, debug: bool) -> int:
     try:
         return int(func(args))
     except CdsimError as e:

@@ -12,19 +12,24 @@ from agent.errors import DeploymentError, UsageError
 from agent.records import field, replace
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 DEFAULT_CONFIG_PATH = "/etc/codedeploy-agent/conf/codedeployagent.yml"
 DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 DEFAULT_LOG_DIR = "/var/log/aws/codedeploy-agent/"
+DEFAULT_ON_PREMISES_CONFIG = "/etc/codedeploy-agent/conf/codedeploy.onpremises.yml"
 
 # the built-in defaults of §2.2 (None = no built-in default)
-BUILTIN = {
+BUILTIN: dict[str, object] = {
     "root_dir": None,
     "log_dir": None,
     "program_name": "codedeploy-agent",
     "verbose": False,
     "max_revisions": None,
     "enable_deployments_log": True,
-    "on_premises_config_file": "/etc/codedeploy-agent/conf/codedeploy.onpremises.yml",
+    "on_premises_config_file": DEFAULT_ON_PREMISES_CONFIG,
     "proxy_uri": None,
 }
 
@@ -53,9 +58,9 @@ class AgentConfig:
     verbose: bool = False
     max_revisions_raw: object = None
     enable_deployments_log: bool = True
-    on_premises_config_file: str | None = BUILTIN["on_premises_config_file"]
+    on_premises_config_file: str | None = DEFAULT_ON_PREMISES_CONFIG
     path: str | None = None
-    raw: dict = field(default_factory=dict, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def max_revisions(self) -> int:
@@ -82,7 +87,7 @@ class AgentConfig:
         return replace(self, root_dir=root_dir)
 
 
-def parse_config_text(text: str, path: str) -> dict:
+def parse_config_text(text: str, path: str) -> dict[str, Any]:
     """The file's mapping with leading colons stripped from keys (§2.1)."""
     from agent.yaml_import import load_yaml
 
@@ -101,7 +106,7 @@ def parse_config_text(text: str, path: str) -> dict:
     return {str(k).lstrip(":"): v for k, v in data.items()}
 
 
-def read_config_file(path: str) -> dict:
+def read_config_file(path: str) -> dict[str, Any]:
     if not (os.path.isfile(path) and os.access(path, os.R_OK)):
         raise UsageError(f"configuration file {path} does not exist or is not readable")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -115,7 +120,7 @@ def load_local_config(path: str | None) -> AgentConfig:
     gives ``root_dir`` the agent uses the config file *path* as the root (Q21); we keep that quirk
     out: cdsim falls back to the shipped default root and says so in the differences list.
     """
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     if os.path.isfile(DEFAULT_CONFIG_PATH) and os.access(DEFAULT_CONFIG_PATH, os.R_OK):
         try:
             merged.update(read_config_file(DEFAULT_CONFIG_PATH))
@@ -126,8 +131,8 @@ def load_local_config(path: str | None) -> AgentConfig:
     return config_from_mapping(merged, chosen)
 
 
-def config_from_mapping(values: dict, path: str | None = None) -> AgentConfig:
-    v = dict(BUILTIN)
+def config_from_mapping(values: dict[str, Any], path: str | None = None) -> AgentConfig:
+    v: dict[str, Any] = dict(BUILTIN)  # the file's YAML values over the defaults
     v.update(values)
     return AgentConfig(
         root_dir=str(v.get("root_dir") or DEFAULT_ROOT_DIR),

@@ -24,7 +24,20 @@ from agent.revision import LocalRevision, Revision, revision_env
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from typing import Any, TypedDict
+
     from agent.appspec import AppSpec
+    from agent.events import Listener
+    from hooks_runtime import HookResult
+    from hooks_runtime.diagnostics import ProcInfo
+
+    class _RevisionOrigin(TypedDict):
+        """Whose scripts a hook event runs (the hook.start and hook.end fields of events.py)."""
+
+        previous_revision: bool
+        revision_deployment_id: str
+        revision_archive: str
+        revision_appspec: str
 
 DEFAULT_GROUP_ID = "default-local-deployment-group"
 DEFAULT_GROUP_NAME = "LocalFleet"
@@ -62,13 +75,16 @@ class DeploymentResult:
     error: CdsimError | None = None
     entered_event_loop: bool = False
     failed_event: str | None = None
-    hooks: list = field(default_factory=list)    # hooks_runtime.HookResult, in run order
+    hooks: list[tuple[str, HookResult]] = field(default_factory=list)  # (event, result), in run order
     events_path: str | None = None
 
     @property
     def exit_status(self) -> int:
         from agent.errors import ExitStatus
-        return int(ExitStatus.SUCCESS) if self.succeeded else int(self.error.exit_status)
+        if self.succeeded:
+            return int(ExitStatus.SUCCESS)
+        assert self.error is not None, "a failed deployment carries its error"
+        return int(self.error.exit_status)
 
     @property
     def scripts_log(self) -> str:
@@ -95,7 +111,7 @@ class _Deployment:
         self.root = DeploymentRoot(self.cfg.root_dir, request.deployment_group_id)
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
-        self.hooks: list = []
+        self.hooks: list[tuple[str, HookResult]] = []
         self._parsed: dict[tuple[str, bytes], AppSpec] = {}  # (file name, bytes) -> its parse
         self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
@@ -150,9 +166,10 @@ class _Deployment:
     def download_bundle(self) -> None:
         from agent import bundle
 
-        if self._max_revisions is None:
-            _ = self.cfg.max_revisions  # raises the configuration error
-        removed = self.root.apply_retention(self.did, self._max_revisions)
+        max_revisions = self._max_revisions
+        if max_revisions is None:
+            max_revisions = self.cfg.max_revisions  # raises the configuration error
+        removed = self.root.apply_retention(self.did, max_revisions)
         rev = self.req.revision
         if isinstance(rev, LocalRevision):
             if rev.bundle_type == "directory":
@@ -223,7 +240,7 @@ class _Deployment:
                                     self.req.deployment_group_id, self.req.file_exists_behavior,
                                     progress=self.req.progress)
         self.root.mark_last_successful(self.did)
-        self.stream.emit("install.done", **_summary_fields(summary))
+        self.stream.emit("install.done", **summary.to_dict())
 
     def _revision_dir_for(self, event: str) -> str | None:
         current = self.root.deployment_dir(self.did)
@@ -280,8 +297,9 @@ class _Deployment:
         # cdsim, not the agent (§5.5 allows '..'): a script must be a file of the revision
         archive = os.path.normpath(join(rev_dir, "deployment-archive"))
         previous = rev_dir != self.root.deployment_dir(self.did)
-        origin = {"previous_revision": previous, "revision_deployment_id": os.path.basename(rev_dir.rstrip("/")),
-                  "revision_archive": join(rev_dir, "deployment-archive"), "revision_appspec": path}
+        origin: _RevisionOrigin = {
+            "previous_revision": previous, "revision_deployment_id": os.path.basename(rev_dir.rstrip("/")),
+            "revision_archive": join(rev_dir, "deployment-archive"), "revision_appspec": path}
         for s in scripts:
             if not os.path.normpath(join(archive, s.location)).startswith(archive + "/"):
                 from agent.errors import UnsafeBundle
@@ -327,7 +345,7 @@ class _Deployment:
                     raise cls(result.message, result=result, event=event, hint=hint,
                               script_path=f"{self.console_dir}/deployment-archive/{s.location}")
 
-    def _previous_revision_hint(self, event: str, origin: dict, script_path: str) -> str:
+    def _previous_revision_hint(self, event: str, origin: _RevisionOrigin, script_path: str) -> str:
         """Why a fixed script does not help: the failing one is the last successful revision's (§4.2)."""
         which = "most recent" if self.marker_file == self.root.most_recent_marker else "last successful"
         remove = (f"remove the marker of the {which} deployment, {self.marker_file} (then the next deployment "
@@ -388,19 +406,10 @@ class _Capture:
         return joined
 
 
-def _summary_fields(summary) -> dict:
-    if summary is None:
-        return {}
-    if hasattr(summary, "to_dict"):
-        return summary.to_dict()
-    if hasattr(summary, "__dataclass_fields__"):
-        from dataclasses import asdict
-        return asdict(summary)
-    return {}
+def _hook_fields(result: HookResult) -> dict[str, Any]:
+    def procs(ps: tuple[ProcInfo, ...]) -> list[dict[str, Any]]:
+        return [vars(p) for p in ps]
 
-
-def _hook_fields(result) -> dict:
-    procs = lambda ps: [getattr(p, "__dict__", None) or str(p) for p in ps]  # noqa: E731
     return {
         "location": result.location, "status": "Succeeded" if result.succeeded else "Failed",
         "error_code": result.error_code, "message": result.message,
@@ -420,7 +429,7 @@ def default_events_path(config: AgentConfig, group: str, deployment_id: str) -> 
     return os.path.join(config.log_dir, "cdsim-events", group, f"{deployment_id}.jsonl")
 
 
-def deploy(request: DeploymentRequest, *, listeners: list | None = None,
+def deploy(request: DeploymentRequest, *, listeners: list[Listener] | None = None,
            notify: Callable[[str], None] | None = None,
            on_output: Callable[[str], None] | None = None,
            lock: str | None = None) -> DeploymentResult:
@@ -469,8 +478,9 @@ def deploy(request: DeploymentRequest, *, listeners: list | None = None,
         stream.emit("deployment.end", status="Succeeded" if result.succeeded else "Failed",
                     error=str(result.error) if result.error else None,
                     reference=result.error.reference if result.error else None,
-                    file=getattr(result.error, "file", None), line=getattr(result.error, "line", None),
-                    column=getattr(result.error, "column", None),
+                    file=result.error.file if result.error else None,
+                    line=result.error.line if result.error else None,
+                    column=result.error.column if result.error else None,
                     failed_event=result.failed_event)
     return result
 
@@ -479,7 +489,7 @@ class _CallableModule(types.ModuleType):
     """``agent.deploy`` is both this module and the public function: importing a submodule binds its
     name on the package, so the module itself forwards calls to ``deploy()``."""
 
-    def __call__(self, request: DeploymentRequest, **kw) -> DeploymentResult:
+    def __call__(self, request: DeploymentRequest, **kw: Any) -> DeploymentResult:
         return deploy(request, **kw)
 
 

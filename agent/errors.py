@@ -24,6 +24,12 @@ from __future__ import annotations
 
 import enum
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from hooks_runtime import HookResult
+
 
 class ExitStatus(enum.IntEnum):
     """What a cdsim command's exit status means. Documented in the README; mapped in agent.cli."""
@@ -114,8 +120,8 @@ class HookFailed(DeploymentError):
     reference = "hook-failed"
     exit_status = ExitStatus.HOOK_FAILED
 
-    def __init__(self, message: str, *, result=None, event: str | None = None,
-                 script_path: str | None = None, **kw):
+    def __init__(self, message: str, *, result: HookResult | None = None, event: str | None = None,
+                 script_path: str | None = None, **kw: Any):
         super().__init__(message, **kw)
         self.result = result
         self.event = event

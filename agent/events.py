@@ -15,11 +15,16 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TextIO
+
+    Record = dict[str, Any]  # one event: JSON data, the fields above plus each type's own
+    Listener = Callable[[Record], None]
 
 SCHEMA_VERSION = 1
-
-Listener = Callable[[dict], None]
 
 
 class EventStream:
@@ -30,14 +35,14 @@ class EventStream:
         self.deployment_id = deployment_id
         self.path = path
         self.listeners = list(listeners or [])
-        self.records: list[dict] = []
+        self.records: list[Record] = []
         self._lock = threading.Lock()
-        self._file = None
+        self._file: TextIO | None = None
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the stream's life; close()
 
-    def emit(self, type_: str, **fields) -> dict:
+    def emit(self, type_: str, **fields: object) -> Record:
         record = {"schema": SCHEMA_VERSION, "type": type_, "time": round(time.time(), 6),
                   "deployment_id": self.deployment_id, **fields}
         with self._lock:
@@ -57,12 +62,12 @@ class EventStream:
     def __enter__(self) -> EventStream:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def read_events(path: str) -> list[dict]:
-    out = []
+def read_events(path: str) -> list[Record]:
+    out: list[Record] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()

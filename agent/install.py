@@ -66,6 +66,49 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------- instructions
+# Each instruction's install.json form (§3.2), keys in the agent's order: TypedDicts for the type checker
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Literal, TypedDict
+
+    class CopyJson(TypedDict):
+        type: Literal["copy"]
+        source: str
+        destination: str
+
+    class MkdirJson(TypedDict):
+        type: Literal["mkdir"]
+        directory: str
+
+    class ChmodJson(TypedDict):
+        type: Literal["chmod"]
+        mode: str
+        file: str
+
+    class SetfaclJson(TypedDict):
+        type: Literal["setfacl"]
+        acl: list[str]
+        file: str
+
+    class ContextJson(TypedDict):
+        user: str | None
+        role: None
+        type: str
+        range: str | None
+
+    class SemanageJson(TypedDict):
+        type: Literal["semanage"]
+        context: ContextJson
+        file: str
+
+    class ChownJson(TypedDict):
+        type: Literal["chown"]
+        owner: str | None
+        group: str | None
+        file: str
+
+    InstructionJson = CopyJson | MkdirJson | ChmodJson | SetfaclJson | SemanageJson | ChownJson
+
 
 @dataclass(frozen=True)
 class Copy:
@@ -74,7 +117,7 @@ class Copy:
     # the destination existed when the instruction was generated (OVERWRITE); not part of install.json
     replaces: bool = field(default=False, compare=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> CopyJson:
         return {"type": "copy", "source": self.source, "destination": self.destination}
 
 
@@ -82,7 +125,7 @@ class Copy:
 class Mkdir:
     directory: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> MkdirJson:
         return {"type": "mkdir", "directory": self.directory}
 
 
@@ -91,7 +134,7 @@ class Chmod:
     mode: str  # the normalised appspec string, applied as octal
     file: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> ChmodJson:
         return {"type": "chmod", "mode": self.mode, "file": self.file}
 
 
@@ -102,7 +145,7 @@ class Setfacl:
     # index of the permission entry: paths of one entry share the agent's accumulating ACL (Q9)
     entry: int = field(default=0, compare=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> SetfaclJson:
         return {"type": "setfacl", "acl": [str(a) for a in self.acl], "file": self.file}
 
 
@@ -111,7 +154,7 @@ class Semanage:
     context: Context
     file: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> SemanageJson:
         c = self.context
         return {"type": "semanage", "context": {"user": c.user, "role": None, "type": c.type, "range": c.range},
                 "file": self.file}
@@ -123,7 +166,7 @@ class Chown:
     group: str | None
     file: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> ChownJson:
         return {"type": "chown", "owner": self.owner, "group": self.group, "file": self.file}
 
 
@@ -160,7 +203,7 @@ class InstallSummary:
     cleanup_removed: int = 0
     elapsed_s: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int | float]:
         return {name: getattr(self, name) for name in self.__match_args__}  # flat: asdict's result
 
 
@@ -658,30 +701,30 @@ class _Executor:
             while i < n:
                 ins = instructions[i]
                 if type(ins) is Copy:
-                    j = i + 1
+                    batch = [ins]
                     if not ins.replaces:
-                        while j < n and j - i < COPY_BATCH:
-                            nxt = instructions[j]
+                        while i + len(batch) < n and len(batch) < COPY_BATCH:
+                            nxt = instructions[i + len(batch)]
                             if type(nxt) is not Copy or nxt.replaces:
                                 break
-                            j += 1
+                            batch.append(nxt)
                     ends = []
                     size = self.size + sum(len(p) for p in self.pending)
-                    for k in range(i, j):
-                        line = os.fsencode(instructions[k].destination) + b"\n"
+                    for c in batch:
+                        line = os.fsencode(c.destination) + b"\n"
                         self.pending.append(line)
                         size += len(line)
                         ends.append(size)
                     self.flush()
-                    for k in range(i, j):
+                    for c, end in zip(batch, ends, strict=True):
                         try:
-                            self.copy(instructions[k])
+                            self.copy(c)
                         except BaseException:
                             # the agent's journal ends with the failing copy's line
-                            os.ftruncate(self.fd, ends[k - i])
-                            self.size = ends[k - i]
+                            os.ftruncate(self.fd, end)
+                            self.size = end
                             raise
-                    i = j
+                    i += len(batch)
                     if self.progress:
                         self.progress(i, n)
                     continue

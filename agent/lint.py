@@ -18,6 +18,26 @@ from agent import appspec as A
 from agent import lifecycle
 from agent.errors import AppSpecError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    import tarfile
+    import zipfile
+    from typing import Protocol
+
+    class _Tree(Protocol):
+        """What validation reads of a bundle: a directory (_DirTree) or an archive (_ArchiveTree)."""
+
+        display: str
+
+        def shown(self, rel: str) -> str: ...
+
+        def entry(self, rel: str) -> _Entry | None: ...
+
+        def read(self, rel: str, limit: int) -> bytes: ...
+
+        def files_under(self, rel: str) -> tuple[list[str], list[str]]: ...
+
+
 EVENT_TIMEOUT_LIMIT = 3600          # the service's limit per lifecycle event (§5.5)
 MAX_BUNDLE_ENTRIES = 200_000        # bounds the walk of a hostile bundle
 SCRIPT_HEAD_BYTES = 512             # enough for the #! line
@@ -51,7 +71,7 @@ class Finding:
     column: int | None = None
     hint: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | int | None]:
         return asdict(self)
 
     def location(self) -> str:
@@ -143,7 +163,7 @@ class _ArchiveTree:
     def __init__(self, path: str):
         self.display = path
         self.entries: dict[str, _Entry] = {}
-        self.members: dict[str, object] = {}
+        self.members: dict[str, zipfile.ZipInfo | tarfile.TarInfo] = {}
         self.prefix = ""
         lower = path.lower()
         try:
@@ -158,7 +178,7 @@ class _ArchiveTree:
             self._load_tar(path)
         self._strip_top_folder()
 
-    def _add(self, name: str, entry: _Entry, member) -> None:
+    def _add(self, name: str, entry: _Entry, member: zipfile.ZipInfo | tarfile.TarInfo) -> None:
         name = posixpath.normpath(name.lstrip("/"))
         if name in (".", "") or name.startswith("../"):
             return
@@ -227,24 +247,24 @@ class _ArchiveTree:
     def read(self, rel: str, limit: int) -> bytes:
         name = posixpath.normpath(self.prefix + rel)
         member = self.members[name]
-        if self.is_zip:
-            import zipfile
+        import tarfile
+        import zipfile
 
+        if isinstance(member, zipfile.ZipInfo):
             with zipfile.ZipFile(self.display) as zf, zf.open(member) as f:
                 return f.read(limit)
-        import tarfile
-
         with tarfile.open(self._tar_path, "r:*") as tf:
-            f = tf.extractfile(member)
-            if f is None:
+            extracted = tf.extractfile(member)
+            if extracted is None:
                 raise OSError("not a regular file")
-            with f:
-                return f.read(limit)
+            with extracted:
+                return extracted.read(limit)
 
     def files_under(self, rel: str) -> tuple[list[str], list[str]]:
         base = posixpath.normpath(self.prefix + rel) if rel else self.prefix.rstrip("/")
         start = base + "/" if base not in ("", ".") else ""
-        files, dirs = [], []
+        files: list[str] = []
+        dirs: list[str] = []
         for name, e in self.entries.items():
             if name.startswith(start) and name != base:
                 (dirs if e.kind == "dir" else files).append(name[len(start):])
@@ -266,7 +286,7 @@ class _Lint:
                                      mark.column if mark else None, hint))
 
     # -- where the appspec is
-    def open_bundle(self, path: str):
+    def open_bundle(self, path: str) -> tuple[_Tree, str | None, bool] | None:
         """(tree, appspec name to read, True if the bundle is a directory) or None after a finding."""
         try:
             st = os.stat(path)
@@ -309,11 +329,11 @@ class _Lint:
             return False
         return head.startswith((b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ")) or head[257:262] == b"ustar"
 
-    def locate(self, tree, given: str | None, is_dir: bool) -> tuple[str | None, str | None]:
+    def locate(self, tree: _Tree, given: str | None, is_dir: bool) -> tuple[str | None, str | None]:
         """(name Install reads, name the hooks read), adding the not-found findings (§1.3 rule 7, §4.6).
         ``given``: the appspec file named on the command line, read whatever its name."""
         if given:
-            install: str | None = given
+            install = given
             hook_name = A.hook_appspec_name(self.option or (None if given == "appspec.yaml" else given))
         else:
             option = self.option
@@ -325,12 +345,13 @@ class _Lint:
                              tree.display, hint=("AppSpec file names are case-sensitive"
                                                  if self._case_twin(tree, names) else None))
                     return None, None
-            install = next((n for n in A.install_appspec_candidates(option) if tree.entry(n)), None)
-            if install is None:
+            found = next((n for n in A.install_appspec_candidates(option) if tree.entry(n)), None)
+            if found is None:
                 self.add("error", "appspec-not-found", A.appspec_not_found_message(hook_name, "<deployment>"),
                          tree.shown(hook_name), hint=("AppSpec file names are case-sensitive"
                                                       if self._case_twin(tree, (hook_name,)) else None))
                 return None, None
+            install = found
         if tree.entry(hook_name) is None:
             self.add("error", "appspec-yaml-without-yml",
                      A.appspec_not_found_message(hook_name, "<deployment>"), tree.shown(install),
@@ -339,39 +360,40 @@ class _Lint:
         return install, hook_name
 
     @staticmethod
-    def _case_twin(tree, names) -> bool:
+    def _case_twin(tree: _Tree, names: tuple[str, ...]) -> bool:
         files, _ = tree.files_under("")
         return any(f.lower() in names and f not in names for f in files if "/" not in f)
 
     # -- the appspec
-    def check_appspec(self, tree, name: str):
+    def check_appspec(self, tree: _Tree, name: str) -> tuple[A.AppSpec | None, A.Node | None]:
+        """(the appspec as far as it parsed, its document), adding the findings about it."""
         shown = tree.shown(name)
         e = tree.entry(name)
         if e is None or e.kind == "other":
             self.add("error", "appspec-unreadable", f"{name} is not a regular file", shown)
-            return None, None, None
+            return None, None
         if e.kind == "dir":
             self.add("error", "appspec-is-directory", f"{name} is a directory, not a file (the agent fails "
                      f"with \"Is a directory @ io_fread\")", shown)
-            return None, None, None
+            return None, None
         if e.size > A.MAX_APPSPEC_BYTES:
             self.add("error", "appspec-too-large", f"the appspec is {e.size} bytes, more than the "
                      f"{A.MAX_APPSPEC_BYTES} bytes cdsim reads", shown,
                      hint="an appspec is a small YAML file; is this the right file?")
-            return None, None, None
+            return None, None
         try:
             data = tree.read(name, A.MAX_APPSPEC_BYTES + 1)
         except OSError as err:
             self.add("error", "appspec-unreadable", f"cannot read {name}: {err.strerror or err}", shown)
-            return None, None, None
+            return None, None
         root, spec, problems = A.appspec_problems(data, shown)
         for p in problems:
             self.findings.append(_from_error(p))
         if root is not None:
             self.yaml_warnings(root, shown)
-        return spec, shown, root
+        return spec, root
 
-    def yaml_warnings(self, root, shown: str) -> None:
+    def yaml_warnings(self, root: A.Node, shown: str) -> None:
         self._duplicates(root, shown)
         self._base60(root, shown)
         if root.id != "mapping":
@@ -410,17 +432,17 @@ class _Lint:
                                  "(it never applies it)", shown, A.node_mark(role[0]))
                     self._unknown_keys(centries, CONTEXT_KEYS, "a context", shown)
 
-    def _duplicates(self, root, shown: str) -> None:
+    def _duplicates(self, root: A.Node, shown: str) -> None:
         stack = [root]
         while stack:
             node = stack.pop()
-            if getattr(node, "anchor", None):
+            if node.anchor:
                 self.add("warning", "yaml-anchor", f"anchor &{node.anchor}: the agent (Psych 4) refuses any alias "
                          "to it, so an anchor is of no use in an appspec", shown, A.node_mark(node))
             if node.id == "sequence":
                 stack.extend(node.value)
             elif node.id == "mapping":
-                seen: dict = {}
+                seen: dict[A.HashKey, int] = {}
                 for k, v in node.value:
                     try:
                         kv = A.to_python(k, shown)
@@ -434,9 +456,9 @@ class _Lint:
                     seen[hk] = A.node_mark(k).line
                     stack.append(v)
 
-    def _base60(self, root, shown: str) -> None:
+    def _base60(self, root: A.Node, shown: str) -> None:
         """Psych reads a:b as a*3600 + b*60 (Q39): 1:30 is 5400, not 90. Say what each such value is."""
-        stack = [(root, None)]
+        stack: list[tuple[A.Node, str | None]] = [(root, None)]
         while stack:
             node, key = stack.pop()
             if node.id == "sequence":
@@ -450,16 +472,16 @@ class _Lint:
                     stack.append((v, kv if isinstance(kv, str) else None))
             elif A.is_base60_node(node):
                 try:
-                    v = A.scalar_value(node, shown)
+                    value = A.scalar_value(node, shown)
                 except AppSpecError:
                     continue
                 if node.value.count(":") != 1:
                     continue  # a:b:c is hours, minutes and seconds, as everyone reads it
                 if key == "mode":
                     continue  # _mode says what mode that number gives
-                shown_v = A.ruby_to_s(v)
-                if key == "timeout" and isinstance(v, (int, float)):
-                    secs = int(v)
+                shown_v = A.ruby_to_s(value)
+                if key == "timeout" and isinstance(value, (int, float)):
+                    secs = int(value)
                     if secs <= 0:
                         continue  # an error already, with its hint
                     self.add("warning", "timeout-base60",
@@ -474,8 +496,8 @@ class _Lint:
                              hint="write version: 0.0" if key == "version"
                              else f"quote it if you mean the text: '{node.value}'")
 
-    def _unknown_keys(self, entries: dict, known: tuple[str, ...], where: str, shown: str,
-                      top_level: bool = False) -> None:
+    def _unknown_keys(self, entries: dict[A.HashKey, A.MappingEntry], known: tuple[str, ...], where: str,
+                      shown: str, top_level: bool = False) -> None:
         for knode, _v, key in entries.values():
             if key in known:
                 continue
@@ -495,7 +517,7 @@ class _Lint:
             self.add("warning", "unknown-key", f"unknown key {text!r} in {where}: the agent ignores it",
                      shown, A.node_mark(knode), hint)
 
-    def _mode(self, hit, shown: str) -> None:
+    def _mode(self, hit: A.MappingEntry | None, shown: str) -> None:
         if not hit:
             return
         node = hit[1]
@@ -519,7 +541,7 @@ class _Lint:
                          f"applies mode {applied} ({bits})", shown, A.node_mark(node),
                          hint=f"quote it: mode: '{node.value}', or write it without the leading zero")
 
-    def _sudo(self, hit, shown: str) -> None:
+    def _sudo(self, hit: A.MappingEntry | None, shown: str) -> None:
         if not hit:
             return
         node = hit[1]
@@ -534,7 +556,8 @@ class _Lint:
                      hint="write sudo: false (unquoted), or remove the key")
 
     # -- the bundle against the appspec
-    def check_hooks(self, tree, spec: A.AppSpec, shown: str, appspec_basename: str, hook_nodes) -> None:
+    def check_hooks(self, tree: _Tree, spec: A.AppSpec, shown: str, appspec_basename: str,
+                    hook_nodes: dict[str, A.Mark]) -> None:
         names = list(spec.hook_names())
         unknown = lifecycle.unknown_hooks(names, None)
         if unknown:
@@ -559,7 +582,7 @@ class _Lint:
             for s in scripts:
                 self.check_script(tree, event, s, shown)
 
-    def check_script(self, tree, event: str, s: A.HookScript, shown: str) -> None:
+    def check_script(self, tree: _Tree, event: str, s: A.HookScript, shown: str) -> None:
         rel = posixpath.normpath(s.location.lstrip("/"))
         if rel == ".." or rel.startswith("../"):
             self.add("error", "script-outside-bundle", f"script {s.location} ({event}) is outside the "
@@ -587,7 +610,7 @@ class _Lint:
                      "on this machine: su fails and the hook fails", shown, s.mark,
                      hint="create the user on the instance, or fix the name")
 
-    def _shebang(self, tree, rel: str, event: str, s: A.HookScript, shown: str) -> None:
+    def _shebang(self, tree: _Tree, rel: str, event: str, s: A.HookScript, shown: str) -> None:
         try:
             head = tree.read(rel, SCRIPT_HEAD_BYTES)
         except OSError:
@@ -604,7 +627,7 @@ class _Lint:
                      f"{s.location} failed with error Errno::ENOENT with message No such file or directory\"",
                      shown, s.mark, hint=f"convert it to LF line endings (dos2unix {rel})")
 
-    def check_files(self, tree, spec: A.AppSpec, shown: str) -> None:
+    def check_files(self, tree: _Tree, spec: A.AppSpec, shown: str) -> None:
         copies: dict[str, str] = {}   # target -> source
         mkdirs: dict[str, str] = {}   # target -> source
         for fm in spec.files:
@@ -635,7 +658,8 @@ class _Lint:
             for f in files:
                 self._copy(copies, mkdirs, posixpath.join(dest, f), posixpath.join(rel, f) if rel else f, fm, shown)
 
-    def _copy(self, copies, mkdirs, target, source, fm, shown) -> None:
+    def _copy(self, copies: dict[str, str], mkdirs: dict[str, str], target: str, source: str,
+              fm: A.FileMapping, shown: str) -> None:
         if target in copies and copies[target] != source:
             self.add("error", "files-duplicate-destination",
                      "The deployment failed because the application specification file specifies two source "
@@ -674,7 +698,7 @@ class _Lint:
 _ACCOUNT_TOOLS = re.compile(rb"\b(?:useradd|adduser|groupadd|addgroup)\b[^\n]*")
 
 
-class _Anything(frozenset):
+class _Anything(frozenset[str]):
     def __contains__(self, item: object) -> bool:
         return True
 
@@ -682,7 +706,7 @@ class _Anything(frozenset):
 _ANY = _Anything()
 
 
-def _created_accounts(tree, spec: A.AppSpec) -> frozenset[str]:
+def _created_accounts(tree: _Tree, spec: A.AppSpec) -> frozenset[str]:
     """Users and groups that the bundle's BeforeInstall scripts create (permissions apply at Install,
     after BeforeInstall, so an owner made there is fine). Every word on a useradd/groupadd line
     counts, and a line that names the account through a variable counts for every name: a cheap,
@@ -755,7 +779,7 @@ def _group_exists(name: str) -> bool:
         return False
 
 
-def _hook_marks(root, shown: str) -> dict:
+def _hook_marks(root: A.Node | None, shown: str) -> dict[str, A.Mark]:
     """Event name -> Mark of its key in hooks:, for findings about a whole event."""
     if root is None or root.id != "mapping":
         return {}
@@ -765,7 +789,7 @@ def _hook_marks(root, shown: str) -> dict:
     return {A.ruby_to_s(name): A.node_mark(k) for k, _v, name in A.mapping_entries(hooks[1], shown).values()}
 
 
-def _sort_key(f: Finding) -> tuple:
+def _sort_key(f: Finding) -> tuple[str, int, int]:
     return (f.file or "", f.line or 0, f.column or 0)
 
 
@@ -781,7 +805,8 @@ def validate_bundle(path: str, appspec_filename: str | None = None) -> list[Find
         return lint.findings
     if isinstance(tree, _DirTree) and not given:
         lint.check_links(tree)
-    spec, shown, root = lint.check_appspec(tree, install_name)
+    spec, root = lint.check_appspec(tree, install_name)
+    shown = tree.shown(install_name)
     if spec is not None:
         lint.check_hooks(tree, spec, shown, posixpath.basename(install_name), _hook_marks(root, shown))
         lint.check_files(tree, spec, shown)

@@ -19,6 +19,7 @@ import os
 import pwd
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from agent import bundle as bundle_mod
@@ -33,6 +34,10 @@ from agent.errors import (
     UsageError,
 )
 from agent.revision import LocalRevision
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_ROOT_DIR", "Collision", "HookSource", "LeftOut", "PathChange",
            "PermissionPlan", "Plan", "make_plan", "render_text"]
@@ -127,7 +132,8 @@ class Plan:
         return {SUCCESS: ExitStatus.SUCCESS, FILE_COLLISION: ExitStatus.FILE_COLLISION}.get(
             self.outcome, ExitStatus.DEPLOYMENT_FAILED)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON data (``cdsim plan --json``)."""
         d = asdict(self)
         d["instructions"] = [i.to_json() for i in self.instructions]
         d["copies"] = [{"source": s, "destination": t, "replaces": r} for s, t, r in self.copies]
@@ -271,7 +277,7 @@ def _hook_sources(spec: AppSpec, location: str, root_dir: str, group: str,
     return tuple(out)
 
 
-def _relative(archive: str):
+def _relative(archive: str) -> Callable[[str], str]:
     prefix = os.path.abspath(archive).rstrip("/") + "/"
     return lambda p: p.removeprefix(prefix)
 
@@ -291,28 +297,28 @@ def _execution_problems(instructions: list[inst.Instruction], view: inst.FsView)
     users_ok: dict[str, bool] = {}
     groups_ok: dict[str, bool] = {}
     for i in instructions:
-        t = type(i)
-        if t is inst.Mkdir and view.kind(i.directory) == inst.FsView.OTHER:
-            out.append(f"File exists @ dir_s_mkdir - {i.directory}")
-        elif t is inst.Copy:
+        if isinstance(i, inst.Mkdir):
+            if view.kind(i.directory) == inst.FsView.OTHER:
+                out.append(f"File exists @ dir_s_mkdir - {i.directory}")
+        elif isinstance(i, inst.Copy):
             if not os.path.lexists(i.source):
                 out.append(f"No such file or directory @ rb_sysopen - {i.source}")
             elif i.replaces and os.path.islink(i.source):
                 out.append(f"File exists @ syserr_fail2_in - {i.destination}")
-        elif t is inst.Chown:
+        elif isinstance(i, inst.Chown):
             if i.owner is not None and not users_ok.setdefault(i.owner, _known(pwd.getpwnam, i.owner)):
                 out.append(f"can't find user for {i.owner}")
             elif i.group is not None and not groups_ok.setdefault(i.group, _known(grp.getgrnam, i.group)):
                 out.append(f"can't find group for {i.group}")
-        elif t is inst.Setfacl and not shutil.which("setfacl"):
+        elif isinstance(i, inst.Setfacl) and not shutil.which("setfacl"):
             out.append("acls need setfacl (Debian/Ubuntu: apt-get install acl)")
-        elif t is inst.Semanage and not (shutil.which("semanage") and shutil.which("restorecon")):
+        elif isinstance(i, inst.Semanage) and not (shutil.which("semanage") and shutil.which("restorecon")):
             out.append("SELinux contexts (permissions `context:`) need semanage and restorecon")
     # report each distinct problem once, in order
     return list(dict.fromkeys(out))
 
 
-def _known(lookup, name: str) -> bool:
+def _known(lookup: Callable[[str], object], name: str) -> bool:
     try:
         lookup(name)
         return True

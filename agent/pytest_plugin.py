@@ -23,10 +23,15 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from agent.events import Record
 
 __all__ = ["DeployTarget", "Deployment", "HookRun"]
 
@@ -38,8 +43,8 @@ _GROUP = "default-local-deployment-group"
 class HookRun:
     """One hook script's run."""
 
-    event: str
-    location: str
+    event: str | None           # None only where the event stream lacks it (as the report's summary)
+    location: str | None
     status: str                 # Succeeded | Failed | Unfinished
     exit_status: int | None
     duration: float | None
@@ -67,10 +72,10 @@ class Deployment:
     failed_event: str | None
     hooks: tuple[HookRun, ...]
     files: tuple[str, ...]      # what Install created (its cleanup list), as paths on the target
-    install: dict | None
+    install: dict[str, Any] | None  # the install.done record's fields
     stdout: str
     stderr: str
-    records: tuple[dict, ...] = field(repr=False, default=())
+    records: tuple[Record, ...] = field(repr=False, default=())
     target: DeployTarget | None = field(repr=False, default=None, compare=False)
 
     @property
@@ -85,10 +90,11 @@ class Deployment:
         raise KeyError(f"no hook run for {event}" + (f" {location}" if location else "")
                        + f"; ran: {[(h.event, h.location) for h in self.hooks]}")
 
-    def exec(self, *argv: str, **kw) -> subprocess.CompletedProcess:
+    def exec(self, *argv: str, input: str | None = None, check: bool = False,  # noqa: A002 - subprocess.run's name
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run a command where the bundle was deployed (see :meth:`DeployTarget.exec`)."""
         assert self.target is not None
-        return self.target.exec(*argv, **kw)
+        return self.target.exec(*argv, input=input, check=check, timeout=timeout)
 
 
 class DeployTarget:
@@ -102,8 +108,14 @@ class DeployTarget:
         self.instance_name = f"pytest-{uuid.uuid4().hex[:10]}" if mode == "instance" else None
         self._instance = None
 
+    @property
+    def _name(self) -> str:
+        """The instance's name (instance mode only)."""
+        assert self.instance_name is not None, "host mode has no instance"
+        return self.instance_name
+
     # -- the environment of the cdsim subprocess ---------------------------------------------------
-    def _env(self, extra: dict | None = None) -> dict:
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, "CDSIM_STATE_DIR": str(self.state), **(extra or {})}
 
     def _events_dir(self, group: str) -> str:
@@ -115,7 +127,7 @@ class DeployTarget:
     def upper(self) -> str:
         """The instance's upper layer (host path) where its changed files are."""
         from agent import instance as instances
-        return instances.get(self.instance_name, state=str(self.state)).upper
+        return instances.get(self._name, state=str(self.state)).upper
 
     def host_path(self, path: str) -> str:
         """A path of the target as seen from here (for files the deployment wrote)."""
@@ -124,9 +136,9 @@ class DeployTarget:
         return self.upper() + path
 
     # -- deploy ------------------------------------------------------------------------------------
-    def __call__(self, bundle: str | os.PathLike, *, events: str | None = None, group: str = _GROUP,
+    def __call__(self, bundle: str | os.PathLike[str], *, events: str | None = None, group: str = _GROUP,
                  file_exists_behavior: str = "DISALLOW", appspec_filename: str | None = None,
-                 bundle_type: str | None = None, env: dict | None = None, timeout: float = 3600,
+                 bundle_type: str | None = None, env: dict[str, str] | None = None, timeout: float = 3600,
                  ignore_application_stop_failures: bool = False) -> Deployment:
         """Deploy ``bundle`` (directory or archive) and return what happened; never raises for a
         failed deployment (look at ``.succeeded``). ``ignore_application_stop_failures``: as the
@@ -136,7 +148,7 @@ class DeployTarget:
         if self.mode == "host":
             argv += ["--host", "--root-dir", str(self.root)]
         else:
-            argv += ["--instance", self.instance_name]
+            argv += ["--instance", self._name]
         for flag, value in (("-e", events), ("-A", appspec_filename), ("--type", bundle_type)):
             if value:
                 argv += [flag, value]
@@ -155,9 +167,9 @@ class DeployTarget:
         return self._result(proc, new[-1] if new else None, group)
 
     def _instance_exists(self) -> bool:
-        return self.mode == "instance" and (self.state / "instances" / self.instance_name).is_dir()
+        return self.mode == "instance" and (self.state / "instances" / self._name).is_dir()
 
-    def _result(self, proc: subprocess.CompletedProcess, events_path: str | None, group: str) -> Deployment:
+    def _result(self, proc: subprocess.CompletedProcess[str], events_path: str | None, group: str) -> Deployment:
         from agent.events import read_events
         from agent.install import read_cleanup
         from agent.reports.model import summarize
@@ -169,10 +181,12 @@ class DeployTarget:
             return Deployment(None, "Failed", proc.returncode, (proc.stderr or proc.stdout).strip() or None,
                               None, None, (), (), None, proc.stdout, proc.stderr, (), self)
         for h in dep["hooks"]:
-            if h.get("scripts_log"):
-                h["scripts_log"] = self.host_path(h["scripts_log"])
-        if dep.get("deployment_dir"):
-            dep["deployment_dir"] = self.host_path(dep["deployment_dir"])
+            scripts_log = h.get("scripts_log")
+            if scripts_log:
+                h["scripts_log"] = self.host_path(scripts_log)
+        deployment_dir = dep.get("deployment_dir")
+        if deployment_dir:
+            dep["deployment_dir"] = self.host_path(deployment_dir)
         fill_missing_output(dep)
         root = str(self.root) if self.mode == "host" else "/opt/codedeploy-agent/deployment-root"
         files = read_cleanup(self.host_path(f"{root}/deployment-instructions/{group}-cleanup"))
@@ -189,7 +203,7 @@ class DeployTarget:
     # -- exec --------------------------------------------------------------------------------------
     def exec(self, *argv: str, input: str | None = None,  # noqa: A002 - subprocess.run's input=, as users know it
              check: bool = False,
-             timeout: float = 600) -> subprocess.CompletedProcess:
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` where the bundle is deployed (inside the instance as its root, or here) and
         capture its output as text."""
         if self.mode == "host":
@@ -197,7 +211,7 @@ class DeployTarget:
                                   timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
         from agent import instance as instances
 
-        inst = instances.get_or_create(self.instance_name, state=str(self.state))
+        inst = instances.get_or_create(self._name, state=str(self.state))
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
                 tempfile.TemporaryFile("w+") as stdin:
             if input is not None:
@@ -214,7 +228,7 @@ class DeployTarget:
     def close(self) -> None:
         if self._instance_exists():
             from agent import instance as instances
-            instances.destroy(instances.get(self.instance_name, state=str(self.state)))
+            instances.destroy(instances.get(self._name, state=str(self.state)))
 
 
 def instances_available() -> tuple[bool, str]:
@@ -257,7 +271,7 @@ def cdsim_mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def cdsim_deploy(cdsim_mode: str, tmp_path_factory: pytest.TempPathFactory):
+def cdsim_deploy(cdsim_mode: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployTarget]:
     """Deploy bundles with cdsim: call it with a bundle path; returns a Deployment."""
     base = Path(tempfile.mkdtemp(prefix="cdsim-", dir=tmp_path_factory.getbasetemp()))
     target = DeployTarget(cdsim_mode, base)

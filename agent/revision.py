@@ -14,6 +14,10 @@ import re
 from agent.errors import UsageError
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from urllib.parse import SplitResult
+
 __all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "Revision", "S3Revision",
            "classify_location", "revision_env"]
 
@@ -119,7 +123,7 @@ def _s3(location: str, bundle_type: str) -> S3Revision:
                       version=query.get("versionId", [None])[0], etag=query.get("etag", [None])[0])
 
 
-def _github(location: str, parts, bundle_type: str) -> GitHubRevision:
+def _github(location: str, parts: SplitResult, bundle_type: str) -> GitHubRevision:
     gh_type = bundle_type if bundle_type in ("zip", "tar") else "zip"  # Q28: tgz/directory become zip
     if _host(parts.netloc) == "github.com":
         m = re.fullmatch(r"/([^/]+)/(.+)", parts.path)

@@ -109,7 +109,8 @@ _NOT_FOUND = (
     re.compile(r"^\S*sh: ([^\s:/][^\s:]*): command not found\s*$"),       # bash -c
     re.compile(r": \d+: ([^\s:/][^\s:]*): not found\s*$"),                # dash
     re.compile(r"command not found: ([^\s:/]\S*)\s*$"),                   # zsh
-    re.compile(r"env: ['\u2018]([^'\u2019/]+)['\u2019]: No such file or directory\s*$"),  # #!/usr/bin/env NAME
+    # #!/usr/bin/env NAME; in a UTF-8 locale env quotes the name with U+2018 and U+2019
+    re.compile(r"env: ['\u2018]([^'\u2019/]+)['\u2019]: No such file or directory\s*$"),
 )
 
 

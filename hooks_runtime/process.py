@@ -265,14 +265,14 @@ def _supervise(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int,
             if signal.getsignal(sig) != signal.SIG_IGN:
                 signal.signal(sig, _ignore)
         try:
-            proc = _spawn_script(argv, env, cwd, stdio, group)
+            proc, through_sh = _spawn_script(argv, env, cwd, stdio, group)
         except OSError as exc:
             name = exc.filename if exc.filename is not None else argv[0]
             _say(reports, b"E %d %s\n" % (exc.errno or errno.EINVAL, os.fsencode(name).hex().encode()))
         else:
             for fd in stdio:
                 os.close(fd)
-            _say(reports, b"P %d %d\n" % (proc.pid, proc.args[0] == "/bin/sh" and argv[0] != "/bin/sh"))
+            _say(reports, b"P %d %d\n" % (proc.pid, through_sh))
             _reap_until_released(proc, reports, lifeline)
     finally:
         os._exit(0)
@@ -283,30 +283,32 @@ def _ignore(signum: int, frame: object) -> None:
 
 
 def _spawn_script(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
-                  group: HookCgroup | None) -> subprocess.Popen:
+                  group: HookCgroup | None) -> tuple[subprocess.Popen[bytes], bool]:
     """Start the script exactly as cdsim did before it had a supervisor: ``subprocess`` (vfork: no
     second copy of cdsim's memory) with its stdio, own process group, cwd, ``env``'s PATH and
-    ``/bin/sh`` on ENOEXEC; inside the hook's cgroup, which the supervisor joins just for the spawn."""
+    ``/bin/sh`` on ENOEXEC; inside the hook's cgroup, which the supervisor joins just for the spawn.
+    Returns the process and whether it is ``/bin/sh`` running the script (the ENOEXEC case)."""
     if group is not None:
         group.enter()
     try:
         try:
-            return _popen(argv, stdio, env, cwd)
+            return _popen(argv, stdio, env, cwd), False
         except OSError as exc:
             if exc.errno != errno.ENOEXEC or len(argv) != 1:
                 raise
-        return _popen(["/bin/sh", argv[0]], stdio, env, cwd)
+        return _popen(["/bin/sh", argv[0]], stdio, env, cwd), True
     finally:
         if group is not None:
             group.leave()
 
 
-def _popen(argv: list[str], stdio: tuple[int, int, int], env: dict[str, str], cwd: str) -> subprocess.Popen:
+def _popen(argv: list[str], stdio: tuple[int, int, int], env: dict[str, str],
+           cwd: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], env=env, cwd=cwd,
                             process_group=0, close_fds=True)
 
 
-def _reap_until_released(proc: subprocess.Popen, reports: int, lifeline: int) -> None:
+def _reap_until_released(proc: subprocess.Popen[bytes], reports: int, lifeline: int) -> None:
     """Reap the script (reporting its end) and every orphan re-parented to us, until cdsim closes
     the lifeline (or dies)."""
     script = proc.pid

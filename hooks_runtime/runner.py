@@ -227,7 +227,7 @@ class _Run:
             if self.exited and exited_at is None:
                 exited_at = time.time()
                 look_for_holders = exited_at + HOLDER_SETTLE
-        if code == ScriptErrorCode.SUCCEEDED and self.holders:
+        if code == ScriptErrorCode.SUCCEEDED and self.holders and exited_at is not None:
             self.notes.append(f"the hook's output stayed open {time.time() - exited_at:.1f} s after the "
                               "script exited, until " + ", ".join(map(str, self.holders.values())) +
                               " closed it; the hook waited, as the agent does")
