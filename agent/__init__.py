@@ -13,8 +13,6 @@ if TYPE_CHECKING:  # the lazily loaded names, for type checkers
     from agent.appspec import AppSpec as AppSpec
     from agent.appspec import parse_appspec as parse_appspec
     from agent.config import AgentConfig as AgentConfig
-    from agent.deploy import DeploymentRequest as DeploymentRequest
-    from agent.deploy import DeploymentResult as DeploymentResult
     from agent.errors import CdsimError as CdsimError
     from agent.errors import ExitStatus as ExitStatus
     from agent.lint import Finding as Finding
@@ -22,6 +20,9 @@ if TYPE_CHECKING:  # the lazily loaded names, for type checkers
     from agent.plan import Plan as Plan
     from agent.plan import make_plan as make_plan
     from agent.revision import LocalRevision as LocalRevision
+    from agent.sequencer import DeploymentRequest as DeploymentRequest
+    from agent.sequencer import DeploymentResult as DeploymentResult
+    from agent.sequencer import deploy as deploy
 
 __version__ = "0.1.0"
 
@@ -29,8 +30,9 @@ _LAZY = {
     "AppSpec": "agent.appspec",
     "parse_appspec": "agent.appspec",
     "AgentConfig": "agent.config",
-    "DeploymentRequest": "agent.deploy",
-    "DeploymentResult": "agent.deploy",
+    "DeploymentRequest": "agent.sequencer",
+    "DeploymentResult": "agent.sequencer",
+    "deploy": "agent.sequencer",
     "CdsimError": "agent.errors",
     "ExitStatus": "agent.errors",
     "Finding": "agent.lint",
@@ -40,13 +42,10 @@ _LAZY = {
     "LocalRevision": "agent.revision",
 }
 
-__all__ = sorted([*_LAZY, "__version__", "deploy"])
+__all__ = sorted([*_LAZY, "__version__"])
 
 
 def __getattr__(name: str) -> object:
-    if name == "deploy":  # the module agent.deploy is callable: agent.deploy(request)
-        import importlib
-        return importlib.import_module("agent.deploy")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'agent' has no attribute {name!r}")

@@ -33,6 +33,10 @@ import re
 from agent.errors import AppSpecError
 from agent.records import field
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+from agent.ruby import RubyHash as _RubyHash
+from agent.ruby import inspect as ruby_inspect
+from agent.ruby import inspect_str as ruby_inspect_str
+from agent.ruby import to_s as ruby_to_s
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -293,70 +297,6 @@ class AppSpec:
         return tuple(name for name, _ in self.hooks)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Ruby renderings the agent's messages use (to_s and inspect)
-
-
-def ruby_to_s(v: object) -> str:
-    """Ruby ``to_s`` of a loaded YAML value (nil -> '', arrays and hashes -> inspect)."""
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    return ruby_inspect(v)
-
-
-def _ruby_float(f: float) -> str:
-    if math.isnan(f):
-        return "NaN"
-    if math.isinf(f):
-        return "Infinity" if f > 0 else "-Infinity"
-    r = repr(f)  # Python switches to exponent form at the same thresholds as Ruby
-    if "e" in r:
-        mant, exp = r.split("e")
-        return (mant if "." in mant else mant + ".0") + "e" + exp
-    return r
-
-
-_RUBY_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\f": "\\f", "\v": "\\v", "\b": "\\b",
-                 "\a": "\\a", "\x1b": "\\e", '"': '\\"', "\\": "\\\\"}
-
-
-def _ruby_str_inspect(s: str) -> str:
-    out = []
-    for i, ch in enumerate(s):
-        if ch in _RUBY_ESCAPES:
-            out.append(_RUBY_ESCAPES[ch])
-        elif ch == "#" and s[i + 1:i + 2] in ("{", "$", "@"):
-            out.append("\\#")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def ruby_inspect(v: object) -> str:
-    """Ruby 3.1 ``inspect`` of a loaded YAML value: ``["a", 1]``, ``{"name"=>"u"}``, ``nil``."""
-    if v is None:
-        return "nil"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, float):
-        return _ruby_float(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return _ruby_str_inspect(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(ruby_inspect(x) for x in v) + "]"
-    if isinstance(v, _RubyHash):
-        return "{" + ", ".join(f"{ruby_inspect(k)}=>{ruby_inspect(x)}" for k, x in v.pairs) + "}"
-    return str(v)
-
-
 def _ruby_strip(s: str) -> str:
     return s.strip(" \t\n\v\f\r\0")
 
@@ -368,15 +308,6 @@ def _ruby_str_to_i(s: str) -> int:
         return 0
     n = int(m.group(2).replace("_", ""))
     return -n if m.group(1) == "-" else n
-
-
-class _RubyHash:
-    """A loaded YAML mapping: pairs in order, later duplicates replacing earlier ones in place."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self, pairs: list[tuple[RubyValue, RubyValue]]):
-        self.pairs = pairs
 
 
 # What Psych 4 loads from a YAML scalar, and from a whole node (mappings as _RubyHash)
@@ -462,7 +393,7 @@ def _ruby_integer(text: str) -> int:
     else:
         base = 10
     if not body:  # "0b_" -> "0b": Ruby's Integer() raises
-        raise PsychRefused("ArgumentError", f"invalid value for Integer(): {_ruby_str_inspect(digits)}")
+        raise PsychRefused("ArgumentError", f"invalid value for Integer(): {ruby_inspect_str(digits)}")
     return sign * int(body, base)
 
 
@@ -471,7 +402,7 @@ def _ruby_float_of(text: str) -> float:
     exponent or at the end dropped."""
     cleaned = re.sub(r"\.([Ee]|\Z)", r"\1", text.replace(",", "").replace("_", ""))
     if not re.fullmatch(r"[-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+][0-9]+)?", cleaned):
-        raise PsychRefused("ArgumentError", f"invalid value for Float(): {_ruby_str_inspect(cleaned)}")
+        raise PsychRefused("ArgumentError", f"invalid value for Float(): {ruby_inspect_str(cleaned)}")
     return float(cleaned)
 
 
@@ -596,11 +527,8 @@ def _alias_error(node: AliasNode, filename: str) -> AppSpecError:
 
 def _err(message: str, filename: str, mark: Mark | None, *, code: str, agent_class: str | None,
          hint: str | None = None) -> AppSpecError:
-    e = AppSpecError(message, file=filename, line=mark.line if mark else None,
-                     column=mark.column if mark else None, hint=hint)
-    e.code = code                # stable kebab-case name of the problem (validate's finding code)
-    e.agent_class = agent_class  # the agent's exception class, None where the agent crashes
-    return e
+    return AppSpecError(message, file=filename, line=mark.line if mark else None,
+                        column=mark.column if mark else None, hint=hint, code=code, agent_class=agent_class)
 
 
 def _decode(data: str | bytes, filename: str) -> str:

@@ -40,8 +40,8 @@ COMMANDS = {
 
 
 # The one-line help of each command, kept here so `cdsim --help` and `cdsim <command>` do not import
-# every command module (and what they import) just to list them. A command missing here is imported
-# for its SUMMARY instead. Keep in step with each module's SUMMARY.
+# every command module (and what they import) just to list them. Every command has one, equal to its
+# module's SUMMARY (tests/test_public_api.py checks both).
 SUMMARIES = {
     "validate": "check a bundle and its appspec: every problem the agent would hit, in one pass",
     "plan": "show what a deployment would install, delete and change where it would deploy, changing nothing",
@@ -82,28 +82,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         if only is not None and name != only:
             # a cheap placeholder so --help still lists every command
-            sub.add_parser(name, help=_summary(name, module), add_help=False)
+            sub.add_parser(name, help=SUMMARIES[name], add_help=False)
             continue
-        try:
-            mod = importlib.import_module(f"agent.commands.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"agent.commands.{module}":
-                raise
-            continue  # a command not built yet
-        mod.register(sub)
+        importlib.import_module(f"agent.commands.{module}").register(sub)
     return parser
-
-
-def _summary(name: str, module: str) -> str:
-    if name in SUMMARIES:
-        return SUMMARIES[name]
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"agent.commands.{module}")
-    except ImportError:
-        return ""
-    return getattr(mod, "SUMMARY", "")
 
 
 def _run(func: Callable[[_Args], int], args: _Args, debug: bool) -> int:

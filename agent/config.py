@@ -11,14 +11,14 @@ import re
 from agent.errors import DeploymentError, UsageError
 from agent.records import field, replace
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+from agent.state import AGENT_LOG_DIR as DEFAULT_LOG_DIR
+from agent.state import AGENT_ROOT_DIR as DEFAULT_ROOT_DIR
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_CONFIG_PATH = "/etc/codedeploy-agent/conf/codedeployagent.yml"
-DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-DEFAULT_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 DEFAULT_ON_PREMISES_CONFIG = "/etc/codedeploy-agent/conf/codedeploy.onpremises.yml"
 
 # the built-in defaults of §2.2 (None = no built-in default)

@@ -16,9 +16,11 @@ Pure: imports nothing that does I/O.
     ├── EnvironmentProblem          environment          ENVIRONMENT
     └── (anything else)             internal             INTERNAL
 
-Every error carries a message, and where known the file, line and column it is about and a hint.
-``agent_message`` is the real agent's text for the same failure, kept verbatim for conformance; the
-CLI prints it (``message`` usually is it).
+Every error carries a ``message`` (where the real agent fails the same way, its text verbatim, for
+conformance: `cdsim local` prints it as ``ERROR: {message}``), and where known the ``file``, ``line`` and
+``column`` it is about, a ``hint``, and the lifecycle ``event`` it happened in (the engine sets it when
+an event fails). ``AppSpecError`` adds ``code`` (validate's finding code) and ``agent_class`` (the
+agent's exception class); ``HookFailed`` adds the hook's ``result`` and ``script_path``.
 """
 from __future__ import annotations
 
@@ -26,8 +28,6 @@ import enum
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
-    from typing import Any
-
     from hooks_runtime import HookResult
 
 
@@ -50,15 +50,23 @@ class CdsimError(Exception):
 
     reference = "cdsim-error"
     exit_status = ExitStatus.INTERNAL
+    message: str
+    hint: str | None
+    file: str | None
+    line: int | None
+    column: int | None
+    event: str | None   # the lifecycle event it happened in, once known
 
     def __init__(self, message: str, *, hint: str | None = None, file: str | None = None,
-                 line: int | None = None, column: int | None = None, reference: str | None = None):
+                 line: int | None = None, column: int | None = None, reference: str | None = None,
+                 event: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.file = file
         self.line = line
         self.column = column
+        self.event = event
         if reference:
             self.reference = reference
 
@@ -89,7 +97,18 @@ class InvalidInput(CdsimError):
 
 
 class AppSpecError(InvalidInput):
+    """An appspec the agent refuses (or cdsim does, where the agent would crash or run something unsafe)."""
+
     reference = "appspec-invalid"
+    code: str | None         # stable kebab-case name of the problem (validate's finding code)
+    agent_class: str | None  # the agent's exception class; None where the agent crashes
+
+    def __init__(self, message: str, *, code: str | None = None, agent_class: str | None = None,
+                 hint: str | None = None, file: str | None = None, line: int | None = None,
+                 column: int | None = None, reference: str | None = None, event: str | None = None):
+        super().__init__(message, hint=hint, file=file, line=line, column=column, reference=reference, event=event)
+        self.code = code
+        self.agent_class = agent_class
 
 
 class AppSpecNotFound(InvalidInput):
@@ -102,6 +121,7 @@ class BundleError(InvalidInput):
 
 class UnsafeBundle(BundleError):
     reference = "bundle-unsafe-member"
+    members: tuple[str, ...] = ()   # the refused members' names, where known (plan and validate list them)
 
 
 class DeploymentError(CdsimError):
@@ -120,11 +140,14 @@ class HookFailed(DeploymentError):
     reference = "hook-failed"
     exit_status = ExitStatus.HOOK_FAILED
 
+    result: HookResult | None
+    script_path: str | None
+
     def __init__(self, message: str, *, result: HookResult | None = None, event: str | None = None,
-                 script_path: str | None = None, **kw: Any):
-        super().__init__(message, **kw)
+                 script_path: str | None = None, hint: str | None = None, file: str | None = None,
+                 line: int | None = None, column: int | None = None, reference: str | None = None):
+        super().__init__(message, hint=hint, file=file, line=line, column=column, reference=reference, event=event)
         self.result = result
-        self.event = event
         self.script_path = script_path
 
 

@@ -111,7 +111,3 @@ def missing_custom_events(appspec_hooks: list[str], raw_events: str | None) -> l
     """§4.7: custom ``--events`` that are neither appspec hooks nor built-in hook names."""
     return [c for c in custom_events(raw_events)
             if c not in appspec_hooks and c not in HOOK_EVENTS and c not in BUILTIN_EVENTS]
-
-
-def ruby_inspect_list(items: list[str]) -> str:
-    return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "]"

@@ -15,7 +15,7 @@ import stat
 from dataclasses import asdict, dataclass
 
 from agent import appspec as A
-from agent import lifecycle
+from agent import lifecycle, ruby
 from agent.errors import AppSpecError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -89,7 +89,7 @@ class Finding:
 
 
 def _from_error(e: AppSpecError, severity: str = "error") -> Finding:
-    return Finding(severity, getattr(e, "code", e.reference), e.message, e.file, e.line, e.column, e.hint)
+    return Finding(severity, e.code or e.reference, e.message, e.file, e.line, e.column, e.hint)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ class _Lint:
                     hk = A._hash_key(kv, k)
                     if hk in seen:
                         self.add("warning", "duplicate-key",
-                                 f"key {A.ruby_inspect(kv)} appears again (first on line {seen[hk]}); the "
+                                 f"key {ruby.inspect(kv)} appears again (first on line {seen[hk]}); the "
                                  "agent keeps only this last one", shown, A.node_mark(k))
                     seen[hk] = A.node_mark(k).line
                     stack.append(v)
@@ -479,7 +479,7 @@ class _Lint:
                     continue  # a:b:c is hours, minutes and seconds, as everyone reads it
                 if key == "mode":
                     continue  # _mode says what mode that number gives
-                shown_v = A.ruby_to_s(value)
+                shown_v = ruby.to_s(value)
                 if key == "timeout" and isinstance(value, (int, float)):
                     secs = int(value)
                     if secs <= 0:
@@ -501,7 +501,7 @@ class _Lint:
         for knode, _v, key in entries.values():
             if key in known:
                 continue
-            text = A.ruby_to_s(key)
+            text = ruby.to_s(key)
             hint = None
             lower = {k.lower(): k for k in known}
             if text.lower() in lower:
@@ -551,7 +551,7 @@ class _Lint:
             return
         if (isinstance(v, str) and v.strip().lower() in ("false", "no", "off", "0", "")) or (
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0):
-            self.add("warning", "sudo-string-enables", f"sudo: {A.ruby_inspect(v)} turns sudo ON: the agent "
+            self.add("warning", "sudo-string-enables", f"sudo: {ruby.inspect(v)} turns sudo ON: the agent "
                      "enables it for any value except null and false", shown, A.node_mark(node),
                      hint="write sudo: false (unquoted), or remove the key")
 
@@ -569,8 +569,7 @@ class _Lint:
                     hints.append(f"did you mean {close[0]} instead of {u}?")
             hints.append("a custom event runs only with cdsim local --events " + ",".join(unknown))
             self.add("error", "unknown-lifecycle-event",
-                     f"{appspec_basename} file contains unknown lifecycle events: "
-                     f"{lifecycle.ruby_inspect_list(unknown)}",
+                     f"{appspec_basename} file contains unknown lifecycle events: {ruby.inspect_list(unknown)}",
                      shown, mark, " ".join(hints))
         for event, scripts in spec.hooks:
             total = sum(s.timeout for s in scripts)
@@ -786,7 +785,7 @@ def _hook_marks(root: A.Node | None, shown: str) -> dict[str, A.Mark]:
     hooks = A.mapping_entries(root, shown).get(("str", "hooks"))
     if not hooks or hooks[1].id != "mapping":
         return {}
-    return {A.ruby_to_s(name): A.node_mark(k) for k, _v, name in A.mapping_entries(hooks[1], shown).values()}
+    return {ruby.to_s(name): A.node_mark(k) for k, _v, name in A.mapping_entries(hooks[1], shown).values()}
 
 
 def _sort_key(f: Finding) -> tuple[str, int, int]:

@@ -13,6 +13,7 @@ from agent.appspec import AclEntry, Permission
 from agent.errors import DeploymentError
 from agent.records import field
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
+from agent.ruby import inspect_list as ruby_inspect_list
 
 # Why a candidate path below (or not below) a permission's object is or is not affected.
 MATCH = "match"
@@ -54,27 +55,6 @@ def classify(candidate: str, obj: str, pattern: str, excepts: tuple[str, ...]) -
     if direct and any(glob_match(e, rel) for e in excepts):
         return EXCEPT
     return MATCH
-
-
-def ruby_inspect_list(items: tuple[str, ...] | list[str]) -> str:
-    """Ruby's ``Array#inspect`` of strings, as the agent interpolates ``except`` into a message."""
-    def one(s: str) -> str:
-        out = []
-        for ch in s:
-            if ch in '"\\':
-                out.append("\\" + ch)
-            elif ch == "\n":
-                out.append("\\n")
-            elif ch == "\t":
-                out.append("\\t")
-            elif ch == "\r":
-                out.append("\\r")
-            elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-                out.append(f"\\x{ord(ch):02X}")
-            else:
-                out.append(ch)
-        return '"' + "".join(out).replace('#{', '\\#{').replace('#$', '\\#$').replace('#@', '\\#@') + '"'
-    return "[" + ", ".join(one(s) for s in items) + "]"
 
 
 def check_file_object(permission: Permission) -> None:

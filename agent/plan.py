@@ -34,6 +34,7 @@ from agent.errors import (
     UsageError,
 )
 from agent.revision import LocalRevision
+from agent.state import AGENT_ROOT_DIR as DEFAULT_ROOT_DIR
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ __all__ = ["DEFAULT_GROUP", "DEFAULT_ROOT_DIR", "Collision", "HookSource", "Left
            "PermissionPlan", "Plan", "make_plan", "render_text"]
 
 DEFAULT_GROUP = "default-local-deployment-group"
-DEFAULT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
 
 SUCCESS, FILE_COLLISION, FAILED = "success", "file-collision", "deployment-failed"
 

@@ -116,13 +116,14 @@ class DeployTarget:
 
     # -- the environment of the cdsim subprocess ---------------------------------------------------
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {**os.environ, "CDSIM_STATE_DIR": str(self.state), **(extra or {})}
+        from agent.state import STATE_DIR_VARIABLE
+        return {**os.environ, STATE_DIR_VARIABLE: str(self.state), **(extra or {})}
 
     def _events_dir(self, group: str) -> str:
+        from agent.state import AGENT_LOG_DIR, events_dir, host_log_dir, in_upper
         if self.mode == "host":
-            return str(self.state / "host" / "log" / "cdsim-events" / group)
-        from agent.commands.deploy import INSTANCE_LOG_DIR
-        return self.upper() + INSTANCE_LOG_DIR.rstrip("/") + f"/cdsim-events/{group}"
+            return events_dir(host_log_dir(str(self.state)), group)
+        return events_dir(in_upper(self.upper(), AGENT_LOG_DIR), group)
 
     def upper(self) -> str:
         """The instance's upper layer (host path) where its changed files are."""
@@ -167,13 +168,15 @@ class DeployTarget:
         return self._result(proc, new[-1] if new else None, group)
 
     def _instance_exists(self) -> bool:
-        return self.mode == "instance" and (self.state / "instances" / self._name).is_dir()
+        from agent.state import instance_dir
+        return self.mode == "instance" and os.path.isdir(instance_dir(self._name, str(self.state)))
 
     def _result(self, proc: subprocess.CompletedProcess[str], events_path: str | None, group: str) -> Deployment:
         from agent.events import read_events
         from agent.install import read_cleanup
         from agent.reports.model import summarize
         from agent.reports.scripts_log import fill_missing_output
+        from agent.state import AGENT_ROOT_DIR
 
         records = read_events(events_path) if events_path else []
         dep = summarize(records) if records else None
@@ -188,7 +191,7 @@ class DeployTarget:
         if deployment_dir:
             dep["deployment_dir"] = self.host_path(deployment_dir)
         fill_missing_output(dep)
-        root = str(self.root) if self.mode == "host" else "/opt/codedeploy-agent/deployment-root"
+        root = str(self.root) if self.mode == "host" else AGENT_ROOT_DIR
         files = read_cleanup(self.host_path(f"{root}/deployment-instructions/{group}-cleanup"))
         hooks = tuple(HookRun(h["event"], h["location"], h.get("status", "Unfinished"), h.get("exit_status"),
                               h.get("duration"), h.get("message") or "", h.get("output") or "",

@@ -1,8 +1,14 @@
 """Where a bundle comes from: the revision source seam (behaviour doc §1.4, §7.3).
 
-Owns the ``Revision`` values (a local directory or archive now; S3 and GitHub declared for later), the
-classification of a ``--bundle-location`` string into one of them with the agent's messages, and the
-``BUNDLE_*`` variables each kind gives hook scripts.
+Owns the ``Revision`` values (a local directory or archive, an S3 object, a GitHub commit), the
+classification of a ``--bundle-location`` string into one of them with the agent's messages, the
+``BUNDLE_*`` variables each kind gives hook scripts (``revision_env``, the one place they are made) and
+the plain record of an S3 or GitHub revision (``to_record``/``from_record``) that crosses a process.
+
+The engine deploys local revisions only. An S3 or GitHub revision of the local service is fetched by
+``agent.service.fetch`` into a ``LocalRevision``; the engine is then told where it came from
+(``DeploymentRequest.fetched_from``) for its hook variables. `cdsim local` with an s3:// or GitHub
+location stops at ``bundle.fetch_and_unpack`` (``revision-unsupported``): it has no service to fetch from.
 
 Pure: no I/O (``cwd`` is passed in). Must not import the bundle, install or CLI modules.
 """
@@ -14,12 +20,13 @@ import re
 from agent.errors import UsageError
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from urllib.parse import SplitResult
 
-__all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "Revision", "S3Revision",
-           "classify_location", "revision_env"]
+__all__ = ["BUNDLE_TYPES", "GitHubRevision", "LocalRevision", "RemoteRevision", "Revision", "S3Revision",
+           "classify_location", "from_record", "revision_env", "to_record"]
 
 BUNDLE_TYPES = ("tgz", "tar", "zip", "directory")
 
@@ -42,7 +49,7 @@ class LocalRevision:
 
 @dataclass(frozen=True)
 class S3Revision:
-    """An S3 object (declared; fetching is not implemented yet)."""
+    """An S3 object; ``key`` keeps its percent-escapes, as the agent's does."""
 
     bucket: str
     key: str
@@ -53,7 +60,8 @@ class S3Revision:
 
 @dataclass(frozen=True)
 class GitHubRevision:
-    """A GitHub commit archive (declared; fetching is not implemented yet)."""
+    """A GitHub commit archive. cdsim's service also names a local repository by absolute path: then
+    ``account`` is empty and ``repository`` is that path."""
 
     account: str
     repository: str
@@ -62,6 +70,7 @@ class GitHubRevision:
 
 
 Revision = LocalRevision | S3Revision | GitHubRevision
+RemoteRevision = S3Revision | GitHubRevision
 
 
 def revision_env(revision: Revision) -> dict[str, str | None]:
@@ -72,6 +81,33 @@ def revision_env(revision: Revision) -> dict[str, str | None]:
     if isinstance(revision, GitHubRevision):
         return {"BUNDLE_COMMIT": revision.commit_id}
     return {}
+
+
+def to_record(revision: RemoteRevision) -> dict[str, str | None]:
+    """A JSON-ready record of an S3 or GitHub revision (``from_record`` reads it back)."""
+    if isinstance(revision, S3Revision):
+        return {"type": "S3", "bucket": revision.bucket, "key": revision.key, "bundle_type": revision.bundle_type,
+                "version": revision.version, "etag": revision.etag}
+    return {"type": "GitHub", "account": revision.account, "repository": revision.repository,
+            "commit_id": revision.commit_id, "bundle_type": revision.bundle_type}
+
+
+def from_record(record: Mapping[str, object]) -> RemoteRevision:
+    """The revision ``to_record`` wrote; ValueError for anything else."""
+    def text(key: str) -> str:
+        value = record.get(key)
+        if not isinstance(value, str):
+            raise ValueError(f"revision record without {key}: {record!r}")
+        return value
+
+    def optional(key: str) -> str | None:
+        return None if record.get(key) is None else text(key)
+
+    if record.get("type") == "S3":
+        return S3Revision(text("bucket"), text("key"), text("bundle_type"), optional("version"), optional("etag"))
+    if record.get("type") == "GitHub":
+        return GitHubRevision(text("account"), text("repository"), text("commit_id"), text("bundle_type"))
+    raise ValueError(f"not a revision record: {record!r}")
 
 
 def classify_location(location: str, bundle_type: str, cwd: str) -> Revision:

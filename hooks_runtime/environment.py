@@ -23,9 +23,10 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 __all__ = ["AGENT_REMOVED_VARIABLES", "SYSTEMD_PATH", "UNIT_COMMAND", "missing_command_hint", "missing_commands",
-           "service_environment", "systemd_environment"]
+           "service_environment", "systemd_environment", "without_aws_variables"]
 
 # systemd's default PATH for services (merged /usr, as on Amazon Linux 2023)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
@@ -81,6 +82,15 @@ def _probe(profile: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def without_aws_variables(env: Mapping[str, str], *, every: bool = False) -> dict[str, str]:
+    """``env`` less the AWS key variables the agent removes at start (``AGENT_REMOVED_VARIABLES``, spec
+    §7.3), or with ``every`` less every ``AWS_*`` variable: what cdsim's own agent keeps from the
+    processes it starts (its signing credentials, endpoint and region are its own, not the hooks')."""
+    if every:
+        return {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    return {k: v for k, v in env.items() if k not in AGENT_REMOVED_VARIABLES}
+
+
 def service_environment(*, profile: str = "/etc/profile") -> dict[str, str]:
     """The agent service's environment on this machine: systemd's, then ``profile`` sourced by
     ``bash -a``, less the AWS key variables. ``bash -a`` also exports its own variables (``BASH``,
@@ -93,8 +103,7 @@ def service_environment(*, profile: str = "/etc/profile") -> dict[str, str]:
         env = {}
     if not env.get("PATH"):
         env = systemd_environment()
-    for name in AGENT_REMOVED_VARIABLES:
-        env.pop(name, None)
+    env = without_aws_variables(env)
     # what bash -a exports about itself, as it is when systemd (pid 1) starts the unit's line
     env["_"] = AGENT_PROGRAM
     if "BASH_EXECUTION_STRING" in env:

@@ -37,7 +37,8 @@ SPAWNERS = {
     "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",
     "agent.instance.services": "the instance's services daemon (detached) and its helper joining the namespaces",
     "agent.pytest_plugin": "`cdsim deploy` in a subprocess, and exec() inside the deployment's place",
-    "agent.service.agent_loop": "git archive for GitHub revisions, and the runner inside the instance",
+    "agent.service.agent_loop": "the runner inside the instance (or here, for a host agent)",
+    "agent.service.fetch": "git archive for GitHub revisions",
     "hooks_runtime.environment": "bash -a sourcing /etc/profile, to read the environment hooks get",
     "hooks_runtime.process": "the hook scripts themselves, under a per-hook supervisor",
 }
@@ -53,14 +54,15 @@ _SPAWN_MODULES = {"multiprocessing", "concurrent.futures.process"}
 
 # Pure modules: values in, values out (the docstrings say "Pure: no I/O"); import-linter keeps I/O
 # modules out of their imports, this keeps the I/O builtins out of their code.
-PURE = ("agent.appspec", "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors",
+PURE = ("agent.appspec", "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
+        "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
         "agent.reports.github")
 _IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
 
 # What no command's parser may load: `cdsim --help` and every command's start imports the parser only
 HEAVY = ("yaml", "psutil", "watchdog", "botocore", "moto", "werkzeug", "flask", "sqlite3", "hooks_runtime",
-         "agent.deploy", "agent.lint", "agent.service.server", "agent.service.engine", "agent.instance.keeper")
+         "agent.sequencer", "agent.lint", "agent.service.server", "agent.service.engine", "agent.instance.keeper")
 
 
 def _modules() -> dict[str, Path]:
@@ -98,7 +100,7 @@ def test_only_the_known_modules_start_processes_and_only_hooks_runtime_runs_hook
         "modules that start processes changed: "
         f"new {sorted(set(found) - set(SPAWNERS))}, gone {sorted(set(SPAWNERS) - set(found))}; "
         "hook scripts are started by hooks_runtime only (see its docstring)")
-    for engine in ("agent.deploy", "agent.bundle", "agent.plan", "agent.lint", "agent.service.runner",
+    for engine in ("agent.sequencer", "agent.bundle", "agent.plan", "agent.lint", "agent.service.runner",
                    "agent.commands.deploy", "agent.commands.local", "hooks_runtime.runner",
                    "hooks_runtime.cgroup", "hooks_runtime.diagnostics", "hooks_runtime.output"):
         assert engine not in found

@@ -1,7 +1,7 @@
 """Event ordering and --events rules (behaviour doc §1.3 rule 8, §1.5, §4.2, §4.7)."""
 import pytest
 
-from agent import lifecycle
+from agent import lifecycle, ruby
 
 
 class TestExecutionOrder:
@@ -72,7 +72,7 @@ class TestInstallChecks:
     def test_unknown_hook_listed_in_ruby_form(self):
         """A hook for an event not run is unknown; the list renders as Ruby's inspect."""
         unknown = lifecycle.unknown_hooks(["BeforeInstall", "AfterInstal"], None)
-        assert lifecycle.ruby_inspect_list(unknown) == '["AfterInstal"]'
+        assert ruby.inspect_list(unknown) == '["AfterInstal"]'
 
     def test_custom_event_known_when_in_events(self):
         """--events MyCustomEvent makes the hook known."""

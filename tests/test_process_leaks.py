@@ -4,7 +4,7 @@ and afterwards no process they started is alive and cdsim holds no more file des
 Processes are checked two ways: by the pids (and start times) the hooks recorded, which holds for those
 that shed their environment, and by a mark in the environment, which catches anything unrecorded.
 
-In-process through agent.deploy.deploy (so /proc/self/fd is cdsim's own table); ten threads, each
+In-process through agent.deploy (so /proc/self/fd is cdsim's own table); ten threads, each
 running ten deployments in a row to its own deployment root, keep the wall time near 15 s.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import signal
 import threading
 import uuid
 
+from agent import DeploymentRequest, deploy
 from agent.config import config_from_mapping
-from agent.deploy import DeploymentRequest, deploy
 from agent.errors import ExitStatus, HookTimedOut
 from agent.revision import LocalRevision
 

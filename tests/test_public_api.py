@@ -38,3 +38,14 @@ def test_cli_summaries_match_the_command_modules():
     assert set(SUMMARIES) == set(COMMANDS)
     for name, module in COMMANDS.items():
         assert importlib.import_module(f"agent.commands.{module}").SUMMARY == SUMMARIES[name], name
+
+
+def test_deploy_stays_the_function_after_any_import():
+    """Importing the engine's module or the deploy command (as the CLI does) never rebinds agent.deploy:
+    no submodule is called deploy."""
+    import subprocess
+    import sys
+    code = ("import agent.sequencer, agent.commands.deploy, agent, inspect; "
+            "print(inspect.isfunction(agent.deploy), agent.deploy is agent.sequencer.deploy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

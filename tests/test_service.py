@@ -2,7 +2,7 @@
 and the agents that run deployments inside real sandboxed instances.
 
 Every deployment here runs for real: a server (in this process, real HTTP), one agent per instance
-driving ``agent.deploy`` inside the instance, revisions as commits of a git repository made in the
+driving ``agent.deploy()`` inside the instance, revisions as commits of a git repository made in the
 test (GitHub revisions read from a local repository).
 """
 from __future__ import annotations

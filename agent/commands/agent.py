@@ -31,13 +31,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.service.agent_loop import Agent
-    from agent.service.client import find_endpoint, service_dir
+    from agent.service.client import find_endpoint
+    from agent.state import agent_work_dir, service_host_dir
 
     endpoint = find_endpoint(args.endpoint, args.state)
-    work = os.path.join(service_dir(args.state), "agent-work", args.instance)
+    work = agent_work_dir(args.instance, args.state)
     root = None
     if args.host:
-        root = os.path.abspath(args.root_dir or os.path.join(service_dir(args.state), "hosts", args.instance))
+        root = os.path.abspath(args.root_dir or service_host_dir(args.instance, args.state))
     agent = Agent(endpoint, args.instance, work_dir=work, state=args.state, host_root=root,
                   poll_interval=args.poll_interval, github_roots=args.github_root)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ import time
 
 from agent.commands.where import DEFAULT_INSTANCE
 from agent.errors import EnvironmentProblem, UsageError
+from agent.state import AGENT_LOG_DIR, AGENT_ROOT_DIR, events_dir, host_log_dir, host_root_dir, in_upper
 
 # typing and the modules named in annotations only are imported for the type checker, not at run time:
 # the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
@@ -23,12 +24,10 @@ if TYPE_CHECKING:
     from typing import Any, TextIO
 
     from agent.config import AgentConfig
-    from agent.deploy import DeploymentResult
     from agent.instance import Instance
+    from agent.sequencer import DeploymentResult
 
 SUMMARY = "deploy a revision into a sandboxed instance (default) or onto this machine (--host)"
-INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,11 +100,6 @@ def guess_type(path: str) -> str:
     raise UsageError(f"cannot tell the bundle type of {path}", hint="give --type zip|tar|tgz|directory")
 
 
-def state_dir() -> str:
-    from agent.instance import state_dir as instance_state_dir
-    return instance_state_dir()
-
-
 def run(args: argparse.Namespace) -> int:
     bundle = os.path.abspath(args.bundle)
     if not os.path.exists(bundle):
@@ -129,15 +123,14 @@ def _config(args: argparse.Namespace, root_default: str, log_default: str) -> Ag
 
 def deploy_here(args: argparse.Namespace, bundle: str, btype: str) -> int:
     """Run the engine in this process (on the host, or already inside an instance)."""
-    from agent.deploy import DeploymentRequest, deploy
     from agent.reports.progress import ProgressBar
     from agent.revision import LocalRevision
+    from agent.sequencer import DeploymentRequest, deploy
 
     if os.environ.get("CDSIM_INSIDE_INSTANCE"):
-        root_default, log_default = INSTANCE_ROOT_DIR, INSTANCE_LOG_DIR
+        root_default, log_default = AGENT_ROOT_DIR, AGENT_LOG_DIR
     else:
-        base = os.path.join(state_dir(), "host")
-        root_default, log_default = os.path.join(base, "deployment-root"), os.path.join(base, "log")
+        root_default, log_default = host_root_dir(), host_log_dir()
     cfg = _config(args, root_default, log_default)
     printer = Printer(quiet=args.quiet, verbose=args.verbose)
     request = DeploymentRequest(
@@ -245,7 +238,7 @@ def _records_from_instance(inst: Instance, group: str, since: float) -> list[dic
     import glob
 
     from agent.events import read_events
-    folder = os.path.join(inst.upper + INSTANCE_LOG_DIR.rstrip("/"), "cdsim-events", group)
+    folder = events_dir(in_upper(inst.upper, AGENT_LOG_DIR), group)
     fresh = [p for p in glob.glob(os.path.join(folder, "*.jsonl")) if os.path.getmtime(p) >= since - 1]
     if not fresh:
         return []

@@ -108,12 +108,13 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
 def _join_local_aws(names: list[str], target_group: str | None, auto_scaling_group: str | None,
                     state: str | None) -> None:
     from agent import instance as instances
-    from agent.instance import imds, localaws, store
+    from agent.instance import imds, localaws
+    from agent.state import state_dir
 
     made = [instances.get(name, state=state) for name in names]
     for inst in made:
         instances.start(inst)
-    folder = state or store.state_dir()
+    folder = state or state_dir()
     localaws.ensure(folder)
     identity = imds.load(made[0])
     ids = [imds.load(inst)["instance_id"] for inst in made]

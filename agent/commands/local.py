@@ -275,9 +275,9 @@ def run(opts: dict[str, Any]) -> int:
 
 
 def _execute(opts: dict[str, Any], config: AgentConfig, cwd: str) -> int:
-    from agent.deploy import DeploymentRequest, deploy
     from agent.deployment_root import new_deployment_id
-    from agent.errors import CdsimError, HookFailed
+    from agent.errors import AppSpecError, CdsimError, HookFailed
+    from agent.sequencer import DeploymentRequest, deploy
 
     out = sys.stdout
     location = opts.get("--bundle-location") or cwd
@@ -322,7 +322,8 @@ def _execute(opts: dict[str, Any], config: AgentConfig, cwd: str) -> int:
     else:
         where = err.location()
         if where:
-            print(f"cdsim: {where}: {getattr(err, 'code', None) or err.reference}", file=sys.stderr)
+            code = err.code if isinstance(err, AppSpecError) and err.code else err.reference
+            print(f"cdsim: {where}: {code}", file=sys.stderr)
         print(f"ERROR: {err.message}", file=out)
         if err.hint:
             print(f"cdsim: hint: {err.hint}", file=sys.stderr)

@@ -5,7 +5,7 @@ Where: the instance `cdsim deploy` deploys into (``default``) unless ``--instanc
 says otherwise; a ``--root-dir`` alone means this machine. In an instance the deployments are read from
 its upper layer (what it wrote): event streams under /var/log/aws/codedeploy-agent/cdsim-events and
 deployment folders under /opt/codedeploy-agent/deployment-root (or each ``--root-dir``, a path inside
-it). On this machine: the state folder of `cdsim deploy --host` (``agent.instance.state_dir()/host``),
+it). On this machine: the state folder of `cdsim deploy --host` (``agent.state.host_dir()``),
 each ``--root-dir`` and, unless one is given, the agent's default folders (`cdsim local`).
 
 Deployments are found in two places and merged by id: event streams (``<log dir>/cdsim-events/<group>/
@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from agent.errors import ExitStatus, UsageError
+from agent.state import AGENT_LOG_DIR, AGENT_ROOT_DIR, events_dir, host_log_dir, host_root_dir, in_upper
 
 # typing and the modules named in annotations only are imported for the type checker, not at run time:
 # the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 SUMMARY = "print what a deployment's hooks printed (the latest by default); --follow while it runs"
 HISTORY_SUMMARY = "list past deployments (in the instance cdsim deploy uses, or --instance/--host), newest last"
-AGENT_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-AGENT_LOG_DIR = "/var/log/aws/codedeploy-agent"
 _ID = re.compile(r"^d-[A-Z0-9]{9}(-local)?$|^[0-9a-f-]{36}$")
 
 
@@ -88,18 +87,15 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         if inst is None:
             return []
         upper = inst.upper
-        out = [(upper + AGENT_ROOT_DIR, upper + AGENT_LOG_DIR, upper)]
+        out = [(in_upper(upper, AGENT_ROOT_DIR), in_upper(upper, AGENT_LOG_DIR), upper)]
         # a --root-dir with an instance is a root inside it, as `cdsim deploy --instance --root-dir` uses
         out += [(upper + os.path.abspath(root), "", upper) for root in roots]
         return out
-    from agent.instance import state_dir
-
-    host = os.path.join(state_dir(), "host")
-    out = [(os.path.join(host, "deployment-root"), os.path.join(host, "log"), "")]
+    out = [(host_root_dir(), host_log_dir(), "")]
     for root in roots:
         out.append((os.path.abspath(root), "", ""))
     if not roots:
-        out.append((AGENT_ROOT_DIR, AGENT_LOG_DIR, ""))
+        out.append((AGENT_ROOT_DIR, AGENT_LOG_DIR.rstrip("/"), ""))
     return out
 
 
@@ -150,7 +146,7 @@ def find_deployments(args: argparse.Namespace) -> list[FoundDeployment]:
     found: dict[str, FoundDeployment] = {}
     for root, log_dir, prefix in _sources(args):
         if log_dir:
-            for path in glob.glob(os.path.join(log_dir, "cdsim-events", "*", "*.jsonl")):
+            for path in glob.glob(os.path.join(events_dir(log_dir), "*", "*.jsonl")):
                 dep = _from_events(path, prefix)
                 if dep and (dep.deployment_id not in found or not found[dep.deployment_id].events_path):
                     found[dep.deployment_id] = dep

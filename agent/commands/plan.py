@@ -19,8 +19,8 @@ import sys
 
 from agent import plan as planning
 from agent.commands import where as places
-from agent.commands.deploy import INSTANCE_ROOT_DIR
 from agent.errors import UsageError
+from agent.state import AGENT_ROOT_DIR
 
 # typing and the modules named in annotations only are imported for the type checker, not at run time:
 # the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "default DISALLOW)")
     p.add_argument("--root-dir", default=None,
                    help="the agent's deployment root (default: the one `cdsim deploy` uses there: "
-                        f"{INSTANCE_ROOT_DIR} in an instance, the state folder's with --host); alone, "
+                        f"{AGENT_ROOT_DIR} in an instance, the state folder's with --host); alone, "
                         "it plans against this machine")
     p.add_argument("--appspec-filename", default=None, help="appspec file name inside the bundle")
     p.add_argument("--type", dest="bundle_type", choices=("directory", "zip", "tar", "tgz"), default=None,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if inst is None:
         print(f"cdsim: note: instance {place.instance} does not exist yet: planning against this machine, "
               "whose files and users a new instance starts from", file=sys.stderr, flush=True)
-        return _plan_here(args, args.root_dir or INSTANCE_ROOT_DIR,
+        return _plan_here(args, args.root_dir or AGENT_ROOT_DIR,
                           f"this machine (instance {place.instance} does not exist yet; a new one starts "
                           "from this machine's files)")
     return _plan_in_instance(args, inst)
@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
 def _host_root(inside: str | None) -> str:
     """The root `cdsim deploy --host` uses where this process runs."""
     if inside:
-        return INSTANCE_ROOT_DIR
-    from agent.instance import state_dir
-    return os.path.join(state_dir(), "host", "deployment-root")
+        return AGENT_ROOT_DIR
+    from agent.state import host_root_dir
+    return host_root_dir()
 
 
 def _plan_here(args: argparse.Namespace, root_dir: str, place: str) -> int:
@@ -110,7 +110,7 @@ def _plan_in_instance(args: argparse.Namespace, inst: Instance) -> int:
         print(f"cdsim: note: {problem}", file=sys.stderr, flush=True)
     # option=value forms and `--`: no value can be read as an option inside
     argv = [sys.executable, "-m", "agent", "plan", "--host", f"--deployment-group={args.deployment_group}",
-            f"--root-dir={args.root_dir or INSTANCE_ROOT_DIR}", f"--format={args.format}"]
+            f"--root-dir={args.root_dir or AGENT_ROOT_DIR}", f"--format={args.format}"]
     for flag, value in (("--file-exists-behavior", args.file_exists_behavior),
                         ("--appspec-filename", args.appspec_filename), ("--type", args.bundle_type)):
         if value:

@@ -30,8 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.service.auth import read
-    from agent.service.client import server_info, service_dir
+    from agent.service.client import server_info
     from agent.service.server import env_lines, serve
+    from agent.state import service_dir
 
     if args.action == "env":
         folder = service_dir(args.state)

@@ -100,15 +100,14 @@ class _Changes:
 
 def _events_dir(args: argparse.Namespace) -> str:
     """Where the runs' event streams appear, as seen from here."""
+    from agent.state import AGENT_LOG_DIR, events_dir, host_log_dir, in_upper
     if args.host:
-        from agent.instance import state_dir
-        return os.path.join(state_dir(), "host", "log", "cdsim-events", args.deployment_group)
+        return events_dir(host_log_dir(), args.deployment_group)
     from agent import instance as instances
-    from agent.commands.deploy import INSTANCE_LOG_DIR
     from agent.commands.where import DEFAULT_INSTANCE
 
     inst = instances.get_or_create(args.instance or DEFAULT_INSTANCE)
-    return os.path.join(inst.upper + INSTANCE_LOG_DIR.rstrip("/"), "cdsim-events", args.deployment_group)
+    return events_dir(in_upper(inst.upper, AGENT_LOG_DIR), args.deployment_group)
 
 
 def _deploy_argv(args: argparse.Namespace, bundle: str) -> list[str]:

@@ -12,12 +12,12 @@ Every process inside holds at most Docker's default capabilities less mknod, und
 command before anything of the instance's tree runs, and can bind host paths in afresh for one command
 (:func:`bind_target`): through the overlay a host file may read as it was when the instance started.
 
-Module map: ``store`` (folders, metadata), ``namespaces`` (system calls), ``overlay`` (the root file
-system), ``keeper`` (start/stop), ``idmap`` (user namespace id maps), ``confine`` (capabilities,
-seccomp), ``enter`` (the launcher), ``diff`` (what changed), ``services`` (the per-instance daemon
-serving its network: ``imds`` the instance metadata, ``awsnet`` its resolver, CA and the proxy to
-``localaws``, the state's moto; ``netlink`` the links). Must not import the deploy engine or
-hooks_runtime.
+Module map: ``store`` (an instance folder's files and metadata; ``agent.state`` names the folders),
+``namespaces`` (system calls), ``overlay`` (the root file system), ``keeper`` (start/stop), ``idmap``
+(user namespace id maps), ``confine`` (capabilities, seccomp), ``enter`` (the launcher), ``diff`` (what
+changed), ``services`` (the per-instance daemon serving its network: ``imds`` the instance metadata,
+``awsnet`` its resolver, CA and the proxy to ``localaws``, the state's moto; ``netlink`` the links).
+Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from agent.errors import EnvironmentProblem, UsageError
 from agent.instance import confine, enter, idmap, keeper, store
 from agent.instance.diff import Change
 from agent.instance.diff import changes as _changes
-from agent.instance.store import Instance, state_dir
+from agent.instance.store import Instance
+from agent.state import instance_dir, instances_dir, state_dir
 
 # what subprocess accepts for a child's stdin, stdout or stderr
 Stdio = int | IO[Any] | None
@@ -93,8 +94,8 @@ def create(name: str, *, network: str = "private", state: str | None = None,
             return existing
         raise UsageError(f"instance {name!r} exists already ({existing.path})", reference="instance-exists",
                          hint=f"use it, or remove it first with `cdsim instance destroy {name}`")
-    path = os.path.join(store.instances_dir(state), name)
-    os.makedirs(store.instances_dir(state), exist_ok=True)
+    path = instance_dir(name, state)
+    os.makedirs(instances_dir(state), exist_ok=True)
     os.mkdir(path, 0o700)
     for sub in ("upper", "work", "root"):
         os.mkdir(os.path.join(path, sub), 0o755)
@@ -107,7 +108,7 @@ def get(name: str, *, state: str | None = None) -> Instance:
     """The instance called ``name``; UsageError if there is none."""
     inst = store.load(name, state)
     if inst is None:
-        raise UsageError(f"no instance named {name!r} (in {store.instances_dir(state)})",
+        raise UsageError(f"no instance named {name!r} (in {instances_dir(state)})",
                          reference="instance-unknown", hint=f"create it with `cdsim instance create {name}`")
     return inst
 

@@ -26,6 +26,8 @@ import urllib.parse
 from typing import Any
 from xml.etree import ElementTree
 
+from agent.state import instances_dir
+
 ACCOUNT = "000000000000"
 START_TIMEOUT = 90.0
 IDLE_CHECK = 0.5
@@ -193,7 +195,7 @@ def _start_ticks(pid: int) -> int | None:
 
 def instances_running(state: str) -> bool:
     """Whether any instance of the state has its services running (their daemons' records)."""
-    top = os.path.join(state, "instances")
+    top = instances_dir(state)
     try:
         names = os.listdir(top)
     except OSError:
@@ -211,7 +213,7 @@ class Ec2Mirror:
         self._lock = threading.Lock()
 
     def _instances(self) -> list[tuple[str, str, bool]]:
-        top = os.path.join(self.state, "instances")
+        top = instances_dir(self.state)
         found = []
         try:
             names = sorted(os.listdir(top))

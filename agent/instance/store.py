@@ -1,4 +1,4 @@
-"""Where instances live on disk: the state folder, an instance's folder layout and its metadata.
+"""What is in an instance's folder (agent.state says where that folder is) and its metadata.
 
 An instance folder holds ``meta.json`` (what the instance is: name, network, id maps; written once),
 ``keeper.json`` (the running keeper, if any), ``synthesized.json`` (files cdsim itself put in the upper
@@ -20,6 +20,7 @@ from agent.errors import UsageError
 from agent.fsutil import atomic_write
 from agent.instance import idmap
 from agent.instance.idmap import IdMaps
+from agent.state import instance_dir, instances_dir
 
 NETWORKS = ("private", "host")
 # a hostname label: the instance name becomes the hostname inside
@@ -44,16 +45,6 @@ class KeeperRecord(TypedDict):
     init_started: int
     pid_namespace: str | None
     started: float
-
-
-def state_dir() -> str:
-    """cdsim's state folder: $CDSIM_STATE_DIR, else $XDG_STATE_HOME/cdsim, else ~/.local/state/cdsim."""
-    explicit = os.environ.get("CDSIM_STATE_DIR")
-    if explicit:
-        return os.path.abspath(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "cdsim")
 
 
 @dataclass(frozen=True)
@@ -95,10 +86,6 @@ class Instance:
     @property
     def lock_file(self) -> str:
         return os.path.join(self.path, "lock")
-
-
-def instances_dir(state: str | None = None) -> str:
-    return os.path.join(state or state_dir(), "instances")
 
 
 def check_name(name: str) -> str:
@@ -144,7 +131,7 @@ def read_meta(path: str) -> InstanceMeta:
 
 
 def load(name: str, state: str | None = None) -> Instance | None:
-    path = os.path.join(instances_dir(state), check_name(name))
+    path = instance_dir(check_name(name), state)
     try:
         meta = read_meta(path)
     except FileNotFoundError:

@@ -1,10 +1,11 @@
 """The cdsim agent: polls a cdsim server for its instance's next command and runs it.
 
 A command is a whole deployment to the instance. The agent fetches the revision onto this machine
-(S3 from the server's S3, GitHub as ``git archive`` of a local repository under a configured GitHub
-root; every revision field is checked again here, ``agent.service.revisions``), runs
+(``agent.service.fetch``: S3 from the server's S3, GitHub as ``git archive`` of a local repository
+under a configured GitHub root; every revision field is checked again there), runs
 ``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
-agent, here, and forwards every lifecycle-event update the runner prints to the server.
+agent, here, with no ``AWS_*`` variable of its own, and forwards every lifecycle-event update the
+runner prints to the server.
 Must not import the server, the API or the engine's store.
 """
 from __future__ import annotations
@@ -19,11 +20,14 @@ import time
 from collections.abc import Iterator
 
 from agent.errors import CdsimError, EnvironmentProblem
-from agent.service import revisions
+from agent.revision import to_record
+from agent.service import fetch, revisions
 from agent.service.auth import Credentials
-from agent.service.client import AGENT_PREFIX, call, download
+from agent.service.client import AGENT_PREFIX, call
 from agent.service.revisions import RevisionError
 from agent.service.shapes import JsonObject, RunnerSpec
+from agent.state import machine_log_dir, machine_root_dir
+from hooks_runtime.environment import without_aws_variables
 
 
 class Agent:
@@ -109,45 +113,24 @@ class Agent:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _spec(self, command: JsonObject, folder: str) -> RunnerSpec:
-        rev = command["revision"]
-        if rev["revisionType"] == "S3":
-            s3 = rev["s3Location"]
-            if not command.get("s3Endpoint"):
-                raise EnvironmentProblem("the server has no S3 endpoint for an S3 revision")
-            bundle_type = revisions.check_bundle_type(s3.get("bundleType"))
-            bundle = os.path.join(folder, "bundle." + bundle_type)
-            download(command["s3Endpoint"], revisions.check_bucket(s3.get("bucket")),
-                     revisions.check_key(s3.get("key")), s3.get("version"), bundle, credentials=self.credentials)
-            env: dict[str, str | None] = {"BUNDLE_BUCKET": s3["bucket"], "BUNDLE_KEY": s3["key"],
-                                          "BUNDLE_VERSION": s3.get("version"), "BUNDLE_ETAG": s3.get("eTag")}
-        elif rev["revisionType"] == "GitHub":
-            gh = rev["gitHubLocation"]
-            commit = revisions.check_commit(gh.get("commitId"))
-            repo = revisions.github_repository(gh.get("repository"), self.github_roots)
-            bundle, bundle_type = os.path.join(folder, "bundle.tar"), "tar"
-            # the commit after --end-of-options: git reads it as a revision even if it looked like an option
-            done = subprocess.run(["git", "-C", repo, "archive", "--format=tar", "-o", bundle, "--end-of-options",
-                                   commit], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise EnvironmentProblem(f"git archive of {commit} in {repo} failed: {done.stderr.strip()}")
-            env = {"BUNDLE_COMMIT": commit}
-        else:
-            raise RevisionError(f"unsupported revision type {rev['revisionType']!r}")
+        source = fetch.revision_of(command["revision"])
+        local = fetch.fetch(source, folder, s3_endpoint=command.get("s3Endpoint"), credentials=self.credentials,
+                            github_roots=self.github_roots)
         spec: RunnerSpec = {
             "deploymentId": command["deploymentId"], "applicationName": command["applicationName"],
             "deploymentGroupName": command["deploymentGroupName"], "deploymentGroupId": command["deploymentGroupId"],
             "creator": command["creator"], "fileExistsBehavior": command["fileExistsBehavior"],
             "ignoreApplicationStopFailures": command["ignoreApplicationStopFailures"],
-            "bundle": bundle, "bundleType": bundle_type, "bundleEnv": env}
+            "bundle": local.location, "bundleType": local.bundle_type, "fetchedFrom": to_record(source)}
         if self.host_root:
-            spec["rootDir"] = os.path.join(self.host_root, "deployment-root")
-            spec["logDir"] = os.path.join(self.host_root, "log")
+            spec["rootDir"] = machine_root_dir(self.host_root)
+            spec["logDir"] = machine_log_dir(self.host_root)
         return spec
 
     def _run_runner(self, spec: RunnerSpec, folder: str) -> Iterator[JsonObject]:
         """Start the runner and yield each JSON line it prints."""
         argv = [sys.executable, "-m", "agent.service.runner", json.dumps(spec)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env = without_aws_variables(os.environ, every=True)
         read_fd, write_fd = os.pipe()
         status: list[int] = []
         with open(os.path.join(folder, "runner.stderr"), "wb") as err:

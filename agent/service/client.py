@@ -20,6 +20,7 @@ from typing import TypedDict
 from agent.errors import EnvironmentProblem, UsageError
 from agent.service.auth import Credentials, read, sign
 from agent.service.shapes import JsonObject
+from agent.state import service_dir
 
 TARGET_PREFIX = "CodeDeploy_20141006"
 AGENT_PREFIX = "CdsimAgent_20261127"
@@ -131,11 +132,6 @@ def download(endpoint: str, bucket: str, key: str, version: str | None, dest: st
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
         raise EnvironmentProblem(f"cannot download s3://{bucket}/{key} from {endpoint}: "
                                  f"{getattr(e, 'reason', e)}", reference="s3-download") from None
-
-
-def service_dir(state: str | None = None) -> str:
-    from agent.instance import state_dir
-    return os.path.join(os.path.abspath(state) if state else state_dir(), "service")
 
 
 def server_info(state: str | None = None) -> ServerInfo | None:

@@ -1,15 +1,17 @@
 """One deployment on one machine, for an agent: ``python -m agent.service.runner SPEC_JSON``.
 
 The agent starts this inside the instance (or on the host for a host agent). It runs the engine of
-``agent.deploy`` and writes the instance's lifecycle events, as the service reports them, to stdout:
+``agent.sequencer`` and writes the instance's lifecycle events, as the service reports them, to stdout:
 one JSON object per line, ``{"lifecycleEvents": [...]}`` after every change and finally
 ``{"status": "Succeeded"|"Failed", "lifecycleEvents": [...]}``. Diagnostics are shaped as the
 service's: errorCode, scriptName, message and the §7.8 log tail of the failing event.
 
+The spec names the fetched bundle (``bundle``, ``bundleType``) and the revision it was fetched from
+(``fetchedFrom``, ``agent.revision.to_record``), whose ``BUNDLE_*`` variables the engine gives hooks.
 With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
 goes on from the next event, as the service's option does (the engine's
-``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too). Imports the
-engine; nothing imports this.
+``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too).
+Imports the engine; nothing imports this.
 """
 from __future__ import annotations
 
@@ -20,14 +22,13 @@ from typing import TextIO
 
 from agent.service.engine import LIFECYCLE_EVENTS
 from agent.service.shapes import JsonObject, RunnerSpec
+from agent.state import AGENT_LOG_DIR, AGENT_ROOT_DIR
 
 # ScriptError codes (§7.7) as the service names them (LifecycleErrorCode); looked up with whatever a
 # hook.end record holds (an int, or None when the hook has no code)
 ERROR_CODES: dict[object, str] = {0: "Success", 1: "ScriptMissing", 2: "ScriptNotExecutable",
                                   3: "ScriptTimedOut", 4: "ScriptFailed", 5: "UnknownError", 6: "ScriptFailed",
                                   7: "UnknownError"}
-INSTANCE_ROOT_DIR = "/opt/codedeploy-agent/deployment-root"
-INSTANCE_LOG_DIR = "/var/log/aws/codedeploy-agent/"
 
 
 class Tracker:
@@ -94,18 +95,18 @@ class Tracker:
 
 def run(spec: RunnerSpec, out: TextIO | None = None) -> bool:
     from agent.config import config_from_mapping
-    from agent.deploy import DeploymentRequest, deploy
-    from agent.revision import LocalRevision
+    from agent.revision import LocalRevision, from_record
+    from agent.sequencer import DeploymentRequest, deploy
 
     tracker = Tracker(out)
-    config = config_from_mapping({"root_dir": spec.get("rootDir") or INSTANCE_ROOT_DIR,
-                                  "log_dir": spec.get("logDir") or INSTANCE_LOG_DIR})
+    config = config_from_mapping({"root_dir": spec.get("rootDir") or AGENT_ROOT_DIR,
+                                  "log_dir": spec.get("logDir") or AGENT_LOG_DIR})
     from hooks_runtime.environment import service_environment
     env = service_environment()   # the agent service's environment (spec §7.3), cwd / below
-    env.update({k: v for k, v in (spec.get("bundleEnv") or {}).items() if v is not None})
 
     request = DeploymentRequest(
         revision=LocalRevision(spec["bundle"], spec["bundleType"]), config=config,
+        fetched_from=from_record(spec["fetchedFrom"]),
         deployment_group_id=spec["deploymentGroupId"], deployment_group_name=spec["deploymentGroupName"],
         application_name=spec["applicationName"], events=None,
         file_exists_behavior=(spec.get("fileExistsBehavior") or "DISALLOW").upper(),

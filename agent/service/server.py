@@ -31,11 +31,13 @@ from agent.errors import EnvironmentProblem
 from agent.fsutil import atomic_write
 from agent.service import auth
 from agent.service.api import AGENT_PREFIX, TARGET_PREFIX, AgentApi, Api, ApiError
-from agent.service.client import SERVER_FILE, ServerInfo, remember, service_dir
+from agent.service.client import SERVER_FILE, ServerInfo, remember
 from agent.service.engine import Engine
 from agent.service.revisions import github_roots, valid_instance_name
 from agent.service.shapes import JsonObject
 from agent.service.store import Store
+from agent.state import resolve as resolve_state
+from agent.state import service_dir
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -64,8 +66,7 @@ class Service:
     def __init__(self, state: str | None = None, *, port: int = 0, s3: bool = True, agents: bool = True,
                  region: str = "us-east-1", quiet: bool = True, agent_timeout: float = 600.0,
                  github_root: list[str] | tuple[str, ...] = ()):
-        from agent.instance import state_dir
-        self.state = os.path.abspath(state) if state else state_dir()
+        self.state = resolve_state(state)
         self.folder = service_dir(self.state)
         auth.private_folder(self.folder)
         self.credentials = auth.load_or_create(self.folder)

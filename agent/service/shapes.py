@@ -25,6 +25,7 @@ class RunnerSpec(TypedDict, total=False):
     ignoreApplicationStopFailures: Required[bool]
     bundle: Required[str]                          # the fetched bundle's path
     bundleType: Required[str]                      # tar, tgz or zip
-    bundleEnv: Required[dict[str, str | None]]     # BUNDLE_* variables for the hooks (None: unset)
+    fetchedFrom: Required[dict[str, str | None]]   # the revision fetched (agent.revision.to_record): its
+                                                   # BUNDLE_* variables are the hooks'
     rootDir: str                                   # host agents: the deployment root and log folder;
     logDir: str                                    # else the agent's own, inside the instance

@@ -3,16 +3,16 @@ hook events, exactly as the agent's command executor does (behaviour doc §4), w
 stream as it goes.
 
 Imports the pure modules (lifecycle, appspec), the I/O modules (bundle, install, deployment_root)
-and hooks_runtime. Nothing here prints: the CLI renders the event stream.
+and hooks_runtime. Nothing here prints: the CLI renders the event stream. The package exports
+``deploy``, ``DeploymentRequest`` and ``DeploymentResult`` as ``agent.deploy(...)`` and so on (this
+module is not called ``deploy`` so that importing it never hides that function).
 """
 from __future__ import annotations
 
 import os
-import sys
-import types
 from collections.abc import Callable, Mapping
 
-from agent import lifecycle
+from agent import lifecycle, ruby
 from agent.agentlog import AgentLog
 from agent.config import AgentConfig
 from agent.deployment_root import DeploymentRoot, join, new_deployment_id
@@ -20,7 +20,8 @@ from agent.errors import AppSpecNotFound, CdsimError, DeploymentError, HookFaile
 from agent.events import EventStream
 from agent.records import field
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
-from agent.revision import LocalRevision, Revision, revision_env
+from agent.revision import LocalRevision, RemoteRevision, Revision, revision_env
+from agent.state import events_file
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class DeploymentRequest:
     ignore_application_stop_failures: bool = False  # the service's option: a failed ApplicationStop
                                                     # is reported (ignored: true) and the deployment goes on
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)  # Install's (done, total)
+    fetched_from: RemoteRevision | None = None  # the S3/GitHub revision ``revision`` was fetched from: its
+                                                # BUNDLE_* variables are the hooks'
 
 
 @dataclass
@@ -75,7 +78,7 @@ class DeploymentResult:
     error: CdsimError | None = None
     entered_event_loop: bool = False
     failed_event: str | None = None
-    hooks: list[tuple[str, HookResult]] = field(default_factory=list)  # (event, result), in run order
+    hooks: list[tuple[str, HookResult]] = field(default_factory=list)  # (event, its hook's result), in run order
     events_path: str | None = None
 
     @property
@@ -111,7 +114,7 @@ class _Deployment:
         self.root = DeploymentRoot(self.cfg.root_dir, request.deployment_group_id)
         self.console_dir = f"{self.cfg.root_dir}/{request.deployment_group_id}/{self.did}"
         self.agent_log = AgentLog(self.cfg.log_dir, self.cfg.program_name, verbose=self.cfg.verbose)
-        self.hooks: list[tuple[str, HookResult]] = []
+        self.hooks: list[tuple[str, HookResult]] = []  # (event, its hook's result), in run order
         self._parsed: dict[tuple[str, bytes], AppSpec] = {}  # (file name, bytes) -> its parse
         self.marker_file: str | None = None   # the marker a previous-revision event read (spec §4.2)
 
@@ -137,7 +140,7 @@ class _Deployment:
                     continue
                 self.stream.emit("event.end", event=event, status="Failed", error=str(e),
                                  reference=e.reference)
-                e.event = getattr(e, "event", None) or event
+                e.event = e.event or event
                 raise
             except OSError as e:
                 err = _os_error(e)
@@ -230,7 +233,7 @@ class _Deployment:
         unknown = lifecycle.unknown_hooks(hooks, self.req.events)
         if unknown:
             raise DeploymentError(
-                f"{base} file contains unknown lifecycle events: {lifecycle.ruby_inspect_list(unknown)}")
+                f"{base} file contains unknown lifecycle events: {ruby.inspect_list(unknown)}")
         missing = lifecycle.missing_custom_events(hooks, self.req.events)
         if missing:
             raise DeploymentError(
@@ -264,7 +267,7 @@ class _Deployment:
             "DEPLOYMENT_GROUP_NAME": self.req.deployment_group_name,
             "DEPLOYMENT_GROUP_ID": self.req.deployment_group_id,
         })
-        for k, v in revision_env(self.req.revision).items():
+        for k, v in revision_env(self.req.fetched_from or self.req.revision).items():
             if v is None:
                 env.pop(k, None)
             else:
@@ -426,7 +429,7 @@ def default_events_path(config: AgentConfig, group: str, deployment_id: str) -> 
     must stay identical to the agent's)."""
     if not config.log_dir:
         return None
-    return os.path.join(config.log_dir, "cdsim-events", group, f"{deployment_id}.jsonl")
+    return events_file(config.log_dir, group, deployment_id)
 
 
 def deploy(request: DeploymentRequest, *, listeners: list[Listener] | None = None,
@@ -471,7 +474,7 @@ def deploy(request: DeploymentRequest, *, listeners: list[Listener] | None = Non
             result.succeeded = True
         except CdsimError as e:
             result.error = e
-            result.failed_event = getattr(e, "event", None)
+            result.failed_event = e.event
         except OSError as e:
             result.error = _os_error(e)
         result.hooks = d.hooks
@@ -484,13 +487,3 @@ def deploy(request: DeploymentRequest, *, listeners: list[Listener] | None = Non
                     failed_event=result.failed_event)
     return result
 
-
-class _CallableModule(types.ModuleType):
-    """``agent.deploy`` is both this module and the public function: importing a submodule binds its
-    name on the package, so the module itself forwards calls to ``deploy()``."""
-
-    def __call__(self, request: DeploymentRequest, **kw: Any) -> DeploymentResult:
-        return deploy(request, **kw)
-
-
-sys.modules[__name__].__class__ = _CallableModule
