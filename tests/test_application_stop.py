@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from agent.errors import ExitStatus
+from tests import lib
 
 GROUP = "default-local-deployment-group"
 
@@ -31,9 +32,8 @@ def revision(folder: Path, name: str, *, stop_status: int) -> Path:
 
 
 def cdsim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CDSIM_STATE_DIR": str(tmp_path / "state")}
-    return subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, check=False)
+    """cdsim in ``tmp_path``, with its state in ``tmp_path``/state."""
+    return lib.cdsim(*args, state=tmp_path / "state", cwd=tmp_path)
 
 
 def deploy(tmp_path: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess:

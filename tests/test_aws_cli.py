@@ -17,23 +17,18 @@ import time
 import pytest
 
 import agent.instance as inst
+from tests.lib import CLI, REPO, cdsim, needs_root, needs_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_TEXT = "Hello from cdsim sample app"
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="sandboxed instances need root here (CI runs as root)"),
-    pytest.mark.skipif(shutil.which("aws") is None, reason="the aws CLI comes with the test extra (awscli)"),
+    needs_root("sandboxed instances need root here (CI runs as root)"),
+    needs_tool("aws", "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
 ]
 
 
-def cdsim(*args: str, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
-
-
 def start_server(state: str) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "server", "--state", state],
+    proc = subprocess.Popen([*CLI, "server", "--state", state],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     deadline = time.monotonic() + 60
@@ -90,7 +85,7 @@ def test_the_pipeline_with_the_real_aws_cli(server, tmp_path):
     again = cdsim("server", "env", "--state", state)
     assert again.returncode == 0 and again.stdout.split("\n")[:4] == exports
     env = aws_env(exports, tmp_path)
-    up = cdsim("fleet", "up", "--state", state, "--instances", "3", "--tag", "Name=DemoFleet", env=env)
+    up = cdsim("fleet", "up", "--state", state, "--instances", "3", "--tag", "Name=DemoFleet", environ=env)
     assert up.returncode == 0, up.stderr
     source = tmp_path / "app"
     shutil.copytree(os.path.join(REPO, "sample_app"), source)
@@ -138,7 +133,7 @@ def test_the_pipeline_with_the_real_aws_cli(server, tmp_path):
     # errors come back as the CLI shows AWS's
     missing = sh("aws deploy get-deployment --deployment-id d-NOTTHERE1", env)
     assert missing.returncode != 0 and "DeploymentDoesNotExistException" in missing.stderr
-    down = cdsim("fleet", "down", "--state", state, "--tag", "Name=DemoFleet", env=env)
+    down = cdsim("fleet", "down", "--state", state, "--tag", "Name=DemoFleet", environ=env)
     assert down.returncode == 0 and "demofleet-3" in down.stdout
     assert inst.list_instances(state=state) == []
 

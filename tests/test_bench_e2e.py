@@ -4,14 +4,14 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.lib import REPO
 
 
 def test_e2e_bench_times_cdsim_and_a_stand_in_agent(tmp_path):
     cdsim = f"{sys.executable} -m agent"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "e2e.py"), "--files", "40", "--runs", "5",
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "e2e.py"), "--files", "40", "--runs", "5",
                         "--where", str(tmp_path), "--cdsim", cdsim, "--agent", f"{cdsim} local"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     for figure in ("cdsim --version, wall", "cdsim local, appspec-only bundle, wall",
@@ -23,7 +23,7 @@ def test_e2e_bench_times_cdsim_and_a_stand_in_agent(tmp_path):
 
 
 def test_the_load_meter_sees_other_work():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    sys.path.insert(0, os.path.join(REPO, "bench"))
     try:
         from common import LoadMeter
     finally:

@@ -18,6 +18,7 @@ import pytest
 from agent.bundle import Limits, Member, check_archive_links, fetch_and_unpack, list_members
 from agent.errors import BundleError, DeploymentError, UnsafeBundle, UsageError
 from agent.revision import GitHubRevision, LocalRevision, S3Revision, classify_location, revision_env
+from tests.lib import needs_root
 
 BUNDLE_MTIME = 1_000_000_000
 
@@ -131,7 +132,7 @@ class TestArchiveBundles:
         assert os.readlink(link) == archive
         assert logged == [f"Handle local file {link}"]
 
-    @pytest.mark.skipif(os.geteuid() != 0, reason="restoring archive owners needs root (CI runs as root)")
+    @needs_root("restoring archive owners needs root (CI runs as root)")
     @pytest.mark.parametrize("kind", ["tar", "tgz"])
     def test_tar_restores_numeric_owners_from_the_headers(self, tmp_path, deployment_dir, kind):
         """As root, tar members get the uid/gid stored in the archive, names ignored."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from hostile.harness import GROUP, Site, appspec, run_cli
 
 from agent.errors import ExitStatus
 from agent.locking import deployment_lock, holder_pid
+from tests.lib import CLI, needs_root
 
 TRIALS = 50
 BATCH = 5
@@ -45,7 +45,7 @@ def events_of(site: Site) -> dict[str, list[dict]]:
 
 
 def cli(site: Site, bundle: str) -> list:
-    return [sys.executable, "-m", "agent", "deploy", "--host", "-q", "-c", str(site.cfg), "-g", GROUP, bundle]
+    return [*CLI, "deploy", "--host", "-q", "-c", str(site.cfg), "-g", GROUP, bundle]
 
 
 def check_trial(trial: int, site: Site, log) -> bool:
@@ -157,7 +157,7 @@ def test_lock_is_on_the_root_folder_and_released_with_the_descriptor(tmp_path):
 INSTANCE_TRIALS = 5
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="instances need root on this machine (CI runs as root)")
+@needs_root("instances need root on this machine (CI runs as root)")
 def test_two_cdsim_processes_on_one_instance_never_interleave(tmp_path):
     """The same inside a sandboxed instance: two `cdsim deploy --instance` at once (the instance's own
     deployment root) take turns, for 5 trials."""
@@ -165,7 +165,7 @@ def test_two_cdsim_processes_on_one_instance_never_interleave(tmp_path):
     name = f"conc{uuid.uuid4().hex[:8]}"
     site = Site(tmp_path)
     env = site.env()
-    base = [sys.executable, "-m", "agent"]
+    base = [*CLI]
     created = run_cli([*base, "instance", "create", name], cwd=site.cwd, env=env, timeout=60)
     assert created.returncode == 0, created.explain()
     try:

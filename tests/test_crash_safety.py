@@ -14,13 +14,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from hostile.harness import DIR, GROUP, REG, Site, appspec, tar_with, tree
 
 from agent.install import read_cleanup
+from tests.lib import CLI
 
 HOOKED = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")
 BIG = 24 << 20
@@ -43,7 +43,7 @@ def build_revision(site: Site, name: str) -> str:
 
 
 def cli(site: Site, bundle: str) -> list:
-    return [sys.executable, "-m", "agent", "deploy", "--host", "-q", "-c", str(site.cfg), "-g", GROUP,
+    return [*CLI, "deploy", "--host", "-q", "-c", str(site.cfg), "-g", GROUP,
             "--type", "tar", bundle]
 
 

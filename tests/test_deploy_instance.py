@@ -1,25 +1,23 @@
 """`cdsim deploy` into sandboxed instances: the sample app end to end, and host/instance parity."""
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from test_instance import DOCKER_DEFAULT_LESS_MKNOD, HANDLE_PY, _cmdline, _poll
 
 import agent.instance as inst
+from tests import lib
+from tests.lib import CLI, REPO, needs_root
 
-REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_app"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests deploy as root into instances and "
-                                "onto the host (CI runs as root); test_instance.py covers unprivileged use")
+pytestmark = needs_root("these tests deploy as root into instances and onto the host (CI runs as root); "
+                        "test_instance.py covers unprivileged use")
 
-
-def cdsim(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
+cdsim = functools.partial(lib.cdsim, cwd=REPO, timeout=180)
 
 
 def in_instance(name: str, *argv: str) -> subprocess.CompletedProcess:
@@ -267,7 +265,7 @@ class TestHooksAreConfined:
         i = inst.create("replaced")
         probe = "#!/bin/sh\ngrep CapEff /proc/self/status > /root/ran-with\nexec /bin/true\n"
         for tool in ("/usr/bin/setpriv", "/usr/bin/nsenter"):
-            r = subprocess.run([sys.executable, "-m", "agent", "instance", "exec", "replaced", "--", "sh", "-c",
+            r = subprocess.run([*CLI, "instance", "exec", "replaced", "--", "sh", "-c",
                                 f"cat > {tool} && chmod 755 {tool}"], input=probe, capture_output=True,
                                text=True, timeout=120, cwd=REPO)
             assert r.returncode == 0, r.stderr

@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_tool
 
 from agent.errors import ExitStatus
+from tests import lib
+from tests.lib import CLI, IS_ROOT, REPO, require_tool
 
 
 def doctor(*args: str, env: dict | None = None) -> tuple[int, dict]:
     """`cdsim doctor --format json`, of this machine (--host) unless the arguments name an instance."""
     where = [] if "--instance" in args else ["--host"]
-    proc = subprocess.run([sys.executable, "-m", "agent", "doctor", "--format", "json", *where, *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
+    proc = lib.cdsim("doctor", "--format", "json", *where, *args, env=env, timeout=60)
     return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else {"stderr": proc.stderr})
 
 
@@ -42,7 +41,7 @@ def appspec(folder: Path, runas: list[str] = (), extra: str = "") -> Path:
 @pytest.fixture
 def nologin_user():
     """A real user whose shell refuses to run commands (as system accounts often have)."""
-    if os.geteuid() != 0:
+    if not IS_ROOT:   # also marked root (conftest's FIXTURE_MARKS), which skips first
         pytest.skip("creating a user needs root (CI runs as root)")
     name = f"cdsimnl{os.getpid() % 100000}"
     subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
@@ -129,8 +128,7 @@ class TestBundle:
 def validator():
     """The schema `cdsim schema` prints, as a Draft 7 validator."""
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the schema (pip install jsonschema)")
-    proc = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run([*CLI, "schema"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     jsonschema.Draft7Validator.check_schema(schema)
@@ -142,8 +140,7 @@ class TestSchema:
 
     def test_shipped_appspecs_are_valid(self, validator):
         """The sample app's appspec and every broken variant's (their mistakes are not in the appspec)."""
-        root = Path(__file__).resolve().parent.parent
-        specs = [root / "sample_app" / "appspec.yml", *sorted((root / "sample_app_broken").rglob("appspec.yml"))]
+        specs = [REPO / "sample_app" / "appspec.yml", *sorted((REPO / "sample_app_broken").rglob("appspec.yml"))]
         assert len(specs) > 1
         for path in specs:
             errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
@@ -192,7 +189,7 @@ class TestSchema:
     def test_output_option_writes_the_file(self, tmp_path):
         """--output writes the same schema to a file."""
         out = tmp_path / "schema.json"
-        subprocess.run([sys.executable, "-m", "agent", "schema", "-o", str(out)], check=True, timeout=60)
+        subprocess.run([*CLI, "schema", "-o", str(out)], check=True, timeout=60)
         from agent.commands.schema import schema_text
         assert json.loads(out.read_text()) == json.loads(schema_text())
 

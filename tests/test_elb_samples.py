@@ -17,17 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 import agent.instance as inst
 from agent.instance import imds
+from tests.lib import CLI, REPO, needs_root, needs_tool, require_tool
 
-REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "thirdparty" / "aws-codedeploy-samples" / "load-balancing" / "elb-v2"
 AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="instances need root on this machine (CI runs as root)"),
-    pytest.mark.skipif(not os.path.exists(AWS), reason="the aws CLI comes with the test extra (awscli)"),
+    needs_root("instances need root on this machine (CI runs as root)"),
+    needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
 ]
 OBSERVE = """#!/bin/bash
 # the user's own daemon would be stopped/started here; this one notes what the target group says
@@ -160,7 +159,7 @@ def test_elb_v2_sample_in_an_auto_scaling_group_uses_standby(state, tmp_path):
 
 
 def test_fleet_target_group_with_the_host_network_is_refused_before_anything_is_made(state):
-    done = subprocess.run([sys.executable, "-m", "agent", "fleet", "up", "--tag", "Name=Web", "--network", "host",
+    done = subprocess.run([*CLI, "fleet", "up", "--tag", "Name=Web", "--network", "host",
                            "--target-group", "web-tg", "--endpoint", "http://127.0.0.1:9"], capture_output=True,
                           text=True, timeout=60, cwd=REPO, check=False)
     assert done.returncode == 2, done.stderr

@@ -5,14 +5,13 @@ builds the smallest bundle that fails the way it wants and asserts the exit stat
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ExitStatus
+from tests import lib
 
 
 def bundle(folder: Path, *, hook: str | None = None, timeout: int = 30, files_to: Path | None = None,
@@ -33,9 +32,8 @@ def bundle(folder: Path, *, hook: str | None = None, timeout: int = 30, files_to
 
 
 def cdsim(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "CDSIM_STATE_DIR": str(tmp_path / "state"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "agent", *args], env=full_env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path, check=False)
+    """cdsim in ``tmp_path``, with its state in ``tmp_path``/state."""
+    return lib.cdsim(*args, state=tmp_path / "state", env=env, cwd=tmp_path, timeout=60)
 
 
 def deploy(tmp_path: Path, source: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

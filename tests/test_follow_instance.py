@@ -3,19 +3,19 @@ deployed: the instance `default` unless --instance or --host says otherwise. Rea
 deployments, the CLI run as a subprocess."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ExitStatus
-
-REPO = Path(__file__).resolve().parent.parent
+from tests import lib
+from tests.lib import CLI, REPO
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,11 @@ def instances_here():
 
     ok, why = instances_available()
     if not ok:
-        message = f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        lib.skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, "
+                         "run as root")
 
 
-def cdsim(*args: str, cwd: Path | None = None, env: dict | None = None,
-          timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd or REPO,
-                          env={**os.environ, **(env or {})}, check=False)
+cdsim = functools.partial(lib.cdsim, cwd=REPO, timeout=180)
 
 
 def bundle(folder: Path, appspec: str, scripts: dict[str, str] | None = None,
@@ -98,7 +92,7 @@ class TestLogsAndHistory:
         import time
 
         b = hook_bundle(tmp_path / "b", "echo before the pause\nsleep 3\necho after the pause\n")
-        deploy = subprocess.Popen([sys.executable, "-m", "agent", "deploy", "-q", str(b)], cwd=tmp_path,
+        deploy = subprocess.Popen([*CLI, "deploy", "-q", str(b)], cwd=tmp_path,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             events = os.path.join(state, "instances", "default", "upper", "var/log/aws/codedeploy-agent",
@@ -107,7 +101,7 @@ class TestLogsAndHistory:
             while not glob.glob(events):
                 assert deploy.poll() is None and time.monotonic() < deadline, "no event stream appeared"
                 time.sleep(0.05)
-            follow = subprocess.Popen([sys.executable, "-m", "agent", "logs", "--follow", "--no-timestamps"],
+            follow = subprocess.Popen([*CLI, "logs", "--follow", "--no-timestamps"],
                                       cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
             with follow:
@@ -265,19 +259,7 @@ class TestDoctor:
 
 def _as_user(user, *args: str, state_dir: str) -> subprocess.CompletedProcess:
     """`cdsim ARGS` run as ``user`` via su (skipped when no interpreter it may run imports agent)."""
-    import shlex
-
-    for python in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(["su", user.pw_name, "-c", f"PYTHONPATH={REPO} {python} -c 'import agent.cli'"],
-                               capture_output=True, cwd="/", check=False)
-        if probe.returncode == 0:
-            break
-    else:
-        pytest.skip(f"no interpreter runnable by {user.pw_name} imports agent (PyYAML missing from /usr/bin/python3)")
-    command = " ".join(["env", f"CDSIM_STATE_DIR={state_dir}", f"PYTHONPATH={REPO}", python, "-m", "agent",
-                        *map(shlex.quote, args)])
-    return subprocess.run(["su", user.pw_name, "-c", command], capture_output=True, text=True, cwd="/",
-                          timeout=180, check=False)
+    return lib.cdsim(*args, user=user.pw_name, state=state_dir, timeout=180)
 
 
 class TestDoctorIdMap:

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from agent.errors import ExitStatus
 from hooks_runtime.environment import AGENT_REMOVED_VARIABLES, UNIT_COMMAND, service_environment
+from tests import lib
+from tests.lib import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CALLER_ONLY = "CDSIM_TEST_CALLER_ONLY"
 # variables the recording shell itself sets anew (exported by bash -a, so they show in its env)
 SHELL_SETS = {"PPID", "PWD", "OLDPWD", "EPOCHREALTIME", "EPOCHSECONDS", "SRANDOM", "RANDOM", "LINENO"}
@@ -42,15 +40,13 @@ def recorded(out: Path) -> tuple[dict[str, str], str]:
 
 
 def cdsim(tmp_path: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CDSIM_STATE_DIR": str(tmp_path / "state"), CALLER_ONLY: "yes",
-           "AWS_ACCESS_KEY_ID": "AKIDCALLER", "AWS_SECRET_ACCESS_KEY": "callersecret"}
+    """cdsim from ``tmp_path``/cwd, state in ``tmp_path``/state, with variables only the caller has."""
+    env = {CALLER_ONLY: "yes", "AWS_ACCESS_KEY_ID": "AKIDCALLER", "AWS_SECRET_ACCESS_KEY": "callersecret"}
     if path is not None:
         env["PATH"] = path
     caller_cwd = tmp_path / "cwd"
     caller_cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
-                          timeout=180, cwd=caller_cwd, stdin=subprocess.DEVNULL,
-                          check=False)
+    return lib.cdsim(*args, state=tmp_path / "state", env=env, cwd=caller_cwd, timeout=180)
 
 
 def assert_service_environment(env: dict[str, str], cwd: str) -> None:
@@ -91,8 +87,8 @@ class TestDeploy:
         assert env[CALLER_ONLY] == "yes" and env["AWS_ACCESS_KEY_ID"] == "AKIDCALLER"
         assert env["PATH"] == os.environ["PATH"]
 
-    @pytest.mark.skipif(os.geteuid() != 0, reason="deploys into a root instance (CI runs as root); "
-                        "test_unprivileged_sample.py covers an ordinary user")
+    @lib.needs_root("deploys into a root instance (CI runs as root); "
+                    "test_unprivileged_sample.py covers an ordinary user")
     def test_instance_deploy_gives_the_service_environment_of_the_instance(self, tmp_path, state):
         out = Path("/tmp") / f"cdsim-hookenv-{os.getpid()}"   # inside the instance: its own /tmp layer
         bundle = hook_bundle(tmp_path / "b", f"mkdir -p {out}\nenv -0 > {out}/env\npwd > {out}/pwd\n")

@@ -9,7 +9,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pytest
 import hooks_runtime
 from hooks_runtime import HookLog, HookResult, Script, ScriptErrorCode, run_script
 from hooks_runtime.output import DiagnosticTail, trim_tail
+from tests.lib import CLI
 
 TS = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 DID = "d-TESTABCDE-local"
@@ -767,7 +767,7 @@ class TestHookCgroup:
         config.write_text(f":root_dir: '{tmp_path}/root'\n:log_dir: '{tmp_path}/log/'\n")
 
         def local(rev):
-            return subprocess.Popen([sys.executable, "-m", "agent", "local", "-l", str(rev),
+            return subprocess.Popen([*CLI, "local", "-l", str(rev),
                                      "--agent-configuration-file", str(config)], cwd=tmp_path,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -7,6 +7,7 @@ needs no sleeping).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import socket
@@ -17,22 +18,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from test_instance import unprivileged as unprivileged  # the fixture, used by name
 
 import agent.instance as inst
 from agent.instance import awsnet, imds
+from tests import lib
+from tests.lib import REPO, require_tool
 
-REPO = Path(__file__).resolve().parent.parent
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="instances need root on this machine (CI runs as root)")
+needs_root = lib.needs_root("instances need root on this machine (CI runs as root)")
 URL = "http://169.254.169.254"
 TOKEN = f"curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' {URL}/latest/api/token"
 
 
-def cdsim(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL, cwd=REPO, check=False)
+cdsim = functools.partial(lib.cdsim, cwd=REPO, timeout=180)
 
 
 def sh(instance: inst.Instance, script: str) -> subprocess.CompletedProcess[str]:
@@ -172,7 +170,7 @@ class TestInsideAnInstance:
         assert out.stdout == "Name\nenv\nweb\n#!/bin/bash\necho hello\ndynamic\nmeta-data\nuser-data"
 
 
-@pytest.mark.skipif(not ROOT, reason="creating a user with useradd and su to it needs root (CI runs as root)")
+@lib.needs_root("creating a user with useradd and su to it needs root (CI runs as root)")
 def test_unprivileged_users_instance_has_metadata_and_the_local_aws_too(unprivileged, curl):
     """An ordinary user's instance (a user namespace) gets the same: a token, its instance id, AWS names
     resolving to the local AWS, and HTTPS to it verified against the CA of that user's state."""
@@ -198,7 +196,7 @@ def test_unprivileged_users_instance_has_metadata_and_the_local_aws_too(unprivil
 
 
 class TestBadInput:
-    @pytest.mark.skipif(not ROOT, reason="instances need root on this machine (CI runs as root)")
+    @needs_root
     def test_host_network_instance_says_imds_is_unavailable_and_why(self, state):
         created = cdsim("instance", "create", "hostnet", "--network", "host")
         assert created.returncode == 0, created.stderr

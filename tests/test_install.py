@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import require_tool
 
 from agent import permissions as perm
 from agent.appspec import (
@@ -50,6 +49,7 @@ from agent.install import (
     read_cleanup,
     run_cleanup,
 )
+from tests.lib import require_tool
 
 GROUP = "g1"
 BUNDLE_MTIME = 1_000_000_000

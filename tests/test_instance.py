@@ -5,10 +5,10 @@ only ever touch files the test itself created on the host, and snapshot them bef
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import socket
 import stat
@@ -21,18 +21,17 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import pytest
-from conftest import require_tool
 
 import agent.instance as inst
 from agent.errors import ExitStatus, UsageError
 from agent.instance.diff import Change, changes
 from agent.instance.idmap import plan, subordinate_range
 from agent.instance.overlay import layered_mounts, shadow_lines, synthesize_accounts
+from tests import lib
+from tests.lib import REPO, require_tool, user_python
 
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="instances need root on this machine (CI runs as root); "
-                                                 "the unprivileged case is test_unprivileged_user_*")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_root = lib.needs_root("instances need root on this machine (CI runs as root); "
+                            "the unprivileged case is test_unprivileged_user_*")
 
 # Docker's default capability set without mknod: chown, dac_override, fowner, fsetid, kill, setgid,
 # setuid, setpcap, net_bind_service, net_raw, sys_chroot, audit_write, setfcap
@@ -51,9 +50,7 @@ print("open_by_handle_at", "opened" if opened >= 0 else errno.errorcode[ctypes.g
 """
 
 
-def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess.run's input=
-    return subprocess.run([sys.executable, "-m", "agent", "instance", *args], capture_output=True,
-                          text=True, input=input, timeout=120, check=False)
+cli = functools.partial(lib.cdsim, "instance")   # `cdsim instance ARGS`
 
 
 def run_in(instance, script: str, **kw) -> subprocess.CompletedProcess:
@@ -470,7 +467,7 @@ class TestDiffReadsTheUpperLayer:
         assert changes(str(upper), self.MAPS, str(host)) == [
             Change("/etc/link", "changed"), Change("/etc/new.conf", "added")]
 
-    @pytest.mark.skipif(not ROOT, reason="whiteouts (0/0 device nodes) and trusted.* xattrs need root")
+    @lib.needs_root("whiteouts (0/0 device nodes) and trusted.* xattrs need root")
     def test_whiteouts_and_opaque_folders_are_deletions(self, tmp_path):
         """A 0/0 char device and an xattr whiteout delete; an opaque folder deletes what the host had in it."""
         host, upper = self.make(tmp_path)
@@ -507,19 +504,9 @@ class TestMountPlan:
         assert layered_mounts(points) == ["/home", "/boot", "/home/x"]
 
 
-def _user_python(user: str) -> str | None:
-    """An interpreter the user can run that imports agent from this checkout, or None."""
-    for candidate in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(["su", user, "-c", f"PYTHONPATH={REPO} {candidate} -c 'import agent.cli'"],
-                               capture_output=True, cwd="/", check=False)
-        if probe.returncode == 0:
-            return candidate
-    return None
-
-
 def _user_cli(user, shared_dir: str):
     """`cdsim instance ...` run as ``user`` (via su) with its own state folder in ``shared_dir``."""
-    python = _user_python(user.pw_name)
+    python = user_python(user.pw_name)
     if python is None:
         pytest.skip(f"no interpreter both runnable by {user.pw_name} and able to import agent "
                     f"({sys.executable} sits under a folder other users can't enter, /usr/bin/python3 "
@@ -529,12 +516,8 @@ def _user_cli(user, shared_dir: str):
     os.chown(state_dir, user.pw_uid, user.pw_gid)
 
     def as_user(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
-        command = " ".join(["env", f"CDSIM_STATE_DIR={state_dir}", f"PYTHONPATH={REPO}", python, "-m", "agent",
-                            "instance", *args])
-        if script is not None:
-            command += " -- /bin/sh -c " + shlex.quote(script)
-        return subprocess.run(["su", user.pw_name, "-c", command], capture_output=True, text=True,
-                              cwd="/", timeout=180, check=False)
+        shell = [] if script is None else ["--", "/bin/sh", "-c", script]
+        return lib.cdsim("instance", *args, *shell, user=user.pw_name, python=python, state=state_dir, timeout=180)
 
     as_user.user = user
     as_user.state = state_dir
@@ -579,7 +562,7 @@ def subordinate_ids(user: str) -> None:
                     f"{start}-{start + 65535}", user], check=True, capture_output=True)
 
 
-@pytest.mark.skipif(not ROOT, reason="creating a user with useradd and su to it needs root (CI runs as root)")
+@lib.needs_root("creating a user with useradd and su to it needs root (CI runs as root)")
 class TestUnprivilegedUser:
     def test_unprivileged_instance_changes_only_itself(self, unprivileged):
         """As a non-root user: writes under /etc, /usr, /root and deletions of root-owned host files land
@@ -656,13 +639,9 @@ class TestUnprivilegedUser:
         with open(os.path.join(bundle, "appspec.yml"), "w") as f:
             f.write("version: 0.0\nos: linux\nfiles:\n  - source: greeting.txt\n    destination: /opt/fresh\n"
                     "hooks:\n  AfterInstall:\n    - location: show.sh\n")
-        python = _user_python(unprivileged.user.pw_name)
-
         def deploy() -> subprocess.CompletedProcess:
-            command = ["env", f"CDSIM_STATE_DIR={unprivileged.state}", f"PYTHONPATH={REPO}", python, "-m",
-                       "agent", "deploy", "--instance", "ud", "-b", "OVERWRITE", bundle]
-            return subprocess.run(["su", unprivileged.user.pw_name, "-c", shlex.join(command)],
-                                  capture_output=True, text=True, cwd="/", timeout=180, check=False)
+            return lib.cdsim("deploy", "--instance", "ud", "-b", "OVERWRITE", bundle, user=unprivileged.user.pw_name,
+                             state=unprivileged.state, timeout=180)
 
         first = deploy()
         assert first.returncode == 0, first.stdout + first.stderr

@@ -19,7 +19,8 @@ from pathlib import Path
 import grimp
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.lib import REPO
+
 PACKAGES = ("agent", "hooks_runtime")
 
 # Every module outside hooks_runtime.process that starts a process, and why. Hook scripts are started
@@ -67,8 +68,8 @@ HEAVY = ("yaml", "psutil", "watchdog", "botocore", "moto", "werkzeug", "flask", 
 def _modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             found[name] = path
     return found
@@ -182,7 +183,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def _loaded_after(code: str) -> set[str]:
     done = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sys.modules))"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+                          capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
     return set(done.stdout.split())
 
 
@@ -201,7 +202,7 @@ def test_the_instance_launcher_starts_with_nothing_of_cdsim_and_no_typing():
     """The launcher (agent.instance.enter, run as a plain script for every command entered into an
     instance) loads only its two sibling modules and the standard library's small modules: no agent
     package, no typing (its types are for the type checker only), no json or subprocess."""
-    enter = ROOT / "agent" / "instance" / "enter.py"
+    enter = REPO / "agent" / "instance" / "enter.py"
     done = subprocess.run([sys.executable, "-E", "-s", "-S", "-X", "importtime", str(enter), "malformed"],
                           capture_output=True, text=True, cwd="/", timeout=60, check=False)
     assert done.returncode == 7, done.stderr   # STATUS_LAUNCHER, after a usage line
@@ -216,5 +217,5 @@ def test_every_package_module_is_scanned():
     """The scans above read every module (a new file can't slip past them)."""
     names = _modules()
     assert "agent.instance.enter" in names and "hooks_runtime.process" in names
-    assert len(names) == sum(1 for p in PACKAGES for _ in (ROOT / p).rglob("*.py"))
+    assert len(names) == sum(1 for p in PACKAGES for _ in (REPO / p).rglob("*.py"))
     assert all(path.is_file() and os.access(path, os.R_OK) for path in names.values())

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 from agent.errors import ExitStatus
+from tests import lib
+from tests.lib import CLI, require_tool
 
 
 def make_bundle(root: Path, appspec: str, scripts: dict[str, str] | None = None,
@@ -39,10 +40,8 @@ def agent_config(tmp_path: Path) -> Path:
 def local(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "agent", "local", *args,
-                           "--agent-configuration-file", str(agent_config(tmp_path))],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return lib.cdsim("local", *args, "--agent-configuration-file", str(agent_config(tmp_path)), cwd=cwd,
+                     timeout=timeout)
 
 
 SIMPLE = """\
@@ -198,19 +197,19 @@ class TestLocalFailures:
 class TestLocalCommandLine:
     def test_version_and_help_exit_1(self, tmp_path):
         """-v prints 1.0 and -h the help, both exiting 1 as the agent's docopt does."""
-        v = subprocess.run([sys.executable, "-m", "agent", "local", "-v"], capture_output=True, text=True)
+        v = subprocess.run([*CLI, "local", "-v"], capture_output=True, text=True)
         assert (v.returncode, v.stdout) == (1, "1.0\n")
-        h = subprocess.run([sys.executable, "-m", "agent", "local", "--help"], capture_output=True, text=True)
+        h = subprocess.run([*CLI, "local", "--help"], capture_output=True, text=True)
         assert h.returncode == 1 and "--bundle-location" in h.stdout
 
     def test_ambiguous_prefix_and_unknown_option(self, tmp_path):
         """docopt's texts for an ambiguous prefix and an unknown option."""
-        r = subprocess.run([sys.executable, "-m", "agent", "local", "--deployment", "x"],
+        r = subprocess.run([*CLI, "local", "--deployment", "x"],
                            capture_output=True, text=True)
         assert r.returncode != 0
         assert r.stdout.splitlines()[0] == ("--deployment is not a unique prefix: --deployment-group, "
                                             "--deployment-group-name?")
-        r = subprocess.run([sys.executable, "-m", "agent", "local", "-z"], capture_output=True, text=True)
+        r = subprocess.run([*CLI, "local", "-z"], capture_output=True, text=True)
         assert r.stdout.splitlines()[0] == "-z is not recognized"
 
     def test_prefix_and_equals_forms(self, tmp_path):
@@ -240,7 +239,7 @@ class TestDeployHost:
         b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
                         {"scripts/stop.sh": "true\n", "scripts/after.sh": "echo hello-from-hook\n"})
         env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
-        r = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir",
+        r = subprocess.run([*CLI, "deploy", "--host", "--root-dir",
                             str(tmp_path / "root"), str(b)], capture_output=True, text=True, env=env,
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -288,7 +287,7 @@ class TestReports:
         b = make_bundle(tmp_path / "rev", SIMPLE.format(dest=tmp_path / "d"),
                         {"scripts/stop.sh": "true\n", "scripts/after.sh": "exit 7\n"})
         env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
-        r = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir", str(tmp_path / "root"),
+        r = subprocess.run([*CLI, "deploy", "--host", "--root-dir", str(tmp_path / "root"),
                             "--report", f"junit={tmp_path}/j.xml", str(b)], capture_output=True, text=True,
                            env=env, timeout=60)
         assert r.returncode == ExitStatus.HOOK_FAILED
@@ -367,7 +366,7 @@ class TestRunasRefused:
     @pytest.mark.parametrize("runas", BAD_RUNAS)
     def test_cdsim_deploy_host(self, tmp_path, runas):
         env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
-        r = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir", str(tmp_path / "root"),
+        r = subprocess.run([*CLI, "deploy", "--host", "--root-dir", str(tmp_path / "root"),
                             str(self.bundle(tmp_path, runas))], capture_output=True, text=True, env=env, timeout=60,
                            stdin=subprocess.DEVNULL)
         assert r.returncode == ExitStatus.INVALID, r.stdout + r.stderr

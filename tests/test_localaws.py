@@ -6,6 +6,7 @@ and boto3 inside, real deployments with hooks.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -14,24 +15,22 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 import agent.instance as inst
 from agent.instance import awsnet, imds
+from tests import lib
+from tests.lib import REPO, needs_root, needs_tool, require_tool
 
-REPO = Path(__file__).resolve().parent.parent
 AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="instances need root on this machine (CI runs as root)"),
-    pytest.mark.skipif(not os.path.exists(AWS), reason="the aws CLI comes with the test extra (awscli)"),
+    needs_root("instances need root on this machine (CI runs as root)"),
+    needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
 ]
 # what a hook's environment holds: no AWS_* variable, no credentials file
 CLEAN = f"env -i PATH=/usr/bin:/bin HOME=/nonexistent {AWS} --region us-east-1"
 
 
-def cdsim(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, cwd=REPO, check=False)
+cdsim = functools.partial(lib.cdsim, cwd=REPO, timeout=300)
 
 
 def sh(instance: inst.Instance, script: str) -> subprocess.CompletedProcess[str]:

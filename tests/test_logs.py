@@ -5,11 +5,13 @@ import glob
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests import lib
+from tests.lib import CLI
 
 
 def _bundle(folder: Path, hooks: dict[str, str]) -> Path:
@@ -25,10 +27,9 @@ def _bundle(folder: Path, hooks: dict[str, str]) -> Path:
     return folder
 
 
-def cdsim(work: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CDSIM_STATE_DIR=str(work / "state"))
-    return subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=work, **kw, check=False)
+def cdsim(work: Path, *args: str) -> subprocess.CompletedProcess:
+    """cdsim in ``work``, with its state in ``work``/state."""
+    return lib.cdsim(*args, state=work / "state", cwd=work, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ class TestLogs:
         deployment ends."""
         bundle = _bundle(tmp_path / "b", {"BeforeInstall": "echo first line\nsleep 1.5\necho second line\n"})
         env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
-        deploy = subprocess.Popen([sys.executable, "-m", "agent", "deploy", "--host", "-q", "--root-dir",
+        deploy = subprocess.Popen([*CLI, "deploy", "--host", "-q", "--root-dir",
                                    str(tmp_path / "root"), str(bundle)], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         try:
@@ -110,7 +111,7 @@ class TestLogs:
             while not glob.glob(f"{tmp_path}/state/host/log/cdsim-events/*/*.jsonl"):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            follow = subprocess.Popen([sys.executable, "-m", "agent", "logs", "--follow", "--no-timestamps",
+            follow = subprocess.Popen([*CLI, "logs", "--follow", "--no-timestamps",
                                        "--root-dir", str(tmp_path / "root")], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
             with follow:
@@ -131,7 +132,7 @@ def test_logs_and_history_read_inside_an_instance(tmp_path):
 
     ok, why = instances_available()
     if not ok:
-        pytest.skip(f"sandboxed instances are unavailable here: {why}")
+        lib.skip_or_fail(f"sandboxed instances are unavailable here: {why}")
     bundle = _bundle(tmp_path / "b", {"BeforeInstall": "echo inside the instance\n"})
     name = f"logs{os.getpid() % 100000}"
     try:

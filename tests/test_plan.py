@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from agent.appspec import parse_appspec
 from agent.errors import ExitStatus
 from agent.install import install
 from agent.plan import make_plan, render_text
+from tests import lib
 
 GROUP = "g1"
 
@@ -50,11 +50,8 @@ def snapshot(*tops: Path) -> dict:
 
 
 def cdsim(*args: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if tmpdir is not None:
-        env["TMPDIR"] = str(tmpdir)
-    return subprocess.run([sys.executable, "-m", "agent", "plan", *args], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+    """`cdsim plan ARGS`, with TMPDIR set to ``tmpdir`` if given."""
+    return lib.cdsim("plan", *args, env={} if tmpdir is None else {"TMPDIR": str(tmpdir)})
 
 
 @pytest.fixture

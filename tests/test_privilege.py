@@ -16,8 +16,9 @@ import pytest
 from hostile.harness import GROUP, Site, appspec, interpreter_for, run_cli
 
 from agent.errors import ExitStatus
+from tests.lib import needs_root
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runas and user switching need root (CI runs as root)")
+pytestmark = needs_root("runas and user switching need root (CI runs as root)")
 
 
 def hooked_revision(site: Site, script: str, *, runas: str | None = None, timeout: int = 30,

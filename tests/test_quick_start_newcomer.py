@@ -15,15 +15,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 from agent.instance.idmap import HELPER_DIRS
+from tests.lib import REPO, needs_root, require_tool
 
-REPO = Path(__file__).resolve().parent.parent
 EXPECTED_TEXT = "Hello from cdsim sample app"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating a user and hiding newuidmap need root "
-                                "(CI runs as root)")
+pytestmark = needs_root("creating a user and hiding newuidmap need root (CI runs as root)")
 
 
 def quick_start_line() -> str:

@@ -13,16 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 import agent.instance as inst
+from tests.lib import REPO, needs_root
 
-REPO = Path(__file__).resolve().parent.parent
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fleet's sandboxed instances need root here "
-                                "(CI runs as root)")
+pytestmark = needs_root("the fleet's sandboxed instances need root here (CI runs as root)")
 
 
 def section_block() -> list[str]:

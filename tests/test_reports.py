@@ -15,17 +15,16 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 from agent.errors import UsageError
 from agent.events import read_events
 from agent.reports import parse_report_option, render, render_text, write_reports
+from tests.lib import CLI, require_tool
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -55,7 +54,7 @@ def deploy_host(bundle: Path, work: Path, *extra: str) -> tuple[subprocess.Compl
     env = dict(os.environ, CDSIM_STATE_DIR=str(state))
     env.pop("GITHUB_ACTIONS", None)
     before = set(glob.glob(f"{state}/host/log/cdsim-events/*/*.jsonl"))
-    proc = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir", str(work / "root"),
+    proc = subprocess.run([*CLI, "deploy", "--host", "--root-dir", str(work / "root"),
                            str(bundle), *extra], env=env, capture_output=True, text=True, timeout=60,
                           cwd=work, check=False)
     new = set(glob.glob(f"{state}/host/log/cdsim-events/*/*.jsonl")) - before

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_tool
 
 from agent.appspec import parse_appspec
+from tests.lib import CLI, REPO, needs_root, require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "sample_app"
-BROKEN = ROOT / "sample_app_broken"
+SAMPLE = REPO / "sample_app"
+BROKEN = REPO / "sample_app_broken"
 EXPECTED_TEXT = "Hello from cdsim sample app"
 # every bundle shipped with the project: the sample and each broken variant
 BUNDLES = [SAMPLE, BROKEN / "output_attached", BROKEN / "crlf_script",
@@ -87,7 +86,7 @@ class TestAppspec:
         assert perm == {"object": "/home/ec2-user/sample-app", "owner": "ec2-user", "group": "ec2-user"}
         assert "useradd" in (SAMPLE / "scripts" / "create_app_user").read_text()
 
-    @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: str(p.relative_to(ROOT)))
+    @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: str(p.relative_to(REPO)))
     def test_every_bundle_parses_the_agents_way(self, bundle):
         """The agent's parser accepts every shipped appspec and every script it names is in the bundle."""
         spec = parse_appspec((bundle / "appspec.yml").read_bytes())
@@ -111,7 +110,7 @@ class TestAppspec:
 
 
 class TestScripts:
-    @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: str(p.relative_to(ROOT)))
+    @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: str(p.relative_to(REPO)))
     def test_every_hook_script_has_a_shebang_and_the_exec_bit(self, bundle):
         """Each hook script starts with #! and is executable by everyone (as git stores it: 755)."""
         for script in _hook_scripts(bundle):
@@ -137,12 +136,12 @@ class TestScripts:
 
     def test_git_keeps_the_crlf_bytes_and_lf_elsewhere(self):
         """.gitattributes stops git from converting the CRLF script, and pins LF on the sample's scripts."""
-        if shutil.which("git") is None or not (ROOT / ".git").exists():
+        if shutil.which("git") is None or not (REPO / ".git").exists():
             pytest.skip("not a git checkout")
         done = subprocess.run(["git", "check-attr", "text", "eol", "--",
-                               str(CRLF_SCRIPT.relative_to(ROOT)), "sample_app/scripts/start_server"],
-                              cwd=ROOT, capture_output=True, text=True, check=True)
-        assert f"{CRLF_SCRIPT.relative_to(ROOT)}: text: unset" in done.stdout
+                               str(CRLF_SCRIPT.relative_to(REPO)), "sample_app/scripts/start_server"],
+                              cwd=REPO, capture_output=True, text=True, check=True)
+        assert f"{CRLF_SCRIPT.relative_to(REPO)}: text: unset" in done.stdout
         assert "sample_app/scripts/start_server: eol: lf" in done.stdout
 
     def test_the_attached_server_keeps_the_hooks_output(self):
@@ -234,7 +233,7 @@ class TestApp:
 
 
 def _vagrant_provision_script() -> str:
-    text = (ROOT / "Vagrantfile").read_text()
+    text = (REPO / "Vagrantfile").read_text()
     body = re.search(r"<<~'SHELL'\n(.*?)\nSHELL\n", text, re.DOTALL)
     assert body, "the Vagrantfile has no PROVISION = <<~'SHELL' ... SHELL block"
     return textwrap.dedent(body.group(1))
@@ -244,12 +243,12 @@ class TestVagrantfile:
     def test_ruby_syntax(self):
         """`ruby -c Vagrantfile` says Syntax OK."""
         require_tool("ruby", "ruby")
-        done = subprocess.run(["ruby", "-c", "Vagrantfile"], cwd=ROOT, capture_output=True, text=True, check=False)
+        done = subprocess.run(["ruby", "-c", "Vagrantfile"], cwd=REPO, capture_output=True, text=True, check=False)
         assert done.returncode == 0 and "Syntax OK" in done.stdout, done.stderr
 
     def test_box_is_amazon_linux_2023(self):
         """The box is Amazon Linux 2023 and port 80 is forwarded."""
-        text = (ROOT / "Vagrantfile").read_text()
+        text = (REPO / "Vagrantfile").read_text()
         assert 'config.vm.box = "bento/amazonlinux-2023"' in text
         assert 'guest: 80' in text
 
@@ -270,7 +269,7 @@ class TestVagrantfile:
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
+    lines = [line for line in (REPO / "Dockerfile").read_text().splitlines()
              if not line.lstrip().startswith("#")]
     joined = re.sub(r"\\\n", " ", "\n".join(lines))
     out = []
@@ -305,7 +304,7 @@ class TestDockerfile:
 
     def test_dockerignore_keeps_what_the_build_needs(self):
         """The build context drops .git and caches but keeps the package, the sample and the README."""
-        ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                    if line.strip() and not line.startswith("#")]
         assert ".git" in ignored and "**/__pycache__" in ignored
         for needed in ("agent", "hooks_runtime", "sample_app", "pyproject.toml", "README.md"):
@@ -316,14 +315,14 @@ class TestDockerfile:
 class TestValidate:
     def test_validate_finds_no_errors_in_the_sample(self):
         """`cdsim validate --strict sample_app` exits 0: no error and no warning."""
-        done = subprocess.run([sys.executable, "-m", "agent", "validate", "--strict", str(SAMPLE)],
+        done = subprocess.run([*CLI, "validate", "--strict", str(SAMPLE)],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         assert " 0 errors, 0 warnings" in done.stdout
 
     def test_validate_names_the_crlf_script(self):
         """`cdsim validate` flags the broken variant's CRLF #! line before any deployment."""
-        done = subprocess.run([sys.executable, "-m", "agent", "validate", str(BROKEN / "crlf_script")],
+        done = subprocess.run([*CLI, "validate", str(BROKEN / "crlf_script")],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode != 0
         assert "[script-crlf-shebang]" in done.stdout
@@ -351,8 +350,6 @@ set +e
 
 def _namespaces_usable() -> str | None:
     """Why the namespaced deployments cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (private mount/PID/network namespaces and an overlay on /etc)"
     require_tool("unshare", "util-linux")
     done = subprocess.run(["unshare", "--mount", "--pid", "--net", "--fork", "true"], capture_output=True, check=False)
     if done.returncode != 0:
@@ -369,7 +366,7 @@ def _deploy_in_namespaces(tmp_path: Path, commands: str, timeout: float = 120) -
     env = {**os.environ, "T": str(tmp_path), "PY": sys.executable,
            # the hooks' python3 is cdsim's (as with an activated virtual environment)
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(["unshare", "--mount", "--pid", "--net", "--fork", "--mount-proc", "bash", "-c",
                            NAMESPACE_SETUP + commands], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -383,6 +380,7 @@ def _scripts_logs(tmp_path: Path, group: str) -> list[str]:
             for d in dirs]
 
 
+@needs_root("private mount, PID and network namespaces and an overlay on /etc need root (CI runs as root)")
 class TestDeployments:
     def test_sample_deploys_twice_and_the_second_stop_ends_the_first_server(self, tmp_path):
         """Two deployments succeed; the second ApplicationStop stops the first server; the page is served."""

@@ -7,10 +7,10 @@ test (GitHub revisions read from a local repository).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,9 +21,10 @@ import agent.instance as inst
 from agent.errors import ExitStatus
 from agent.service.client import ServiceError, call
 from agent.service.engine import BUILTIN_CONFIGS, minimum_healthy, plan
+from tests import lib
+from tests.lib import CLI
 
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="sandboxed instances need root here (CI runs as root)")
+needs_root = lib.needs_root("sandboxed instances need root here (CI runs as root)")
 
 APPSPEC = """version: 0.0
 os: linux
@@ -513,10 +514,7 @@ def test_server_restart_keeps_every_deployment(state, tmp_path):
 
 
 # -- the commands ------------------------------------------------------------------------------------
-def cdsim(*args: str, input: str | None = None,  # noqa: A002 - subprocess.run's input=
-          timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, input=input,
-                          timeout=timeout, check=False)
+cdsim = functools.partial(lib.cdsim, timeout=60)
 
 
 @needs_root
@@ -555,7 +553,7 @@ def test_cdsim_agent_on_the_host(bare_service, tmp_path):
     call(ep, "CreateDeploymentGroup", {"applicationName": "A", "deploymentGroupName": "G", "serviceRoleArn": "r",
                                        "onPremisesInstanceTagFilters": [{"Key": "Role", "Type": "KEY_ONLY"}]})
     root = tmp_path / "box"
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--endpoint", ep, "--instance", "box",
+    agent = subprocess.Popen([*CLI, "agent", "--endpoint", ep, "--instance", "box",
                               "--host", "--root-dir", str(root), "--poll-interval", "0.1",
                               "--github-root", str(tmp_path),
                               "--state", str(tmp_path / "agent-state")],
@@ -592,7 +590,7 @@ def test_a_server_killed_mid_deployment_fails_the_running_instance_on_restart(st
     from agent.service.client import server_info
     from agent.service.server import Service
 
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "server", "--state", state, "--no-s3",
+    proc = subprocess.Popen([*CLI, "server", "--state", state, "--no-s3",
                              "--github-root", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -25,6 +25,7 @@ import pytest
 from agent.service.auth import Credentials, sign
 from agent.service.client import ServiceError, call
 from agent.service.revisions import RevisionError, check_commit, check_ref_name
+from tests.lib import CLI, needs_root
 
 TARGET = "CodeDeploy_20141006."
 
@@ -333,7 +334,7 @@ def test_credentials_file_and_folder_are_private(tmp_path):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+@needs_root("needs root to run a command as another user")
 def test_another_user_cannot_read_the_credentials(service):
     probe = subprocess.run(["/bin/cat", os.path.join(service.folder, "credentials.json")], user=65534,
                            capture_output=True, text=True, check=False)
@@ -341,7 +342,7 @@ def test_another_user_cannot_read_the_credentials(service):
 
 
 def test_server_env_prints_the_credentials_the_server_checks(service):
-    done = subprocess.run([sys.executable, "-m", "agent", "server", "env", "--state", service.state],
+    done = subprocess.run([*CLI, "server", "env", "--state", service.state],
                           capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     env = dict(line[len("export "):].split("=", 1) for line in done.stdout.splitlines())
@@ -431,7 +432,7 @@ def test_kill_9_of_the_server_leaves_no_s3_process(tmp_path):
     import psutil
 
     state = str(tmp_path / "state")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "server", "--state", state],
+    proc = subprocess.Popen([*CLI, "server", "--state", state],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -554,7 +555,7 @@ def test_the_server_listens_on_loopback_only(service):
     assert listening == ["127.0.0.1"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder or file to another user")
+@needs_root("needs root to give a folder or file to another user")
 def test_a_service_folder_or_credentials_file_of_another_user_is_not_trusted(tmp_path):
     from agent.errors import EnvironmentProblem
     from agent.service.server import Service

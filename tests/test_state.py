@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 from agent import state
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.lib import CLI, REPO
 
 
 class TestStateDir:
@@ -80,7 +79,7 @@ def test_host_deploy_writes_where_the_state_module_says(tmp_path):
     (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\n")
     st = str(tmp_path / "state")
     env = {**os.environ, "CDSIM_STATE_DIR": st}
-    done = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "-q", str(bundle)], env=env,
+    done = subprocess.run([*CLI, "deploy", "--host", "-q", str(bundle)], env=env,
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     [stream] = os.listdir(state.events_dir(state.host_log_dir(st), "default-local-deployment-group"))
@@ -88,7 +87,7 @@ def test_host_deploy_writes_where_the_state_module_says(tmp_path):
     assert os.path.isfile(state.events_file(state.host_log_dir(st), "default-local-deployment-group",
                                             deployment_id))
     assert os.path.isdir(os.path.join(state.host_root_dir(st), "default-local-deployment-group", deployment_id))
-    history = subprocess.run([sys.executable, "-m", "agent", "history", "--host"], env=env, cwd=REPO,
+    history = subprocess.run([*CLI, "history", "--host"], env=env, cwd=REPO,
                              capture_output=True, text=True, timeout=120, check=False)
     assert history.returncode == 0, history.stderr
     assert deployment_id in history.stdout

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lib import CLI
+
 UMASKS = (0o077, 0o027, 0o022, 0o002)
 GROUP = "g1"
 def run(argv: list[str], umask: int, cwd: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -54,10 +56,10 @@ def make_site(base: Path) -> tuple[Path, Path]:
 def deploy(kind: str, base: Path, rev: Path, cfg: Path, umask: int) -> str:
     """One deployment of ``rev`` into group g1 under ``umask``; returns the deployment id."""
     if kind == "local":
-        argv = [sys.executable, "-m", "agent", "local", "--bundle-location", str(rev), "--type", "directory",
+        argv = [*CLI, "local", "--bundle-location", str(rev), "--type", "directory",
                 "--deployment-group", GROUP, "--agent-configuration-file", str(cfg)]
     else:
-        argv = [sys.executable, "-m", "agent", "deploy", "--host", "-q", "-c", str(cfg), "-g", GROUP,
+        argv = [*CLI, "deploy", "--host", "-q", "-c", str(cfg), "-g", GROUP,
                 "--type", "directory", str(rev)]
     before = set(os.listdir(base / "root" / GROUP)) if (base / "root" / GROUP).is_dir() else set()
     r = run(argv, umask, base / "cwd")
@@ -224,7 +226,7 @@ def test_an_atomic_write_takes_0666_minus_the_umask_and_private_0600(tmp_path, u
 def test_the_instance_store_stays_private_under_a_loose_umask(tmp_path):
     """`cdsim instance create` under umask 002: the instance folder 0700, meta.json 0600."""
     env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
-    r = run([sys.executable, "-m", "agent", "instance", "create", "umask-probe"], 0o002, tmp_path, env=env)
+    r = run([*CLI, "instance", "create", "umask-probe"], 0o002, tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     inst = tmp_path / "state" / "instances" / "umask-probe"
     assert stat.S_IMODE(inst.stat().st_mode) == 0o700

@@ -12,7 +12,6 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 import zipfile
@@ -23,6 +22,7 @@ import pytest
 from agent.bundle import fetch_and_unpack
 from agent.errors import BundleError, ExitStatus
 from agent.revision import LocalRevision
+from tests.lib import CLI, needs_root
 
 APPSPEC = b"version: 0.0\nos: linux\n"
 
@@ -143,7 +143,7 @@ class TestUnzipModes:
         assert len(warnings) == 3 and all("unzip" in w for w in warnings), warnings
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="tar restores owners only as root (CI runs as root)")
+@needs_root("tar restores owners only as root (CI runs as root)")
 class TestTarOwnersByName:
     """GNU tar as root: the owner and group named in the header when the name exists here, else the numbers."""
 
@@ -222,7 +222,7 @@ class TestNotAFile:
             source = str(tmp_path / "b.tar")
             os.mkfifo(source)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "agent", "deploy", "--host", "--root-dir", str(tmp_path / "root"),
+        proc = subprocess.run([*CLI, "deploy", "--host", "--root-dir", str(tmp_path / "root"),
                                "-t", "tar", source], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "CDSIM_STATE_DIR": str(tmp_path / "state")})
         assert proc.returncode == ExitStatus.INVALID, proc.stdout + proc.stderr

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
 import shutil
 import subprocess
 
 import pytest
-from conftest import require_tool
-from test_instance import _user_python, subordinate_ids
+from test_instance import subordinate_ids
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import lib
+from tests.lib import REPO, require_tool, user_python
+
 EXPECTED_TEXT = "Hello from cdsim sample app"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="creating a user with useradd and su to it needs root (CI runs as root)")
+pytestmark = lib.needs_root("creating a user with useradd and su to it needs root (CI runs as root)")
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everythi
     as that user removes it all, and the host has no ec2-user and no /home/ec2-user/sample-app."""
     require_tool("newuidmap", "uidmap")
     require_tool("newgidmap", "uidmap")
-    python = _user_python(deployer.pw_name)
+    python = user_python(deployer.pw_name)
     if python is None:   # as in test_instance: a checkout other users can't read can't be run by them
         pytest.skip(f"no interpreter both runnable by {deployer.pw_name} and able to import agent from {REPO}")
     host_user = subprocess.run(["id", "ec2-user"], capture_output=True, check=False).returncode == 0
@@ -72,10 +71,8 @@ def test_unprivileged_user_deploys_the_sample_twice_and_destroy_removes_everythi
     path = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
 
     def cdsim(*args: str) -> subprocess.CompletedProcess:
-        command = ["env", f"PATH={path}", f"CDSIM_STATE_DIR={state}", f"PYTHONPATH={REPO}", python, "-m", "agent",
-                   *args]
-        return subprocess.run(["su", deployer.pw_name, "-c", shlex.join(command)], capture_output=True,
-                              text=True, cwd=shared_dir, timeout=180, check=False)
+        return lib.cdsim(*args, user=deployer.pw_name, python=python, env={"PATH": path}, state=state,
+                         cwd=shared_dir, timeout=180)
 
     folder = os.path.join(state, "instances", "default")
     try:
@@ -109,7 +106,7 @@ def test_without_subordinate_ids_the_sample_stops_at_once_with_the_exact_fix(use
     stops before any hook with one message naming the free range to add; a bundle that needs no other
     user deploys, and says nothing about ids."""
     from agent.instance.idmap import SUBGID_FILE, SUBUID_FILE, free_range
-    python = _user_python(user_without_subids.pw_name)
+    python = user_python(user_without_subids.pw_name)
     if python is None:
         pytest.skip(f"no interpreter both runnable by {user_without_subids.pw_name} and able to import agent")
     bundle = os.path.join(shared_dir, "sample_app")
@@ -127,10 +124,8 @@ def test_without_subordinate_ids_the_sample_stops_at_once_with_the_exact_fix(use
     os.chown(state, user_without_subids.pw_uid, user_without_subids.pw_gid)
 
     def cdsim(*args: str) -> subprocess.CompletedProcess:
-        command = ["env", "PATH=/usr/local/bin:/usr/bin:/bin", f"CDSIM_STATE_DIR={state}", f"PYTHONPATH={REPO}",
-                   python, "-m", "agent", *args]
-        return subprocess.run(["su", user_without_subids.pw_name, "-c", shlex.join(command)], capture_output=True,
-                              text=True, cwd=shared_dir, timeout=180, check=False)
+        return lib.cdsim(*args, user=user_without_subids.pw_name, python=python,
+                         env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, state=state, cwd=shared_dir, timeout=180)
 
     with open(SUBUID_FILE) as u, open(SUBGID_FILE) as g:
         start = free_range(u.read(), g.read())

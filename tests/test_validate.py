@@ -20,10 +20,10 @@ import yaml
 from agent import appspec as A
 from agent.errors import ExitStatus
 from agent.lint import Finding, validate_bundle
+from tests.lib import CLI, REPO
 
 CASES = Path("/work/shared/conformance/cases")
 GOLDEN = CASES.parent / "golden"
-REPO = Path(__file__).resolve().parent.parent
 HEAD = "version: 0.0\nos: linux\n"
 SCRIPT = "#!/bin/bash\necho hi\n"
 
@@ -69,7 +69,7 @@ def cdsim(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProc
     start = time.monotonic()
     read_fd, write_fd = os.pipe()
     try:
-        result = subprocess.run([sys.executable, "-c", _LAUNCHER, str(write_fd), sys.executable, "-m", "agent",
+        result = subprocess.run([sys.executable, "-c", _LAUNCHER, str(write_fd), *CLI,
                                  "validate", *args], capture_output=True, text=True, cwd=cwd or REPO,
                                 stdin=subprocess.DEVNULL, pass_fds=(write_fd,), timeout=120, check=False)
         os.close(write_fd)

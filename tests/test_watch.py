@@ -6,12 +6,13 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.lib import CLI, needs_root
 
 
 def _script(path: Path, body: str) -> None:
@@ -38,7 +39,7 @@ class Watcher:
         env = dict(os.environ, CDSIM_STATE_DIR=str(tmp_path / "state"))
         where = where or ["--host", "--root-dir", str(tmp_path / "root")]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "watch", *where, "-q", str(bundle)],
+            [*CLI, "watch", *where, "-q", str(bundle)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -133,7 +134,7 @@ class TestWatch:
         finally:
             w.stop()
 
-    @pytest.mark.skipif(os.geteuid() != 0, reason="deploys into an instance as root (CI runs as root)")
+    @needs_root("deploys into an instance as root (CI runs as root)")
     def test_into_an_instance_each_run_reads_the_bundle_as_it_is_now(self, tmp_path, bundle):
         """Watching into an instance: a hook script replaced as an editor saves it (a new file renamed
         over the old one) is the one the next run executes, though the instance keeps running (its /
@@ -158,6 +159,6 @@ class TestWatch:
 
     def test_missing_bundle_is_a_usage_error(self, tmp_path):
         """Watching a path that does not exist exits USAGE at once."""
-        proc = subprocess.run([sys.executable, "-m", "agent", "watch", "--host", str(tmp_path / "nope")],
+        proc = subprocess.run([*CLI, "watch", "--host", str(tmp_path / "nope")],
                               capture_output=True, text=True, timeout=30, check=False)
         assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -19,6 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.lib import CLI
+
 GROUP = "g1"
 REG, DIR, SYM, LNK = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 CHR, BLK, FIFO = tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE
@@ -194,7 +196,7 @@ class Site:
 
     def local(self, bundle, kind: str, *extra, timeout: float = 120.0, env=None, **kw) -> Run:
         """``cdsim local -l BUNDLE -t kind -g g1 -c agent.yml`` (the agent-exact CLI)."""
-        argv = [sys.executable, "-m", "agent", "local", "-l", bundle, "-t", kind, "-g", GROUP,
+        argv = [*CLI, "local", "-l", bundle, "-t", kind, "-g", GROUP,
                 "-c", self.cfg, *extra]
         return run_cli(argv, cwd=self.cwd, env=env or self.env(), timeout=timeout, **kw)
 

@@ -13,6 +13,7 @@ import pytest
 from agent.bundle import Limits, check_members, fetch_and_unpack, list_members
 from agent.errors import BundleError, UnsafeBundle
 from agent.revision import LocalRevision
+from tests.lib import needs_root
 
 from .harness import DIR, LNK, REG, SYM, snapshot, tar_with, zip_with
 
@@ -252,7 +253,7 @@ class TestDirectoryBundles:
         assert "'pipe' is a FIFO" in e.value.message
         assert os.listdir(site / "root" / "g1" / "d-1" / "deployment-archive") == []
 
-    @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root (CI runs as root)")
+    @needs_root("mknod needs root (CI runs as root)")
     def test_device_node_in_a_directory_bundle(self, site):
         """A character device is refused."""
         rev = self.rev(site)

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ExitStatus
+from tests.lib import CLI, needs_root
 
 from .harness import (
     BLK,
@@ -440,7 +440,7 @@ CASES = [
     Case("zip-char-device-mode", zip_case(("app/null", b"", 0o020644)), S.INVALID, "character device"),
     Case("dir-fifo", dir_with(fifo_dir), S.INVALID, "'app/pipe' is a FIFO"),
     Case("dir-char-device", dir_with(chardev_dir), S.INVALID, "character device",
-         marks=(pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root (CI runs as root)"),)),
+         marks=(needs_root("mknod needs root (CI runs as root)"),)),
     Case("tar-setuid-file", tar_case(("app/su", REG, {"data": b"x", "mode": 0o4755})), S.INVALID, "setuid/setgid"),
     Case("tar-setgid-folder", tar_case(("app/sg", DIR, {"mode": 0o2755})), S.INVALID, "setuid/setgid"),
     Case("zip-setuid-file", zip_case(("app/su", b"x", 0o104755)), S.SUCCESS, "setuid/setgid bits dropped",
@@ -597,7 +597,7 @@ def test_runas_root_while_not_root(runas_user, shared_dir):
     assert not (site.outside / "pwned").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="instances need root on this machine (CI runs as root)")
+@needs_root("instances need root on this machine (CI runs as root)")
 def test_destination_root_only_in_a_sandbox(tmp_path):
     """`destination: /` with OVERWRITE is deployed inside a sandboxed instance (`cdsim deploy
     --instance`): the instance sees the files in / and /etc, the host does not."""
@@ -612,12 +612,12 @@ def test_destination_root_only_in_a_sandbox(tmp_path):
     (rev / "app" / "etc" / f"{marker}.conf").write_text("x\n")
     (rev / "appspec.yml").write_text(appspec("/"))
     env = site.env()
-    argv = [sys.executable, "-m", "agent", "deploy", "--instance", marker, "-b", "OVERWRITE", str(rev)]
+    argv = [*CLI, "deploy", "--instance", marker, "-b", "OVERWRITE", str(rev)]
     try:
         run = run_cli(argv, cwd=site.cwd, env=env, timeout=120)
         assert run.returncode == 0, run.explain()
         assert not os.path.lexists(f"/{marker}.txt") and not os.path.lexists(f"/etc/{marker}.conf")
-        diff = run_cli([sys.executable, "-m", "agent", "instance", "diff", marker], cwd=site.cwd, env=env)
+        diff = run_cli([*CLI, "instance", "diff", marker], cwd=site.cwd, env=env)
         assert f"A /{marker}.txt" in diff.stdout and f"A /etc/{marker}.conf" in diff.stdout, diff.explain()
     finally:
-        run_cli([sys.executable, "-m", "agent", "instance", "destroy", marker], cwd=site.cwd, env=env)
+        run_cli([*CLI, "instance", "destroy", marker], cwd=site.cwd, env=env)
