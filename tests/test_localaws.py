@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from test_imds import sh  # one way to run a shell line inside an instance
 
 import agent.instance as inst
 from agent.instance import awsnet, imds
@@ -31,17 +31,6 @@ CLEAN = f"env -i PATH=/usr/bin:/bin HOME=/nonexistent {AWS} --region us-east-1"
 
 
 cdsim = functools.partial(lib.cdsim, cwd=REPO, timeout=300)
-
-
-def sh(instance: inst.Instance, script: str) -> subprocess.CompletedProcess[str]:
-    out = os.path.join(instance.path, f"out-{uuid.uuid4().hex}")
-    with open(out, "w+") as f:
-        status = inst.exec_in(instance, ["/bin/sh", "-c", script], stdout=f, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
-        f.seek(0)
-        text = f.read()
-    os.unlink(out)
-    return subprocess.CompletedProcess(script, status, text, "")
 
 
 def bundle(tmp_path: Path, script: str) -> Path:

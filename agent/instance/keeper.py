@@ -22,6 +22,7 @@ import traceback
 from agent.errors import EnvironmentProblem
 from agent.instance import confine, idmap, overlay, services, store
 from agent.instance import namespaces as ns
+from agent.instance.procstat import stat
 
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0
@@ -128,19 +129,8 @@ def keeper_main(folder: str, report: int) -> int:
 
 # ---- outside: start, find, stop -------------------------------------------------------------------
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a live process, from /proc (no psutil: the
-    instance code must run on a bare system python too); None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[19])
-
-
 def _alive(pid: int, started: int | None = None) -> bool:
-    st = _stat(pid)
+    st = stat(pid)
     return st is not None and st[0] not in "ZX" and (started is None or st[1] == started)
 
 
@@ -202,7 +192,7 @@ def _spawn(inst: store.Instance) -> store.KeeperRecord:
         raise EnvironmentProblem(f"cannot start instance {inst.name!r}: {why}", hint=HINT,
                                  reference="instance-unavailable")
     record: store.KeeperRecord = {"keeper_pid": keeper_pid, "init_pid": init_pid,
-              "init_started": (_stat(init_pid) or ("", 0))[1],
+              "init_started": (stat(init_pid) or ("", 0))[1],
               "pid_namespace": ns.pid_namespace(init_pid), "started": time.time()}
     store.write_keeper(inst, record)
     return record

@@ -26,6 +26,7 @@ import urllib.parse
 from typing import Any
 from xml.etree import ElementTree
 
+from agent.instance.procstat import start_ticks
 from agent.state import aws_dir, instances_dir
 
 ACCOUNT = "000000000000"
@@ -184,15 +185,6 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in "ZX" else int(fields[19])
-
-
 def instances_running(state: str) -> bool:
     """Whether any instance of the state has its services running (their daemons' records)."""
     top = instances_dir(state)
@@ -276,7 +268,7 @@ def _services_running(folder: str) -> bool:
             record = json.load(f)
     except (OSError, ValueError):
         return False
-    return isinstance(record, dict) and _start_ticks(record.get("pid", -1)) == record.get("started")
+    return isinstance(record, dict) and start_ticks(record.get("pid", -1)) == record.get("started")
 
 
 def server_main(state: str) -> int:

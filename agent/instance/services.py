@@ -33,6 +33,7 @@ from agent.errors import EnvironmentProblem
 from agent.fsutil import atomic_write
 from agent.instance import awsnet, imds, localaws, netlink, overlay, store
 from agent.instance import namespaces as ns
+from agent.instance.procstat import start_ticks
 
 RECORD = "services.json"
 LOG = "services.log"
@@ -43,15 +44,6 @@ _MAIN = ("import sys; from agent.instance.services import daemon_main; "
 
 
 # ---- outside: start, find, stop -------------------------------------------------------------------
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in "ZX" else int(fields[19])
-
 
 def _record(inst: store.Instance) -> dict[str, int] | None:
     try:
@@ -65,7 +57,7 @@ def _record(inst: store.Instance) -> dict[str, int] | None:
 def running(inst: store.Instance) -> int | None:
     """The daemon's pid when it runs for the instance's current init, else None."""
     record = _record(inst)
-    if not record or _start_ticks(record.get("pid", -1)) != record.get("started"):
+    if not record or start_ticks(record.get("pid", -1)) != record.get("started"):
         return None
     return record["pid"]
 
@@ -142,14 +134,14 @@ def stop(inst: store.Instance) -> None:
 
 
 def _end(pid: int) -> None:
-    started = _start_ticks(pid)
+    started = start_ticks(pid)
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
-        while _start_ticks(pid) == started and started is not None:
+        while start_ticks(pid) == started and started is not None:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.02)
@@ -171,7 +163,7 @@ LINK_LOCAL = ("169.254.169.0", 24)
 
 def _join(init_pid: int, init_started: int, userns: bool) -> None:
     """Join the instance's network namespace (after its user namespace, if it has one)."""
-    if _start_ticks(init_pid) != init_started:
+    if start_ticks(init_pid) != init_started:
         raise OSError(errno.ESRCH, "the instance's init is gone")
     kinds = ([(ns.CLONE_NEWUSER, "user")] if userns else []) + [(ns.CLONE_NEWNET, "net")]
     for flag, name in kinds:
@@ -281,7 +273,7 @@ def daemon_main(folder: str, init_pid: int, init_started: int, report: int) -> i
         return 1
     listener, https, http, resolver = (socket.socket(fileno=fd) for fd in fds)
     atomic_write(os.path.join(folder, RECORD), json.dumps(
-        {"pid": os.getpid(), "started": _start_ticks(os.getpid()), "init_pid": init_pid,
+        {"pid": os.getpid(), "started": start_ticks(os.getpid()), "init_pid": init_pid,
          "init_started": init_started}) + "\n", private=True)
     metadata = imds.Metadata(lambda: imds.load(inst), lambda path, why: imds.record_refusal(inst, path, why))
     server = _MetadataServer(listener, metadata)
@@ -313,8 +305,8 @@ def _wait_for_exit(pid: int, started: int) -> None:
         fd = os.pidfd_open(pid)
     except OSError:
         fd = -1
-    if fd >= 0 and _start_ticks(pid) == started:
+    if fd >= 0 and start_ticks(pid) == started:
         select.select([fd], [], [])
         return
-    while _start_ticks(pid) == started:
+    while start_ticks(pid) == started:
         time.sleep(0.5)
