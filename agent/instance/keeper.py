@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -175,7 +174,7 @@ def _spawn(inst: store.Instance) -> store.KeeperRecord:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
             start_new_session=True, cwd="/", env=package_env())
     os.close(write_end)
-    lines = _read_report(read_end)
+    lines = ns.read_report(read_end, START_TIMEOUT, _report_complete).splitlines()
     proc.wait()
     keeper_pid = next((int(line[7:]) for line in lines if line.startswith("keeper ")), None)
     init_pid = next((int(line[4:]) for line in lines if line.startswith("pid ")), None)
@@ -226,25 +225,10 @@ def package_env() -> dict[str, str]:
     return env
 
 
-def _read_report(fd: int) -> list[str]:
-    deadline = time.monotonic() + START_TIMEOUT
-    data = b""
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-            lines = data.decode("utf-8", "replace").splitlines()
-            if any(line.startswith("error ") for line in lines) or (
-                    "ok" in lines and any(line.startswith("pid ") for line in lines)):
-                break
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace").splitlines()
+def _report_complete(text: str) -> bool:
+    lines = text.splitlines()
+    return any(line.startswith("error ") for line in lines) or (
+        "ok" in lines and any(line.startswith("pid ") for line in lines))
 
 
 def processes(inst: store.Instance, record: store.KeeperRecord | None = None) -> list[int]:

@@ -1,6 +1,7 @@
 """Thin wrappers over the Linux system calls an instance needs (unshare, setns, mount, the new mount API's
 open_tree/mount_setattr/move_mount, pivot_root, loopback up), through ctypes because Python 3.11 has no
-os.unshare/os.mount. Linux only; imports nothing of cdsim (agent.instance.enter runs it as a plain script).
+os.unshare/os.mount, and the reading of the pipe a starting process reports on. Linux only; imports nothing
+of cdsim (agent.instance.enter runs it as a plain script).
 """
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import ctypes
 import errno
 import os
 import struct
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -153,3 +158,25 @@ def _unescape(field: str) -> str:
             out.append(field[i])
             i += 1
     return "".join(out)
+
+
+def read_report(fd: int, timeout: float, complete: Callable[[str], bool]) -> str:
+    """What a starting process writes to the pipe ``fd`` about its start, read until ``complete``
+    says the text so far is the whole report, the pipe closes or ``timeout`` seconds pass; closes ``fd``."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while not complete(data.decode("utf-8", "replace")) and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace")

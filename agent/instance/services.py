@@ -94,7 +94,7 @@ def start(inst: store.Instance, init_pid: int, init_started: int, env: dict[str,
                                  str(write_end)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=(write_end,), start_new_session=True, cwd="/", env=env)
     os.close(write_end)
-    report = _read_report(read_end)
+    report = ns.read_report(read_end, START_TIMEOUT, lambda text: "\n" in text).strip()
     proc.wait()
     if report != "ok":
         raise EnvironmentProblem(
@@ -103,23 +103,6 @@ def start(inst: store.Instance, init_pid: int, init_started: int, env: dict[str,
             reference="instance-services",
             hint=f"stop the instance (`cdsim instance stop {inst.name}`) and try again; "
                  f"{os.path.join(inst.path, LOG)} may say more")
-
-
-def _read_report(fd: int) -> str:
-    deadline = time.monotonic() + START_TIMEOUT
-    data = b""
-    try:
-        while b"\n" not in data and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace").strip()
 
 
 def stop(inst: store.Instance) -> None:
