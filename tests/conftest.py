@@ -86,6 +86,7 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
     "nologin_user": ("root",),
     "state": ("instance",),            # a state folder whose instances are destroyed afterwards
     "instances_here": ("instance",),
+    "sysd": ("root", "instance"),   # test_systemctl.py's one instance
     "cdsim_deploy": ("instance",),     # the plugin deploys into an instance where instances work
     "fleet": ("service", "instance"),
     "service": ("service",),
@@ -104,6 +105,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 # and single tests or classes (node id, relative to tests/, up to a "::" or a "[")
 NODE_MARKS: dict[str, tuple[str, ...]] = {
     "test_instance.py::TestUnprivilegedUser": ("instance",),
+    "test_systemctl.py::test_an_unprivileged_instance_has_the_stand_in_too": ("instance",),
     "test_sample_app.py::TestDeployments": ("instance",),   # namespaces of its own (unshare)
     "test_toolkit.py::test_the_runner_sets_the_state_folder_and_env_wins_over_it": ("instance",),
     "test_pytest_plugin.py::test_fixture_deploys_and_reports_hooks_files_and_exec[instance]": ("instance",),

@@ -36,6 +36,7 @@ SPAWNERS = {
     "agent.instance.keeper": "the keeper process and the instance's init",
     "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",
     "agent.instance.services": "the instance's services daemon (detached) and its helper joining the namespaces",
+    "agent.instance.systemctl_manager": "the unit manager (forked by the instance's init) and the units' processes",
     "agent.pytest_plugin": "`cdsim deploy` in a subprocess, and exec() inside the deployment's place",
     "agent.service.agent_loop": "the runner inside the instance (or here, for a host agent)",
     "agent.service.fetch": "git archive for GitHub revisions",
@@ -57,7 +58,7 @@ _SPAWN_MODULES = {"multiprocessing", "concurrent.futures.process"}
 PURE = ("agent.appspec", "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
         "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
-        "agent.reports.github")
+        "agent.reports.github", "agent.instance.systemctl_units")
 _IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
 
 # What no command's parser may load: `cdsim --help` and every command's start imports the parser only

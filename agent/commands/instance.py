@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("name")
     c.add_argument("--network", choices=("private", "host"), default="private",
                    help="private: its own loopback (default); host: the host's network")
+    c.add_argument("--init", choices=("stand-in", "systemd"), default="stand-in",
+                   help="what answers systemctl inside: cdsim's stand-in (default), or the userland's systemd "
+                        "as PID 1 (says what this host lacks for it)")
     actions.add_parser("list", help="list instances: running or not, network, process count")
     s = actions.add_parser("shell", help="an interactive shell inside the instance (as its root)")
     s.add_argument("name")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.print_help()
         return 2
     if action == "create":
-        created = inst.create(args.name, network=args.network)
+        created = inst.create(args.name, network=args.network, init=args.init)
         print(f"created instance {created.name} ({created.network} network) in {created.path}")
         if created.network == "host":
             from agent.instance.imds import HOST_NETWORK_NOTE

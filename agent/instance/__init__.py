@@ -16,7 +16,9 @@ Module map: ``store`` (an instance folder's files and metadata; ``agent.state`` 
 ``namespaces`` (system calls), ``overlay`` (the root file system), ``keeper`` (start/stop), ``idmap``
 (user namespace id maps), ``confine`` (capabilities, seccomp), ``enter`` (the launcher), ``diff`` (what
 changed), ``services`` (the per-instance daemon serving its network: ``imds`` the instance metadata,
-``awsnet`` its resolver, CA and the proxy to ``localaws``, the state's moto; ``netlink`` the links).
+``awsnet`` its resolver, CA and the proxy to ``localaws``, the state's moto; ``netlink`` the links),
+``systemctl`` (the instance's ``systemctl``, a client of ``systemctl_manager``, the unit manager its init
+forks; ``systemctl_units`` reads unit files).
 Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
@@ -81,10 +83,28 @@ class InstanceStatus:
     path: str
 
 
+INITS = ("stand-in", "systemd")
+
+
 def create(name: str, *, network: str = "private", state: str | None = None,
-           exist_ok: bool = False) -> Instance:
-    """Make a new (stopped) instance folder; UsageError if it exists, unless ``exist_ok``."""
+           exist_ok: bool = False, init: str = "stand-in") -> Instance:
+    """Make a new (stopped) instance folder; UsageError if it exists, unless ``exist_ok``. ``init``:
+    what answers ``systemctl`` inside: ``stand-in`` (agent.instance.systemctl_manager) or ``systemd``
+    (the userland's own systemd as PID 1), which cdsim can't boot yet: EnvironmentProblem naming
+    what this host lacks for it."""
     store.check_name(name)
+    if init not in INITS:
+        raise UsageError(f"unknown init {init!r}: use one of {', '.join(INITS)}", reference="instance-init-invalid")
+    if init == "systemd":
+        from agent.instance.systemctl_manager import systemd_init_problems
+
+        lacks = systemd_init_problems()
+        why = ("this host lacks " + "; ".join(lacks) + ", and " if lacks else "") + \
+            "cdsim does not boot systemd as an instance's PID 1 yet"
+        raise EnvironmentProblem(f"cannot create instance {name!r} with --init systemd: {why}",
+                                 reference="instance-init-systemd",
+                                 hint="leave out --init: the instance's systemctl is then cdsim's stand-in, "
+                                      "which starts and stops the units without a systemd (see the README)")
     if network not in store.NETWORKS:
         raise UsageError(f"unknown network {network!r}: use one of {', '.join(store.NETWORKS)}",
                          reference="instance-network-invalid")

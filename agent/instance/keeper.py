@@ -2,8 +2,10 @@
 
 :func:`keeper_main` (FOLDER, FD), run in a process of its own by :func:`start`, unshares the
 namespaces, forks the instance's init (PID 1 of its PID namespace), which builds the root file system,
-pivots into it, confines itself as every process of the instance is (agent.instance.confine) and
-then only reaps orphans until told to stop; the keeper itself stays outside as
+pivots into it, mounts cdsim's ``systemctl`` stand-in over the instance's (agent.instance.systemctl),
+confines itself as every process of the instance is (agent.instance.confine), forks the unit manager
+that answers that ``systemctl`` (agent.instance.systemctl_manager) and then only reaps orphans until
+told to stop (the manager first stops its units); the keeper itself stays outside as
 init's parent so init never lingers as a zombie. Both report on pipe FD: ``pid N`` (init's host pid), then ``ok`` or
 ``error MESSAGE``. When init exits the kernel kills every process of the instance.
 Must not import the deploy engine or hooks_runtime.
@@ -11,6 +13,7 @@ Must not import the deploy engine or hooks_runtime.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
@@ -19,7 +22,7 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
-from agent.instance import confine, idmap, overlay, services, store
+from agent.instance import confine, idmap, overlay, services, store, systemctl, systemctl_manager
 from agent.instance import namespaces as ns
 from agent.instance.procstat import stat
 
@@ -32,9 +35,10 @@ HINT = ("sandboxed instances need Linux with user, mount and PID namespaces and 
 
 # ---- inside: the keeper and the instance's init ---------------------------------------------------
 
-def _init_loop(report: int) -> None:
-    """PID 1 of the instance: reap orphans; on SIGTERM ask everyone to stop, then leave (the kernel
-    kills what is left when PID 1 exits)."""
+def _init_loop(report: int, manager: int | None) -> None:
+    """PID 1 of the instance: reap orphans; on SIGTERM let the unit manager stop its services (with
+    their ExecStop=, within its budget), ask everyone else to stop, then leave (the kernel kills what
+    is left when PID 1 exits)."""
     os.close(report)
     # our stdout/stderr are the host's keeper.log: no handle on a host file may stay reachable from
     # inside (through /proc/1/fd)
@@ -48,6 +52,20 @@ def _init_loop(report: int) -> None:
         info = signal.sigtimedwait({signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, 60)
         if info is not None and info.si_signo == signal.SIGTERM:
             break
+    if manager is not None:
+        try:
+            os.kill(manager, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + systemctl_manager.SHUTDOWN_BUDGET + 1.0
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(manager, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == manager:
+                break
+            signal.sigtimedwait({signal.SIGCHLD}, 0.1)
     try:
         os.kill(-1, signal.SIGTERM)   # from PID 1: every other process of this PID namespace
     except ProcessLookupError:
@@ -82,6 +100,15 @@ def keeper_main(folder: str, report: int) -> int:
     meta = store.read_meta(folder)
     inst = store.Instance(name=meta["name"], path=folder, network=meta["network"])
     userns = bool(meta.get("user_namespace"))
+    try:
+        wrapper: str | None = systemctl_manager.write_wrapper(
+            folder, systemctl_manager.stand_in_python(sys.executable))
+    except (OSError, ValueError) as e:
+        print(f"no systemctl stand-in in this instance: {e}", file=sys.stderr, flush=True)
+        wrapper = None
+    if wrapper and not any(os.path.isfile(os.path.realpath(path)) for path in systemctl.PATHS):
+        # the instance gets an empty /usr/bin/systemctl to mount the stand-in on: cdsim's, no change
+        store.add_synthesized(inst, {systemctl.PATHS[0]: hashlib.sha256(b"").hexdigest()})
     flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
     if inst.network == "private":
         flags |= ns.CLONE_NEWNET
@@ -103,22 +130,28 @@ def keeper_main(folder: str, report: int) -> int:
         return 1
     init = os.fork()
     if init == 0:
+        manager = None
         try:
             os.setsid()
             last_cap = confine.prepare()   # while the host's tree is still ours
             overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns)
             overlay.mount_private(inst.root, in_user_namespace=userns, host_network=inst.network == "host")
+            stand_in = systemctl_manager.clone_wrapper(wrapper) if wrapper else []
             overlay.enter(inst.root, inst.name, private_network=inst.network == "private")
+            if wrapper:
+                systemctl_manager.install(stand_in)
             # init holds no more than the processes it reaps; where the host's root started it, it is not
             # dumpable either (root inside can't trace it or read /proc/1/fd). In a user namespace it
             # must stay dumpable: its owner reads /proc/INIT/ns to know the instance runs
             confine.confine(last_cap, dumpable=userns)
+            if wrapper:   # confined, as every process of the instance: its services inherit that
+                manager = systemctl_manager.fork_manager(inst.name)
         except Exception as e:  # noqa: BLE001 - reported to the starting process, which raises
             traceback.print_exc()
             _write(report, f"error {e}")
             os._exit(1)
         _write(report, "ok")
-        _init_loop(report)
+        _init_loop(report, manager)
     _write(report, f"pid {init}")
     os.close(report)
     os.close(0)

@@ -1,0 +1,72 @@
+"""The ``systemctl`` of an instance: a thin client of the instance's unit manager.
+
+Inside an instance, /usr/bin/systemctl (and /bin/systemctl) is this file, bind-mounted over the
+image's or host's own by the instance's init (agent.instance.keeper), behind a ``#!`` line naming
+cdsim's interpreter (:func:`wrapper_text`). It sends its arguments to the unit manager
+(agent.instance.systemctl_manager, a child of the instance's init) over the socket :data:`SOCKET`,
+prints what the manager answers and exits with its status: the manager, not the hook, starts and owns
+the services, so a service outlives the hook that started it, as under systemd.
+
+How to run it where the image lacks Python (image instances): give :func:`wrapper_text` the path of
+cdsim's interpreter as the instance sees it; the file it returns runs as ``PYTHON -EsS`` and needs only
+that interpreter's standard library (os, sys, socket, json). Imports nothing of cdsim.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+SOCKET = "/run/systemd/cdsim-systemctl.sock"
+# where the stand-in is mounted inside an instance (each that exists as a file; /bin may be a link to usr/bin)
+PATHS = ("/usr/bin/systemctl", "/bin/systemctl")
+NO_MANAGER = ("System has not been booted with systemd as init system (PID 1). Can't operate.\n"
+              "Failed to connect to bus: Host is down\n")
+
+
+def wrapper_text(python: str) -> bytes:
+    """The executable file an instance gets as ``systemctl``: this module's source behind a ``#!`` line
+    that runs it with ``python`` (a path inside the instance). ValueError if that path can't stand in a
+    ``#!`` line (white space, or too long for the kernel)."""
+    if not python.startswith("/") or any(c.isspace() for c in python) or len(python) > 200:
+        raise ValueError(f"cannot name {python!r} in a #! line: give an absolute path without white space")
+    source = os.path.abspath(__file__)
+    if source.endswith((".pyc", ".pyo")):
+        source = source[:-1]
+    with open(source, "rb") as f:
+        body = f.read()
+    return b"#!" + os.fsencode(python) + b" -EsS\n" + body
+
+
+def request(argv: list[str], path: str = SOCKET) -> tuple[int, str, str]:
+    """Ask the manager to run one systemctl command line; (status, stdout, stderr). OSError if no
+    manager answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(json.dumps({"argv": argv}).encode())
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    reply = json.loads(b"".join(chunks) or b"{}")
+    return int(reply.get("status", 1)), str(reply.get("stdout", "")), str(reply.get("stderr", ""))
+
+
+def main(argv: list[str]) -> int:
+    try:
+        status, out, err = request(argv)
+    except (OSError, ValueError):
+        sys.stderr.write(NO_MANAGER)
+        return 1
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    sys.stderr.write(err)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
