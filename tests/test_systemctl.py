@@ -285,6 +285,12 @@ ExecStart=PYTHON -c "import os, socket, time; time.sleep(0.3); \
     time.sleep(4545)"
 EOF
 printf '[Service]\nExecStart=/nonexistent/program\n' > missing.service
+cat > flaky.service <<'EOF'
+[Service]
+ExecStart=/bin/sh -c "echo run >> /var/tmp/flaky.runs; exit 1"
+Restart=on-failure
+RestartSec=50ms
+EOF
 cd /
 systemctl start broken; echo "broken start=$?"
 systemctl status broken > /var/tmp/broken.status; echo "broken status=$?"
@@ -296,6 +302,9 @@ echo "forker start=$? $(systemctl is-active forker) main=$(systemctl show -p Mai
      "pidfile=$(cat /run/forker.pid)"
 systemctl start notifier; echo "notifier start=$? $(systemctl is-active notifier)"
 systemctl start missing; echo "missing start=$? $(systemctl is-active missing)"
+systemctl start flaky
+for i in $(seq 100); do [ "$(systemctl show -p Result --value flaky)" = start-limit-hit ] && break; sleep 0.1; done
+echo "flaky $(systemctl is-active flaky) $(wc -l < /var/tmp/flaky.runs) $(systemctl show -p Result --value flaky)"
 su nobody -s /bin/sh -c 'systemctl stop forker; echo "nobody stop=$?"; systemctl is-active forker; \
                          echo "nobody is-active=$?"'
 systemctl stop forker notifier once
@@ -309,15 +318,16 @@ systemctl --frob; echo "option=$?"
 
 def test_unit_types_environment_user_failures_and_exit_codes(sysd):
     """oneshot (failing, and with RemainAfterExit, ExecStartPre, Environment=, EnvironmentFile=, User=,
-    WorkingDirectory=), forking with PIDFile=, notify (start waits for READY=1), a missing program, a
-    non-root caller, unknown units, verbs and options: systemctl's words and exit codes."""
+    WorkingDirectory=), forking with PIDFile=, notify (start waits for READY=1), a missing program,
+    Restart=on-failure up to systemd's start limit, a non-root caller, unknown units, verbs and options:
+    systemctl's words and exit codes."""
     done = in_web(sysd, SCRIPT.replace("PYTHON", PYTHON))
     out = done.stdout + done.stderr
     expected = [
         "Job for broken.service failed because the control process exited with error code.",
         "broken start=1", "broken status=3", "failed", "is-failed=0",
         "once start=0 active pre hello there from file nobody /tmp",
-        "notifier start=0 active", "missing start=0 failed",
+        "notifier start=0 active", "missing start=0 failed", "flaky failed 5 start-limit-hit",
         "Failed to stop forker.service: Access denied", "nobody stop=4", "nobody is-active=0",
         "stop all=0 inactive inactive inactive",
         "Failed to start nope.service: Unit nope.service not found.", "nope start=5",

@@ -853,9 +853,13 @@ class Command:
             self.warn(f"Warning: The unit file, source configuration file or drop-ins of {st.unit.name} changed "
                       "on disk. Run 'systemctl daemon-reload' to reload units.")
 
-    def job_failed(self, name: str) -> None:
-        self.warn(f"Job for {name} failed because the control process exited with error code.\n"
+    def job_failed(self, name: str, result: str = "exit-code") -> None:
+        why = _JOB_FAILED.get(result, _JOB_FAILED["exit-code"])
+        self.warn(f"Job for {name} failed because {why}.\n"
                   f"See \"systemctl status {name}\" and \"journalctl -xeu {name}\" for details.")
+        if result == "start-limit-hit":
+            self.warn(f"To force a start use \"systemctl reset-failed {name}\"\n"
+                      f"followed by \"systemctl start {name}\" again.")
 
     # -- verbs ------------------------------------------------------------------------------------
     def start(self, names: list[str]) -> int:
@@ -876,8 +880,8 @@ class Command:
             self.changed_warning(st)
             try:
                 self.m.start(st)
-            except Failed:
-                self.job_failed(name)
+            except Failed as failed:
+                self.job_failed(name, failed.result)
                 status = 1
         return status
 
@@ -914,8 +918,8 @@ class Command:
             self.m.stop(st)
             try:
                 self.m.start(st)
-            except Failed:
-                self.job_failed(name)
+            except Failed as failed:
+                self.job_failed(name, failed.result)
                 status = 1
         return status
 
@@ -946,7 +950,6 @@ class Command:
                     status = max(status, self.start([name]))
                     continue
                 self.warn(f"{name} is not active, cannot reload.")
-                self.job_failed(name)
                 status = 1
                 continue
             try:
@@ -955,8 +958,8 @@ class Command:
                 self.m.log(st, f"Reloading {name} - {st.unit.description}...")
                 self.m.run_control(st, "ExecReload", commands, env, units.DEFAULT_TIMEOUT)
                 self.m.log(st, f"Reloaded {name} - {st.unit.description}.")
-            except Failed:
-                self.job_failed(name)
+            except Failed as failed:
+                self.job_failed(name, failed.result)
                 status = 1
         return status
 
@@ -1130,6 +1133,8 @@ class Command:
                 branch = "\u2514\u2500" if i == len(pids) - 1 else "\u251c\u2500"
                 lines.append(f"             {branch}{pid} {_cmdline(pid)}")
         tail = _tail(log_path(svc.name), int(self.options.get("lines", "10") or 10))
+        if tail and self.uid != 0:   # the unit's log is root's, as the system journal is
+            tail = ["Warning: some journal files were not opened due to insufficient permissions."]
         if tail:
             lines.append("")
             lines += tail
@@ -1185,8 +1190,10 @@ class Command:
 
     def reset_failed(self, names: list[str]) -> int:
         for name, st in self.m.states.items():
-            if (not names or name in [units.unit_name(n) for n in names]) and st.active == "failed":
-                st.active, st.sub, st.result = "inactive", "dead", "success"
+            if not names or name in [units.unit_name(n) for n in names]:
+                st.starts = []   # and the start limit's count
+                if st.active == "failed":
+                    st.active, st.sub, st.result = "inactive", "dead", "success"
         return 0
 
     def daemon_reload(self, names: list[str]) -> int:
@@ -1202,6 +1209,14 @@ _VERBS = {"start": Command.start, "stop": Command.stop, "restart": Command.resta
           "status": Command.status, "show": Command.show, "list-units": Command.list_units, "kill": Command.kill,
           "reset-failed": Command.reset_failed, "daemon-reload": Command.daemon_reload,
           "daemon-reexec": Command.daemon_reload}
+
+_JOB_FAILED = {"exit-code": "the control process exited with error code",
+               "signal": "a fatal signal was delivered to the control process",
+               "core-dump": "a fatal signal was delivered causing the control process to dump core",
+               "timeout": "a timeout was exceeded",
+               "resources": "of unavailable resources or another system error",
+               "protocol": "the service did not take the steps required by its unit configuration",
+               "start-limit-hit": "start of the service was attempted too often"}
 
 _NO_INSTALL = ("The unit files have no installation config (WantedBy=, RequiredBy=, Also=,\n"
                "Alias= settings in the [Install] section, and DefaultInstance= for template\n"
