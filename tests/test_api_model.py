@@ -234,6 +234,34 @@ def test_every_operation_of_the_model_gets_a_well_formed_answer(client):
         == IN_PLACE_UNSUPPORTED
 
 
+ODD_VALUES = (None, "", 0, [], {}, "-x" * 600, [{"Key": None}], "../../etc/passwd")
+
+
+def test_odd_values_in_every_member_get_a_listed_error_never_a_crash(server, client):
+    """Each member of each operation's input, in turn, given values of every JSON type, empty, long or
+    path-like, the rest of the body minimal and valid: the answer is a success or a listed error, with
+    a message, and never the 500 of a handler that trusted its input."""
+    from agent.service.client import ServiceError, call
+    walk_resources(client)
+    model = service_model()
+    problems = []
+    for name in model.operation_names:
+        op = model.operation_model(name)
+        if op.input_shape is None or name.startswith("Delete") or name in ("UpdateApplication", "StopDeployment"):
+            continue   # (what changes the walk's resources is covered by the walk)
+        base = minimal_input(op, values({"deployment": "d-AAAAAAAAA"}))
+        listed = {e.name for e in op.error_shapes} | GENERIC
+        for member in op.input_shape.members:
+            for odd in ODD_VALUES:
+                try:
+                    call(server.endpoint, name, dict(base, **{member: odd}))
+                except ServiceError as e:
+                    if e.status != 400 or e.kind not in listed or str(e) == f"{e.kind}: ":
+                        problems.append(f"{name}.{member}={odd!r:.40}: {e.status} {e}")
+        undo(client, name)
+    assert not problems, "\n".join(problems)
+
+
 def error_of(call, **kwargs) -> tuple[str, str]:
     with pytest.raises(ClientError) as e:
         call(**kwargs)

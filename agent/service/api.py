@@ -772,10 +772,15 @@ class Api:
         return {}
 
     def op_DeregisterOnPremisesInstance(self, body: JsonObject) -> JsonObject:
+        """Deregister an instance; one that is not registered (and has a valid name) is left as it is, with
+        no error, since the model lists none for it."""
         name = _required(body, "instanceName", "InstanceNameRequiredException", "Instance name")
         with self.store.transaction():
-            doc = self._instance(name)
-            self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+            doc = self.store.get("instance", name)
+            if doc is not None and not doc.get("deregisterTime"):
+                self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+            elif not revisions.valid_instance_name(name):
+                raise ApiError("InvalidInstanceNameException", f"The on-premises instance name {name!r} is not valid")
         return {}
 
     def op_GetOnPremisesInstance(self, body: JsonObject) -> JsonObject:
