@@ -30,7 +30,7 @@ AGENT_PREFIX = "CdsimAgent_20261127"
 FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
 _DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
 BUILTIN_PREFIX = "CodeDeployDefault."
-MAX_TAGS = 50                        # per resource, as CodeDeploy (and AWS tagging) allows
+MAX_TAGS = 50                        # per resource: AWS's usual tagging limit
 _ARN = re.compile(r"arn:aws[a-z-]*:(?P<service>[a-z0-9-]+):(?P<region>[a-z0-9-]*):(?P<account>[0-9]*):"
                   r"(?P<resource>.+)")
 
@@ -221,7 +221,7 @@ class Api:
             self.store.delete("tags", arn)
 
     def _add_tags(self, arn: str, new: list[JsonObject]) -> None:
-        """Add or replace (by key) tags on a resource; a later duplicate key wins, as AWS does."""
+        """Add or replace (by key) tags on a resource; of two new tags with one key, the later wins."""
         for t in new:
             key, value = t.get("Key"), t.get("Value", "")
             if not isinstance(key, str) or not key or len(key) > 128 or not isinstance(value, str) \
