@@ -289,6 +289,9 @@ def error_of(call, **kwargs) -> tuple[str, str]:
     ("CreateDeploymentGroup", {"applicationName": "a", "deploymentGroupName": "g", "serviceRoleArn": ROLE,
                                "ec2TagFilters": [{"Key": "k", "Type": "SOME"}]}, "InvalidEC2TagException"),
     ("ContinueDeployment", {"deploymentWaitType": "FOREVER"}, "InvalidDeploymentWaitTypeException"),
+    # every list answers in one page: no token was handed out
+    ("ListApplications", {"nextToken": "abc"}, "InvalidNextTokenException"),
+    ("ListDeploymentGroups", {"applicationName": "a", "nextToken": "abc"}, "InvalidNextTokenException"),
     # types
     ("CreateApplication", {"applicationName": ["a"]}, "SerializationException"),
     ("BatchGetApplications", {"applicationNames": "a"}, "SerializationException"),

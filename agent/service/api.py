@@ -174,6 +174,10 @@ class Api:
         problem = model.check_input(operation, body)
         if problem is not None:
             raise ApiError(*problem)
+        token = body.get("nextToken") or body.get("NextToken")
+        if token and "InvalidNextTokenException" in model.errors_of(operation):
+            # every list answers in one page, so no token was ever handed out
+            raise ApiError("InvalidNextTokenException", "The next token was specified in an invalid format")
         handler: Callable[[JsonObject], JsonObject] | None = getattr(self, "op_" + operation, None)
         if handler is None:   # an operation of a newer botocore model than this server knows
             raise ApiError("UnknownOperationException", f"cdsim does not implement {operation} yet")
