@@ -31,12 +31,9 @@ if TYPE_CHECKING:
 ECS = "ecs"
 LAMBDA = "lambda"
 PLATFORMS = (ECS, LAMBDA)
-RESOURCE_TYPES = {ECS: "AWS::ECS::Service", LAMBDA: "AWS::Lambda::Function"}
+RESOURCE_TYPES = A.PLATFORM_RESOURCE_TYPES
 PLATFORM_NAMES = {ECS: "Amazon ECS", LAMBDA: "AWS Lambda", None: "Amazon ECS or AWS Lambda"}
-HOOK_EVENTS = {
-    ECS: ("BeforeInstall", "AfterInstall", "AfterAllowTestTraffic", "BeforeAllowTraffic", "AfterAllowTraffic"),
-    LAMBDA: ("BeforeAllowTraffic", "AfterAllowTraffic"),
-}
+HOOK_EVENTS = A.PLATFORM_HOOK_EVENTS
 SERVER_EVENTS = ("ApplicationStop", "BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStart",
                  "ValidateService", "DownloadBundle", "Install")
 TOP_KEYS = ("version", "Resources", "Hooks")
@@ -129,69 +126,8 @@ class PlatformAppSpec:
 # Which platform
 
 
-def _key_text(node: A.Node) -> str | None:
-    """A key's text when it is a plain string (no conversion errors: detection never raises)."""
-    if node.id != "scalar":
-        return None
-    try:
-        v = A.scalar_value(node)
-    except AppSpecError:
-        return None
-    return v if isinstance(v, str) else None
-
-
-def _keys(node: A.Node | None) -> dict[str, A.Node]:
-    """Lower-cased string keys of a mapping node -> value node (first wins; duplicates are reported later)."""
-    out: dict[str, A.Node] = {}
-    if node is not None and node.id == "mapping":
-        for k, v in node.value:
-            text = _key_text(k)
-            if text is not None:
-                out.setdefault(text.lower(), v)
-    return out
-
-
-def _scalar_text(node: A.Node | None) -> str | None:
-    return _key_text(node) if node is not None else None
-
-
-def detect_platform(root: A.Node | None) -> str | None:
-    """ECS, LAMBDA, '' (an ECS or Lambda appspec whose kind cannot be told) or None (EC2/On-Premises).
-
-    An appspec is for ECS or Lambda when it has no ``os``, ``files`` or ``permissions`` and has a
-    ``resources`` key (or a near miss of it) or a ``hooks`` list (EC2's hooks are a mapping). Its kind
-    comes from the resource's ``Type``, else from its properties, else from its hook events."""
-    top = _keys(root)
-    if not top or {"os", "files", "permissions"} & top.keys():
-        return None
-    resources_key = next((k for k in top if k == "resources"), None) or next(
-        iter(difflib.get_close_matches("resources", list(top), n=1, cutoff=0.8)), None)
-    hooks = top.get("hooks")
-    if resources_key is None and (hooks is None or hooks.id != "sequence"):
-        return None
-    props: set[str] = set()
-    resources = top.get(resources_key) if resources_key else None
-    items = resources.value if resources is not None and resources.id == "sequence" else (
-        [resources] if resources is not None and resources.id == "mapping" else [])
-    for item in items:
-        for body in _keys(item).values():
-            fields = _keys(body)
-            kind = _scalar_text(fields.get("type"))
-            for platform, type_name in RESOURCE_TYPES.items():
-                if kind is not None and kind.lower() == type_name.lower():
-                    return platform
-            props.update(_keys(fields.get("properties")))
-    if props & {k.lower() for k in ECS_KEYS + LB_KEYS}:
-        return ECS
-    if props & {k.lower() for k in LAMBDA_KEYS}:
-        return LAMBDA
-    events = {_key_text(k) for item in (hooks.value if hooks is not None and hooks.id == "sequence" else [])
-              if item.id == "mapping" for k, _v in item.value}
-    if events & (set(HOOK_EVENTS[ECS]) - set(HOOK_EVENTS[LAMBDA])):
-        return ECS
-    if resources_key is None and not events & set(HOOK_EVENTS[ECS]):
-        return None  # a hooks list of EC2 events only: an EC2 appspec written wrong, the agent's errors say it
-    return ""
+_key_text = A.key_text
+detect_platform = A.detect_platform
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -587,6 +523,11 @@ def _event_platform(event: str) -> str | None:
     return None
 
 
+# YAML that does not compose: its top-level keys, read as text (a Resources key and no os key)
+_LOOKS_ECS_OR_LAMBDA = re.compile(r"""^["']?resources["']?[ \t]*:""", re.MULTILINE | re.IGNORECASE)
+_HAS_OS = re.compile(r"""^["']?os["']?[ \t]*:""", re.MULTILINE)
+
+
 def _json_problem(text: str) -> Problem | None:
     """A file that starts with '{' is JSON: its syntax error, at its position, or None."""
     import json
@@ -614,20 +555,27 @@ def check(root: A.Node, filename: str = "appspec.yaml", platform: str | None = N
 def platform_problems(data: str | bytes, filename: str = "appspec.yaml"
                       ) -> tuple[str | None, PlatformAppSpec | None, list[Problem]]:
     """(platform: ECS, LAMBDA, '' or None for an EC2 appspec; the appspec; its problems) of an appspec
-    file's bytes. Undecodable bytes and YAML syntax errors come back as AppSpecError's problem."""
+    file's bytes. A JSON file (it starts with '{') that is not JSON is '' with its JSON error; YAML that
+    does not compose is None (the EC2 reading reports it, as for any appspec)."""
+    root: A.Node | None = None
+    syntax: AppSpecError | None = None
     try:
         root = A.compose_appspec(data, filename)
     except AppSpecError as e:
-        mark = A.Mark(e.line, e.column or 1) if e.line is not None else None
-        return None, None, [Problem("error", e.code or "yaml-syntax", e.message, mark, e.hint)]
+        syntax = e
     platform = detect_platform(root)
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if (platform is not None or syntax is not None) and text.lstrip("\ufeff \t\r\n").startswith("{"):
+        problem = _json_problem(text)   # JSON's own error before YAML's reading of it
+        if problem is not None:
+            return platform if platform is not None else "", None, [problem]
+    if syntax is not None:
+        if _LOOKS_ECS_OR_LAMBDA.search(text) and not _HAS_OS.search(text):
+            mark = A.Mark(syntax.line, syntax.column or 1) if syntax.line is not None else None
+            return "", None, [Problem("error", syntax.code or "yaml-syntax", syntax.message, mark, syntax.hint)]
+        return None, None, []   # the EC2 reading reports the YAML error
     if platform is None or root is None:
         return None, None, []
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    if text.lstrip("\ufeff \t\r\n").startswith("{"):
-        problem = _json_problem(text)
-        if problem is not None:
-            return platform, None, [problem]
     spec, problems = check(root, filename, platform or None)
     return platform, spec, problems
 
