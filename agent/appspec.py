@@ -20,6 +20,10 @@ as Psych reads it, base 60 included: ``0:02`` is 120, ``1:30`` is 5400, Q39; PyY
 and is not used for values), aliases rejected (``Unknown alias: x``), dates and symbols rejected
 (``Tried to load unspecified class: Date``), a later duplicate key winning.
 
+An Amazon ECS or AWS Lambda appspec (``detect_platform``: a Resources section and no os) is refused with
+``UnsupportedPlatform`` where the agent would say "unsupported operating system": cdsim validates those
+(agent.appspec_platforms) but does not deploy them.
+
 One check is cdsim's, not the agent's: a ``runas`` that is not a user name (``valid_user_name``; the
 agent hands ``--help`` or ``-c id`` to su, which reads them as options) is refused with the code
 ``invalid-runas``, after every error of the agent's own.

@@ -557,6 +557,9 @@ def platform_problems(data: str | bytes, filename: str = "appspec.yaml"
     """(platform: ECS, LAMBDA, '' or None for an EC2 appspec; the appspec; its problems) of an appspec
     file's bytes. A JSON file (it starts with '{') that is not JSON is '' with its JSON error; YAML that
     does not compose is None (the EC2 reading reports it, as for any appspec)."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if _HAS_OS.search(text):
+        return None, None, []   # an os: key at the top: EC2/On-Premises (the common case, without composing)
     root: A.Node | None = None
     syntax: AppSpecError | None = None
     try:
@@ -564,7 +567,6 @@ def platform_problems(data: str | bytes, filename: str = "appspec.yaml"
     except AppSpecError as e:
         syntax = e
     platform = detect_platform(root)
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     if (platform is not None or syntax is not None) and text.lstrip("\ufeff \t\r\n").startswith("{"):
         problem = _json_problem(text)   # JSON's own error before YAML's reading of it
         if problem is not None:

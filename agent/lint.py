@@ -1,8 +1,10 @@
 """``cdsim validate``'s findings: every problem of an appspec and its bundle, at once.
 
 Owns the list of checks (errors: what makes the agent fail the deployment; warnings: what it accepts
-but surprises users) and the Finding record. Reads the bundle (a directory, or an archive's member
-listing and member contents in memory — never extracted to disk) and the appspec; never writes.
+but surprises users) and the Finding record. Dispatches by compute platform: an Amazon ECS or AWS Lambda
+appspec (no os, a Resources section) is checked by agent.appspec_platforms instead, and has no bundle.
+Reads the bundle (a directory, or an archive's member listing and member contents in memory — never
+extracted to disk) and the appspec; never writes.
 Must not import the CLI, install, deploy or hooks_runtime.
 """
 from __future__ import annotations
