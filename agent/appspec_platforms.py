@@ -291,7 +291,7 @@ class _Checker:
 
     # -- the document
     def check(self, root: A.Node) -> PlatformAppSpec | None:
-        top = self.fields(root, "the appspec", TOP_KEYS, ("version", "Resources"), A.Mark(1, 1))
+        top = self.fields(root, "the appspec", TOP_KEYS, ("version", "Resources"), root)
         if top is None:
             return None
         self.version(top.get("version"))

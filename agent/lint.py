@@ -343,9 +343,12 @@ class _Lint:
             if is_dir:  # codedeploy-local's validator checks a directory bundle first
                 names = (option,) if option else ("appspec.yml", "appspec.yaml")
                 if not any(tree.entry(n) for n in names):
+                    hint = "AppSpec file names are case-sensitive" if self._case_twin(tree, names) else None
+                    if hint is None and not option and tree.entry("appspec.json"):
+                        hint = ("an Amazon ECS or AWS Lambda appspec may be JSON: name the file, cdsim validate "
+                                f"{tree.shown('appspec.json')}")
                     self.add("error", "appspec-not-found", A.cli_appspec_not_found_message(tree.display, option),
-                             tree.display, hint=("AppSpec file names are case-sensitive"
-                                                 if self._case_twin(tree, names) else None))
+                             tree.display, hint=hint)
                     return None, None
             found = next((n for n in A.install_appspec_candidates(option) if tree.entry(n)), None)
             if found is None:

@@ -121,7 +121,7 @@ MUTATIONS = [
     ("resources-a-mapping", "lambda-example.yaml", "  - myLambdaFunction:", "    myLambdaFunction:",
      "error", "wrong-type", "    |myLambdaFunction:"),
     ("version", "ecs-example.yaml", "version: 0.0", "version: 1.0", "error", "invalid-version", "version: |1.0"),
-    ("version-missing", "lambda-example.yaml", "version: 0.0\n", "", "error", "missing-property", "|# The AWS"),
+    ("version-missing", "lambda-example.yaml", "version: 0.0\n", "", "error", "missing-property", "|Resources:"),
     ("top-level-key-misspelt", "ecs-example.yaml", "Hooks:", "Hook:", "warning", "unknown-key", "|Hook:"),
     # hooks
     ("ecs-event-misspelt", "ecs-example.yaml", "- AfterAllowTestTraffic:", "- AfterAllowTestTrafic:",
@@ -303,3 +303,12 @@ def test_the_parser_refuses_it_too_for_archives_and_the_service():
         A.parse_appspec((CORPUS / "ecs-example.json").read_bytes(), "appspec.yml")
     assert e.value.exit_status == ExitStatus.UNSUPPORTED_PLATFORM
     assert isinstance(e.value, AppSpecError) and e.value.code == "unsupported-platform"
+
+
+def test_a_folder_with_appspec_json_only_points_at_the_file(tmp_path):
+    (tmp_path / "appspec.json").write_bytes((CORPUS / "lambda-example.json").read_bytes())
+    (finding,) = validate_bundle(str(tmp_path))
+    assert finding.code == "appspec-not-found"
+    assert finding.hint == ("an Amazon ECS or AWS Lambda appspec may be JSON: name the file, cdsim validate "
+                            f"{tmp_path}/appspec.json")
+    assert validate_bundle(str(tmp_path / "appspec.json")) == []
