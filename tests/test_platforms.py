@@ -312,3 +312,39 @@ def test_a_folder_with_appspec_json_only_points_at_the_file(tmp_path):
     assert finding.hint == ("an Amazon ECS or AWS Lambda appspec may be JSON: name the file, cdsim validate "
                             f"{tmp_path}/appspec.json")
     assert validate_bundle(str(tmp_path / "appspec.json")) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile input: any document of these keys gives findings, never an exception, each inside the file
+
+PLATFORM_KEYS = ["version", "Resources", "resources", "Hooks", "TargetService", "Type", "Properties",
+                 "TaskDefinition", "LoadBalancerInfo", "ContainerName", "ContainerPort", "PlatformVersion",
+                 "NetworkConfiguration", "AwsvpcConfiguration", "Subnets", "SecurityGroups", "AssignPublicIp",
+                 "CapacityProviderStrategy", "CapacityProvider", "Base", "Weight", "Name", "Alias",
+                 "CurrentVersion", "TargetVersion", "BeforeInstall", "AfterAllowTraffic", "ApplicationStart", "x"]
+
+
+def test_random_documents_never_raise(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                        st.sampled_from(["0.0", "AWS::ECS::Service", "AWS::Lambda::Function", "ENABLED", "1",
+                                         "<TASK_DEFINITION>", ""]), st.text(max_size=12))
+    docs = st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(PLATFORM_KEYS), inner, max_size=4)),
+        max_leaves=25)
+
+    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(st.sampled_from(PLATFORM_KEYS), docs, max_size=4), st.booleans())
+    def run(doc, as_json):
+        doc.setdefault("Resources", [])
+        text = json.dumps(doc, indent=1) if as_json else yaml.safe_dump(doc, allow_unicode=True)
+        path = tmp_path / ("appspec.json" if as_json else "appspec.yaml")
+        path.write_text(text)
+        lines = text.count("\n") + 1
+        for f in validate_bundle(str(path)):
+            assert f.severity in ("error", "warning") and f.message, f
+            assert f.line is None or 1 <= f.line <= lines, f.render()
+
+    run()
