@@ -860,6 +860,8 @@ def _unsupported(platform: str, root: Node, filename: str) -> UnsupportedPlatfor
 def refuse_platform_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> None:
     """Raise UnsupportedPlatform for an Amazon ECS or AWS Lambda appspec, so that a deployment refuses it
     before anything runs; an EC2 appspec, or one that does not parse (the deployment says why), passes."""
+    if has_top_level_os(data):
+        return   # the common case, without composing the document
     try:
         root = compose_appspec(data, filename)
     except AppSpecError:
@@ -867,6 +869,15 @@ def refuse_platform_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_N
     platform = detect_platform(root)
     if platform is not None and root is not None:
         raise _unsupported(platform, root, filename)
+
+
+_TOP_LEVEL_OS = re.compile(rb"""^["']?os["']?[ \t]*:""", re.MULTILINE)
+
+
+def has_top_level_os(data: str | bytes) -> bool:
+    """Whether a line starts with an ``os:`` key: an EC2/On-Premises appspec (detect_platform gives None),
+    told without composing it."""
+    return _TOP_LEVEL_OS.search(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data) is not None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -525,7 +525,6 @@ def _event_platform(event: str) -> str | None:
 
 # YAML that does not compose: its top-level keys, read as text (a Resources key and no os key)
 _LOOKS_ECS_OR_LAMBDA = re.compile(r"""^["']?resources["']?[ \t]*:""", re.MULTILINE | re.IGNORECASE)
-_HAS_OS = re.compile(r"""^["']?os["']?[ \t]*:""", re.MULTILINE)
 
 
 def _json_problem(text: str) -> Problem | None:
@@ -557,8 +556,7 @@ def platform_problems(data: str | bytes, filename: str = "appspec.yaml"
     """(platform: ECS, LAMBDA, '' or None for an EC2 appspec; the appspec; its problems) of an appspec
     file's bytes. A JSON file (it starts with '{') that is not JSON is '' with its JSON error; YAML that
     does not compose is None (the EC2 reading reports it, as for any appspec)."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    if _HAS_OS.search(text):
+    if A.has_top_level_os(data):
         return None, None, []   # an os: key at the top: EC2/On-Premises (the common case, without composing)
     root: A.Node | None = None
     syntax: AppSpecError | None = None
@@ -567,12 +565,13 @@ def platform_problems(data: str | bytes, filename: str = "appspec.yaml"
     except AppSpecError as e:
         syntax = e
     platform = detect_platform(root)
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     if (platform is not None or syntax is not None) and text.lstrip("\ufeff \t\r\n").startswith("{"):
         problem = _json_problem(text)   # JSON's own error before YAML's reading of it
         if problem is not None:
             return platform if platform is not None else "", None, [problem]
     if syntax is not None:
-        if _LOOKS_ECS_OR_LAMBDA.search(text) and not _HAS_OS.search(text):
+        if _LOOKS_ECS_OR_LAMBDA.search(text):
             mark = A.Mark(syntax.line, syntax.column or 1) if syntax.line is not None else None
             return "", None, [Problem("error", syntax.code or "yaml-syntax", syntax.message, mark, syntax.hint)]
         return None, None, []   # the EC2 reading reports the YAML error

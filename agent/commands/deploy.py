@@ -105,29 +105,11 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(bundle):
         raise UsageError(f"bundle {args.bundle} does not exist")
     btype = args.type or guess_type(bundle)
+    from agent.commands.unsupported import refuse_platform_appspec
     refuse_platform_appspec(bundle, btype, args.appspec_filename)
     if args.host:
         return deploy_here(args, bundle, btype)
     return deploy_in_instance(args, bundle, btype)
-
-
-def refuse_platform_appspec(bundle: str, btype: str, appspec_filename: str | None) -> None:
-    """A directory bundle whose appspec is for Amazon ECS or AWS Lambda: UnsupportedPlatform (exit 8)
-    before anything runs. (An archive's is refused by the parser, at its first event that reads it.)"""
-    from agent import appspec as A
-
-    if btype != "directory":
-        return
-    for name in A.install_appspec_candidates(appspec_filename):
-        path = os.path.join(bundle, name)
-        if os.path.isfile(path):
-            try:
-                with open(path, "rb") as f:
-                    data = f.read(A.MAX_APPSPEC_BYTES + 1)
-            except OSError:
-                return   # the deployment says why it cannot read it
-            A.refuse_platform_appspec(data, path)
-            return
 
 
 def _config(args: argparse.Namespace, root_default: str, log_default: str) -> AgentConfig:

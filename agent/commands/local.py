@@ -268,8 +268,8 @@ def run(opts: dict[str, Any]) -> int:
     if problem:
         print(f"ERROR: {problem}", file=out)
         return int(ExitStatus.USAGE)
-    from agent.commands.deploy import refuse_platform_appspec
     location = opts.get("--bundle-location") or cwd
+    from agent.commands.unsupported import refuse_platform_appspec
     try:  # cdsim, not the agent: an ECS or Lambda appspec is refused before anything runs
         refuse_platform_appspec(os.path.join(cwd, location), opts.get("--type", "directory"),
                                 opts.get("--appspec-filename"))
