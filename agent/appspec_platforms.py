@@ -58,6 +58,23 @@ TASK_DEFINITION_ARN = re.compile(r"arn:aws[a-z-]*:ecs:[a-z0-9-]+:[0-9]{12}:task-
 TASK_DEFINITION_PLACEHOLDER = "<TASK_DEFINITION>"   # CodePipeline's ECS blue/green action fills it in
 
 
+# The codes of the problems found here, each with what it means (for rule tables: SARIF, docs). Problems of
+# YAML itself keep agent.appspec's codes (yaml-syntax, yaml-disallowed-class, ...).
+CODES = {
+    "missing-property": "a required key is missing (version, Resources, Type, Properties, a required property)",
+    "unknown-key": "a key the ECS or Lambda AppSpec does not have (an error when it is a misspelt required key)",
+    "duplicate-key": "a key given twice in one mapping (keys match in any case)",
+    "wrong-type": "a value of the wrong type (a string ContainerPort, a mapping where a list goes, ...)",
+    "invalid-value": "a value out of the documented set or range (Type, AssignPublicIp, ports, limits)",
+    "invalid-version": "version is not 0.0",
+    "same-version": "a Lambda TargetVersion equal to CurrentVersion: no traffic to shift",
+    "unknown-lifecycle-event": "a hook on an event the platform does not have",
+    "hook-duplicate": "two hooks on one event",
+    "task-definition-not-arn": "a TaskDefinition that is not a task definition ARN",
+    "json-syntax": "a JSON appspec that is not JSON",
+    "yaml-alias": "a YAML alias (write the value out)",
+}
+
 # ---------------------------------------------------------------------------------------------------
 # The model
 
@@ -316,7 +333,7 @@ class _Checker:
         knode, node = entry
         if node.id == "mapping":
             self.add("error", "wrong-type", "Resources must be a list with one entry, not a mapping", node,
-                     hint="start the entry with '- ': Resources:\\n  - TargetService: ...")
+                     hint="start the resource's line with '- ', as in: - TargetService:")
             return None
         if node.id != "sequence" or not node.value:
             self.add("error", "wrong-type" if node.id != "sequence" else "invalid-value",
@@ -469,8 +486,9 @@ class _Checker:
             return ()
         if node.id != "sequence":
             hint = None
-            if node.id == "mapping":
-                hint = "write each hook as a list entry: Hooks:\\n  - BeforeAllowTraffic: \"FunctionName\""
+            if node.id == "mapping" and node.value:
+                first = _key_text(node.value[0][0]) or "BeforeAllowTraffic"
+                hint = f"start each hook's line with '- ', as in: - {first}: FunctionName"
             self.add("error", "wrong-type", f"Hooks must be a list of EventName: FunctionName entries, not "
                      f"{_kind(node)}", node, hint)
             return ()

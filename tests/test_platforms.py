@@ -123,6 +123,10 @@ MUTATIONS = [
     ("version", "ecs-example.yaml", "version: 0.0", "version: 1.0", "error", "invalid-version", "version: |1.0"),
     ("version-missing", "lambda-example.yaml", "version: 0.0\n", "", "error", "missing-property", "|Resources:"),
     ("top-level-key-misspelt", "ecs-example.yaml", "Hooks:", "Hook:", "warning", "unknown-key", "|Hook:"),
+    ("key-twice-in-two-cases", "lambda-reference.yaml", "        alias: live\n",
+     "        alias: live\n        Alias: live\n", "warning", "duplicate-key", "|Alias: live"),
+    ("yaml-alias", "lambda-reference.yaml", "        name: my-function\n        alias: live\n",
+     "        name: &n my-function\n        alias: *n\n", "error", "yaml-alias", "alias: |*n"),
     # hooks
     ("ecs-event-misspelt", "ecs-example.yaml", "- AfterAllowTestTraffic:", "- AfterAllowTestTrafic:",
      "error", "unknown-lifecycle-event", "- |AfterAllowTestTrafic:"),
@@ -172,6 +176,14 @@ def test_one_mutation_gives_one_finding_at_its_place(tmp_path, base, old, new, s
     f = findings[0]
     assert (f.severity, f.code) == (severity, code), f.render()
     assert (f.file, f.line, f.column) == (str(path), *position(mutated, anchor)), f.render()
+
+
+def test_every_rule_has_a_mutation_and_a_description():
+    """CODES (for rule tables) names every code the mutations produce, and each of its codes is attacked
+    by a mutation above."""
+    produced = {m[5] for m in MUTATIONS}
+    assert produced <= set(P.CODES)
+    assert set(P.CODES) == produced
 
 
 def test_misspellings_get_did_you_mean(tmp_path):
