@@ -545,6 +545,10 @@ def _event_platform(event: str) -> str | None:
 _LOOKS_ECS_OR_LAMBDA = re.compile(r"""^["']?resources["']?[ \t]*:""", re.MULTILINE | re.IGNORECASE)
 
 
+def _is_json(text: str) -> bool:
+    return text.lstrip("\ufeff \t\r\n").startswith("{")
+
+
 def _json_problem(text: str) -> Problem | None:
     """A file that starts with '{' is JSON: its syntax error, at its position, or None."""
     import json
@@ -582,9 +586,17 @@ def platform_problems(data: str | bytes, filename: str = "appspec.yaml"
         root = A.compose_appspec(data, filename)
     except AppSpecError as e:
         syntax = e
-    platform = detect_platform(root)
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    if (platform is not None or syntax is not None) and text.lstrip("\ufeff \t\r\n").startswith("{"):
+    if syntax is not None and _is_json(text) and _json_problem(text) is None and "\t" in text:
+        # valid JSON that YAML refused: tabs, which PyYAML's pure-Python reader (without libyaml) takes
+        # for indentation. Outside its strings (JSON strings hold no raw tab) a tab is blank: one space
+        # for one tab keeps every line and column.
+        try:
+            root, syntax = A.compose_appspec(text.replace("\t", " "), filename), None
+        except AppSpecError:
+            pass
+    platform = detect_platform(root)
+    if (platform is not None or syntax is not None) and _is_json(text):
         problem = _json_problem(text)   # JSON's own error before YAML's reading of it
         if problem is not None:
             return platform if platform is not None else "", None, [problem]

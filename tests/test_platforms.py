@@ -360,3 +360,18 @@ def test_random_documents_never_raise(tmp_path):
             assert f.line is None or 1 <= f.line <= lines, f.render()
 
     run()
+
+
+@pytest.mark.parametrize("name", [n for n in CORPUS_FILES if n.endswith(".json")])
+def test_json_with_tabs_reads_the_same_without_libyaml(monkeypatch, name):
+    """PyYAML's pure-Python reader refuses the tabs the guide's JSON example is indented with: valid
+    JSON is read with each tab as one space, so lines and columns stay the same."""
+    data = (CORPUS / name).read_bytes()
+    old, new = {"lambda-example.json": (b'"CurrentVersion": "1"', b'"CurrentVersion": "one"'),
+                "ecs-example.json": (b'"ContainerPort": 80', b'"ContainerPort": "80"')}[name]
+    bad = data.replace(old, new)
+    with_libyaml = P.platform_problems(bad, name)[2]
+    assert [p.code for p in with_libyaml] == ["wrong-type"]
+    monkeypatch.setattr(yaml, "__with_libyaml__", False)
+    assert P.platform_problems(data, name)[0::2] == (name.split("-")[0], [])
+    assert P.platform_problems(bad, name)[2] == with_libyaml
