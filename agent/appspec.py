@@ -835,8 +835,9 @@ def detect_platform(root: Node | None) -> str | None:
         return "ecs"
     if props & _LAMBDA_PROPERTIES:
         return "lambda"
+    # events of "- Event: FunctionName" entries (an EC2 hook written as a list has scripts, not a name)
     events = {key_text(k) for item in (hooks.value if hooks is not None and hooks.id == "sequence" else [])
-              if item.id == "mapping" for k, _v in item.value}
+              if item.id == "mapping" for k, v in item.value if v.id == "scalar"}
     if events & (set(PLATFORM_HOOK_EVENTS["ecs"]) - set(PLATFORM_HOOK_EVENTS["lambda"])):
         return "ecs"
     if resources_key is None and not events & set(PLATFORM_HOOK_EVENTS["ecs"]):

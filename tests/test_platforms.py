@@ -239,6 +239,7 @@ def test_ec2_hooks_written_with_a_capital_h_still_get_the_ec2_hint(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["version: 0.0\nos: linux\n", "version: 0.0\nhooks:\n  - ApplicationStart: x\n",
+                                  "version: 0.0\nhooks:\n  - BeforeInstall:\n      - location: x.sh\n",
                                   "- Resources\n", "Resources\n", ""])
 def test_detection_leaves_ec2_and_odd_documents_alone(text):
     root = A.compose_appspec(text)
@@ -375,3 +376,13 @@ def test_json_with_tabs_reads_the_same_without_libyaml(monkeypatch, name):
     monkeypatch.setattr(yaml, "__with_libyaml__", False)
     assert P.platform_problems(data, name)[0::2] == (name.split("-")[0], [])
     assert P.platform_problems(bad, name)[2] == with_libyaml
+
+
+@pytest.mark.parametrize(("text", "platform"), [
+    ("version: 0.0\nHooks:\n  - AfterAllowTestTraffic: fn\n", "ecs"),        # an ECS-only event, no Resources
+    ("version: 0.0\nHooks:\n  - BeforeAllowTraffic: fn\n", ""),               # either platform's
+    ("version: 0.0\nResources:\n  - f:\n      Properties: {Alias: live}\n", "lambda"),
+    ("version: 0.0\nResoures:\n  - t:\n      Type: AWS::ECS::Service\n", "ecs"),  # a near miss of Resources
+])
+def test_detection_by_events_properties_and_near_misses(text, platform):
+    assert A.detect_platform(A.compose_appspec(text)) == platform
