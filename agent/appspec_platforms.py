@@ -649,9 +649,9 @@ def schema(platform: str) -> JsonSchema:
         props = _obj({
             "Name": _str("the name of the Lambda function to deploy"),
             "Alias": _str("the alias whose traffic shifts"),
-            "CurrentVersion": {"type": ["string", "integer"], "pattern": "^[0-9]+$", "minimum": 1,
+            "CurrentVersion": {"type": ["string", "integer"], "pattern": "^[1-9][0-9]*$", "minimum": 1,
                                "description": "the version the alias points to now (a positive integer)"},
-            "TargetVersion": {"type": ["string", "integer"], "pattern": "^[0-9]+$", "minimum": 1,
+            "TargetVersion": {"type": ["string", "integer"], "pattern": "^[1-9][0-9]*$", "minimum": 1,
                               "description": "the version to shift traffic to (differs from CurrentVersion)"},
         }, LAMBDA_KEYS)
     elif platform == ECS:

@@ -271,6 +271,9 @@ def test_schema_accepts_the_examples_and_refuses_a_string_port(platform):
     else:
         props["Alias"] = 7
     assert list(validator.iter_errors(doc))
+    if platform == "lambda":
+        props["Alias"], props["CurrentVersion"] = "live", "0"
+        assert [e.validator for e in validator.iter_errors(doc)] == ["pattern"]
 
 
 def test_schema_of_the_server_platform_is_the_shipped_one():
