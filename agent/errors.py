@@ -42,6 +42,7 @@ class ExitStatus(enum.IntEnum):
     FILE_COLLISION = 5
     DEPLOYMENT_FAILED = 6
     ENVIRONMENT = 7
+    TRAFFIC_FAILED = 8   # cdsim wait --traffic: the deployment succeeded, more requests failed than allowed
     INTERNAL = 70
 
 
