@@ -197,6 +197,34 @@ def rehearsal(tmp_path_factory):
                              "instances": instances, "failing_seen": failing_seen,
                              "deployment": aws("deploy", "get-deployment", "--deployment-id", did)})
             out["health_after"] = _health(state, arn)
+            # web-1 alone (tag Solo) in two more groups: a classic load balancer, and a target group that
+            # does not exist (BlockTraffic fails)
+            aws("deploy", "add-tags-to-on-premises-instances", "--instance-names", names[0], "--tags",
+                "Key=Solo,Value=1")
+            elb = {"Version": "2012-06-01"}
+            localaws.query(state, "elasticloadbalancing", {
+                **elb, "Action": "CreateLoadBalancer", "LoadBalancerName": "web-elb",
+                "Listeners.member.1.Protocol": "HTTP", "Listeners.member.1.LoadBalancerPort": "80",
+                "Listeners.member.1.InstancePort": "80", "AvailabilityZones.member.1": "us-east-1a"})
+            for group, info in (("C", "elbInfoList=[{name=web-elb}]"), ("F", "targetGroupInfoList=[{name=no-tg}]")):
+                aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", group,
+                    "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim",
+                    "--on-premises-instance-tag-filters", "Key=Solo,Value=1,Type=KEY_AND_VALUE",
+                    "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
+                    "--load-balancer-info", info)
+                did = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name",
+                          group, "--github-location", f"repository={repo},commitId={sha}")["deploymentId"]
+                done = subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "300"],
+                                      env=env, cwd=REPO, capture_output=True, text=True, timeout=320, check=False)
+                out[group] = {"id": did, "exit": done.returncode, "stderr": done.stderr,
+                              "instance": aws("deploy", "get-deployment-instance", "--deployment-id", did,
+                                              "--instance-id", names[0])["instanceSummary"],
+                              "deployment": aws("deploy", "get-deployment", "--deployment-id", did)["deploymentInfo"]}
+                if group == "C":
+                    found = localaws.query(state, "elasticloadbalancing", {
+                        **elb, "Action": "DescribeLoadBalancers", "LoadBalancerNames.member.1": "web-elb"})
+                    out[group]["elb_instances"] = [e.text for e in found.iterfind(".//Instances/member/InstanceId")]
+            out["health_at_end"] = _health(state, arn)
             logs = {}
             for name in names:
                 for log in ("tc-hooks", "tc-observe"):
@@ -288,6 +316,29 @@ def test_failed_requests_are_pinned_on_the_instance_and_event_and_fail_the_gate(
     failed = [(r["subject"], r["phase"], r["failed"]) for r in rows if r["failed"] and r["subject"] != "*"]
     assert failed == [("web-2", "ApplicationStop", 10)], rows
     assert rows[-1]["failed"] == 10 and rows[-1]["errors"] == {"HTTP 503": 10}
+
+
+def test_a_classic_load_balancer_is_blocked_and_allowed_too(rehearsal):
+    """elbInfoList: web-1 deregistered from the classic load balancer and registered again (InService)."""
+    run = rehearsal["C"]
+    assert run["exit"] == 0 and run["deployment"]["status"] == "Succeeded", run
+    events = run["instance"]["lifecycleEvents"]
+    assert [e["lifecycleEventName"] for e in events] == EVENTS
+    assert {e["status"] for e in events} == {"Succeeded"}
+    assert run["elb_instances"] == [rehearsal["ids"]["web-1"]]
+
+
+def test_a_failed_block_traffic_fails_the_instance_and_skips_the_rest(rehearsal):
+    """A target group the local AWS does not have: BlockTraffic Failed with why, every later event Skipped,
+    the deployment Failed; `cdsim wait` names the instance and event; web-1 still serves in web-tg."""
+    run = rehearsal["F"]
+    assert run["deployment"]["status"] == "Failed"
+    assert run["exit"] == ExitStatus.DEPLOYMENT_FAILED, run["stderr"]
+    assert "web-1: BlockTraffic failed: UnknownError: target group no-tg is not in the local AWS" in run["stderr"]
+    statuses = [(e["lifecycleEventName"], e["status"]) for e in run["instance"]["lifecycleEvents"]]
+    assert statuses == [("BeforeBlockTraffic", "Succeeded"), ("BlockTraffic", "Failed")] + [
+        (e, "Skipped") for e in EVENTS[2:]], statuses
+    assert rehearsal["health_at_end"] == dict.fromkeys(rehearsal["ids"].values(), "healthy")
 
 
 @pytest.mark.parametrize(("option", "message"), [

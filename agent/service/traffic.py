@@ -138,8 +138,13 @@ class LoadBalancers:
         return ids[0]
 
     def _group(self, name: str) -> ElementTree.Element:
-        found = self._query("elasticloadbalancing", {**ELBV2, "Action": "DescribeTargetGroups",
-                                                     "Names.member.1": name})
+        try:
+            found = self._query("elasticloadbalancing", {**ELBV2, "Action": "DescribeTargetGroups",
+                                                         "Names.member.1": name})
+        except TrafficError as e:
+            if "TargetGroupNotFound" not in str(e):
+                raise
+            raise TrafficError(f"target group {name} is not in the local AWS ({e})") from None
         group = found.find(".//TargetGroups/member")
         if group is None:
             raise TrafficError(f"target group {name} is not in the local AWS")
