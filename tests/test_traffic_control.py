@@ -151,8 +151,8 @@ def rehearsal(tmp_path_factory):
                 "Key=Name,Value=Web,Type=KEY_AND_VALUE", "--deployment-config-name", "CodeDeployDefault.OneAtATime",
                 "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
                 "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]")
-            out["group"] = aws("deploy", "get-deployment-group", "--application-name", "A",
-                               "--deployment-group-name", "G")["deploymentGroupInfo"]
+            out["group"] = call(ep, "GetDeploymentGroup", {"applicationName": "A",
+                                                           "deploymentGroupName": "G"})["deploymentGroupInfo"]
             repo = tmp / "repo"
             repo.mkdir()
             (repo / "appspec.yml").write_text(APPSPEC)
@@ -169,8 +169,9 @@ def rehearsal(tmp_path_factory):
                 _git(repo, "add", "-A")
                 _git(repo, "commit", "-qm", f"v{n}")
                 sha = _git(repo, "rev-parse", "HEAD")
-                did = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name", "G",
-                          "--github-location", f"repository={repo},commitId={sha}")["deploymentId"]
+                did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
+                    "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
+                    "deploymentId"]
                 report = tmp / f"traffic-{n}.json"
                 waiting = subprocess.Popen(
                     [*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "600",
@@ -190,36 +191,41 @@ def rehearsal(tmp_path_factory):
                         else:
                             time.sleep(0.05)
                 stdout, stderr = waiting.communicate(timeout=600)
-                instances = {name: aws("deploy", "get-deployment-instance", "--deployment-id", did,
-                                       "--instance-id", name)["instanceSummary"] for name in names}
+                instances = {i["instanceId"].rsplit("/", 1)[-1]: i for i in call(
+                    ep, "BatchGetDeploymentInstances", {"deploymentId": did, "instanceIds": names})["instancesSummary"]}
                 runs.append({"id": did, "exit": waiting.returncode, "stdout": stdout, "stderr": stderr,
                              "report": json.loads(report.read_text()) if report.exists() else None,
                              "instances": instances, "failing_seen": failing_seen,
-                             "deployment": aws("deploy", "get-deployment", "--deployment-id", did)})
+                             "deployment": call(ep, "GetDeployment", {"deploymentId": did})})
+            # what the aws CLI itself shows (botocore's model parses it): one instance of the second deployment
+            out["cli_instance"] = aws("deploy", "get-deployment-instance", "--deployment-id", did,
+                                      "--instance-id", names[1])["instanceSummary"]
             out["health_after"] = _health(state, arn)
             # web-1 alone (tag Solo) in two more groups: a classic load balancer, and a target group that
             # does not exist (BlockTraffic fails)
-            aws("deploy", "add-tags-to-on-premises-instances", "--instance-names", names[0], "--tags",
-                "Key=Solo,Value=1")
+            call(ep, "AddTagsToOnPremisesInstances", {"instanceNames": [names[0]],
+                                                      "tags": [{"Key": "Solo", "Value": "1"}]})
             elb = {"Version": "2012-06-01"}
             localaws.query(state, "elasticloadbalancing", {
                 **elb, "Action": "CreateLoadBalancer", "LoadBalancerName": "web-elb",
                 "Listeners.member.1.Protocol": "HTTP", "Listeners.member.1.LoadBalancerPort": "80",
                 "Listeners.member.1.InstancePort": "80", "AvailabilityZones.member.1": "us-east-1a"})
-            for group, info in (("C", "elbInfoList=[{name=web-elb}]"), ("F", "targetGroupInfoList=[{name=no-tg}]")):
-                aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", group,
-                    "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim",
-                    "--on-premises-instance-tag-filters", "Key=Solo,Value=1,Type=KEY_AND_VALUE",
-                    "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
-                    "--load-balancer-info", info)
-                did = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name",
-                          group, "--github-location", f"repository={repo},commitId={sha}")["deploymentId"]
+            for group, info in (("C", {"elbInfoList": [{"name": "web-elb"}]}),
+                                ("F", {"targetGroupInfoList": [{"name": "no-tg"}]})):
+                call(ep, "CreateDeploymentGroup", {
+                    "applicationName": "A", "deploymentGroupName": group, "serviceRoleArn": "arn:aws:iam::0:role/x",
+                    "onPremisesInstanceTagFilters": [{"Key": "Solo", "Value": "1", "Type": "KEY_AND_VALUE"}],
+                    "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                    "loadBalancerInfo": info})
+                did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": group, "revision": {
+                    "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
+                    "deploymentId"]
                 done = subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "300"],
                                       env=env, cwd=REPO, capture_output=True, text=True, timeout=320, check=False)
                 out[group] = {"id": did, "exit": done.returncode, "stderr": done.stderr,
-                              "instance": aws("deploy", "get-deployment-instance", "--deployment-id", did,
-                                              "--instance-id", names[0])["instanceSummary"],
-                              "deployment": aws("deploy", "get-deployment", "--deployment-id", did)["deploymentInfo"]}
+                              "instance": call(ep, "GetDeploymentInstance", {
+                                  "deploymentId": did, "instanceId": names[0]})["instanceSummary"],
+                              "deployment": call(ep, "GetDeployment", {"deploymentId": did})["deploymentInfo"]}
                 if group == "C":
                     found = localaws.query(state, "elasticloadbalancing", {
                         **elb, "Action": "DescribeLoadBalancers", "LoadBalancerNames.member.1": "web-elb"})
@@ -254,8 +260,12 @@ def test_the_group_keeps_its_load_balancer_and_traffic_control(rehearsal):
 
 def test_get_deployment_instance_shows_the_traffic_events_in_the_service_order(rehearsal):
     """The aws CLI lists BeforeBlockTraffic .. AfterAllowTraffic, BlockTraffic and AllowTraffic included, all
-    Succeeded, each started after the one before ended."""
+    Succeeded, each started after the one before ended (and so does the API for every instance)."""
+    cli = rehearsal["cli_instance"]
+    assert [e["lifecycleEventName"] for e in cli["lifecycleEvents"]] == EVENTS, cli
+    assert {e["status"] for e in cli["lifecycleEvents"]} == {"Succeeded"} and cli["status"] == "Succeeded", cli
     for run in rehearsal["runs"]:
+        assert sorted(run["instances"]) == rehearsal["names"]
         for name, summary in run["instances"].items():
             events = summary["lifecycleEvents"]
             assert [e["lifecycleEventName"] for e in events] == EVENTS, (name, events)
