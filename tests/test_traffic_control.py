@@ -164,6 +164,8 @@ def rehearsal(tmp_path_factory):
             _git(repo, "init", "-q")
             url = f"http://127.0.0.1:{web.server_address[1]}/"
             runs = []
+            reports = ("--report", f"json={tmp}/report.json", "--report", f"junit={tmp}/junit.xml",
+                       "--report", f"html={tmp}/report.html")
             for n in (1, 2):
                 (repo / "version.txt").write_text(f"{n}\n")
                 _git(repo, "add", "-A")
@@ -176,7 +178,7 @@ def rehearsal(tmp_path_factory):
                 waiting = subprocess.Popen(
                     [*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "600",
                      "--traffic", f"{url},20", "--traffic-version-header", "X-Version",
-                     "--traffic-report", str(report)],
+                     "--traffic-report", str(report), *(reports if n == 2 else ())],
                     env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 failing_seen = []
                 if n == 2:   # ten 503s once web-2 is seen in its ApplicationStop (which lasts 2 s or more)
@@ -239,7 +241,9 @@ def rehearsal(tmp_path_factory):
                         inst.exec_in(inst.get(name, state=state), ["cat", f"/var/log/{log}.log"], stdout=f)
                         f.seek(0)
                         logs[(name, log)] = [line.split() for line in f.read().splitlines()]
-            out.update(names=names, ids=ids, arn=arn, runs=runs, logs=logs, env=env)
+            out.update(names=names, ids=ids, arn=arn, runs=runs, logs=logs, env=env,
+                       reports={kind: (tmp / name).read_text() for kind, name in (
+                           ("json", "report.json"), ("junit", "junit.xml"), ("html", "report.html"))})
             yield out
         finally:
             service.close()
@@ -349,6 +353,27 @@ def test_a_failed_block_traffic_fails_the_instance_and_skips_the_rest(rehearsal)
     assert statuses == [("BeforeBlockTraffic", "Succeeded"), ("BlockTraffic", "Failed")] + [
         (e, "Skipped") for e in EVENTS[2:]], statuses
     assert rehearsal["health_at_end"] == dict.fromkeys(rehearsal["ids"].values(), "healthy")
+
+
+def test_the_reports_carry_the_figures_with_each_instance_s_events(rehearsal):
+    """--report json/junit/html of `cdsim wait`: each instance a deployment of its own with its 13 events,
+    the rehearsal's figures as traffic records; JUnit fails the one window with failed requests."""
+    import xml.etree.ElementTree as ET
+
+    did = rehearsal["runs"][1]["id"]
+    deployments = {d["deployment_id"]: d for d in json.loads(rehearsal["reports"]["json"])["deployments"]}
+    assert set(deployments) == {did} | {f"{did}/{name}" for name in rehearsal["names"]}
+    web2 = deployments[f"{did}/web-2"]
+    assert [e["event"] for e in web2["events"]] == EVENTS and web2["status"] == "Succeeded"
+    failing = [w for w in web2["traffic"] if w["failed"]]
+    assert [(w["event"], w["failed"], w["errors"]) for w in failing] == [("ApplicationStop", 10, {"HTTP 503": 10})]
+    assert next(w for w in deployments[did]["traffic"] if w["instance"] == "*")["failed"] == 10
+    suites = ET.fromstring(rehearsal["reports"]["junit"])
+    failed_cases = [(c.get("classname"), c.get("name")) for c in suites.iter("testcase")
+                    if c.find("failure") is not None]
+    assert failed_cases == [("traffic", "web-2 ApplicationStop")]
+    html = rehearsal["reports"]["html"]
+    assert "Requests during the deployment" in html and "HTTP 503: 10" in html
 
 
 @pytest.mark.parametrize(("option", "message"), [

@@ -13,6 +13,10 @@ reports): sent, failed (connection errors, timeouts, 5xx), latency p50/p95/p99 a
 ``--max-failed-requests`` (default 0) exit TRAFFIC_FAILED (8) when the deployment itself succeeded.
 ``--traffic-report FILE`` writes the figures as JSON. The URL's host must be this machine's (loopback, or
 an address of its own) unless ``--traffic-allow-remote``.
+
+``--report KIND=FILE`` (junit, json, html, github) renders the deployment as event-stream records
+(``agent.reports.fleet``: each instance's lifecycle events, and the rehearsal's figures as ``traffic``
+records) with the same renderers as `cdsim local`'s reports.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
-    from agent.probe import Probe
+    from agent.probe import Probe, WindowSummary
 
 SUMMARY = "wait for a deployment to finish; exit non-zero with the failure when it fails"
 
@@ -42,6 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
+    from agent.reports import add_report_option
+    add_report_option(p)
     t = p.add_argument_group("rehearsal (requests during the deployment)")
     t.add_argument("--traffic", metavar="URL[,RATE]", default=None,
                    help="send GET requests to URL at RATE per second (default 20) during the whole deployment")
@@ -114,35 +120,17 @@ def start_probe(args: argparse.Namespace) -> Probe | None:
                        version_pattern=pattern).start()
 
 
-def event_windows(current: list[dict[str, Any]], now: float) -> list[tuple[str, str, float, float]]:
-    """(instance, lifecycle event, start, end) of every event that started, in each instance's order."""
-    out = []
-    for t in current:
-        for e in t["lifecycleEvents"]:
-            start = e.get("startTime")
-            if start is None:
-                continue
-            end = e.get("endTime")
-            out.append((t["targetId"], e["lifecycleEventName"], _epoch(start), _epoch(end) if end else now))
-    return out
-
-
-def _epoch(value: object) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    from datetime import datetime
-    return datetime.fromisoformat(str(value)).timestamp()
-
-
-def finish_probe(args: argparse.Namespace, running: Probe, did: str, current: list[dict[str, Any]]) -> int:
-    """Stop the probe, print its figures per instance and event (and write them); how many failed."""
+def finish_probe(args: argparse.Namespace, running: Probe, did: str,
+                 current: list[dict[str, Any]]) -> list[WindowSummary]:
+    """Stop the probe, print its figures per instance and event (and write them); the figures."""
     import os
 
     from agent import probe
     from agent.fsutil import atomic_write
+    from agent.reports import fleet
 
     samples = running.stop()
-    rows = probe.summarize(samples, event_windows(current, time.time()))
+    rows = probe.summarize(samples, fleet.windows(current, time.time()))
     out = sys.stdout
     print(f"{did}: requests to {running.target.url} at {running.rate:g}/s, per instance and lifecycle event:",
           file=out)
@@ -152,7 +140,7 @@ def finish_probe(args: argparse.Namespace, running: Probe, did: str, current: li
     if args.traffic_report:
         doc = {"deploymentId": did, "url": running.target.url, "rate": running.rate, "windows": rows}
         atomic_write(os.path.abspath(args.traffic_report), (json.dumps(doc, indent=2) + "\n").encode())
-    return rows[-1]["failed"]
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +178,11 @@ def follow(args: argparse.Namespace, endpoint: str, did: str, running: Probe | N
             return int(ExitStatus.DEPLOYMENT_FAILED)
         time.sleep(args.interval)
     counts = ", ".join(f"{v} {k}" for k, v in info.get("deploymentOverview", {}).items() if v)
-    failed_requests = finish_probe(args, running, did, current) if running is not None else 0
+    figures = finish_probe(args, running, did, current) if running is not None else []
+    failed_requests = figures[-1]["failed"] if figures else 0
+    if args.report:
+        from agent.reports import fleet, write_reports
+        write_reports(args.report, fleet.records(info, current, figures))
     if info["status"] == "Succeeded":
         print(f"Deployment {did} succeeded ({counts})", flush=True)
         if failed_requests > args.max_failed_requests:
