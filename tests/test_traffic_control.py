@@ -419,3 +419,40 @@ def test_the_probe_pins_requests_on_the_windows_it_is_given():
     assert by_phase["failing"]["failed"] == 5 and by_phase["before"]["failed"] == 0
     assert by_phase["*"]["versions"].get("blue", 0) >= 10 and "green" in by_phase["after"]["versions"]
     assert by_phase["*"]["sent"] == 30
+
+
+def test_the_probe_stops_by_itself_at_its_count_and_time_bounds():
+    """Bounded in count (max_requests) and in time (max_seconds) even when nobody stops it; a port nobody
+    listens on counts as connection refused."""
+    import socket
+
+    from agent import probe
+
+    with socket.socket() as s:   # a loopback port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    target = probe.check_target(f"http://127.0.0.1:{port}/")
+    by_count = probe.Probe(target, rate=100, max_requests=7).start().finish(timeout=30)
+    assert len(by_count) == 7 and all(s.error == "connection refused" for s in by_count)
+    by_time = probe.Probe(target, rate=20, max_seconds=0.3).start().finish(timeout=30)
+    assert 1 <= len(by_time) <= 7
+
+
+def test_traffic_events_sit_after_their_before_hooks_and_only_with_traffic_control():
+    from agent.service import traffic
+    from agent.service.engine import pending_events
+
+    lb = {"targetGroupInfoList": [{"name": "tg"}]}
+    assert traffic.controls_traffic({"deploymentStyle": {"deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                                     "loadBalancerInfo": lb})
+    assert not traffic.controls_traffic({"deploymentStyle": {"deploymentOption": "WITHOUT_TRAFFIC_CONTROL"},
+                                         "loadBalancerInfo": lb})
+    assert not traffic.controls_traffic({"deploymentStyle": {"deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                                         "loadBalancerInfo": {"targetGroupInfoList": []}})
+    events = traffic.with_traffic_events(pending_events())
+    assert [e["lifecycleEventName"] for e in events] == EVENTS
+    # the agent's word on the service's own events is ignored; the service's records are kept
+    mine = {"lifecycleEventName": "BlockTraffic", "status": "Succeeded"}
+    forged = [*pending_events(), {"lifecycleEventName": "BlockTraffic", "status": "Failed"}]
+    merged = traffic.with_traffic_events(forged, {"BlockTraffic": mine})
+    assert [e["lifecycleEventName"] for e in merged] == EVENTS and merged[1] is mine
