@@ -10,7 +10,7 @@ instance, lifecycle event, message and log tail.
 lifecycle event (the window each request was sent in, from the events' start and end times the service
 reports): sent, failed (connection errors, timeouts, 5xx), latency p50/p95/p99 and which version answered
 (``--traffic-version-header NAME``, or ``--traffic-version-regex`` on the body). More failed requests than
-``--max-failed-requests`` (default 0) exit TRAFFIC_FAILED (8) when the deployment itself succeeded.
+``--max-failed-requests`` (default 0) exit TRAFFIC_FAILED (9) when the deployment itself succeeded.
 ``--traffic-report FILE`` writes the figures as JSON. The URL's host must be this machine's (loopback, or
 an address of its own) unless ``--traffic-allow-remote``.
 
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--traffic-version-regex", metavar="REGEX", default=None,
                    help="a regex on the response body whose first group (or match) names the version")
     t.add_argument("--max-failed-requests", type=int, default=0, metavar="N",
-                   help="fail (exit 8) when more requests failed (default 0)")
+                   help="fail (exit 9) when more requests failed (default 0)")
     t.add_argument("--traffic-report", metavar="FILE", default=None, help="write the figures as JSON to FILE")
     t.add_argument("--traffic-allow-remote", action="store_true",
                    help="allow a URL whose host is not this machine")
