@@ -196,6 +196,7 @@ def test_a_hook_starts_a_service_that_outlives_it_and_the_next_application_stop_
     assert "Created symlink /etc/systemd/system/multi-user.target.wants/app.service \u2192 " \
            "/etc/systemd/system/app.service." in first.stdout + first.stderr + _scripts_logs(sysd)
     [server] = host_pids_running(sysd[1], f"http.server {PORT}")   # outlived the hook, seen from the host
+    assert "http.server" not in first.stdout + first.stderr   # not the hook's: not among what it "left running"
 
     status = in_web(sysd, "systemctl status app; echo rc=$?; systemctl is-active app; echo rc=$?; "
                          "systemctl is-enabled app; echo rc=$?")

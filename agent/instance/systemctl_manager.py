@@ -446,8 +446,12 @@ class Manager:
 
     def environment(self, st: State) -> dict[str, str]:
         svc = st.unit
-        env = {"PATH": BASE_PATH, "LANG": os.environ.get("LANG", "C.UTF-8") or "C.UTF-8",
-               "INVOCATION_ID": os.urandom(16).hex(), "SYSTEMD_EXEC_PID": "0"}
+        env = {"PATH": BASE_PATH, "INVOCATION_ID": os.urandom(16).hex()}
+        try:   # the system locale, as systemd gives every service (nothing of cdsim's environment)
+            with open("/etc/locale.conf", encoding="utf-8", errors="replace") as f:
+                env.update({k: v for k, v in units.environment_file(f.read()).items() if k.startswith(("LANG", "LC_"))})
+        except OSError:
+            pass
         user = svc.get("Service", "User")
         if user:
             try:
