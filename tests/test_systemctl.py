@@ -235,7 +235,7 @@ def test_a_timed_out_hook_does_not_take_the_service_it_started_with_it(sysd, tmp
     bundle = tmp_path / "hang"
     bundle.mkdir()
     (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n"
-                                        "    - location: hang.sh\n      timeout: 2\n")
+                                        "    - location: hang.sh\n      timeout: 4\n")
     (bundle / "hang.sh").write_text(textwrap.dedent("""\
         #!/bin/sh
         mkdir -p /etc/systemd/system
