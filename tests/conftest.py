@@ -95,6 +95,7 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_aws_cli.py": ("service", "instance"),
     "test_elb_samples.py": ("service", "instance"),
+    "test_loadbalancer.py": ("instance",),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),
     "test_quick_start_newcomer.py": ("unprivileged", "instance"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ import urllib.parse
 from typing import Any
 from xml.etree import ElementTree
 
+from agent.instance import lbview
 from agent.instance.procstat import start_ticks
 from agent.state import aws_dir, instances_dir
 
@@ -94,7 +96,7 @@ class LocalAwsError(Exception):
 
 
 def query(state: str, service: str, params: dict[str, str], *, region: str = "us-east-1",
-          host: str | None = None) -> ElementTree.Element:
+          host: str | None = None, extra_headers: dict[str, str] | None = None) -> ElementTree.Element:
     """One AWS query-protocol call (EC2, ELB, ELBv2, Auto Scaling, ...) to the state's local AWS, from the
     host (through its Unix socket); the response's XML with namespaces removed. Raises LocalAwsError."""
     body = urllib.parse.urlencode(params)
@@ -103,7 +105,7 @@ def query(state: str, service: str, params: dict[str, str], *, region: str = "us
     headers = {"Host": host or f"{service}.{region}.amazonaws.com",
                "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
                "Authorization": f"AWS4-HMAC-SHA256 Credential=AKIACDSIMLOCAL/{stamp}/{region}/{service}/aws4_request, "
-                                "SignedHeaders=host, Signature=0"}
+                                "SignedHeaders=host, Signature=0", **(extra_headers or {})}
     try:
         connection.request("POST", "/", body=body, headers=headers)
         reply = connection.getresponse()
@@ -271,6 +273,32 @@ def _services_running(folder: str) -> bool:
     return isinstance(record, dict) and start_ticks(record.get("pid", -1)) == record.get("started")
 
 
+def _elbv2(state: str, moto: Any, environ: dict[str, Any], start_response: Any) -> Any:
+    """An ELB/ELBv2 request: the load balancer's view put into its answer (agent.instance.lbview), and
+    the load balancer told when it changed something."""
+    length = environ.get("CONTENT_LENGTH") or "0"
+    body = environ["wsgi.input"].read(int(length)) if length.isdigit() else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+    action = params.get("Action", "")
+    if not action.startswith("Describe"):
+        answer = moto(environ, start_response)
+        lbview.note_change(state)
+        return answer
+    if environ.get("HTTP_" + lbview.RAW_HEADER.upper().replace("-", "_")) == "raw" or action not in lbview.ADJUSTED:
+        return moto(environ, start_response)
+    got: list[Any] = []
+    chunks = b"".join(moto(environ, lambda status, headers, exc_info=None: got.append((status, headers))))
+    status, headers = got[0]
+    adjusted = lbview.adjust(state, action, params, chunks) if status.startswith("200") else None
+    if adjusted is not None:
+        chunks = adjusted
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(chunks))))
+    start_response(status, headers)
+    return [chunks]
+
+
 def server_main(state: str) -> int:
     """Import moto and listen, then leave the serving to a child (detached): the starting process learns
     from this one's exit status whether the local AWS runs."""
@@ -291,6 +319,8 @@ def server_main(state: str) -> int:
             mirror.sync()
         except Exception:  # noqa: BLE001 - logged; the request still goes to moto
             traceback.print_exc()
+        if environ.get("HTTP_HOST", "").startswith("elasticloadbalancing."):
+            return _elbv2(state, moto, environ, start_response)
         return moto(environ, start_response)
 
     server = make_server("unix://" + path, 0, app, threaded=True, request_handler=MotoRequestHandler)
