@@ -71,6 +71,7 @@ IDLE_CHECKS = 4       # exits after this many IDLE_CHECK ticks with no instance 
 IDLE_CHECK = 0.5
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0   # ALB's default idle timeout
+WHOLE = 256 * 1024    # a response body up to this size is read whole, then sent with the headers
 ELBV2 = {"Version": "2015-12-01"}
 RAW = {lbview.RAW_HEADER: "raw"}
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -730,6 +731,11 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = IDLE_TIMEOUT
     server: _Front
+    _headers_buffer: list[bytes]   # the base class's, where send_header collects the head
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # no Nagle wait after the headers
 
     def _body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -803,11 +809,13 @@ class _Handler(BaseHTTPRequestHandler):
             chunked = not no_body and length is None
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
             try:
-                if no_body:
-                    reply.read()
+                if no_body or (length is not None and length.isdigit() and int(length) <= WHOLE):
+                    data = reply.read()   # headers and a small body in one write: one wake-up for the client
+                    self._headers_buffer.append(b"\r\n" + (b"" if no_body else data))
+                    self.flush_headers()
                 else:
+                    self.end_headers()
                     while True:
                         data = reply.read1(65536)
                         if not data:
