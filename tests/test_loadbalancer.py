@@ -73,6 +73,7 @@ class Fleet:
     ids: dict[str, str]          # name -> instance id
     url: str
     target_group: str            # ARN
+    load_balancer: str           # ARN
 
     def name_of(self, iid: str) -> str:
         return next(n for n, i in self.ids.items() if i == iid)
@@ -158,7 +159,7 @@ def _start(state: str, made: dict[str, inst.Instance], files: Path) -> Fleet:
     assert served.returncode == 0, served.stdout + served.stderr
     found = re.search(r"web-alb :80 -> (http://127\.0\.0\.1:\d+) -> web", served.stdout)
     assert found, served.stdout
-    fleet = Fleet(state, made, ids, found.group(1), tg)
+    fleet = Fleet(state, made, ids, found.group(1), tg, lb or "")
     wait_for(fleet, {n: "healthy" for n in NAMES})
     return fleet
 
@@ -235,3 +236,66 @@ def test_deregistering_a_target_drains_it(fleet: Fleet) -> None:
         elbv2(fleet.state, Action="RegisterTargets", TargetGroupArn=fleet.target_group,
               **{f"Targets.member.{n}.Id": iid for n, iid in enumerate(fleet.ids.values(), 1)})
     wait_for(fleet, {n: "healthy" for n in NAMES})
+
+
+def test_after_the_deregistration_delay_a_request_still_in_flight_is_cut(fleet: Fleet) -> None:
+    """deregistration_delay.timeout_seconds = 1: the slow request (3 s) on the deregistered target does not
+    hold it past the delay: its connection is closed (the client gets 502) and the target is gone."""
+    elbv2(fleet.state, Action="ModifyTargetGroupAttributes", TargetGroupArn=fleet.target_group,
+          **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds", "Attributes.member.1.Value": "1"})
+    result: list[tuple[int, str, dict[str, str]]] = []
+    slow = threading.Thread(target=lambda: result.append(get(fleet.url + "/slow", timeout=SLOW + 10)))
+    started = time.monotonic()
+    slow.start()
+    busy = None
+    try:
+        while busy is None and time.monotonic() < started + 5:
+            busy = next((n for n, i in fleet.instances.items() if os.path.exists(i.upper + "/tmp/slow-started")), None)
+            time.sleep(0.02)
+        assert busy is not None, "the slow request reached no target"
+        elbv2(fleet.state, Action="DeregisterTargets", TargetGroupArn=fleet.target_group,
+              **{"Targets.member.1.Id": fleet.ids[busy]})
+        slow.join(SLOW + 15)
+        assert result and result[0][0] == 502, result
+        deadline = time.monotonic() + 5
+        while busy in health(fleet) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert busy not in health(fleet)
+    finally:
+        slow.join(SLOW + 15)
+        sh(fleet.instances[busy or "web-1"], "rm -f /tmp/slow-started")
+        elbv2(fleet.state, Action="ModifyTargetGroupAttributes", TargetGroupArn=fleet.target_group,
+              **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds", "Attributes.member.1.Value": "30"})
+        elbv2(fleet.state, Action="RegisterTargets", TargetGroupArn=fleet.target_group,
+              **{f"Targets.member.{n}.Id": iid for n, iid in enumerate(fleet.ids.values(), 1)})
+    wait_for(fleet, {n: "healthy" for n in NAMES})
+
+
+def test_a_listener_made_by_the_aws_cli_inside_an_instance_starts_the_load_balancer(fleet: Fleet) -> None:
+    """With no load balancer daemon running, `aws elbv2 create-listener` inside an instance (as a hook would)
+    starts it: the new listener gets its loopback URL and carries traffic to the healthy targets."""
+    stopped = cdsim("lb", "stop", "--state", fleet.state)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    made = sh(fleet.instances["web-1"], f"{CLEAN} elbv2 create-listener --load-balancer-arn {fleet.load_balancer}"
+                                        " --protocol HTTP --port 8081 --default-actions"
+                                        f" Type=forward,TargetGroupArn={fleet.target_group}")
+    assert made.returncode == 0, made.stdout
+    url = None
+    deadline = time.monotonic() + 30
+    while url is None and time.monotonic() < deadline:
+        listed = cdsim("lb", "list", "--state", fleet.state)
+        found = re.search(r"web-alb :8081 -> (http://127\.0\.0\.1:\d+) -> web", listed.stdout)
+        url = found.group(1) if found else None
+        time.sleep(0.2)
+    assert url is not None, listed.stdout
+    wait_for(fleet, {n: "healthy" for n in NAMES})
+    names = [get(url + "/")[1] for _ in range(3)]
+    assert sorted(names) == sorted(NAMES), names
+    fleet.url = loadbalancer_url(fleet)
+
+
+def loadbalancer_url(fleet: Fleet) -> str:
+    listed = cdsim("lb", "list", "--state", fleet.state)
+    found = re.search(r"web-alb :80 -> (http://127\.0\.0\.1:\d+) -> web", listed.stdout)
+    assert found, listed.stdout
+    return found.group(1)

@@ -793,7 +793,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 except (OSError, http.client.HTTPException):
                     conn.close()
-                    if conn.reused:   # a kept-alive connection the target had closed: once more, afresh
+                    if conn.reused and target.drain_until is None:   # a kept-alive one the target had closed
                         conn.reused = False
                         continue
                     self._error(502, "Bad Gateway")

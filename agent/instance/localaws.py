@@ -282,7 +282,15 @@ def _elbv2(state: str, moto: Any, environ: dict[str, Any], start_response: Any) 
     params = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
     action = params.get("Action", "")
     if not action.startswith("Describe"):
-        answer = moto(environ, start_response)
+        statuses: list[str] = []
+
+        def noted(status: str, headers: Any, exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        answer = moto(environ, noted)
+        if action in ("CreateListener", "ModifyListener") and statuses and statuses[0].startswith("200"):
+            _serve_load_balancers(state)
         lbview.note_change(state)
         return answer
     if environ.get("HTTP_" + lbview.RAW_HEADER.upper().replace("-", "_")) == "raw" or action not in lbview.ADJUSTED:
@@ -297,6 +305,21 @@ def _elbv2(state: str, moto: Any, environ: dict[str, Any], start_response: Any) 
         headers.append(("Content-Length", str(len(chunks))))
     start_response(status, headers)
     return [chunks]
+
+
+_LB_MAIN = "import sys; from agent.instance.loadbalancer import ensure; ensure(sys.argv[1])"
+
+
+def _serve_load_balancers(state: str) -> None:
+    """A listener was made or changed: start the state's load balancer (agent.instance.loadbalancer) if it
+    does not run, without waiting for it (its first view waits for this answer)."""
+    if lbview.read(state) is not None:
+        return
+    os.makedirs(lbview.folder(state), mode=0o700, exist_ok=True)
+    with open(os.path.join(lbview.folder(state), "daemon.log"), "ab") as log:
+        starter = subprocess.Popen([sys.executable, "-c", _LB_MAIN, state], stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, start_new_session=True, cwd="/")
+    threading.Thread(target=starter.wait, daemon=True).start()
 
 
 def server_main(state: str) -> int:
