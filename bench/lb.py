@@ -9,7 +9,8 @@ AWS, served by the state's load balancer daemon (agent.instance.loadbalancer). O
 connection per path, alternates: a request through the load balancer (http://127.0.0.1:PORT), then the
 same request straight to the instance's address (a socket made in its network namespace, as the load
 balancer makes its own), paced so the load balancer gets ``--rate`` requests/s. Prints the median and the
-95th percentile of each path and the difference (the added latency; target: at most 2 ms each). Every
+95th percentile of each path and the difference (the added latency; target: at most 2 ms each), and the
+daemon's own CPU time per request (from /proc: what the machine's load does not change). Every
 request goes to loopback or into the instance's own namespace, and the loop is bounded in count.
 """
 from __future__ import annotations
@@ -60,6 +61,13 @@ def available() -> str | None:
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of the process ``pid`` (with its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _Direct(http.client.HTTPConnection):
@@ -156,6 +164,8 @@ def measure(requests: int, rate: float, where: str) -> list[Row]:
             timed(direct)
         lb_ms, direct_ms = [], []
         period = 1.0 / rate
+        daemon = loadbalancer.running(state)
+        cpu0 = _cpu_seconds(daemon)
         start = time.perf_counter()
         for n in range(requests):
             lb_ms.append(timed(through))
@@ -164,7 +174,9 @@ def measure(requests: int, rate: float, where: str) -> list[Row]:
             if wait > 0:
                 time.sleep(wait)
         achieved = requests / (time.perf_counter() - start)
-        note = f"{requests} requests each, {achieved:.0f}/s through the load balancer, kept-alive connections"
+        cpu = (_cpu_seconds(daemon) - cpu0) / requests * 1000
+        note = (f"{requests} requests each, {achieved:.0f}/s through the load balancer, kept-alive connections; "
+                f"the daemon's CPU {cpu:.2f} ms per request")
         med = Row(f"{FIGURE}, median, {rate:g}/s", "", FLOOR, statistics.median(direct_ms),
                   statistics.median(lb_ms), statistics.median(lb_ms) - statistics.median(direct_ms), "ms each",
                   TARGET, note=note)
