@@ -26,6 +26,7 @@ import pytest
 from test_imds import sh  # one way to run a shell line inside an instance
 
 import agent.instance as inst
+from agent.errors import ExitStatus
 from agent.instance import imds, localaws
 from tests import lib
 from tests.lib import REPO, needs_root, needs_tool
@@ -162,6 +163,19 @@ def _start(state: str, made: dict[str, inst.Instance], files: Path) -> Fleet:
     fleet = Fleet(state, made, ids, found.group(1), tg, lb or "")
     wait_for(fleet, {n: "healthy" for n in NAMES})
     return fleet
+
+
+def test_lb_commands_without_instances_say_so_without_a_traceback(tmp_path: Path) -> None:
+    """No instance runs in the state: `lb list` says no load balancer runs, `lb serve` refuses with the
+    environment's exit code and what to do, `lb stop` has nothing to stop."""
+    state = str(tmp_path / "state")
+    listed = cdsim("lb", "list", "--state", state)
+    assert listed.returncode == 0 and "no load balancer runs" in listed.stdout, listed.stdout + listed.stderr
+    served = cdsim("lb", "serve", "--state", state)
+    assert served.returncode == ExitStatus.ENVIRONMENT, served.stdout + served.stderr
+    assert "no instance of the state" in served.stderr and "Traceback" not in served.stderr, served.stderr
+    stopped = cdsim("lb", "stop", "--state", state)
+    assert stopped.returncode == 0 and "no load balancer ran" in stopped.stdout, stopped.stdout
 
 
 def test_requests_reach_every_healthy_target_in_turn(fleet: Fleet) -> None:

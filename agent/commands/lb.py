@@ -57,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     state = resolve(args.state)
     if args.action == "serve":
+        from agent.instance import localaws
+
+        if not localaws.instances_running(state):
+            raise EnvironmentProblem(
+                f"no instance of the state {state} runs: the load balancer serves the local AWS of running "
+                "instances (it stops once none runs)", reference="lb-no-instances",
+                hint="start them first: cdsim fleet up ... --target-group NAME, or cdsim instance start NAME")
         try:
             loadbalancer.ensure(state)
         except OSError as e:
