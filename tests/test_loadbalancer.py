@@ -27,7 +27,7 @@ from test_imds import sh  # one way to run a shell line inside an instance
 
 import agent.instance as inst
 from agent.errors import ExitStatus
-from agent.instance import imds, localaws
+from agent.instance import imds, loadbalancer, localaws
 from tests import lib
 from tests.lib import REPO, needs_root, needs_tool
 
@@ -240,16 +240,15 @@ def test_deregistering_a_target_drains_it(fleet: Fleet) -> None:
         assert busy not in names and len(set(names)) == 2, names
         slow.join(SLOW + 15)
         assert result and result[0][:2] == (200, busy), result
-        deadline = time.monotonic() + 5
-        while busy in health(fleet) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert loadbalancer.wait_for_target(fleet.state, "web", fleet.ids[busy], None, 5) is None
         assert busy not in health(fleet)
     finally:
         slow.join(SLOW + 15)
         sh(fleet.instances[busy or "web-1"], "rm -f /tmp/slow-started")
         elbv2(fleet.state, Action="RegisterTargets", TargetGroupArn=fleet.target_group,
               **{f"Targets.member.{n}.Id": iid for n, iid in enumerate(fleet.ids.values(), 1)})
-    wait_for(fleet, {n: "healthy" for n in NAMES})
+    for iid in fleet.ids.values():   # the Python API the traffic-control engine waits with
+        assert loadbalancer.wait_for_target(fleet.state, "web", iid, ("healthy",), 30)["state"] == "healthy"
 
 
 def test_after_the_deregistration_delay_a_request_still_in_flight_is_cut(fleet: Fleet) -> None:

@@ -33,7 +33,10 @@ Python API (for other modules; the CLI is agent.commands.lb):
 - :func:`ensure` (state) -> pid: start the daemon unless it runs; :func:`stop` (state); :func:`running`.
 - :func:`url_for` (state, name or ARN) -> ``http://127.0.0.1:PORT`` of its first listener (LookupError).
 - :func:`target_health` (state, target group name or ARN) -> list of lbview.TargetHealth.
-- :func:`status` (state) -> lbview.Status or None; :func:`wait_until` (state, predicate, timeout).
+- :func:`status` (state) -> lbview.Status or None; :func:`wait_until` (state, predicate, timeout);
+  :func:`wait_for_target` (state, group, target id, states or None for "drained", timeout): what
+  AllowTraffic (registered, wait until healthy) and BlockTraffic (deregistered, wait until drained) need.
+- :func:`listeners_exist` (state): whether the local AWS has something for the daemon to serve.
 
 Must not import the deploy engine or hooks_runtime.
 """
@@ -162,6 +165,22 @@ def target_health(state: str, target_group: str) -> list[TargetHealth]:
         if target_group in (group["arn"], group["name"]):
             return group["targets"]
     raise LookupError(f"no target group {target_group!r} behind a served load balancer")
+
+
+def wait_for_target(state: str, target_group: str, target_id: str, wanted: tuple[str, ...] | None,
+                    timeout: float) -> TargetHealth | None:
+    """Wait until the target of the group (name or ARN) is in one of the ``wanted`` states (e.g.
+    ``("healthy",)`` after registering it), or, with None, gone from the group (drained after
+    deregistering it); returns its health (None when gone). TimeoutError after ``timeout``."""
+    def find(view: Status) -> TargetHealth | None:
+        group = next((g for g in view["target_groups"] if target_group in (g["arn"], g["name"])), None)
+        return next((t for t in group["targets"] if t["id"] == target_id), None) if group else None
+
+    def done(view: Status) -> bool:
+        found = find(view)
+        return found is None if wanted is None else found is not None and found["state"] in wanted
+
+    return find(wait_until(state, done, timeout))
 
 
 def listeners_exist(state: str) -> bool:
