@@ -6,8 +6,10 @@ Auto Scaling, S3, SSM, Secrets Manager, STS, ...) on a Unix socket in the state 
 memory while any instance of the state runs and exits once none has for a moment. Account
 ``000000000000``, as the instance metadata reports. Every private-network instance of the state is an
 EC2 instance there (:class:`Ec2Mirror`): the id, AMI, type, zone and private address its metadata
-reports, its tags plus ``Name``, running while its services run, else stopped. Must not import the
-deploy engine or hooks_runtime.
+reports, its tags plus ``Name``, running while its services run, else stopped. ELB/ELBv2 answers go
+through agent.instance.lbview (the state's load balancer's health states and URLs, its change token),
+and a listener made or changed starts the load balancer (agent.instance.loadbalancer, by a process: it
+imports this module). Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
