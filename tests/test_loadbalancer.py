@@ -312,3 +312,15 @@ def loadbalancer_url(fleet: Fleet) -> str:
     found = re.search(r"web-alb :80 -> (http://127\.0\.0\.1:\d+) -> web", listed.stdout)
     assert found, listed.stdout
     return found.group(1)
+
+
+def test_a_stopped_instance_is_unused_and_gets_no_requests(fleet: Fleet) -> None:
+    """(Last: it stops web-3.) Its target shows unused (Target.InvalidState) and the requests go to the
+    two others."""
+    inst.stop(fleet.instances["web-3"])
+    wait_for(fleet, {"web-1": "healthy", "web-2": "healthy", "web-3": "unused"})
+    found = elbv2(fleet.state, Action="DescribeTargetHealth", TargetGroupArn=fleet.target_group,
+                  **{"Targets.member.1.Id": fleet.ids["web-3"]})
+    assert found.findtext(".//TargetHealth/Reason") == "Target.InvalidState"
+    names = [get(fleet.url + "/")[1] for _ in range(4)]
+    assert sorted(names) == ["web-1", "web-1", "web-2", "web-2"], names
