@@ -12,14 +12,13 @@ virtualenv is built once (about 30 s: cdsim and its dependencies from the packag
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.lib import REPO, require_tool
+from tests.lib import require_tool, snapshot_checkout
 
 PRE_COMMIT = (sys.executable, "-m", "pre_commit")
 BROKEN = """\
@@ -60,17 +59,7 @@ def git_env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def hook_repo(tmp_path_factory, git_env) -> tuple[Path, str]:
     """A git repository holding this checkout's files, committed: (its path, the commit)."""
-    listed = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO, git_env)
-    if listed.returncode != 0:
-        pytest.skip(f"{REPO} is not a git checkout: {listed.stderr.strip()}")
-    snapshot = tmp_path_factory.mktemp("cdsim-hook-repo")
-    for rel in filter(None, listed.stdout.split("\0")):
-        source = REPO / rel
-        if not source.is_file() and not source.is_symlink():
-            continue   # deleted in the work tree, not yet in the index
-        target = snapshot / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target, follow_symlinks=False)
+    snapshot = snapshot_checkout(tmp_path_factory.mktemp("cdsim-hook-repo"))
     _git(snapshot, git_env, "init", "-q")
     _git(snapshot, git_env, "add", "-A")
     _git(snapshot, git_env, "commit", "-q", "-m", "snapshot")

@@ -12,6 +12,7 @@ import json
 
 from agent.errors import ExitStatus
 
+FORMATS = ("text", "json", "sarif", "github", "markdown")
 SUMMARY = "check a bundle and its appspec: every problem the agent would hit, in one pass"
 
 
@@ -26,10 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="more bundles or appspec files, each validated the same way")
     p.add_argument("--appspec-filename", metavar="NAME",
                    help="the appspec name the deployment will use (as codedeploy-local's option)")
-    p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+    p.add_argument("--format", choices=FORMATS, default="text",
                    help="text: FILE:LINE:COL: severity: message [code]; json: one object with a findings "
                         "list (severity, code, message, file, line, column, hint); sarif: a SARIF 2.1.0 log "
-                        "for code scanning (rule ids are the codes, paths relative to the current folder)")
+                        "for code scanning (rule ids are the codes, paths relative to the current folder); "
+                        "github: workflow commands (annotations at each finding); markdown: a table, for a "
+                        "GitHub job summary")
     p.add_argument("--strict", action="store_true", help="warnings make the bundle invalid too")
     p.set_defaults(func=run)
 
@@ -53,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
         from agent import __version__
         from agent.reports import sarif
         print(sarif.render(findings, validated=args.path, base=os.getcwd(), version=__version__), end="")
+    elif args.format == "github":
+        import os
+
+        from agent.reports import github
+        for line in github.finding_commands(findings, os.environ.get("GITHUB_WORKSPACE") or os.getcwd()):
+            print(line)
+    elif args.format == "markdown":
+        from agent.reports import markdown
+        print(markdown.findings(findings, paths, summary(findings, args.strict)), end="")
     else:
         for path, found in per_path:
             for f in found:
