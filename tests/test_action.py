@@ -112,7 +112,8 @@ def _bundle(root: Path, fail: bool = False, appspec_extra: str = "") -> None:
     (root / "app" / "index.txt").write_text("hello\n")
     start = root / "scripts" / "start.sh"
     start.write_text("#!/bin/sh\n" + "".join(f"echo 'line {i} of the start'\n" for i in range(1, 41))
-                     + ("echo 'it broke' >&2\nexit 3\n" if fail else "echo started\n"))
+                     + ("echo '::warning::forged by the hook'\necho 'it broke' >&2\nexit 3\n" if fail
+                        else "echo started\n"))
     start.chmod(0o755)
     check = root / "scripts" / "check.sh"
     check.write_text("#!/bin/sh\necho checked\n")
@@ -185,7 +186,17 @@ def test_a_failing_hook_fails_the_deploy_step_with_its_output_tail_in_the_summar
     tail = summary.split("last 30 lines of its output:", 1)[1]
     assert "line 40 of the start" in tail and "it broke" in tail
     assert "line 5 of the start" not in tail
-    assert "::error file=bad/scripts/start.sh," in run.stdout["deploy"]
+    stopped, resumed = _command_regions(run.stdout["deploy"])
+    assert "::warning::forged by the hook" in stopped   # the hook's output issues no workflow command
+    assert "::warning::forged" not in resumed
+    assert re.search(r"^::error file=bad/scripts/start\.sh,", resumed, re.M), resumed
+
+
+def _command_regions(stdout: str) -> tuple[str, str]:
+    """(what a step printed between ::stop-commands::TOKEN and ::TOKEN::, what it printed outside)."""
+    m = re.search(r"^::stop-commands::(\S+)$\n(.*?)^::\1::$\n", stdout, re.M | re.S)
+    assert m, stdout
+    return m.group(2), stdout[:m.start()] + stdout[m.end():]
 
 
 def test_an_invalid_appspec_stops_at_validate_with_annotations_sarif_and_the_findings(job):
@@ -194,8 +205,10 @@ def test_an_invalid_appspec_stops_at_validate_with_annotations_sarif_and_the_fin
     run = job["invalid"]
     assert run.statuses == {"install": 0, "validate": 3}, run.stdout
     assert run.outputs["valid"] == "false" and run.outputs["junit"] == "" and run.outputs["exit-code"] == ""
+    stopped, resumed = _command_regions(run.stdout["validate"])
+    assert "invalid/appspec.yml:13:3: error:" in stopped
     assert re.search(r"^::error file=invalid/appspec\.yml,line=13,col=3,title=cdsim validate%3A "
-                     r"unknown-lifecycle-event::", run.stdout["validate"], re.M), run.stdout["validate"]
+                     r"unknown-lifecycle-event::", resumed, re.M), resumed
     assert "| invalid\\/appspec\\.yml\\:13\\:3 | error | unknown\\-lifecycle\\-event |" in run.summary
     sarif = Path(run.outputs["sarif"]).read_text()
     assert '"ruleId": "unknown-lifecycle-event"' in sarif and '"startLine": 13' in sarif
