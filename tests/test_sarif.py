@@ -154,14 +154,31 @@ class TestLocations:
 
 
 def test_every_code_validate_emits_has_a_rule_in_the_catalogue():
-    """Rule ids are the finding codes: a new code in agent/lint.py or agent/appspec.py needs its rule
+    """Rule ids are the finding codes: a new code in agent/lint.py, appspec.py or appspec_platforms.py needs its rule
     (agent/reports/sarif.py RULES), so code scanning shows a description and help for it."""
+    from agent.appspec_platforms import CODES
     from agent.reports.sarif import RULES
 
-    source = (REPO / "agent" / "lint.py").read_text() + (REPO / "agent" / "appspec.py").read_text()
+    source = "".join((REPO / "agent" / name).read_text() for name in ("lint.py", "appspec.py", "appspec_platforms.py"))
     emitted = set(re.findall(r'code="([a-z0-9-]+)"', source))
     emitted |= set(re.findall(r'self\.add\(\s*"(?:error|warning)",\s*"([a-z0-9-]+)"', source))
     emitted |= set(re.findall(r'_BundleError\(\s*"([a-z0-9-]+)"', source))
     emitted.add("bundle-unsafe-member")   # UnsafeBundle's reference, through check_links
+    emitted |= set(CODES)                 # ECS and Lambda appspecs' codes
     assert len(emitted) > 50
     assert emitted - {rule.id for rule in RULES} == set()
+
+
+def test_a_lambda_appspec_finding_is_a_result_with_its_rule(tmp_path):
+    """ECS and Lambda appspecs' findings (agent.appspec_platforms) are results like the others: the
+    tutorial's appspec with TargetVersion equal to CurrentVersion gives same-version at that line."""
+    text = (REPO / "tests" / "data" / "appspecs" / "lambda-tutorial.yaml").read_text()
+    (tmp_path / "appspec.yaml").write_text(text.replace('TargetVersion: "2"', 'TargetVersion: "1"'))
+    status, log = _sarif("appspec.yaml", cwd=tmp_path)
+    assert status == 3
+    run = log["runs"][0]
+    (result,) = [r for r in run["results"] if r["level"] == "error"]
+    assert result["ruleId"] == "same-version"
+    assert run["tool"]["driver"]["rules"][result["ruleIndex"]]["shortDescription"]["text"].startswith("A Lambda")
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "TargetVersion" in t)
+    assert result["locations"][0]["physicalLocation"]["region"]["startLine"] == line

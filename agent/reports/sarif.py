@@ -165,6 +165,22 @@ RULES: tuple[Rule, ...] = (
        "Rename the file or the directory."),
     _r("destination-looks-like-file", "warning", "A destination that looks like a file name: it is a folder",
        "Give the folder the file goes into: files cannot be renamed on install."),
+    # Amazon ECS and AWS Lambda appspecs (agent.appspec_platforms.CODES; unknown-key, duplicate-key,
+    # invalid-version, unknown-lifecycle-event and yaml-alias are shared with the EC2 rules above)
+    _r("unsupported-platform", "error", "An ECS or Lambda appspec given to a deployment, which cdsim does not run",
+       "cdsim deploys EC2/On-Premises appspecs only; `cdsim validate` checks ECS and Lambda ones."),
+    _r("missing-property", "error", "A required key is missing (version, Resources, Type, Properties, ...)",
+       "Add the key the message names, as the AppSpec reference for the platform documents it."),
+    _r("wrong-type", "error", "A value of the wrong type (a string ContainerPort, a mapping where a list goes)",
+       "Write the value with the type the message names."),
+    _r("invalid-value", "error", "A value out of the documented set or range (Type, AssignPublicIp, ports)",
+       "Use one of the values the message lists."),
+    _r("same-version", "error", "A Lambda TargetVersion equal to CurrentVersion: no traffic to shift",
+       "Give TargetVersion the version to shift traffic to."),
+    _r("hook-duplicate", "error", "Two hooks on one event", "Keep one hook per lifecycle event."),
+    _r("task-definition-not-arn", "error", "A TaskDefinition that is not a task definition ARN",
+       "Give the task definition's full ARN (or CodePipeline's <TASK_DEFINITION> placeholder)."),
+    _r("json-syntax", "error", "A JSON appspec that is not JSON", "Fix the JSON at the position given."),
 )
 _BY_ID = {rule.id: rule for rule in RULES}
 
