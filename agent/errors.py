@@ -44,6 +44,7 @@ class ExitStatus(enum.IntEnum):
     DEPLOYMENT_FAILED = 6
     ENVIRONMENT = 7
     UNSUPPORTED_PLATFORM = 8   # an Amazon ECS or AWS Lambda appspec: validated, never deployed
+    TRAFFIC_FAILED = 9   # cdsim wait --traffic: the deployment succeeded, more requests failed than allowed
     INTERNAL = 70
 
 

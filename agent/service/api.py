@@ -733,7 +733,7 @@ class Api:
             except ApiError:
                 raise ApiError("DeploymentTargetDoesNotExistException",
                                f"The target {tid} is not part of deployment {doc['deploymentId']}") from None
-            out.append({"deploymentTargetType": "InstanceTarget", "instanceTarget": t})
+            out.append({"deploymentTargetType": "InstanceTarget", "instanceTarget": public(t)})
         return {"deploymentTargets": out}
 
     def op_GetDeploymentTarget(self, body: JsonObject) -> JsonObject:
@@ -851,5 +851,6 @@ class AgentApi:
             status = _str(body, "status")
             if status not in (None, "Succeeded", "Failed"):
                 raise ApiError("InvalidInputException", f"Invalid command status {status}")
-            return self.engine.report(cid, _list(body, "lifecycleEvents") or None, status)
+            return self.engine.report(cid, _list(body, "lifecycleEvents") or None, status,
+                                      wait_for=_str(body, "waitFor"))
         raise ApiError("UnknownOperationException", f"Unknown operation {operation}")
