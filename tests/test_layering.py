@@ -34,6 +34,7 @@ SPAWNERS = {
     "agent.instance.enter": "the launcher forks and executes the command inside the instance",
     "agent.instance.idmap": "newuidmap/newgidmap from a forked helper outside the new user namespace",
     "agent.instance.keeper": "the keeper process and the instance's init",
+    "agent.instance.loadbalancer": "the state's load balancer daemon (detached) and its helpers in instances' networks",
     "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",
     "agent.instance.services": "the instance's services daemon (detached) and its helper joining the namespaces",
     "agent.instance.systemctl_manager": "the unit manager (forked by the instance's init) and the units' processes",
@@ -59,7 +60,7 @@ PURE = ("agent.appspec", "agent.appspec_platforms",
         "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
         "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
-        "agent.reports.github", "agent.instance.systemctl_units")
+        "agent.reports.github", "agent.reports.markdown", "agent.reports.sarif", "agent.instance.systemctl_units")
 _IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
 
 # What no command's parser may load: `cdsim --help` and every command's start imports the parser only
