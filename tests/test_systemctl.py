@@ -207,6 +207,10 @@ def test_a_hook_starts_a_service_that_outlives_it_and_the_next_application_stop_
                         lines[2]), lines[2]
     assert re.fullmatch(r"   Main PID: \d+ \(python3\)", lines[3]), lines[3]
     assert lines[-5:] == ["rc=0", "active", "rc=0", "enabled", "rc=0"], status.stdout
+    journal = in_web(sysd, "journalctl -u app --no-pager -n 50; journalctl -n 1 -u nothing-here")
+    assert re.search(r"^\w{3} \d\d \d\d:\d\d:\d\d web systemd\[1\]: Started app.service - cdsim test web app\.$",
+                     journal.stdout, re.MULTILINE), journal.stdout
+    assert journal.stdout.endswith("\n-- No entries --\n"), journal.stdout
 
     second = deploy(sysd, web_bundle(tmp_path / "v2", "v2"))
     assert second.returncode == 0, second.stdout + second.stderr

@@ -22,7 +22,7 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
-from agent.instance import confine, idmap, overlay, services, store, systemctl, systemctl_manager
+from agent.instance import confine, idmap, overlay, services, store, systemctl_manager
 from agent.instance import namespaces as ns
 from agent.instance.procstat import stat
 
@@ -106,9 +106,10 @@ def keeper_main(folder: str, report: int) -> int:
     except (OSError, ValueError) as e:
         print(f"no systemctl stand-in in this instance: {e}", file=sys.stderr, flush=True)
         wrapper = None
-    if wrapper and not any(os.path.isfile(os.path.realpath(path)) for path in systemctl.PATHS):
-        # the instance gets an empty /usr/bin/systemctl to mount the stand-in on: cdsim's, no change
-        store.add_synthesized(inst, {systemctl.PATHS[0]: hashlib.sha256(b"").hexdigest()})
+    missing = systemctl_manager.missing_tools(lambda path: os.path.isfile(os.path.realpath(path)))
+    if wrapper and missing:
+        # the instance gets an empty /usr/bin/systemctl (journalctl) to mount the stand-in on: cdsim's, no change
+        store.add_synthesized(inst, dict.fromkeys(missing, hashlib.sha256(b"").hexdigest()))
     flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
     if inst.network == "private":
         flags |= ns.CLONE_NEWNET

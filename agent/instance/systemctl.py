@@ -1,6 +1,6 @@
 """The ``systemctl`` of an instance: a thin client of the instance's unit manager.
 
-Inside an instance, /usr/bin/systemctl (and /bin/systemctl) is this file, bind-mounted over the
+Inside an instance, /usr/bin/systemctl (and /bin/systemctl) is this file, and so is journalctl, bind-mounted over the
 image's or host's own by the instance's init (agent.instance.keeper), behind a ``#!`` line naming
 cdsim's interpreter (:func:`wrapper_text`). It sends its arguments to the unit manager
 (agent.instance.systemctl_manager, a child of the instance's init) over the socket :data:`SOCKET`,
@@ -21,6 +21,9 @@ import sys
 SOCKET = "/run/systemd/cdsim-systemctl.sock"
 # where the stand-in is mounted inside an instance (each that exists as a file; /bin may be a link to usr/bin)
 PATHS = ("/usr/bin/systemctl", "/bin/systemctl")
+# the same file is the instance's journalctl: run under that name, it asks for the units' logs
+JOURNALCTL_PATHS = ("/usr/bin/journalctl", "/bin/journalctl")
+JOURNALCTL = "__journalctl"
 NO_MANAGER = ("System has not been booted with systemd as init system (PID 1). Can't operate.\n"
               "Failed to connect to bus: Host is down\n")
 
@@ -57,6 +60,8 @@ def request(argv: list[str], path: str = SOCKET) -> tuple[int, str, str]:
 
 
 def main(argv: list[str]) -> int:
+    if os.path.basename(sys.argv[0]) == "journalctl":
+        argv = [JOURNALCTL, *argv]
     try:
         status, out, err = request(argv)
     except (OSError, ValueError):

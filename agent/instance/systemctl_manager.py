@@ -19,7 +19,8 @@ TimeoutStartSec=/TimeoutStopSec=/TimeoutSec=, KillMode=, KillSignal=, drop-ins (
 enable/disable (the ``.wants`` links systemd makes), mask/unmask. Not: dependencies and ordering
 (Requires=, After=, targets), sockets, timers, templates' instances beyond ``%i``, cgroups and
 resource limits, sandboxing options, starting enabled units when the instance starts, and a journal
-(``status`` shows the unit's log file). Must not import the deploy engine or hooks_runtime.
+(``status`` shows the end of the unit's log file, ``journalctl -u UNIT`` prints it). Must not import
+the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.instance import namespaces as ns
 from agent.instance import systemctl_units as units
-from agent.instance.systemctl import PATHS, SOCKET, wrapper_text
+from agent.instance.systemctl import JOURNALCTL, JOURNALCTL_PATHS, PATHS, SOCKET, wrapper_text
 
 NOTIFY_SOCKET = "/run/systemd/notify"
 LOG_DIR = "/run/log/units"
@@ -136,11 +138,14 @@ def systemd_init_problems(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
 
 # ---- inside, as init: mount the stand-in, fork the manager ------------------------------------------
 
+TOOLS = (PATHS, JOURNALCTL_PATHS)   # where the stand-in goes: systemctl, and journalctl
+
+
 def clone_wrapper(path: str) -> list[int]:
     """Before the pivot, while the instance folder is in sight: one detached read-only copy of the
     stand-in file ``path`` per place it may be mounted (open_tree; move_mount attaches each once)."""
     trees = []
-    for _ in PATHS:
+    for _ in (p for paths in TOOLS for p in paths):
         fd = ns.open_tree(path)
         try:
             ns.set_tree_attributes(fd, ns.MOUNT_ATTR_RDONLY | ns.MOUNT_ATTR_NOSUID | ns.MOUNT_ATTR_NODEV)
@@ -153,21 +158,27 @@ def clone_wrapper(path: str) -> list[int]:
     return trees
 
 
+def missing_tools(exists: Callable[[str], bool]) -> list[str]:
+    """The paths :func:`install` creates (empty) to mount the stand-in on: the first of each tool's
+    paths where none of them is a file (``exists`` tells, for the tree in question)."""
+    return [paths[0] for paths in TOOLS if not any(exists(path) for path in paths)]
+
+
 def install(trees: list[int]) -> None:
     """In the instance's mount namespace, after the pivot and before confinement: the stand-in (the
-    trees of :func:`clone_wrapper`) over every ``systemctl`` of :data:`agent.instance.systemctl.PATHS`
-    that is a file (one mount per real file: /bin may be a link to usr/bin; made, empty, at
-    /usr/bin/systemctl when there is none); and /run/systemd/system, the folder by which programs tell
-    that systemd manages the machine (sd_booted)."""
+    trees of :func:`clone_wrapper`) over every ``systemctl`` and ``journalctl`` of
+    :data:`agent.instance.systemctl.PATHS` and ``JOURNALCTL_PATHS`` that is a file (one mount per real
+    file: /bin may be a link to usr/bin; made, empty, at the first path when there is none); and
+    /run/systemd/system, the folder by which programs tell that systemd manages the machine (sd_booted)."""
     targets: list[str] = []
-    for path in PATHS:
-        real = os.path.realpath(path)
-        if os.path.isfile(real) and real not in targets:
-            targets.append(real)
-    if not targets:
-        os.makedirs(os.path.dirname(PATHS[0]), exist_ok=True)
-        os.close(os.open(PATHS[0], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755))
-        targets.append(PATHS[0])
+    for path in missing_tools(lambda p: os.path.isfile(os.path.realpath(p))):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755))
+    for paths in TOOLS:
+        for path in paths:
+            real = os.path.realpath(path)
+            if os.path.isfile(real) and real not in targets:
+                targets.append(real)
     for fd, target in zip(trees, targets, strict=False):
         ns.move_mount(fd, target)
     for fd in trees:
@@ -771,6 +782,9 @@ class Command:
         self.err.append(text + "\n")
 
     def run(self) -> tuple[int, str, str]:
+        if self.argv[:1] == [JOURNALCTL]:
+            status = self.journal(self.argv[1:])
+            return status, "".join(self.out), "".join(self.err)
         try:
             words = self._parse()
         except ValueError as e:
@@ -1198,6 +1212,56 @@ class Command:
                 st.starts = []   # and the start limit's count
                 if st.active == "failed":
                     st.active, st.sub, st.result = "inactive", "dead", "success"
+        return 0
+
+    def journal(self, args: list[str]) -> int:
+        """journalctl: the units' log files (``-u UNIT``, repeatable; all units without), the last
+        ``-n N`` lines; other options of journalctl's that only shape the output are taken and ignored."""
+        wanted: list[str] = []
+        lines: int | None = None
+        quiet = {"--no-pager", "-x", "--catalog", "-e", "--pager-end", "-b", "--boot", "-l", "--full", "-q",
+                 "--quiet", "--no-hostname", "-a", "--all", "--system", "--utc"}
+        valued = {"--since", "-S", "--until", "-U", "-o", "--output", "-p", "--priority", "-t", "--identifier"}
+        while args:
+            arg = args.pop(0)
+            name, eq, value = arg.partition("=")
+            if name in ("-u", "--unit", "-n", "--lines") or name in valued:
+                if not eq:
+                    if not args:
+                        self.warn(f"journalctl: option '{name}' requires an argument")
+                        return 1
+                    value = args.pop(0)
+                if name in ("-u", "--unit"):
+                    try:
+                        wanted.append(units.unit_name(value))
+                    except ValueError as e:
+                        self.warn(str(e))
+                        return 1
+                elif name in ("-n", "--lines"):
+                    lines = int(value) if value.isdigit() else None
+            elif arg.startswith("-n") and arg[2:].isdigit():
+                lines = int(arg[2:])
+            elif arg in ("-f", "--follow"):
+                self.warn("journalctl: --follow is not supported by cdsim's stand-in (no journal runs here)")
+                return 1
+            elif arg not in quiet and not (arg.startswith("-") and not arg.startswith("--")
+                                           and all(f"-{c}" in quiet for c in arg[1:])):
+                self.warn(f"journalctl: unrecognized option '{arg}'")
+                return 1
+        if self.uid != 0:
+            self.say("Hint: You are currently not seeing messages from other users and the system.\n"
+                     "      Users in groups 'adm', 'systemd-journal' can see all messages.\n"
+                     "      Pass -q to turn off this notice.\n-- No entries --")
+            return 0
+        if not wanted:
+            try:
+                wanted = sorted(entry[:-4] for entry in os.listdir(LOG_DIR) if entry.endswith(".log"))
+            except OSError:
+                wanted = []
+        found = [line for name in wanted for line in _tail(log_path(name), 1 << 30)]
+        if lines is not None:
+            found = found[-lines:] if lines else []
+        self.out.append("".join(line + "\n" for line in found) or "-- No entries --\n")
         return 0
 
     def daemon_reload(self, names: list[str]) -> int:
