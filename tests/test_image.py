@@ -10,6 +10,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -216,6 +218,8 @@ class TestDeployIntoAnImage:
             assert shutil.which("python3")   # ... while the host has one
             site = cdsim(state, "instance", "exec", "al", "--", "/bin/cat", "/srv/site/index.html")
             assert site.stdout == "hello\n"
+            changed = cdsim(state, "instance", "diff", "al").stdout.splitlines()   # against the image
+            assert "A /srv/site/index.html" in changed and not [c for c in changed if c.startswith("M /etc")]
         finally:
             cdsim(state, "instance", "stop", "al")
 
@@ -248,6 +252,27 @@ class TestDeployIntoAnImage:
             assert cdsim(state, "instance", "destroy", name).returncode == 0
 
 
+    def test_the_pytest_fixture_deploys_into_an_instance_of_the_image(self, images, tmp_path):
+        """`pytest --cdsim-image REF`: the cdsim_deploy fixture's instance is made from the image; its
+        hook output and exec see the image's userland."""
+        bundle = bundle_dir(tmp_path / "b")
+        (tmp_path / "inner").mkdir()
+        (tmp_path / "inner" / "test_in_image.py").write_text(
+            "import os\n\ndef test_image(cdsim_deploy):\n"
+            "    result = cdsim_deploy(os.environ['BUNDLE'])\n"
+            "    assert result.succeeded, result.error\n"
+            "    assert 'python3: none' in result.hook('AfterInstall').output\n"
+            "    assert 'ID=\"amzn\"' in result.exec('cat', '/etc/os-release').stdout\n")
+        from tests.test_pytest_plugin import _plugin_installed
+        plugin = [] if _plugin_installed() else ["-p", "agent.pytest_plugin"]
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin,
+                               "--cdsim-mode=instance", f"--cdsim-image={images['oci-layout']}",
+                               "--basetemp", str(tmp_path / "basetemp"), "test_in_image.py"],
+                              cwd=tmp_path / "inner", env=dict(os.environ, BUNDLE=str(bundle)), capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
 @lib.needs_root("creating a user with useradd and su to it needs root (CI runs as root)")
 class TestUnprivileged:
     def test_an_ordinary_user_deploys_into_an_image_with_owners_mapped(self, runas_user, images, shared_dir):
@@ -273,6 +298,30 @@ class TestUnprivileged:
         assert os.listdir(user_state / "images") == []
 
 
+    def test_an_ordinary_users_unpacking_refuses_a_hostile_layer_too(self, runas_user, shared_dir):
+        """As a non-root user (unpacking in a user namespace): a layer writing through a symlink out of
+        the root is refused with exit 3, naming the member; nothing written outside, no cache entry."""
+        from tests.test_instance import subordinate_ids
+        subordinate_ids(runas_user.pw_name)
+        build, words = HOSTILE["symlink-out"]
+        files, _ = oci_blobs([layer_tar(build)])
+        ref = write_folder(Path(shared_dir) / "a" / "b" / "img", files)
+        for dirpath, dirs, _names in os.walk(shared_dir):
+            for n in dirs:
+                os.chmod(os.path.join(dirpath, n), 0o755)
+        for dirpath, _dirs, names in os.walk(ref):
+            for n in names:
+                os.chmod(os.path.join(dirpath, n), 0o644)
+        user_state = Path(shared_dir) / "a" / "b" / "c" / "state"
+        user_state.mkdir(parents=True)
+        os.chown(user_state, runas_user.pw_uid, runas_user.pw_gid)
+        done = lib.cdsim("instance", "create", "bad", "--image", ref, user=runas_user.pw_name, state=user_state)
+        assert done.returncode == ExitStatus.INVALID, done.stderr
+        assert words in done.stderr and "up/escaped" in done.stderr and "Traceback" not in done.stderr
+        assert not any(p.name == "escaped" for p in Path(shared_dir).rglob("escaped"))
+        assert os.listdir(user_state / "images") == []
+
+
 # ---- bad images -----------------------------------------------------------------------------------
 
 def _hostile(build) -> list[bytes]:
@@ -289,6 +338,8 @@ HOSTILE = {
     "hardlink-via-symlink": (lambda tf: (_add(tf, "up", kind=tarfile.SYMTYPE, link="../../../.."),
                                          _add(tf, "passwd", kind=tarfile.LNKTYPE, link="up/etc/passwd")),
                              "leads out of the image's root"),
+    "hardlink-missing": (lambda tf: _add(tf, "passwd", kind=tarfile.LNKTYPE, link="etc/nothing/passwd"),
+                         "which no layer has made"),
     "whiteout-out": (lambda tf: (_add(tf, "up", kind=tarfile.SYMTYPE, link="../.."),
                                  _add(tf, "up/.wh.victim")), "leads out of the image's root"),
     "whiteout-dotdot": (lambda tf: _add(tf, "etc/.wh..."), "a whiteout for a path outside"),

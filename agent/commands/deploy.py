@@ -270,13 +270,14 @@ def run_local_in_instance(opts: dict[str, Any]) -> int:
     if config_file and os.path.isfile(config_file):
         host = os.path.abspath(config_file)
         binds[host] = opts["--agent-configuration-file"] = instances.bind_target(host)
-    argv = [sys.executable, "-m", "agent", "local"]
+    argv = [*instances.agent_command(inst), "local"]
     for k, v in opts.items():
         if k == "--report":
             continue  # written inside, a report would land in the instance's overlay
         argv += [k] if v is None else [k, v]
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
-    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), binds=binds)
+    cwd = "/" if instances.made_from_image(inst) else os.getcwd()
+    return instances.exec_in(inst, argv, env=env, cwd=cwd, binds=binds)
 
 
 class Printer:

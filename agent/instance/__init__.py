@@ -128,13 +128,13 @@ def made_from_image(instance: Instance) -> bool:
     return store.read_meta(instance.path).get("image") is not None
 
 
-def agent_command(instance: Instance) -> list[str]:
-    """The command line that runs ``python -m agent`` inside ``instance``: the host's interpreter for an
-    instance of the host; for one made from an image, the host's interpreter brought in read-only
-    under /opt/cdsim (see agent.instance.image). Append the agent's arguments."""
+def agent_command(instance: Instance, module: str = "agent") -> list[str]:
+    """The command line that runs ``python -m MODULE`` (cdsim's) inside ``instance``: the host's
+    interpreter for an instance of the host; for one made from an image, the host's interpreter brought
+    in read-only under /opt/cdsim (see agent.instance.image). Append the module's arguments."""
     if store.read_meta(instance.path).get("image") is None:
-        return [sys.executable, "-m", "agent"]
-    return image.module_command(image.runtime(), "agent")
+        return [sys.executable, "-m", module]
+    return image.module_command(image.runtime(), module)
 
 
 def get(name: str, *, state: str | None = None) -> Instance:
@@ -313,6 +313,8 @@ def _remove_as_caller(real: str) -> None:
 
 
 def diff(instance: Instance) -> list[Change]:
-    """What the instance added, changed and deleted compared with the host, sorted by path."""
+    """What the instance added, changed and deleted compared with the host (or its image), sorted by path."""
     meta = store.read_meta(instance.path)
-    return _changes(instance.upper, meta, synthesized=store.read_synthesized(instance))
+    made_from = meta.get("image")
+    return _changes(instance.upper, meta, host_root=made_from["lower"] if made_from else "/",
+                    synthesized=store.read_synthesized(instance))

@@ -428,6 +428,8 @@ class _Applier:
                     self._member(tf, member)
                 except _Unsafe as e:
                     raise _Unsafe(f"member {member.name!r}: {e}") from None
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot apply member {member.name!r}: {e.strerror or e}") from e
 
     def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         parts = self._lexical(m.name)
@@ -479,10 +481,11 @@ class _Applier:
             target_parts = self._lexical(m.linkname)
             if not target_parts:
                 raise _Unsafe("a hard link to the root folder")
-            target = os.path.join(self.root, *self._resolve_dirs(target_parts[:-1], create=False), target_parts[-1])
             try:
+                target = os.path.join(self.root, *self._resolve_dirs(target_parts[:-1], create=False),
+                                      target_parts[-1])
                 tst = os.lstat(target)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 raise _Unsafe(f"a hard link to {m.linkname!r}, which no layer has made") from None
             if stat.S_ISDIR(tst.st_mode):
                 raise _Unsafe("a hard link to a folder")
@@ -552,6 +555,9 @@ def _apply_all(source: _Source, manifest: Manifest, root: str, chown: bool) -> i
                            reference="image-unsafe-member") from None
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise _invalid(source.ref, f"layer {layer.name} is corrupt or truncated: {e}") from e
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot unpack layer {layer.name} of {source.ref}: {e.strerror or e}",
+                                     reference="image-unpack") from e
         if layer.digest and digest != layer.digest:
             raise _invalid(source.ref, f"layer {layer.name}: its sha256 is {digest}, the manifest says "
                            f"{layer.digest} (corrupt or tampered)", reference="image-digest")
@@ -655,6 +661,8 @@ def _unpack_in_user_namespace(source: _Source, rootfs: str, maps: idmap.IdMaps) 
     except ValueError:
         raise EnvironmentProblem(f"cannot unpack the image {source.ref} in a user namespace: "
                                  f"{done.stderr.strip()[-2000:]}", reference="image-unpack") from None
+    if not problem.get("invalid"):
+        raise EnvironmentProblem(problem["message"], reference=problem["reference"], hint=problem.get("hint"))
     raise InvalidInput(problem["message"], file=source.ref, reference=problem["reference"], hint=problem.get("hint"))
 
 
@@ -676,8 +684,9 @@ def unpack_main(ref: str, rootfs: str) -> int:
     source = _open_source(ref)
     try:
         unmapped = _apply_all(source, read_manifest(source), rootfs, chown=True)
-    except InvalidInput as e:
-        print(json.dumps({"message": e.message, "reference": e.reference, "hint": e.hint}))
+    except (InvalidInput, EnvironmentProblem) as e:
+        print(json.dumps({"message": e.message, "reference": e.reference, "hint": e.hint,
+                          "invalid": isinstance(e, InvalidInput)}))
         return 1
     finally:
         source.close()

@@ -125,8 +125,8 @@ def _build_root_as_root(upper: str, work: str, root: str) -> None:
 
 
 def mount_runtime(root: str, binds: tuple[tuple[str, str], ...], top: str) -> None:
-    """A tmpfs on ``root + top`` (no trace in the upper layer) holding read-only, nosuid, nodev binds of
-    host folders (``binds``: host folder, path inside under ``top``)."""
+    """A tmpfs on ``root + top`` holding read-only, nosuid, nodev binds of host folders (``binds``: host
+    folder, path inside under ``top``); only its empty mount point lands in the upper layer."""
     target = root + top
     if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
         raise OSError(f"the image has {top} as a non-folder: cannot bring cdsim in there")
