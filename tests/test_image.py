@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import agent.instance as inst
 from agent.errors import ExitStatus
 from agent.instance.image import host_architecture
 from tests import lib
@@ -271,6 +272,35 @@ class TestDeployIntoAnImage:
                               cwd=tmp_path / "inner", env=dict(os.environ, BUNDLE=str(bundle)), capture_output=True,
                               text=True, timeout=300, check=False)
         assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+    def test_a_fleet_from_the_image_deploys_through_the_local_service(self, images, tmp_path):
+        """`fleet up --image`: the service's agent runs cdsim's runner inside the image instance (its
+        interpreter from /opt/cdsim, the fetched revision bound in); the hook sees the image."""
+        from agent.commands.fleet import fleet_up
+        from agent.service.client import call
+        from agent.service.server import Service
+        from tests.test_service import Fleet, Repo
+
+        folder = str(tmp_path / "svc")
+        with Service(folder, s3=False, github_root=[str(tmp_path)]) as service:
+            fleet = Fleet(service, folder, Repo(tmp_path / "repo"))
+            try:
+                fleet_up(fleet.ep, count=1, tag="Name=AL", application="A", state=folder,
+                         image=str(images["oci-archive"]))
+                call(fleet.ep, "CreateDeploymentGroup", {
+                    "applicationName": "A", "deploymentGroupName": "G", "serviceRoleArn": "arn:aws:iam::1:role/r",
+                    "onPremisesInstanceTagFilters": [{"Key": "Name", "Value": "AL", "Type": "KEY_AND_VALUE"}]})
+                sha = fleet.repo.commit("v1", {"AfterInstall": ". /etc/os-release; (echo \"id=$ID\"; "
+                                                               "command -v python3 || echo no-python3) > /srv/seen"})
+                did = fleet.deploy(sha)
+                info = fleet.wait(did, timeout=120)
+                assert info["status"] == "Succeeded", json.dumps(fleet.targets(did))
+                assert fleet.read("al-1", "/srv/seen") == "id=amzn\nno-python3\n"
+                assert fleet.read("al-1", "/srv/app/app.txt") == "v1\n"
+            finally:
+                for status in inst.list_instances(state=folder):
+                    inst.destroy(inst.get(status.name, state=folder))
 
 
 @lib.needs_root("creating a user with useradd and su to it needs root (CI runs as root)")
