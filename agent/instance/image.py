@@ -35,8 +35,15 @@ cdsim's packages (``/opt/cdsim/src``) and the site-packages it imports (``/opt/c
 the host's dynamic loader with ``--library-path`` (so no LD_* variable reaches the processes it
 starts), ``-E -s`` and a ``-c`` that puts cdsim's folders first on sys.path; append ``-m MODULE ...``
 equivalents with :func:`module_command`. Hooks, and anything they run, see only the image's userland:
-/opt/cdsim is on no PATH, and nothing of the host is above it. agent.instance.agent_command gives the
-right form for any instance.
+/opt/cdsim is on no PATH, and nothing of the host is above it. ``agent.instance.agent_command(instance,
+module)`` gives the right ``python -m module`` command line for any instance (this machine's
+``sys.executable`` for an instance of the host); ``agent.instance.made_from_image`` tells which it is.
+Inside, ``sys.executable`` names /opt/cdsim's interpreter, which runs only through that loader line:
+code of cdsim that starts Python again inside must use :func:`python_command`, not ``sys.executable``
+(compute it on the host: ``runtime()`` reads the host's loader). A program hooks call by name (a
+``systemctl`` stand-in) can be a ``#!/bin/sh`` wrapper, written from the host, that execs
+``module_command(runtime(), MODULE) + ["$@"]``; it needs the image's /bin/sh.
+Host folders are not there: pass files in with ``exec_in(binds=...)`` and start in ``cwd="/"``.
 
 Must not import the deploy engine or hooks_runtime.
 """
