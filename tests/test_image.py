@@ -225,16 +225,17 @@ class TestDeployIntoAnImage:
             cdsim(state, "instance", "stop", "al")
 
     def test_a_second_instance_reuses_the_cached_layers(self, state, images, tmp_path):
-        """The docker save archive and the OCI archive of the same image are one cache entry (same chain
-        id); making instances from them unpacks nothing again. Prints creation+first-command times of
-        an instance of the host and one of the cached image (measured, not asserted)."""
+        """The OCI layout, the docker save archive and the OCI archive of the same image are one cache
+        entry (same chain id); making instances from them unpacks nothing again. Prints creation +
+        first-command times of an instance of the host and one of the cached image (measured, not
+        asserted: the machine's load decides them)."""
         first = cdsim(state, "instance", "create", "al", "--image", images["oci-layout"])   # cached by now
         assert first.returncode in (0, ExitStatus.USAGE)   # USAGE: made by the test before
         cache = state / "images"
         before = {n: (cache / n / "image.json").stat().st_mtime_ns for n in os.listdir(cache)}
         assert len(before) == 1
         times = {}
-        for name, ref in (("host", None), ("docker", images["docker-archive"]), ("ociarch", images["oci-archive"])):
+        for name, ref in (("host", None), ("docker", images["docker-archive"])):
             started = time.monotonic()
             made = cdsim(state, "instance", "create", name, *(["--image", ref] if ref else []))
             ran = cdsim(state, "instance", "exec", name, "--", "/bin/sh", "-c", ". /etc/os-release; echo $ID")
@@ -242,12 +243,13 @@ class TestDeployIntoAnImage:
             cdsim(state, "instance", "stop", name)
             assert made.returncode == 0 and ran.returncode == 0, made.stderr + ran.stderr
             assert ran.stdout.strip() == ("amzn" if ref else platform.freedesktop_os_release()["ID"])
+        assert cdsim(state, "instance", "create", "ociarch", "--image", images["oci-archive"]).returncode == 0
         after = {n: (cache / n / "image.json").stat().st_mtime_ns for n in os.listdir(cache)}
         assert after == before
         listed = cdsim(state, "image", "list", "--format", "json")
         assert [sorted(m["instances"]) for m in json.loads(listed.stdout)] == [["al", "docker", "ociarch"]]
-        print(f"\ncreate + first exec: host {times['host']:.2f}s, image (cached) from docker archive "
-              f"{times['docker']:.2f}s, from OCI archive {times['ociarch']:.2f}s")
+        print(f"\ncreate + first exec: host {times['host']:.2f}s, image (cached, docker archive) "
+              f"{times['docker']:.2f}s")
         assert cdsim(state, "image", "rm", next(iter(before))[:12]).returncode == ExitStatus.ENVIRONMENT
         for name in ("host", "docker", "ociarch"):
             assert cdsim(state, "instance", "destroy", name).returncode == 0
