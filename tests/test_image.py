@@ -244,6 +244,9 @@ class TestDeployIntoAnImage:
             assert made.returncode == 0 and ran.returncode == 0, made.stderr + ran.stderr
             assert ran.stdout.strip() == ("amzn" if ref else platform.freedesktop_os_release()["ID"])
         assert cdsim(state, "instance", "create", "ociarch", "--image", images["oci-archive"]).returncode == 0
+        mismatch = cdsim(state, "deploy", bundle_dir(tmp_path / "b"), "--instance", "host",
+                         "--image", images["oci-archive"])
+        assert mismatch.returncode == ExitStatus.USAGE and "exists already with the host" in mismatch.stderr
         after = {n: (cache / n / "image.json").stat().st_mtime_ns for n in os.listdir(cache)}
         assert after == before
         listed = cdsim(state, "image", "list", "--format", "json")
