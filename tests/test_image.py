@@ -68,11 +68,17 @@ def busybox_layers(busybox: str) -> list[bytes]:
         _add(tf, "etc/group", data=b"root:x:0:\nec2-user:x:1000:\n")
         _add(tf, "etc/gone-in-layer-2", data=b"lower\n")
         _add(tf, "home/ec2-user/owned", data=b"mine\n", uid=1000, gid=1000)
+        _add(tf, "usr/bin/setuid-tool", data=b"#!/bin/sh\n", mode=0o4755)
+        _add(tf, "var/cache/", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "var/cache/old-1", data=b"1\n")
+        _add(tf, "var/cache/old-2", data=b"2\n")
 
     def top(tf: tarfile.TarFile) -> None:
         _add(tf, "etc/", kind=tarfile.DIRTYPE, mode=0o755)
         _add(tf, "etc/.wh.gone-in-layer-2")
         _add(tf, "etc/motd", data=b"layer 2\n")
+        _add(tf, "var/cache/new", data=b"3\n")   # before the opaque marker: stays (it is this layer's)
+        _add(tf, "var/cache/.wh..wh..opq")
 
     return [layer_tar(base), layer_tar(top)]
 
@@ -173,7 +179,8 @@ def bundle_dir(folder: Path) -> Path:
         "if command -v python3 >/dev/null; then echo \"python3: $(command -v python3)\"; "
         "else echo 'python3: none'; fi\n"
         "ls /etc/gone-in-layer-2 2>/dev/null || echo 'whiteout: gone'\ncat /etc/motd\n"
-        "stat -c 'owned: %u' /home/ec2-user/owned\n")
+        "stat -c 'owned: %u' /home/ec2-user/owned\nstat -c 'setuid: %a' /usr/bin/setuid-tool\n"
+        "echo opaque: $(ls /var/cache)\n")
     os.chmod(folder / "scripts" / "look.sh", 0o755)
     for dirpath, dirs, names in os.walk(folder):
         for n in dirs + names:
@@ -203,7 +210,8 @@ def hook_lines(out: str) -> list[str]:
 
 
 EXPECTED = ['NAME="Amazon Linux"', 'VERSION="2023"', 'ID="amzn"', 'VERSION_ID="2023"',
-            'PRETTY_NAME="Amazon Linux 2023"', "python3: none", "whiteout: gone", "layer 2", "owned: 1000"]
+            'PRETTY_NAME="Amazon Linux 2023"', "python3: none", "whiteout: gone", "layer 2", "owned: 1000",
+            "setuid: 4755", "opaque: new"]
 
 
 @lib.needs_root("instances of this test run as root here; the unprivileged case is TestUnprivileged")
