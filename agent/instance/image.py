@@ -28,10 +28,11 @@ capabilities), zstd layers (refused by name).
 
 How cdsim's own code runs inside an image instance (the image may have no Python at all): the
 keeper mounts a tmpfs on ``/opt/cdsim`` in the instance (as the real agent lives in
-/opt/codedeploy-agent) and binds read-only, nosuid and nodev the host's interpreter prefix
-(``/opt/cdsim/python``), the folder of the host's C library and dynamic loader (``/opt/cdsim/lib``),
-cdsim's packages (``/opt/cdsim/src``) and the site-packages it imports (``/opt/cdsim/site/N``)
-(:func:`runtime_binds`). :func:`python_command` is the command line that runs that Python inside:
+/opt/codedeploy-agent) and binds read-only, nosuid and nodev the host's Python executable and standard
+library (``/opt/cdsim/python/bin``, ``/opt/cdsim/python/lib/python3.X``), the folders of the shared
+libraries it has loaded, the C library and dynamic loader among them (``/opt/cdsim/lib/N``), cdsim's
+packages (``/opt/cdsim/src``) and the site-packages it imports (``/opt/cdsim/site/N``) (:func:`runtime`).
+:func:`python_command` is the command line that runs that Python inside:
 the host's dynamic loader with ``--library-path`` (so no LD_* variable reaches the processes it
 starts), ``-E -s`` and a ``-c`` that puts cdsim's folders first on sys.path; append ``-m MODULE ...``
 equivalents with :func:`module_command`. Hooks, and anything they run, see only the image's userland:
@@ -795,24 +796,28 @@ def _loaded_libraries() -> list[str]:
 
 
 def runtime() -> Runtime:
-    """What the host's Python needs to run cdsim inside an image instance (read on the host)."""
+    """What the host's Python needs to run cdsim inside an image instance (read on the host): its
+    executable, its standard library, the folders of the shared libraries it has loaded (the C library
+    and the dynamic loader among them), cdsim's packages and the site-packages folders."""
     binds: list[tuple[str, str]] = []
-    prefix = os.path.realpath(sys.base_prefix)
-    binds.append((prefix, f"{RUNTIME_ROOT}/python"))
     real_exe = os.path.realpath(sys.executable)
-    if real_exe.startswith(prefix + "/"):
-        python = f"{RUNTIME_ROOT}/python/{os.path.relpath(real_exe, prefix)}"
-    else:
-        binds.append((os.path.dirname(real_exe), f"{RUNTIME_ROOT}/bin"))
-        python = f"{RUNTIME_ROOT}/bin/{os.path.basename(real_exe)}"
+    python = f"{RUNTIME_ROOT}/python/bin/{os.path.basename(real_exe)}"
+    binds.append((real_exe, python))
+    stdlib = os.path.realpath(os.path.dirname(os.__file__))
+    inside_stdlib = f"{RUNTIME_ROOT}/python/lib/{os.path.basename(stdlib)}"
+    binds.append((stdlib, inside_stdlib))   # Python finds its prefix from this landmark beside bin/
+
+    def under(path: str, folder: str) -> bool:
+        return path.startswith(folder + "/")
+
     libs = _loaded_libraries()
     loader_host = next((p for p in libs if os.path.basename(p).startswith("ld-")), None)
     if loader_host is None:
         raise EnvironmentProblem("cannot find this Python's dynamic loader in /proc/self/maps",
                                  reference="image-runtime")
-    lib_dirs = list(dict.fromkeys([os.path.dirname(loader_host)] + [os.path.dirname(p) for p in libs
-                                                                     if not p.startswith(prefix + "/")]))
-    library_path = [f"{RUNTIME_ROOT}/python/lib"]
+    lib_dirs = list(dict.fromkeys([os.path.dirname(loader_host)]
+                                  + [os.path.dirname(p) for p in libs if not under(p, stdlib)]))
+    library_path = []
     for i, folder in enumerate(lib_dirs):
         binds.append((folder, f"{RUNTIME_ROOT}/lib/{i}"))
         library_path.append(f"{RUNTIME_ROOT}/lib/{i}")
@@ -824,8 +829,8 @@ def runtime() -> Runtime:
     paths.append(f"{RUNTIME_ROOT}/src")
     for i, folder in enumerate(p for p in site.getsitepackages() if os.path.isdir(p)):
         real = os.path.realpath(folder)
-        if real.startswith(prefix + "/"):
-            paths.append(f"{RUNTIME_ROOT}/python/{os.path.relpath(real, prefix)}")
+        if under(real, stdlib):
+            paths.append(f"{inside_stdlib}/{os.path.relpath(real, stdlib)}")
         else:
             binds.append((real, f"{RUNTIME_ROOT}/site/{i}"))
             paths.append(f"{RUNTIME_ROOT}/site/{i}")

@@ -125,8 +125,8 @@ def _build_root_as_root(upper: str, work: str, root: str) -> None:
 
 
 def mount_runtime(root: str, binds: tuple[tuple[str, str], ...], top: str) -> None:
-    """A tmpfs on ``root + top`` holding read-only, nosuid, nodev binds of host folders (``binds``: host
-    folder, path inside under ``top``); only its empty mount point lands in the upper layer."""
+    """A tmpfs on ``root + top`` holding read-only, nosuid, nodev binds of host files and folders
+    (``binds``: host path, path inside under ``top``); only its empty mount point lands in the upper layer."""
     target = root + top
     if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
         raise OSError(f"the image has {top} as a non-folder: cannot bring cdsim in there")
@@ -134,7 +134,11 @@ def mount_runtime(root: str, binds: tuple[tuple[str, str], ...], top: str) -> No
     ns.mount("tmpfs", target, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=755")
     for host, inside in binds:
         dest = root + inside
-        os.makedirs(dest, exist_ok=True)
+        if os.path.isdir(host):
+            os.makedirs(dest, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            open(dest, "w").close()
         ns.mount(host, dest, None, ns.MS_BIND | ns.MS_REC)
         have = os.statvfs(dest).f_flag
         flags = sum(flag for st, flag in _KEPT_FLAGS if have & st)
