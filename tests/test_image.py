@@ -61,7 +61,7 @@ def busybox_layers(busybox: str) -> list[bytes]:
                  uid=1000 if folder == "home/ec2-user" else 0, gid=1000 if folder == "home/ec2-user" else 0)
         _add(tf, "bin/busybox", data=binary, mode=0o755)
         for applet in APPLETS:
-            _add(tf, f"bin/{applet}", kind=tarfile.LNKTYPE, link="bin/busybox")
+            _add(tf, f"bin/{applet}", kind=tarfile.LNKTYPE, link="bin/busybox", mode=0o755)   # as tar writes them
         _add(tf, "usr/bin/env", kind=tarfile.SYMTYPE, link="/bin/busybox")
         _add(tf, "etc/os-release", data=OS_RELEASE.encode())
         _add(tf, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\nec2-user:x:1000:1000::/home/ec2-user:/bin/sh\n")
@@ -265,6 +265,24 @@ class TestDeployIntoAnImage:
         for name in ("host", "docker", "ociarch"):
             assert cdsim(state, "instance", "destroy", name).returncode == 0
 
+
+    def test_a_root_file_system_folder_is_used_in_place(self, state, images, tmp_path):
+        """--image FOLDER (a root file system, not an OCI layout): the instance's lower layer is that
+        folder itself, nothing is copied into the cache, and writes inside leave it untouched."""
+        rootfs = tmp_path / "rootfs"
+        for layer in busybox_layers(require_tool("busybox", "busybox-static")):
+            with tarfile.open(fileobj=io.BytesIO(layer)) as tf:
+                tf.extractall(rootfs, filter="fully_trusted")   # our own layer, built above
+        cached = set(os.listdir(state / "images")) if (state / "images").is_dir() else set()
+        try:
+            assert cdsim(state, "instance", "create", "dir", "--image", rootfs).returncode == 0
+            ran = cdsim(state, "instance", "exec", "dir", "--", "/bin/sh", "-c",
+                        ". /etc/os-release; echo $ID; echo x > /etc/new-file")
+            assert ran.returncode == 0 and ran.stdout.strip() == "amzn", ran.stderr
+            assert not (rootfs / "etc" / "new-file").exists()
+            assert (set(os.listdir(state / "images")) if (state / "images").is_dir() else set()) == cached
+        finally:
+            cdsim(state, "instance", "destroy", "dir")
 
     def test_the_pytest_fixture_deploys_into_an_instance_of_the_image(self, images, tmp_path):
         """`pytest --cdsim-image REF`: the cdsim_deploy fixture's instance is made from the image; its
