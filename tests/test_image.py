@@ -257,6 +257,9 @@ class TestDeployIntoAnImage:
         assert mismatch.returncode == ExitStatus.USAGE and "exists already with the host" in mismatch.stderr
         after = {n: (cache / n / "image.json").stat().st_mtime_ns for n in os.listdir(cache)}
         assert after == before
+        listing = cdsim(state, "instance", "list").stdout
+        assert any(line.split()[0] == "docker" and line.endswith(str(images["docker-archive"]))
+                   for line in listing.splitlines()), listing
         listed = cdsim(state, "image", "list", "--format", "json")
         assert [sorted(m["instances"]) for m in json.loads(listed.stdout)] == [["al", "docker", "ociarch"]]
         print(f"\ncreate + first exec: host {times['host']:.2f}s, image (cached, docker archive) "

@@ -74,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
         if not rows:
             print("no instances")
             return 0
-        print(f"{'NAME':20} {'STATE':8} {'NETWORK':8} PROCESSES")
+        print(f"{'NAME':20} {'STATE':8} {'NETWORK':8} {'PROCESSES':9} IMAGE")
         for row in rows:
-            print(f"{row.name:20} {'running' if row.running else 'stopped':8} {row.network:8} {row.processes}")
+            print(f"{row.name:20} {'running' if row.running else 'stopped':8} {row.network:8} {row.processes:<9} "
+                  f"{row.image or '-'}")
         return 0
     instance = inst.get(args.name)
     if action == "metadata-options":

@@ -83,6 +83,7 @@ class InstanceStatus:
     network: str
     processes: int
     path: str
+    image: str | None = None   # the image reference it was made from; None: an overlay of this machine
 
 
 def create(name: str, *, network: str = "private", state: str | None = None,
@@ -158,9 +159,10 @@ def list_instances(*, state: str | None = None) -> list[InstanceStatus]:
         if inst is None:
             continue
         record = keeper.running(inst)
+        made_from = store.read_meta(inst.path).get("image")
         out.append(InstanceStatus(name=name, running=record is not None, network=inst.network,
                                   processes=len(keeper.processes(inst, record)) if record else 0,
-                                  path=inst.path))
+                                  path=inst.path, image=made_from["ref"] if made_from else None))
     return out
 
 
