@@ -133,6 +133,19 @@ def write_tar(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
+def write_docker_tar_with_a_linked_layer(path: Path, layers: list[bytes]) -> Path:
+    """A docker save archive whose second layer.tar is a symlink to the first (older docker writes
+    identical layers that way)."""
+    config = config_json([layers[0], layers[0]])
+    names = [f"{sha(layers[0])[7:]}/layer.tar", "second/layer.tar"]
+    with tarfile.open(path, "w") as tf:
+        _add(tf, f"{sha(config)[7:]}.json", data=config)
+        _add(tf, names[0], data=layers[0])
+        _add(tf, names[1], kind=tarfile.SYMTYPE, link=f"../{names[0]}")
+        _add(tf, "manifest.json", data=json.dumps([{"Config": f"{sha(config)[7:]}.json", "Layers": names}]).encode())
+    return path
+
+
 def docker_files(layers: list[bytes], architecture: str | None = None) -> dict[str, bytes]:
     """A classic `docker save` archive's files: <id>/layer.tar, <config>.json, manifest.json."""
     config = config_json(layers, architecture)
@@ -448,6 +461,16 @@ class TestBadImages:
             done = lib.cdsim("instance", "create", "bad", "--image", ref, state=tmp_path / "state")
             assert done.returncode == ExitStatus.INVALID, (ref, done.stderr)
             assert str(ref) in done.stderr and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+    def test_a_layer_linked_to_another_in_a_docker_archive_is_read(self, tmp_path):
+        """Older `docker save` archives make an identical layer a symlink to the first: both apply."""
+        layers = [layer_tar(lambda tf: _add(tf, "etc/os-release", data=OS_RELEASE.encode()))]
+        ref = write_docker_tar_with_a_linked_layer(tmp_path / "linked.tar", layers)
+        done = lib.cdsim("instance", "create", "linked", "--image", ref, state=tmp_path / "state")
+        assert done.returncode == 0, done.stderr
+        (image_id,) = os.listdir(tmp_path / "state" / "images")
+        rootfs = tmp_path / "state" / "images" / image_id / "rootfs"
+        assert (rootfs / "etc" / "os-release").read_text() == OS_RELEASE
 
     def test_an_image_for_another_architecture_is_refused(self, tmp_path):
         """An image whose config says another architecture: refused before unpacking, naming both."""

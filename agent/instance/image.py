@@ -201,7 +201,10 @@ class _TarSource(_Source):
         super().__init__(ref)
         try:
             self.tar = tarfile.open(ref, "r:*")   # noqa: SIM115 - closed by close()
-            self.members = {self._key(m.name): m for m in self.tar.getmembers() if m.isreg()}
+            every = self.tar.getmembers()
+            self.members = {self._key(m.name): m for m in every if m.isreg()}
+            # older docker save archives link a layer identical to another one to it
+            self.links = {self._key(m.name): m.linkname for m in every if m.issym()}
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise _invalid(ref, f"not a readable image archive (corrupt or truncated?): {e}") from e
 
@@ -211,11 +214,19 @@ class _TarSource(_Source):
             name = name[2:]
         return name
 
+    def _resolve(self, name: str) -> str:
+        key = self._key(name)
+        for _ in range(8):
+            if key not in self.links:
+                break
+            key = os.path.normpath(os.path.join(os.path.dirname(key), self.links[key]))
+        return key
+
     def has(self, name: str) -> bool:
-        return self._key(name) in self.members
+        return self._resolve(name) in self.members
 
     def open(self, name: str) -> IO[bytes]:
-        member = self.members.get(self._key(name))
+        member = self.members.get(self._resolve(name))
         if member is None:
             raise _invalid(self.ref, f"{name} is missing from the image archive (truncated?)")
         f = self.tar.extractfile(member)
