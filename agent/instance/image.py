@@ -447,6 +447,8 @@ class _Applier:
                     self._member(tf, member)
                 except _Unsafe as e:
                     raise _Unsafe(f"member {member.name!r}: {e}") from None
+                except ValueError as e:   # a NUL byte in a name
+                    raise _Unsafe(f"member {member.name!r}: {e}") from None
                 except OSError as e:
                     raise OSError(e.errno, f"cannot apply member {member.name!r}: {e.strerror or e}") from e
 
