@@ -55,10 +55,11 @@ _SPAWN_MODULES = {"multiprocessing", "concurrent.futures.process"}
 
 # Pure modules: values in, values out (the docstrings say "Pure: no I/O"); import-linter keeps I/O
 # modules out of their imports, this keeps the I/O builtins out of their code.
-PURE = ("agent.appspec", "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
+PURE = ("agent.appspec", "agent.appspec_platforms",
+        "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
         "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
-        "agent.reports.github")
+        "agent.reports.github", "agent.reports.markdown", "agent.reports.sarif")
 _IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
 
 # What no command's parser may load: `cdsim --help` and every command's start imports the parser only

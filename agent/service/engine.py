@@ -13,6 +13,11 @@ The rules (behaviour doc §8.6 and the service's documentation):
   of a OneAtATime deployment still succeeds, as the real service does.
 * Automatic rollback on DEPLOYMENT_FAILURE (or StopDeployment with autoRollbackEnabled) is a new
   deployment of the group's last successful revision, creator ``codeDeployRollback``.
+* A group with traffic control (``agent.service.traffic``): each instance's lifecycle gains the service's
+  BlockTraffic (after BeforeBlockTraffic) and AllowTraffic (after BeforeAllowTraffic). The agent's runner
+  stops after BeforeBlockTraffic and after BeforeAllowTraffic and asks (ReportCommand with ``waitFor``)
+  until the engine has done that event, in a thread of its own against the state's local AWS
+  (``traffic_gate``); a failed one fails the instance, its remaining events Skipped.
 
 ``plan`` and ``minimum_healthy`` are pure; ``Engine`` applies them to the documents of ``store`` and
 hands commands to agents. Must not import the API, the server or the agent side.
@@ -28,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TypedDict
 
+from agent.service import traffic
 from agent.service.shapes import JsonObject
 from agent.service.store import Store
 
@@ -169,6 +175,8 @@ class Engine:
         self.account = account
         self.s3_endpoint = s3_endpoint
         self.changed = threading.Condition()
+        self.aws_query: traffic.AwsQuery | None = None   # the local AWS holding the load balancers (server's)
+        self.instance_ids: traffic.InstanceIds | None = None   # instance name -> its EC2 id there (server's)
 
     # -- helpers --------------------------------------------------------------------------------
     def instance_arn(self, name: str) -> str:
@@ -218,6 +226,7 @@ class Engine:
             or {"enabled": False},
             "updateOutdatedInstancesOnly": False,
             "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"},
+            **self._traffic_fields(group),
             "instanceTerminationWaitTimeStarted": False, "fileExistsBehavior": file_exists or "DISALLOW",
             "computePlatform": "Server", "deploymentStatusMessages": [],
             "_groupId": group["deploymentGroupId"],
@@ -231,7 +240,7 @@ class Engine:
             for name in self.selected_instances(group):
                 self.store.put("target", f"{did}/{name}", {
                     "deploymentId": did, "targetId": name, "targetArn": self.instance_arn(name),
-                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": pending_events(),
+                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": self._pending(doc),
                     "instanceLabel": "Blue"})
             group = dict(group, lastAttemptedDeployment={"deploymentId": did, "status": "Created",
                                                          "createTime": now})
@@ -362,11 +371,16 @@ class Engine:
                         "creator": doc["creator"], "deploymentType": "IN_PLACE",
                         "fileExistsBehavior": doc["fileExistsBehavior"],
                         "ignoreApplicationStopFailures": doc["ignoreApplicationStopFailures"],
+                        "trafficControl": traffic.controls_traffic(doc),
                         "s3Endpoint": self.s3_endpoint}
         return None
 
-    def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None) -> dict[str, bool]:
-        """An agent's progress (lifecycle events) and, with ``status``, the command's end."""
+    def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None,
+               wait_for: str | None = None) -> JsonObject:
+        """An agent's progress (lifecycle events) and, with ``status``, the command's end; with
+        ``wait_for``, also whether that traffic event is done (``traffic_gate``)."""
+        if wait_for:
+            return self.traffic_gate(cid, wait_for, events)
         with self.store.transaction():
             cmd = self.store.get("command", cid)
             if cmd is None or cmd["state"] == "Done":
@@ -375,7 +389,7 @@ class Engine:
             target = self.store.existing("target", key)
             now = time.time()
             if events:
-                target["lifecycleEvents"] = events
+                target["lifecycleEvents"] = self._merged(cmd["deploymentId"], target, events, final=bool(status))
             if status:
                 target["status"] = "Succeeded" if status == "Succeeded" else "Failed"
                 self.store.put("command", cid, dict(cmd, state="Done", status=status, doneTime=now))
@@ -416,3 +430,110 @@ class Engine:
                         e = dict(e, status="Skipped")
                     events.append(e)
                 self.report(cid, events, "Failed")
+
+    # -- traffic control (agent.service.traffic) ------------------------------------------------------
+    @staticmethod
+    def _traffic_fields(group: JsonObject) -> JsonObject:
+        """The deployment's deploymentStyle and loadBalancerInfo when the group controls traffic."""
+        if not traffic.controls_traffic(group):
+            return {}
+        return {"deploymentStyle": dict(group["deploymentStyle"], deploymentType="IN_PLACE"),
+                "loadBalancerInfo": group["loadBalancerInfo"]}
+
+    @staticmethod
+    def _pending(doc: JsonObject) -> list[JsonObject]:
+        events = pending_events()
+        return traffic.pending_events(events) if traffic.controls_traffic(doc) else events
+
+    def _merged(self, did: str, target: JsonObject, events: list[JsonObject], *, final: bool) -> list[JsonObject]:
+        """The agent's events, with the engine's own traffic events kept (Skipped once the command ended
+        before them)."""
+        doc = self.store.existing("deployment", did)
+        if not traffic.controls_traffic(doc):
+            return events
+        own = traffic.own_events(target["lifecycleEvents"])
+        if final:
+            own = {k: dict(e, status="Skipped") if e["status"] == "Pending" else e for k, e in own.items()}
+        return traffic.with_traffic_events(events, own)
+
+    def traffic_gate(self, cid: str, step: str, events: list[JsonObject] | None) -> JsonObject:
+        """The agent waits before the event after ``step``'s: start ``step`` (once) and answer ``proceed``:
+        ``wait``, ``go`` (it succeeded) or ``stop`` (it failed, or the command is over)."""
+        if step not in traffic.STEPS:
+            return {"known": True, "proceed": "stop"}
+        start: tuple[JsonObject, JsonObject] | None = None
+        with self.store.transaction():
+            cmd = self.store.get("command", cid)
+            if cmd is None or cmd["state"] == "Done":
+                return {"known": cmd is not None, "proceed": "stop"}
+            key = f"{cmd['deploymentId']}/{cmd['instance']}"
+            target = self.store.existing("target", key)
+            doc = self.store.existing("deployment", cmd["deploymentId"])
+            if not traffic.controls_traffic(doc):
+                return {"known": True, "proceed": "go"}
+            if events:
+                target["lifecycleEvents"] = self._merged(cmd["deploymentId"], target, events, final=False)
+            now = time.time()
+            event = traffic.own_events(target["lifecycleEvents"]).get(step) or {}
+            status = event.get("status", "Pending")
+            if status == "Pending":
+                event.update(lifecycleEventName=step, status="InProgress", startTime=now)
+                target["lifecycleEvents"] = traffic.with_traffic_events(
+                    target["lifecycleEvents"], {**traffic.own_events(target["lifecycleEvents"]), step: event})
+                start = (doc, target)
+                status = "InProgress"
+            target["lastUpdatedAt"] = now
+            self.store.put("target", key, target)
+        if start is not None:
+            threading.Thread(target=self._traffic_step, args=(cid, step, *start), daemon=True,
+                             name=f"cdsim-{step}-{cmd['instance']}").start()
+            self.notify()
+        answer = {"InProgress": "wait", "Succeeded": "go"}.get(status, "stop")
+        return {"known": True, "proceed": answer}
+
+    def _traffic_step(self, cid: str, step: str, doc: JsonObject, target: JsonObject) -> None:
+        """Do BlockTraffic or AllowTraffic for one instance, then record the event's end."""
+        name = target["targetId"]
+        ports: dict[str, list[str]] = target.get("_trafficPorts") or {}
+        message, failed = "Succeeded", False
+        try:
+            if self.aws_query is None:
+                raise traffic.TrafficError("this service has no local AWS to reach the load balancers in")
+            balancers = traffic.LoadBalancers(self.aws_query, doc["loadBalancerInfo"], region=self.region,
+                                              instance_ids=self.instance_ids)
+            if step == traffic.BLOCK:
+                _done, ports = balancers.block(name)
+            else:
+                balancers.allow(name, ports)
+        except traffic.TrafficError as e:
+            message, failed = str(e), True
+        except Exception as e:  # noqa: BLE001 - the instance fails with the cause rather than hanging
+            message, failed = f"{type(e).__name__}: {e}", True
+        now = time.time()
+        with self.store.transaction():
+            key = f"{doc['deploymentId']}/{name}"
+            current = self.store.existing("target", key)
+            own = traffic.own_events(current["lifecycleEvents"])
+            own[step] = dict(own.get(step) or {"lifecycleEventName": step, "startTime": now},
+                             status="Failed" if failed else "Succeeded", endTime=now,
+                             diagnostics={"errorCode": "UnknownError" if failed else "Success", "scriptName": "",
+                                          "message": message, "logTail": ""})
+            events = traffic.with_traffic_events(current["lifecycleEvents"], own)
+            current = dict(current, lifecycleEvents=events, lastUpdatedAt=now)
+            if step == traffic.BLOCK:
+                current["_trafficPorts"] = ports
+            if failed:
+                after = False
+                for event in events:
+                    if event["lifecycleEventName"] == step:
+                        after = True
+                    elif after and event["status"] in ("Pending", "InProgress"):
+                        event["status"] = "Skipped"
+                current["status"] = "Failed"
+                cmd = self.store.get("command", cid)
+                if cmd is not None and cmd["state"] != "Done":
+                    self.store.put("command", cid, dict(cmd, state="Done", status="Failed", doneTime=now))
+            self.store.put("target", key, current)
+        if failed:
+            self.tick()
+        self.notify()

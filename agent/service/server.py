@@ -12,6 +12,7 @@ folder's sandboxed instances.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -80,6 +81,9 @@ class Service:
             from agent.service.s3 import MotoS3
             self.moto = MotoS3(os.path.join(self.folder, "s3"))
         self.engine = Engine(self.store, region=region, pickup_timeout=agent_timeout)
+        from agent.instance import localaws
+        self.engine.aws_query = functools.partial(localaws.query, self.state)
+        self.engine.instance_ids = self._ec2_id   # traffic control's load balancers
         self.api = Api(self.store, self.engine, self.github_roots)
         self.agent_api = AgentApi(self.engine)
         self.run_agents = agents
@@ -190,6 +194,13 @@ class Service:
                     and instance_store.load(doc["instanceName"], self.state):
                 names.append(doc["instanceName"])
         return names
+
+    def _ec2_id(self, name: str) -> str | None:
+        """A sandboxed instance's EC2 id in the state's local AWS (traffic control), or None."""
+        from agent.instance import imds
+        from agent.instance import store as instance_store
+        found = instance_store.load(name, self.state) if valid_instance_name(name) else None
+        return imds.load(found)["instance_id"] if found is not None and found.network == "private" else None
 
     def _supervise(self) -> None:
         from agent.service.agent_loop import Agent
