@@ -96,6 +96,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_aws_cli.py": ("service", "instance"),
     "test_api_model.py": ("service",),
     "test_elb_samples.py": ("service", "instance"),
+    "test_loadbalancer.py": ("instance",),
     "test_traffic_control.py": ("service", "instance"),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),

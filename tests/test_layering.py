@@ -35,6 +35,7 @@ SPAWNERS = {
     "agent.instance.idmap": "newuidmap/newgidmap from a forked helper outside the new user namespace",
     "agent.instance.image": "unpacks layers in a child that is root of a user namespace with the caller's maps",
     "agent.instance.keeper": "the keeper process and the instance's init",
+    "agent.instance.loadbalancer": "the state's load balancer daemon (detached) and its helpers in instances' networks",
     "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",
     "agent.instance.services": "the instance's services daemon (detached) and its helper joining the namespaces",
     "agent.pytest_plugin": "`cdsim deploy` in a subprocess, and exec() inside the deployment's place",
