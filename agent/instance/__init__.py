@@ -1,7 +1,7 @@
 """Sandboxed instances: a simulated EC2 instance made of Linux namespaces.
 
 Inside an instance `/` is an overlay of the host (lower) and the instance's upper layer, so every write
-lands in the instance's folder (an instance made ``image=REF`` has the image's unpacked tree as lower
+lands in the instance's folder (an instance made with ``image_ref=REF`` has the image's unpacked tree as lower
 layer instead, see ``image``); processes get a private PID, UTS (hostname = instance name), IPC and
 mount namespace and, unless the instance was created with ``network="host"``, a private network
 namespace (their own loopback). Root gets this directly; other users through a user namespace that
