@@ -22,7 +22,7 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
-from agent.instance import confine, idmap, overlay, services, store, systemctl_manager
+from agent.instance import confine, idmap, image, overlay, services, store, systemctl, systemctl_manager
 from agent.instance import namespaces as ns
 from agent.instance.procstat import stat
 
@@ -100,22 +100,19 @@ def keeper_main(folder: str, report: int) -> int:
     meta = store.read_meta(folder)
     inst = store.Instance(name=meta["name"], path=folder, network=meta["network"])
     userns = bool(meta.get("user_namespace"))
-    try:
-        wrapper: str | None = systemctl_manager.write_wrapper(
-            folder, systemctl_manager.stand_in_python(sys.executable))
-    except (OSError, ValueError) as e:
-        print(f"no systemctl stand-in in this instance: {e}", file=sys.stderr, flush=True)
-        wrapper = None
-    missing = systemctl_manager.missing_tools(lambda path: os.path.isfile(os.path.realpath(path)))
-    if wrapper and missing:
-        # the instance gets an empty /usr/bin/systemctl (journalctl) to mount the stand-in on: cdsim's, no change
-        store.add_synthesized(inst, dict.fromkeys(missing, hashlib.sha256(b"").hexdigest()))
     flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
     if inst.network == "private":
         flags |= ns.CLONE_NEWNET
     if userns:
         flags |= ns.CLONE_NEWUSER
-    if userns:
+    made_from = meta.get("image")
+    runtime = image.runtime() if made_from else None   # read while this process sees the host's tree
+    if made_from and not os.path.isdir(made_from["lower"]):
+        _write(report, f"error its image's root file system {made_from['lower']} is gone "
+               "(cdsim image rm?): destroy the instance and create it again")
+        return 1
+    wrapper = _systemctl_stand_in(inst, runtime, made_from["lower"] if made_from else "")
+    if userns and not made_from:
         try:
             store.add_synthesized(inst, overlay.prepare_upper(inst.upper, inst.work))
         except OSError as e:
@@ -135,7 +132,10 @@ def keeper_main(folder: str, report: int) -> int:
         try:
             os.setsid()
             last_cap = confine.prepare()   # while the host's tree is still ours
-            overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns)
+            overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns,
+                               lower=made_from["lower"] if made_from else None)
+            if runtime is not None:
+                overlay.mount_runtime(inst.root, runtime.binds, image.RUNTIME_ROOT)
             overlay.mount_private(inst.root, in_user_namespace=userns, host_network=inst.network == "host")
             stand_in = systemctl_manager.clone_wrapper(wrapper) if wrapper else []
             overlay.enter(inst.root, inst.name, private_network=inst.network == "private")
@@ -158,6 +158,25 @@ def keeper_main(folder: str, report: int) -> int:
     os.close(0)
     os.waitpid(init, 0)
     return 0
+
+
+def _systemctl_stand_in(inst: store.Instance, runtime: image.Runtime | None, lower: str) -> str | None:
+    """Write the instance's systemctl stand-in (run by this Python, or in an image instance by the one
+    brought in under /opt/cdsim) and record the empty files made to mount it on; its path, or None."""
+    try:
+        if runtime is None:
+            text = systemctl.wrapper_text(systemctl_manager.stand_in_python(sys.executable))
+        else:
+            script = f"{image.RUNTIME_ROOT}/src/agent/instance/systemctl.py"
+            text = systemctl.shell_wrapper_text([*image.python_command(runtime), "-S", script])
+        wrapper = systemctl_manager.write_wrapper(inst.path, text)
+    except (OSError, ValueError) as e:
+        print(f"no systemctl stand-in in this instance: {e}", file=sys.stderr, flush=True)
+        return None
+    missing = systemctl_manager.missing_tools(lambda path: os.path.isfile(os.path.realpath(lower + path)))
+    if missing:   # empty files made to mount the stand-in on: cdsim's, no change
+        store.add_synthesized(inst, dict.fromkeys(missing, hashlib.sha256(b"").hexdigest()))
+    return wrapper
 
 
 # ---- outside: start, find, stop -------------------------------------------------------------------

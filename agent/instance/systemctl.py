@@ -7,9 +7,11 @@ cdsim's interpreter (:func:`wrapper_text`). It sends its arguments to the unit m
 prints what the manager answers and exits with its status: the manager, not the hook, starts and owns
 the services, so a service outlives the hook that started it, as under systemd.
 
-How to run it where the image lacks Python (image instances): give :func:`wrapper_text` the path of
-cdsim's interpreter as the instance sees it; the file it returns runs as ``PYTHON -EsS`` and needs only
-that interpreter's standard library (os, sys, socket, json). Imports nothing of cdsim.
+In an instance of the host the file is this module behind ``#!PYTHON -EsS`` (:func:`wrapper_text`); in
+an image instance, where cdsim's interpreter runs only through the host's loader brought in under
+/opt/cdsim, a ``/bin/sh`` script that execs that command line (:func:`shell_wrapper_text`; the keeper
+chooses). Either way it needs only the interpreter's standard library (os, sys, socket, json).
+Imports nothing of cdsim.
 """
 from __future__ import annotations
 
@@ -40,6 +42,17 @@ def wrapper_text(python: str) -> bytes:
     with open(source, "rb") as f:
         body = f.read()
     return b"#!" + os.fsencode(python) + b" -EsS\n" + body
+
+
+def shell_wrapper_text(command: list[str]) -> bytes:
+    """The ``systemctl`` file for an instance whose userland can't run cdsim's interpreter by a path in
+    a ``#!`` line (an image instance: agent.instance.image brings the host's Python in, run through the
+    host's loader): a ``/bin/sh`` script that execs ``command`` (this file run by that Python, as the
+    instance sees them) with its arguments; called as ``journalctl``, it says so in the first one."""
+    quoted = " ".join("'" + word.replace("'", "'\\''") + "'" for word in command)
+    return ("#!/bin/sh\n# cdsim's systemctl and journalctl stand-in (agent/instance/systemctl.py)\n"
+            f'case "${{0##*/}}" in journalctl) set -- {JOURNALCTL} "$@" ;; esac\n'
+            f'exec {quoted} "$@"\n').encode()
 
 
 def request(argv: list[str], path: str = SOCKET) -> tuple[int, str, str]:

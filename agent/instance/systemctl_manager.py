@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from agent.instance import namespaces as ns
 from agent.instance import systemctl_units as units
-from agent.instance.systemctl import JOURNALCTL, JOURNALCTL_PATHS, PATHS, SOCKET, wrapper_text
+from agent.instance.systemctl import JOURNALCTL, JOURNALCTL_PATHS, PATHS, SOCKET
 
 NOTIFY_SOCKET = "/run/systemd/notify"
 LOG_DIR = "/run/log/units"
@@ -82,10 +82,10 @@ def stand_in_python(preferred: str, fallback: str = "/usr/bin/python3") -> str:
     return fallback
 
 
-def write_wrapper(instance_folder: str, python: str) -> str:
-    """Write (if changed) the instance's ``systemctl`` file, run by ``python``; return its path."""
+def write_wrapper(instance_folder: str, data: bytes) -> str:
+    """Write (if changed) the instance's ``systemctl`` file (from ``wrapper_text`` or
+    ``shell_wrapper_text``); return its path."""
     path = os.path.join(instance_folder, WRAPPER)
-    data = wrapper_text(python)
     try:
         with open(path, "rb") as f:
             if f.read() == data:
