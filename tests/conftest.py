@@ -111,6 +111,7 @@ NODE_MARKS: dict[str, tuple[str, ...]] = {
     "test_image.py::TestDeployIntoAnImage": ("instance",),
     "test_image.py::TestUnprivileged": ("instance",),
     "test_systemctl.py::test_an_unprivileged_instance_has_the_stand_in_too": ("instance",),
+    "test_systemctl.py::test_an_image_instance_without_python_has_the_stand_in_too": ("instance",),
     "test_sample_app.py::TestDeployments": ("instance",),   # namespaces of its own (unshare)
     "test_toolkit.py::test_the_runner_sets_the_state_folder_and_env_wins_over_it": ("instance",),
     "test_pytest_plugin.py::test_fixture_deploys_and_reports_hooks_files_and_exec[instance]": ("instance",),

@@ -402,3 +402,35 @@ def test_an_unprivileged_instance_has_the_stand_in_too(runas_user, shared_dir):
     finally:
         _destroy_all(as_user)
 
+
+
+@lib.needs_root("instances from a root file system folder are made as root here (CI runs as root)")
+def test_an_image_instance_without_python_has_the_stand_in_too(tmp_path):
+    """An instance made from an image with no Python (a static busybox): systemctl and journalctl are the
+    stand-in (a /bin/sh script running cdsim's Python brought in), a unit starts busybox's httpd, which
+    answers, and stops."""
+    busybox = lib.require_tool("busybox", "busybox-static")
+    rootfs = tmp_path / "rootfs"
+    for folder in ("bin", "etc", "tmp", "var/www", "proc", "sys", "dev", "run"):
+        (rootfs / folder).mkdir(parents=True)
+    (rootfs / "bin/busybox").write_bytes(Path(busybox).read_bytes())
+    (rootfs / "bin/busybox").chmod(0o755)
+    for tool in ("sh", "mkdir", "printf", "wget", "httpd", "sleep", "cat"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\n")
+    (rootfs / "var/www/index.html").write_text("hello from the image\n")
+    state = str(tmp_path / "state")
+    try:
+        assert cdsim(state, "instance", "create", "img", "--image", str(rootfs)).returncode == 0
+        done = cdsim(state, "instance", "exec", "img", "--", "/bin/sh", "-c", (
+            "mkdir -p /etc/systemd/system && printf '[Service]\\nExecStart=/bin/httpd -f -p 127.0.0.1:8080 "
+            "-h /var/www\\n' > /etc/systemd/system/web.service && systemctl start web && "
+            "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://127.0.0.1:8080/ && break; sleep 0.2; done; "
+            "journalctl -u web -n 1; systemctl stop web; systemctl is-active web; echo rc=$?"))
+        lines = done.stdout.splitlines()
+        assert lines[0] == "hello from the image", done.stdout + done.stderr
+        assert lines[1].endswith("Started web.service - web.service."), done.stdout
+        assert lines[2:] == ["inactive", "rc=3"], done.stdout
+    finally:
+        cdsim(state, "instance", "destroy", "img")
