@@ -6,7 +6,9 @@ aws CLI on that Auto Scaling group (no tag filter) with traffic control, and a d
 Then `cdsim fleet scale shop-asg --desired +1`: the service must deploy A to the new instance only (creator
 ``autoscaling``), with no ApplicationStop (it has no previous revision), and the instance must join the
 target group only at AllowTraffic: its ValidateService hook asks the local AWS (the aws CLI inside the
-instance) which targets the group holds and notes them.
+instance) which targets the group holds and notes them. Then a scale-in, bad requests, and a scale-out
+while a deployment of revision B is in progress (its ValidateService holds until the test lets it go, once
+the service has reacted): the new instance gets A at once, then B from a follow-on deployment.
 """
 from __future__ import annotations
 
@@ -162,7 +164,7 @@ def scaled(tmp_path_factory):
                 hooks={n: _read(state, n, "/var/log/asg-hooks.log", tmp).split("\n") for n in [*names, new[0]]},
                 seen=_read(state, new[0], "/var/log/asg-targets.log", tmp).splitlines(),
                 version=_read(state, new[0], "/srv/shop/version.txt", tmp),
-                ep=ep, env=env, cdsim=cdsim, call=call)
+                ep=ep, env=env, cdsim=cdsim, call=call, repo=repo, tmp=tmp)
             yield out
         finally:
             service.close()
@@ -231,3 +233,69 @@ def test_bad_scale_requests_are_refused_clearly(scaled, args, says):
     assert done.returncode == ExitStatus.USAGE, done.stdout + done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+HOLD = """
+if [ "$LIFECYCLE_EVENT" = ValidateService ]; then   # until the test lets it go (bounded: 120 s)
+    for i in $(seq 600); do [ -e /var/tmp/go ] && exit 0; sleep 0.2; done
+    exit 1
+fi
+"""
+
+
+def test_a_scale_out_during_a_deployment_gets_the_last_good_revision_then_a_follow_on(scaled):
+    ep, call, cdsim, state, repo = scaled["ep"], scaled["call"], scaled["cdsim"], scaled["state"], scaled["repo"]
+    (repo / "version.txt").write_text("B\n")
+    with open(repo / "note.sh", "a") as f:
+        f.write(HOLD)
+    _git(repo, "commit", "-qam", "B")
+    sha_b = _git(repo, "rev-parse", "HEAD")
+    b = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
+        "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha_b}}})["deploymentId"]
+    known = {scaled["first"], scaled["auto"], b}
+
+    def next_deployment() -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ids = call(ep, "ListDeployments", {"applicationName": "A", "deploymentGroupName": "G"})["deployments"]
+            new = [d for d in ids if d not in known]
+            if new:
+                known.update(new)
+                return new[0]
+            time.sleep(0.2)
+        raise AssertionError("no automatic deployment")
+
+    try:
+        scale = cdsim("fleet", "scale", "shop-asg", "--desired", "+1", "--endpoint", ep, "--state", state)
+        assert scale.returncode == 0, scale.stderr
+        new = scale.stdout.split("launched ", 1)[1].split()[0]
+        launch = next_deployment()
+        assert call(ep, "GetDeployment", {"deploymentId": b})["deploymentInfo"]["status"] == "InProgress"
+        done = cdsim("wait", launch, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        for status in inst.list_instances(state=state):
+            inst.exec_in(inst.get(status.name, state=state), ["touch", "/var/tmp/go"])
+    done = cdsim("wait", b, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
+    assert done.returncode == 0, done.stdout + done.stderr
+    follow = next_deployment()
+    done = cdsim("wait", follow, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
+    assert done.returncode == 0, done.stdout + done.stderr
+    infos = {d: call(ep, "GetDeployment", {"deploymentId": d})["deploymentInfo"] for d in (b, launch, follow)}
+    assert infos[launch]["creator"] == infos[follow]["creator"] == "autoscaling"
+    assert infos[b]["creator"] == "user"
+    assert infos[launch]["revision"]["gitHubLocation"]["commitId"] == scaled["sha"]   # A, the last good one
+    assert infos[follow]["revision"]["gitHubLocation"]["commitId"] == sha_b
+    for d in (launch, follow):
+        assert [i.rsplit("/", 1)[-1] for i in call(ep, "ListDeploymentInstances", {"deploymentId": d})[
+            "instancesList"]] == [new]
+    assert new not in [i.rsplit("/", 1)[-1] for i in call(ep, "ListDeploymentInstances", {"deploymentId": b})[
+        "instancesList"]]
+    assert _read(state, new, "/srv/shop/version.txt", scaled["tmp"]) == "B\n"
+    ran = [line.split() for line in _read(state, new, "/var/log/asg-hooks.log", scaled["tmp"]).splitlines()]
+    assert [e for e, d in ran if d == launch] == [   # no previous revision: no ApplicationStop
+        "BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService", "BeforeAllowTraffic",
+        "AfterAllowTraffic"]
+    assert [e for e, d in ran if d == follow] == [   # A was there: B's follow-on stops it first
+        "BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop", "BeforeInstall", "AfterInstall",
+        "ApplicationStart", "ValidateService", "BeforeAllowTraffic", "AfterAllowTraffic"]

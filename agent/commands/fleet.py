@@ -233,7 +233,7 @@ def _scale_out(endpoint: str, folder: str, group: str, template: Instance, count
     names: list[str] = []
     while len(names) < count:
         n += 1
-        if f"{prefix}-{n}" not in taken:
+        if f"{prefix}-{n}" not in taken and not _registered(endpoint, f"{prefix}-{n}"):
             names.append(f"{prefix}-{n}")
     made = []
     for name in names:
@@ -250,6 +250,15 @@ def _scale_out(endpoint: str, folder: str, group: str, template: Instance, count
                                           image_id=identity["ami_id"], instance_type=identity["instance_type"],
                                           zone=identity["availability_zone"], region=identity["region"])
     return names
+
+
+def _registered(endpoint: str, name: str) -> bool:
+    from agent.service.client import ServiceError, call
+
+    try:
+        return not call(endpoint, "GetOnPremisesInstance", {"instanceName": name})["instanceInfo"].get("deregisterTime")
+    except ServiceError:
+        return False
 
 
 def _leave_target_groups(folder: str, instance_id: str) -> None:
