@@ -121,6 +121,8 @@ def scaled(tmp_path_factory):
                 "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
                 "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
                 "--load-balancer-info", "targetGroupInfoList=[{name=shop-tg}]")
+            out["group"] = aws("deploy", "get-deployment-group", "--application-name", "A",
+                               "--deployment-group-name", "G")["deploymentGroupInfo"]
             repo = tmp / "repo"
             repo.mkdir()
             (repo / "appspec.yml").write_text(APPSPEC)
@@ -170,6 +172,12 @@ def scaled(tmp_path_factory):
             service.close()
             for status in inst.list_instances(state=state):
                 inst.destroy(inst.get(status.name, state=state))
+
+
+def test_the_deployment_group_shows_its_auto_scaling_group_as_the_service_does(scaled):
+    [asg] = scaled["group"]["autoScalingGroups"]
+    assert asg["name"] == "shop-asg"
+    assert asg["hook"].startswith("CodeDeploy-managed-automatic-launch-deployment-hook-G-")
 
 
 def test_scale_out_launches_one_instance_into_the_group(scaled):
