@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--network", choices=("private", "host"), default="private")
     up.add_argument("--target-group", default=None, metavar="NAME",
                     help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
-                         "the instances start, and the local AWS keeps it while they run)")
+                         "the instances start, and the local AWS keeps it while they run); when a load balancer "
+                         "of the local AWS has an HTTP listener, its traffic is served too (cdsim lb list)")
     up.add_argument("--auto-scaling-group", default=None, metavar="NAME",
                     help="attach the instances to this Auto Scaling group of the local AWS (made when missing)")
     down = actions.add_parser("down", help="deregister and destroy the instances with a tag")
@@ -132,6 +133,9 @@ def _join_local_aws(names: list[str], target_group: str | None, auto_scaling_gro
     ids = [imds.load(inst)["instance_id"] for inst in made]
     if target_group:
         localaws.register_targets(folder, target_group, ids, region=identity["region"])
+        from agent.instance import loadbalancer
+        if loadbalancer.listeners_exist(folder):   # a load balancer to carry traffic to them: serve it
+            loadbalancer.ensure(folder)
     if auto_scaling_group:
         localaws.attach_to_auto_scaling_group(folder, auto_scaling_group, ids, image_id=identity["ami_id"],
                                               instance_type=identity["instance_type"],
