@@ -183,6 +183,7 @@ def test_the_deployment_group_shows_its_auto_scaling_group_as_the_service_does(s
 def test_scale_out_launches_one_instance_into_the_group(scaled):
     assert scaled["scale"].returncode == 0
     assert f"launched {scaled['new']}" in scaled["scale"].stdout
+    print(f"fleet scale +1 until the new instance's deployment succeeded: {scaled['scale_out_seconds']:.1f} s")
     assert scaled["asg_after"] == scaled["asg_before"] | {scaled["new_id"]}
     # not in the target group until its deployment's AllowTraffic
     assert scaled["new_id"] not in scaled["targets_right_after_scale"]
