@@ -330,8 +330,8 @@ class Engine:
         self.store.put("deployment", did, doc)
         if group is not None and rollback_to is not None:
             self.rollback(doc, group, rollback_to)
-        if group is not None and status == "Succeeded":
-            self._follow_on(group, doc)
+        if group is not None and doc["creator"] != AUTOSCALING_CREATOR:
+            self._follow_on(key, doc)
         self.notify()
 
     def _rolls_back(self, doc: JsonObject) -> bool:
@@ -597,7 +597,8 @@ class Engine:
             if known is None or not new or revision is None:
                 self.store.put("group", key, group)
                 return
-            busy = any(d["status"] in ACTIVE and d["deploymentGroupName"] == group["deploymentGroupName"]
+            busy = any(d["status"] in ACTIVE and d["creator"] != AUTOSCALING_CREATOR
+                       and d["deploymentGroupName"] == group["deploymentGroupName"]
                        and d["applicationName"] == group["applicationName"] for d in self.store.values("deployment"))
             if busy:   # the deployment in progress will leave them outdated: a follow-on after it succeeds
                 group["_outdated"] = sorted(set(group.get("_outdated") or []) | set(new))
@@ -605,15 +606,18 @@ class Engine:
             self.create(group, revision, config_name=None, creator=AUTOSCALING_CREATOR, instances=new,
                         description="Auto Scaling launch: the last successful revision for new instances")
 
-    def _follow_on(self, group: JsonObject, done: JsonObject) -> None:
-        """After a successful deployment, redeploy its revision to the instances launched while it ran."""
-        outdated = [n for n in group.get("_outdated") or [] if n in self.selected_instances(group)]
-        if not group.get("_outdated") or done["creator"] == AUTOSCALING_CREATOR:
+    def _follow_on(self, key: str, done: JsonObject) -> None:
+        """After a deployment (not an Auto Scaling one) ends, forget the instances launched while it ran;
+        when it succeeded, redeploy its revision to those of them the group still selects."""
+        group = self.store.get("group", key)
+        if group is None or not group.get("_outdated"):
             return
-        key = f"{group['applicationName']}/{group['deploymentGroupName']}"
-        group = dict(group, _outdated=[])
-        self.store.put("group", key, group)
+        outdated = group["_outdated"]
+        self.store.put("group", key, dict(group, _outdated=[]))
+        if done["status"] != "Succeeded":
+            return
+        outdated = [n for n in outdated if n in self.selected_instances(group)]
         if outdated:
-            self.create(group, done["revision"], config_name=done["deploymentConfigName"],
+            self.create(dict(group, _outdated=[]), done["revision"], config_name=done["deploymentConfigName"],
                         creator=AUTOSCALING_CREATOR, instances=outdated,
                         description=f"follow-on of {done['deploymentId']}: instances launched during it")
