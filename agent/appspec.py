@@ -20,6 +20,10 @@ as Psych reads it, base 60 included: ``0:02`` is 120, ``1:30`` is 5400, Q39; PyY
 and is not used for values), aliases rejected (``Unknown alias: x``), dates and symbols rejected
 (``Tried to load unspecified class: Date``), a later duplicate key winning.
 
+An Amazon ECS or AWS Lambda appspec (``detect_platform``: a Resources section and no os) is refused with
+``UnsupportedPlatform`` where the agent would say "unsupported operating system": cdsim validates those
+(agent.appspec_platforms) but does not deploy them.
+
 One check is cdsim's, not the agent's: a ``runas`` that is not a user name (``valid_user_name``; the
 agent hands ``--help`` or ``-c id`` to su, which reads them as options) is refused with the code
 ``invalid-runas``, after every error of the agent's own.
@@ -30,7 +34,7 @@ import enum
 import math
 import re
 
-from agent.errors import AppSpecError
+from agent.errors import AppSpecError, UnsupportedPlatform
 from agent.records import field
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.ruby import RubyHash as _RubyHash
@@ -764,6 +768,120 @@ def to_python(node: Node | None, filename: str = DEFAULT_APPSPEC_NAME) -> RubyVa
 
 
 # ---------------------------------------------------------------------------------------------------
+# Which compute platform: an Amazon ECS or AWS Lambda appspec (agent.appspec_platforms models and checks
+# them; cdsim deploys none: the parser refuses them with UnsupportedPlatform)
+
+PLATFORM_RESOURCE_TYPES = {"ecs": "AWS::ECS::Service", "lambda": "AWS::Lambda::Function"}
+PLATFORM_HOOK_EVENTS = {
+    "ecs": ("BeforeInstall", "AfterInstall", "AfterAllowTestTraffic", "BeforeAllowTraffic", "AfterAllowTraffic"),
+    "lambda": ("BeforeAllowTraffic", "AfterAllowTraffic"),
+}
+_ECS_PROPERTIES = frozenset(("taskdefinition", "loadbalancerinfo", "platformversion", "networkconfiguration",
+                             "capacityproviderstrategy", "containername", "containerport"))
+_LAMBDA_PROPERTIES = frozenset(("name", "alias", "currentversion", "targetversion"))
+
+
+def key_text(node: Node) -> str | None:
+    """A scalar's text when it reads as a string; None otherwise (never raises)."""
+    if node.id != "scalar":
+        return None
+    try:
+        v = scalar_value(node)
+    except AppSpecError:
+        return None
+    return v if isinstance(v, str) else None
+
+
+def string_keys(node: Node | None) -> dict[str, Node]:
+    """A mapping node's string keys, lower-cased -> value node (the first of duplicates); {} for others."""
+    out: dict[str, Node] = {}
+    if node is not None and node.id == "mapping":
+        for k, v in node.value:
+            text = key_text(k)
+            if text is not None:
+                out.setdefault(text.lower(), v)
+    return out
+
+
+def detect_platform(root: Node | None) -> str | None:
+    """'ecs', 'lambda', '' (an ECS or Lambda appspec whose kind cannot be told) or None (EC2/On-Premises).
+
+    An appspec is for ECS or Lambda when it has no ``os``, ``files`` or ``permissions`` and has a
+    ``resources`` key (any case, or a near miss of it) or a ``hooks`` list (EC2's hooks are a mapping).
+    Its kind comes from the resource's ``Type``, else from its properties, else from its hook events."""
+    import difflib
+
+    top = string_keys(root)
+    if not top or {"os", "files", "permissions"} & top.keys():
+        return None
+    resources_key = "resources" if "resources" in top else next(
+        iter(difflib.get_close_matches("resources", list(top), n=1, cutoff=0.8)), None)
+    hooks = top.get("hooks")
+    if resources_key is None and (hooks is None or hooks.id != "sequence"):
+        return None
+    resources = top.get(resources_key) if resources_key else None
+    items = (resources.value if resources is not None and resources.id == "sequence"
+             else [resources] if resources is not None and resources.id == "mapping" else [])
+    props: set[str] = set()
+    for item in items:
+        for body in string_keys(item).values():
+            fields = string_keys(body)
+            kind = key_text(fields["type"]) if "type" in fields else None
+            for platform, type_name in PLATFORM_RESOURCE_TYPES.items():
+                if kind is not None and kind.lower() == type_name.lower():
+                    return platform
+            props.update(string_keys(fields.get("properties")))
+    if props & _ECS_PROPERTIES:
+        return "ecs"
+    if props & _LAMBDA_PROPERTIES:
+        return "lambda"
+    # events of "- Event: FunctionName" entries (an EC2 hook written as a list has scripts, not a name)
+    events = {key_text(k) for item in (hooks.value if hooks is not None and hooks.id == "sequence" else [])
+              if item.id == "mapping" for k, v in item.value if v.id == "scalar"}
+    if events & (set(PLATFORM_HOOK_EVENTS["ecs"]) - set(PLATFORM_HOOK_EVENTS["lambda"])):
+        return "ecs"
+    if resources_key is None and not events & set(PLATFORM_HOOK_EVENTS["ecs"]):
+        return None  # a hooks list of EC2 events only: an EC2 appspec written wrong, the agent's errors say so
+    return ""
+
+
+def msg_unsupported_platform(platform: str) -> str:
+    """cdsim's message (not the agent's) for a deployment of an ECS or Lambda appspec."""
+    what = {"ecs": "an Amazon ECS", "lambda": "an AWS Lambda"}.get(platform, "an Amazon ECS or AWS Lambda")
+    return (f"this is {what} appspec (Resources, no os): cdsim deploys EC2/On-Premises appspecs only; "
+            "check this one with cdsim validate")
+
+
+def _unsupported(platform: str, root: Node, filename: str) -> UnsupportedPlatform:
+    mark = node_mark(root)
+    return UnsupportedPlatform(msg_unsupported_platform(platform), code="unsupported-platform", file=filename,
+                               line=mark.line, column=mark.column, hint=f"cdsim validate {filename}")
+
+
+def refuse_platform_appspec(data: str | bytes, filename: str = DEFAULT_APPSPEC_NAME) -> None:
+    """Raise UnsupportedPlatform for an Amazon ECS or AWS Lambda appspec, so that a deployment refuses it
+    before anything runs; an EC2 appspec, or one that does not parse (the deployment says why), passes."""
+    if has_top_level_os(data):
+        return   # the common case, without composing the document
+    try:
+        root = compose_appspec(data, filename)
+    except AppSpecError:
+        return
+    platform = detect_platform(root)
+    if platform is not None and root is not None:
+        raise _unsupported(platform, root, filename)
+
+
+_TOP_LEVEL_OS = re.compile(rb"""^["']?os["']?[ \t]*:""", re.MULTILINE)
+
+
+def has_top_level_os(data: str | bytes) -> bool:
+    """Whether a line starts with an ``os:`` key: an EC2/On-Premises appspec (detect_platform gives None),
+    told without composing it."""
+    return _TOP_LEVEL_OS.search(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data) is not None
+
+
+# ---------------------------------------------------------------------------------------------------
 # The parser (agent order, §5.2)
 
 class _Crash(enum.Enum):
@@ -875,6 +993,13 @@ class _Parser:
     def parse_os(self, root: Node) -> RubyValue:
         node = self.index(root, "os")
         v = self.val(node)
+        platform = detect_platform(root) if node is None else None
+        if platform is not None:   # Resources and no os: ECS or Lambda, which cdsim does not deploy
+            e = _unsupported(platform, root, self.filename)
+            if not self.collect:
+                raise e
+            self.problems.append(e)
+            return v
         if v != "linux" or not isinstance(v, str):
             self.fail(_msg_os(ruby_to_s(v)), node or root, code="unsupported-os",
                       hint="write os: linux (lower case; cdsim runs Linux deployments)")

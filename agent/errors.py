@@ -6,6 +6,7 @@ Pure: imports nothing that does I/O.
     ├── UsageError                  usage                USAGE
     ├── InvalidInput                invalid              INVALID
     │   ├── AppSpecError            appspec-invalid      INVALID
+    │   │   └── UnsupportedPlatform unsupported-platform UNSUPPORTED_PLATFORM
     │   ├── AppSpecNotFound         appspec-not-found    INVALID
     │   └── BundleError             bundle-invalid       INVALID
     │       └── UnsafeBundle        bundle-unsafe-member INVALID
@@ -42,6 +43,8 @@ class ExitStatus(enum.IntEnum):
     FILE_COLLISION = 5
     DEPLOYMENT_FAILED = 6
     ENVIRONMENT = 7
+    UNSUPPORTED_PLATFORM = 8   # an Amazon ECS or AWS Lambda appspec: validated, never deployed
+    TRAFFIC_FAILED = 9   # cdsim wait --traffic: the deployment succeeded, more requests failed than allowed
     INTERNAL = 70
 
 
@@ -109,6 +112,14 @@ class AppSpecError(InvalidInput):
         super().__init__(message, hint=hint, file=file, line=line, column=column, reference=reference, event=event)
         self.code = code
         self.agent_class = agent_class
+
+
+class UnsupportedPlatform(AppSpecError):
+    """An Amazon ECS or AWS Lambda appspec: ``cdsim validate`` checks it (agent.appspec_platforms), but
+    cdsim deploys only EC2/On-Premises appspecs, so a deployment of one is refused."""
+
+    reference = "unsupported-platform"
+    exit_status = ExitStatus.UNSUPPORTED_PLATFORM
 
 
 class AppSpecNotFound(InvalidInput):

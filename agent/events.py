@@ -7,7 +7,9 @@ this one stream. Schema (version 1): every record has ``schema``, ``type``, ``ti
 ``previous_revision`` (true when it is the last successful deployment's, spec §4.2),
 ``revision_deployment_id``, ``revision_archive``, ``revision_appspec``; a failure that
 --ignore-application-stop-failures let pass has ``ignored: true`` on its ``hook.end`` and ``event.end``
-(status stays ``Failed``).
+(status stays ``Failed``). ``traffic`` records are not the engine's: `cdsim wait --traffic --report`
+writes them (``instance``, ``event``, ``sent``, ``failed``, ``errors``, ``p50_ms``, ``p95_ms``, ``p99_ms``,
+``versions``) beside the service's lifecycle events, which it turns into this schema's records.
 """
 from __future__ import annotations
 

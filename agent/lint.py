@@ -1,8 +1,10 @@
 """``cdsim validate``'s findings: every problem of an appspec and its bundle, at once.
 
 Owns the list of checks (errors: what makes the agent fail the deployment; warnings: what it accepts
-but surprises users) and the Finding record. Reads the bundle (a directory, or an archive's member
-listing and member contents in memory — never extracted to disk) and the appspec; never writes.
+but surprises users) and the Finding record. Dispatches by compute platform: an Amazon ECS or AWS Lambda
+appspec (no os, a Resources section) is checked by agent.appspec_platforms instead, and has no bundle.
+Reads the bundle (a directory, or an archive's member listing and member contents in memory — never
+extracted to disk) and the appspec; never writes.
 Must not import the CLI, install, deploy or hooks_runtime.
 """
 from __future__ import annotations
@@ -341,9 +343,12 @@ class _Lint:
             if is_dir:  # codedeploy-local's validator checks a directory bundle first
                 names = (option,) if option else ("appspec.yml", "appspec.yaml")
                 if not any(tree.entry(n) for n in names):
+                    hint = "AppSpec file names are case-sensitive" if self._case_twin(tree, names) else None
+                    if hint is None and not option and tree.entry("appspec.json"):
+                        hint = ("an Amazon ECS or AWS Lambda appspec may be JSON: name the file, cdsim validate "
+                                f"{tree.shown('appspec.json')}")
                     self.add("error", "appspec-not-found", A.cli_appspec_not_found_message(tree.display, option),
-                             tree.display, hint=("AppSpec file names are case-sensitive"
-                                                 if self._case_twin(tree, names) else None))
+                             tree.display, hint=hint)
                     return None, None
             found = next((n for n in A.install_appspec_candidates(option) if tree.entry(n)), None)
             if found is None:
@@ -365,27 +370,50 @@ class _Lint:
         return any(f.lower() in names and f not in names for f in files if "/" not in f)
 
     # -- the appspec
-    def check_appspec(self, tree: _Tree, name: str) -> tuple[A.AppSpec | None, A.Node | None]:
-        """(the appspec as far as it parsed, its document), adding the findings about it."""
+    def read_appspec(self, tree: _Tree, name: str) -> bytes | None:
+        """The appspec's bytes, or None after a finding."""
         shown = tree.shown(name)
         e = tree.entry(name)
         if e is None or e.kind == "other":
             self.add("error", "appspec-unreadable", f"{name} is not a regular file", shown)
-            return None, None
+            return None
         if e.kind == "dir":
             self.add("error", "appspec-is-directory", f"{name} is a directory, not a file (the agent fails "
                      f"with \"Is a directory @ io_fread\")", shown)
-            return None, None
+            return None
         if e.size > A.MAX_APPSPEC_BYTES:
             self.add("error", "appspec-too-large", f"the appspec is {e.size} bytes, more than the "
                      f"{A.MAX_APPSPEC_BYTES} bytes cdsim reads", shown,
                      hint="an appspec is a small YAML file; is this the right file?")
-            return None, None
+            return None
         try:
-            data = tree.read(name, A.MAX_APPSPEC_BYTES + 1)
+            return tree.read(name, A.MAX_APPSPEC_BYTES + 1)
         except OSError as err:
             self.add("error", "appspec-unreadable", f"cannot read {name}: {err.strerror or err}", shown)
-            return None, None
+            return None
+
+    def check_platform_appspec(self, data: bytes, shown: str) -> bool:
+        """An Amazon ECS or AWS Lambda appspec (agent.appspec_platforms): add its findings, drop the
+        EC2 agent's file-name finding (the service takes these appspecs by content) and return True;
+        False for an EC2/On-Premises appspec."""
+        from agent import appspec_platforms as P
+
+        platform, _spec, problems = P.platform_problems(data, shown)
+        if platform is None:
+            return False
+        self.findings = [f for f in self.findings if f.code != "appspec-yaml-without-yml"]
+        for p in problems:
+            self.add(p.severity, p.code, p.message, shown, p.mark, p.hint)
+        return True
+
+    def check_appspec(self, tree: _Tree, name: str, data: bytes | None = None
+                      ) -> tuple[A.AppSpec | None, A.Node | None]:
+        """(the appspec as far as it parsed, its document), adding the findings about it."""
+        shown = tree.shown(name)
+        if data is None:
+            data = self.read_appspec(tree, name)
+            if data is None:
+                return None, None
         root, spec, problems = A.appspec_problems(data, shown)
         for p in problems:
             self.findings.append(_from_error(p))
@@ -802,10 +830,13 @@ def validate_bundle(path: str, appspec_filename: str | None = None) -> list[Find
     install_name, _hook_name = lint.locate(tree, given, is_dir)
     if install_name is None:
         return lint.findings
+    data = lint.read_appspec(tree, install_name)
+    shown = tree.shown(install_name)
+    if data is not None and lint.check_platform_appspec(data, shown):
+        return sorted(lint.findings, key=_sort_key)   # ECS or Lambda: no bundle, no scripts to check
     if isinstance(tree, _DirTree) and not given:
         lint.check_links(tree)
-    spec, root = lint.check_appspec(tree, install_name)
-    shown = tree.shown(install_name)
+    spec, root = lint.check_appspec(tree, install_name, data) if data is not None else (None, None)
     if spec is not None:
         lint.check_hooks(tree, spec, shown, posixpath.basename(install_name), _hook_marks(root, shown))
         lint.check_files(tree, spec, shown)

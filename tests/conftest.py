@@ -94,7 +94,9 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
 # what every test of a file (path under tests/) is
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_aws_cli.py": ("service", "instance"),
+    "test_api_model.py": ("service",),
     "test_elb_samples.py": ("service", "instance"),
+    "test_traffic_control.py": ("service", "instance"),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),
     "test_quick_start_newcomer.py": ("unprivileged", "instance"),

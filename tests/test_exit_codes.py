@@ -105,6 +105,22 @@ class TestDeployExitStatus:
         assert proc.returncode == ExitStatus.ENVIRONMENT == 7, proc.stdout + proc.stderr
         assert "setfacl" in proc.stdout
 
+    def test_unsupported_platform(self, tmp_path):
+        """An Amazon ECS appspec in a tgz (read only once unpacked, so the parser refuses it at BeforeInstall)
+        exits UNSUPPORTED_PLATFORM (8); no hook runs."""
+        import tarfile
+        folder = tmp_path / "b"
+        folder.mkdir()
+        (folder / "appspec.yml").write_text(
+            "version: 0.0\nResources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
+            "        TaskDefinition: arn:aws:ecs:us-east-1:111122223333:task-definition/web:1\n"
+            "        LoadBalancerInfo: {ContainerName: web, ContainerPort: 80}\n")
+        with tarfile.open(tmp_path / "b.tgz", "w:gz") as tf:
+            tf.add(folder / "appspec.yml", "appspec.yml")
+        proc = deploy(tmp_path, tmp_path / "b.tgz")
+        assert proc.returncode == ExitStatus.UNSUPPORTED_PLATFORM == 8, proc.stdout + proc.stderr
+        assert "this is an Amazon ECS appspec" in proc.stdout and "Traceback" not in proc.stderr
+
     def test_internal_error_without_traceback_unless_debug(self, tmp_path):
         """An error cdsim does not expect (its state folder is a regular file, so creating the event
         stream's folder fails outside the engine's error handling) exits INTERNAL (70) with one line;

@@ -54,7 +54,8 @@ _SPAWN_MODULES = {"multiprocessing", "concurrent.futures.process"}
 
 # Pure modules: values in, values out (the docstrings say "Pure: no I/O"); import-linter keeps I/O
 # modules out of their imports, this keeps the I/O builtins out of their code.
-PURE = ("agent.appspec", "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
+PURE = ("agent.appspec", "agent.appspec_platforms",
+        "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
         "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
         "agent.reports.github")
@@ -219,3 +220,23 @@ def test_every_package_module_is_scanned():
     assert "agent.instance.enter" in names and "hooks_runtime.process" in names
     assert len(names) == sum(1 for p in PACKAGES for _ in (REPO / p).rglob("*.py"))
     assert all(path.is_file() and os.access(path, os.R_OK) for path in names.values())
+
+
+def test_cdsim_local_of_a_small_bundle_loads_no_typing_and_no_report_model(tmp_path):
+    """Start-up is most of a small deployment's time (issue 17): `cdsim local` of an appspec-only bundle,
+    with no --report, deploys without importing typing, the report model, psutil, watchdog or the
+    service's libraries; and it did deploy (exit 0, the agent's success line)."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\n")
+    conf = tmp_path / "agent.yml"
+    conf.write_text(f":root_dir: {tmp_path}/root\n:log_dir: {tmp_path}/log\n")
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "agent", "local", "--bundle-location",
+                           str(bundle), "--type", "directory", "--agent-configuration-file", str(conf)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False)
+    assert done.returncode == 0 and "Local deployment successful" in done.stdout, done.stdout + done.stderr
+    imported = {m.group(1).strip() for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|(.*)$", done.stderr, re.M)}
+    assert "agent.sequencer" in imported
+    unwanted = sorted(m for m in imported if m in ("typing", "agent.reports.model", "subprocess")
+                      or m.split(".")[0] in ("psutil", "watchdog", "botocore", "moto", "werkzeug", "sqlite3"))
+    assert unwanted == []

@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(bundle):
         raise UsageError(f"bundle {args.bundle} does not exist")
     btype = args.type or guess_type(bundle)
+    from agent.commands.unsupported import refuse_platform_appspec
+    refuse_platform_appspec(bundle, btype, args.appspec_filename)
     if args.host:
         return deploy_here(args, bundle, btype)
     return deploy_in_instance(args, bundle, btype)

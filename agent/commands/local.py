@@ -268,6 +268,14 @@ def run(opts: dict[str, Any]) -> int:
     if problem:
         print(f"ERROR: {problem}", file=out)
         return int(ExitStatus.USAGE)
+    location = opts.get("--bundle-location") or cwd
+    from agent.commands.unsupported import refuse_platform_appspec
+    try:  # cdsim, not the agent: an ECS or Lambda appspec is refused before anything runs
+        refuse_platform_appspec(os.path.join(cwd, location), opts.get("--type", "directory"),
+                                opts.get("--appspec-filename"))
+    except CdsimError as e:
+        print(f"ERROR: {e}", file=out)
+        return int(e.exit_status)
     if opts.get("--instance"):
         from agent.commands.deploy import run_local_in_instance
         return run_local_in_instance(opts)

@@ -4,6 +4,19 @@ Reads the id, or the JSON ``aws deploy create-deployment`` prints, from stdin wh
 nothing). Prints each instance's progress; exits 0 when the deployment succeeded, otherwise non-zero
 (a hook's failure: its exit status; anything else: DEPLOYMENT_FAILED) after printing the failing
 instance, lifecycle event, message and log tail.
+
+``--traffic URL[,RATE]`` rehearses the deployment under load: ``agent.probe`` sends GET requests to URL
+(default 20 per second) from the first poll until the deployment ends, then reports them per instance and
+lifecycle event (the window each request was sent in, from the events' start and end times the service
+reports): sent, failed (connection errors, timeouts, 5xx), latency p50/p95/p99 and which version answered
+(``--traffic-version-header NAME``, or ``--traffic-version-regex`` on the body). More failed requests than
+``--max-failed-requests`` (default 0) exit TRAFFIC_FAILED (9) when the deployment itself succeeded.
+``--traffic-report FILE`` writes the figures as JSON. The URL's host must be this machine's (loopback, or
+an address of its own) unless ``--traffic-allow-remote``.
+
+``--report KIND=FILE`` (junit, json, html, github) renders the deployment as event-stream records
+(``agent.reports.fleet``: each instance's lifecycle events, and the rehearsal's figures as ``traffic``
+records) with the same renderers as `cdsim local`'s reports.
 """
 from __future__ import annotations
 
@@ -20,6 +33,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
+    from agent.probe import Probe, WindowSummary
+
 SUMMARY = "wait for a deployment to finish; exit non-zero with the failure when it fails"
 
 
@@ -31,6 +46,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
+    from agent.reports import add_report_option
+    add_report_option(p)
+    t = p.add_argument_group("rehearsal (requests during the deployment)")
+    t.add_argument("--traffic", metavar="URL[,RATE]", default=None,
+                   help="send GET requests to URL at RATE per second (default 20) during the whole deployment")
+    t.add_argument("--traffic-version-header", metavar="NAME", default=None,
+                   help="the response header that names the version that answered")
+    t.add_argument("--traffic-version-regex", metavar="REGEX", default=None,
+                   help="a regex on the response body whose first group (or match) names the version")
+    t.add_argument("--max-failed-requests", type=int, default=0, metavar="N",
+                   help="fail (exit 9) when more requests failed (default 0)")
+    t.add_argument("--traffic-report", metavar="FILE", default=None, help="write the figures as JSON to FILE")
+    t.add_argument("--traffic-allow-remote", action="store_true",
+                   help="allow a URL whose host is not this machine")
+    t.add_argument("--traffic-timeout", type=float, default=2.0, metavar="SECONDS",
+                   help="a request not answered in time failed (default 2)")
     p.set_defaults(func=run)
 
 
@@ -64,11 +95,71 @@ def _where(t: dict[str, Any]) -> str:
     return f" ({running[0]})" if running else ""
 
 
+def start_probe(args: argparse.Namespace) -> Probe | None:
+    """The rehearsal's probe, started, when --traffic is given (its options checked first)."""
+    import re
+
+    from agent import probe
+
+    if args.traffic is None:
+        return None
+    url, rate = probe.parse_option(args.traffic)
+    target = probe.check_target(url, allow_remote=args.traffic_allow_remote)
+    pattern = None
+    if args.traffic_version_regex is not None:
+        try:
+            pattern = re.compile(args.traffic_version_regex)
+        except re.error as e:
+            raise UsageError(f"--traffic-version-regex {args.traffic_version_regex!r}: {e}",
+                             reference="traffic-regex-invalid") from None
+    if args.max_failed_requests < 0 or not 0 < args.traffic_timeout <= 60:
+        raise UsageError("--max-failed-requests must be 0 or more and --traffic-timeout from 0 to 60 seconds",
+                         reference="traffic-option-invalid")
+    return probe.Probe(target, rate, timeout=args.traffic_timeout, max_seconds=args.timeout,
+                       max_requests=int(rate * args.timeout) + 1, version_header=args.traffic_version_header,
+                       version_pattern=pattern).start()
+
+
+def finish_probe(args: argparse.Namespace, running: Probe, did: str,
+                 current: list[dict[str, Any]]) -> list[WindowSummary]:
+    """Stop the probe, print its figures per instance and event (and write them); the figures."""
+    import os
+
+    from agent import probe
+    from agent.fsutil import atomic_write
+    from agent.reports import fleet
+
+    samples = running.stop()
+    rows = probe.summarize(samples, fleet.windows(current, time.time()))
+    out = sys.stdout
+    print(f"{did}: requests to {running.target.url} at {running.rate:g}/s, per instance and lifecycle event:",
+          file=out)
+    for line in probe.render(rows):
+        print(f"  {line}", file=out)
+    out.flush()
+    if args.traffic_report:
+        doc = {"deploymentId": did, "url": running.target.url, "rate": running.rate, "windows": rows}
+        atomic_write(os.path.abspath(args.traffic_report), (json.dumps(doc, indent=2) + "\n").encode())
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
-    from agent.service.client import call, find_endpoint
+    from agent.service.client import find_endpoint
 
     did = read_deployment_id(args.deployment)
     endpoint = find_endpoint(args.endpoint, args.state)
+    running = start_probe(args)
+    try:
+        status = follow(args, endpoint, did, running)
+    finally:
+        if running is not None and not running.stopped:
+            running.stop()
+    return status
+
+
+def follow(args: argparse.Namespace, endpoint: str, did: str, running: Probe | None) -> int:
+    from agent.service.client import call
+
     deadline = time.monotonic() + args.timeout
     seen: dict[str, str] = {}
     while True:
@@ -87,8 +178,17 @@ def run(args: argparse.Namespace) -> int:
             return int(ExitStatus.DEPLOYMENT_FAILED)
         time.sleep(args.interval)
     counts = ", ".join(f"{v} {k}" for k, v in info.get("deploymentOverview", {}).items() if v)
+    figures = finish_probe(args, running, did, current) if running is not None else []
+    failed_requests = figures[-1]["failed"] if figures else 0
+    if args.report:
+        from agent.reports import fleet, write_reports
+        write_reports(args.report, fleet.records(info, current, figures))
     if info["status"] == "Succeeded":
         print(f"Deployment {did} succeeded ({counts})", flush=True)
+        if failed_requests > args.max_failed_requests:
+            print(f"{did}: {failed_requests} requests failed during the deployment (at most "
+                  f"{args.max_failed_requests} allowed)", file=sys.stderr, flush=True)
+            return int(ExitStatus.TRAFFIC_FAILED)
         return 0
     return report_failure(info, current, counts)
 

@@ -15,11 +15,12 @@ import sys
 from collections.abc import Iterable, Mapping
 
 from agent.errors import UsageError
-from agent.reports.model import DeploymentSummary, Record
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `cdsim local` imports this module
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `cdsim local` imports this module,
+if TYPE_CHECKING:      # and the model (with typing) only when a report is written
     from typing import TextIO
+
+    from agent.reports.model import DeploymentSummary, Record
 
 __all__ = ["KINDS", "add_report_option", "load_records", "parse_report_option", "render", "render_text",
            "write_reports"]

@@ -2,7 +2,8 @@
 
 Per deployment: the outcome, a timeline drawn to scale (one row per lifecycle event, one per hook
 run; left and width are percentages of the deployment's span, with a minimum visible width so an
-instant event still shows), a table of hooks, each hook's output, the files installed and notices.
+instant event still shows), a rehearsal's requests per instance and event with their error rate (traffic
+records), a table of hooks, each hook's output, the files installed and notices.
 The page is complete without JavaScript; a few lines of script only record each bar's laid-out pixel
 box as data attributes, which lets a headless browser test check the drawing. Pure: summaries in,
 text out.
@@ -140,6 +141,32 @@ def _files(dep: DeploymentSummary) -> str:
     return "".join(parts) or "<p>Install did not run.</p>"
 
 
+def _traffic(dep: DeploymentSummary) -> str:
+    """The rehearsal's figures per instance and event, the error rate of each window shown."""
+    if not dep["traffic"]:
+        return ""
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v:g}"
+
+    rows = []
+    for w in dep["traffic"]:
+        rate = 100.0 * w["failed"] / w["sent"] if w["sent"] else 0.0
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(w["errors"].items()))
+        versions = ", ".join(f"{k}: {v}" for k, v in sorted(w["versions"].items()))
+        where = "all requests" if w["instance"] == "*" else f"{w['instance']}"
+        rows.append(f'<tr class="{"traffic-failed" if w["failed"] else "traffic-ok"}"><td>{escape(where)}</td>'
+                    f'<td>{escape(w["event"] if w["instance"] != "*" else "")}</td><td>{w["sent"]}</td>'
+                    f'<td class="{_cls("Failed" if w["failed"] else "Succeeded")}">{w["failed"]}</td>'
+                    f'<td><span class="errbar" style="display:inline-block;background:#c0392b;height:0.8em;'
+                    f'width:{rate:.1f}px"></span> {rate:.1f}%</td><td>{escape(errors)}</td>'
+                    f'<td>{ms(w["p50_ms"])}</td><td>{ms(w["p95_ms"])}</td><td>{ms(w["p99_ms"])}</td>'
+                    f'<td>{escape(versions)}</td></tr>')
+    return ('<h3>Requests during the deployment</h3><table class="traffic"><tr><th>Instance</th><th>Event</th>'
+            "<th>Sent</th><th>Failed</th><th>Error rate</th><th>Why</th><th>p50 ms</th><th>p95 ms</th>"
+            "<th>p99 ms</th><th>Versions</th></tr>" + "".join(rows) + "</table>")
+
+
 def _deployment(dep: DeploymentSummary) -> str:
     status = dep["status"]
     error = (f'<p class="bad">Failed at {escape(str(dep.get("failed_event") or "?"))}: '
@@ -151,7 +178,7 @@ def _deployment(dep: DeploymentSummary) -> str:
             f'<span class="{_cls(status)}">{escape(status)}</span> in {_secs(dep["duration"])}</h2>'
             f'<p>Started {_when(dep["started"])}; group {escape(str(dep.get("group_id")))}; '
             f'folder {escape(str(dep.get("deployment_dir")))}</p>{error}'
-            f"<h3>Timeline</h3>{_timeline(dep)}<h3>Hooks</h3>{_hooks(dep)}"
+            f"<h3>Timeline</h3>{_timeline(dep)}{_traffic(dep)}<h3>Hooks</h3>{_hooks(dep)}"
             f"<h3>Files installed</h3>{_files(dep)}{notices}</section>")
 
 

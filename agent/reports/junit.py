@@ -7,6 +7,8 @@ optional <failure message type> and the hook's output as <system-out>. A hook fa
 --ignore-application-stop-failures ignored is a <skipped message> (type-less), not a failure: the
 deployment went on; its message says it failed and was ignored. A deployment that failed
 where no hook ran (DownloadBundle, Install) gets one test case for that event, so the failure shows.
+A rehearsal's ``traffic`` figures are test cases too (classname ``traffic``, name ``INSTANCE EVENT``),
+failed when requests failed in that window.
 Pure: summaries in, XML text out.
 """
 from __future__ import annotations
@@ -81,6 +83,17 @@ def render(deployments: list[DeploymentSummary], hostname: str | None = None) ->
             fail = ET.SubElement(case, "failure", {"message": _clean(outside["error"]),
                                                    "type": _clean(outside["reference"] or "deployment-failed")})
             fail.text = _clean(outside["error"])
+        for w in dep["traffic"]:
+            if w["instance"] == "*":
+                continue
+            case = _testcase(suite, "traffic", f"{w['instance']} {w['event']}", None)
+            tests += 1
+            if w["failed"]:
+                failures += 1
+                why = ", ".join(f"{k}: {v}" for k, v in sorted(w["errors"].items()))
+                message = f"{w['failed']} of {w['sent']} requests failed ({why})"
+                ET.SubElement(case, "failure", {"message": _clean(message), "type": "requests-failed"}).text = \
+                    _clean(message)
         ET.SubElement(suite, "system-out").text = _clean(
             "".join(f"{n['text']}\n" for n in dep["notices"]))
         ET.SubElement(suite, "system-err")

@@ -64,6 +64,21 @@ class HookSummary(TypedDict, total=False):
     revision_appspec: str | None
 
 
+class TrafficWindow(TypedDict):
+    """A ``traffic`` record: the rehearsal's requests sent while ``instance`` was in lifecycle ``event``
+    (``cdsim wait --traffic``; instance ``*`` all of them, ``-`` those sent outside every event)."""
+
+    instance: str
+    event: str
+    sent: int
+    failed: int
+    errors: dict[str, int]
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    versions: dict[str, int]
+
+
 class Notice(TypedDict):
     time: float | None
     text: str
@@ -91,6 +106,7 @@ class DeploymentSummary(TypedDict):
     install: dict[str, Any] | None      # the install.done record's own fields (agent.install's summary)
     files: list[dict[str, Any]]         # as install.done lists them; at least a "destination"
     notices: list[Notice]
+    traffic: list[TrafficWindow]        # the rehearsal's figures, per instance and event (traffic records)
     error_file: str | None
     error_line: int | None
     error_column: int | None
@@ -142,7 +158,7 @@ def summarize(records: list[Record]) -> DeploymentSummary:
         "started": None, "ended": None, "duration": None, "deployment_dir": None,
         "group_id": None, "group_name": None, "application": None, "revision": None,
         "bundle_location": None, "events": [], "hooks": [], "install": None, "files": [],
-        "notices": [], "error_file": None, "error_line": None, "error_column": None}
+        "notices": [], "traffic": [], "error_file": None, "error_line": None, "error_column": None}
     open_events: dict[str | None, EventSummary] = {}
     open_hooks: dict[tuple[str | None, str | None], HookSummary] = {}
     times = [t for t in (_num(r.get("time")) for r in records) if t is not None]
@@ -209,6 +225,13 @@ def summarize(records: list[Record]) -> DeploymentSummary:
                 dep["files"] = [f if isinstance(f, dict) else {"destination": str(f)} for f in files]
         elif t == "notice":
             dep["notices"].append({"time": when, "text": r.get("text", "")})
+        elif t == "traffic":
+            dep["traffic"].append({
+                "instance": str(r.get("instance", "")), "event": str(r.get("event", "")),
+                "sent": int(_num(r.get("sent"), 0) or 0), "failed": int(_num(r.get("failed"), 0) or 0),
+                "errors": dict(r.get("errors") or {}), "p50_ms": _num(r.get("p50_ms")),
+                "p95_ms": _num(r.get("p95_ms")), "p99_ms": _num(r.get("p99_ms")),
+                "versions": dict(r.get("versions") or {})})
         elif t == "deployment.end":
             dep["ended"] = when
             for end_key in _END_FIELDS:

@@ -5,7 +5,9 @@ A command is a whole deployment to the instance. The agent fetches the revision 
 under a configured GitHub root; every revision field is checked again there), runs
 ``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
 agent, here, with no ``AWS_*`` variable of its own, and forwards every lifecycle-event update the
-runner prints to the server.
+runner prints to the server. With traffic control the runner stops before the service's BlockTraffic
+and AllowTraffic (a ``waitFor`` line): the agent asks the server (ReportCommand with ``waitFor``) until
+it answers go or stop, and writes that to the runner's stdin.
 Must not import the server, the API or the engine's store.
 """
 from __future__ import annotations
@@ -28,6 +30,8 @@ from agent.service.revisions import RevisionError
 from agent.service.shapes import JsonObject, RunnerSpec
 from agent.state import machine_log_dir, machine_root_dir
 from hooks_runtime.environment import without_aws_variables
+
+WAIT_FOR_LIMIT = 3600.0   # seconds an agent waits for the service's BlockTraffic / AllowTraffic at most
 
 
 class Agent:
@@ -94,10 +98,14 @@ class Agent:
                                              "lifecycleEvents": failed_events(None, str(e), "DownloadBundle")})
                 return
             final = None
-            for update in self._run_runner(spec, folder):
+            gate: list[int] = []
+            for update in self._run_runner(spec, folder, gate):
                 last = update.get("lifecycleEvents") or last
                 if "status" in update:
                     final = update
+                elif update.get("waitFor"):
+                    answer = self._wait_for(cid, str(update["waitFor"]), last)
+                    os.write(gate[0], f"{answer}\n".encode())
                 else:
                     self._call("ReportCommand", {"commandId": cid, "lifecycleEvents": last})
             if final is None:
@@ -121,21 +129,38 @@ class Agent:
             "deploymentGroupName": command["deploymentGroupName"], "deploymentGroupId": command["deploymentGroupId"],
             "creator": command["creator"], "fileExistsBehavior": command["fileExistsBehavior"],
             "ignoreApplicationStopFailures": command["ignoreApplicationStopFailures"],
-            "bundle": local.location, "bundleType": local.bundle_type, "fetchedFrom": to_record(source)}
+            "bundle": local.location, "bundleType": local.bundle_type, "fetchedFrom": to_record(source),
+            "trafficControl": bool(command.get("trafficControl"))}
         if self.host_root:
             spec["rootDir"] = machine_root_dir(self.host_root)
             spec["logDir"] = machine_log_dir(self.host_root)
         return spec
 
-    def _run_runner(self, spec: RunnerSpec, folder: str) -> Iterator[JsonObject]:
-        """Start the runner and yield each JSON line it prints."""
+    def _wait_for(self, cid: str, step: str, events: list[JsonObject]) -> str:
+        """Ask the server until its ``step`` (BlockTraffic, AllowTraffic) is done: ``go`` or ``stop``."""
+        deadline = time.monotonic() + WAIT_FOR_LIMIT
+        while time.monotonic() < deadline:
+            try:
+                answer = self._call("ReportCommand", {"commandId": cid, "lifecycleEvents": events,
+                                                      "waitFor": step}).get("proceed", "go")
+            except CdsimError:
+                answer = "wait"   # the server is busy or restarting: ask again
+            if answer != "wait":
+                return "go" if answer == "go" else "stop"
+            time.sleep(self.poll_interval)
+        return "stop"
+
+    def _run_runner(self, spec: RunnerSpec, folder: str, gate: list[int]) -> Iterator[JsonObject]:
+        """Start the runner and yield each JSON line it prints; ``gate`` gets the write end of its stdin."""
         argv = [sys.executable, "-m", "agent.service.runner", json.dumps(spec)]
         env = without_aws_variables(os.environ, every=True)
         read_fd, write_fd = os.pipe()
+        stdin_read, stdin_write = os.pipe()
+        gate.append(stdin_write)
         status: list[int] = []
         with open(os.path.join(folder, "runner.stderr"), "wb") as err:
             if self.host_root:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=err,
+                proc = subprocess.Popen(argv, stdin=stdin_read, stdout=write_fd, stderr=err,
                                         env=env, cwd="/")
                 waiter = threading.Thread(target=lambda: status.append(proc.wait()))
             else:
@@ -143,7 +168,7 @@ class Agent:
                 inst = instances.get(self.instance, state=self.state)
                 waiter = threading.Thread(target=lambda: status.append(instances.exec_in(
                     inst, argv, env=dict(env, CDSIM_INSIDE_INSTANCE=self.instance), cwd="/",
-                    stdin=subprocess.DEVNULL, stdout=write_fd, stderr=err)))
+                    stdin=stdin_read, stdout=write_fd, stderr=err)))
             waiter.start()
             try:
                 with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as reader:
@@ -162,7 +187,9 @@ class Agent:
             finally:
                 if write_fd >= 0:
                     os.close(write_fd)
+                os.close(stdin_write)   # EOF: a runner still waiting stops
                 waiter.join()
+                os.close(stdin_read)
 
     def _stderr_tail(self, folder: str) -> str:
         try:

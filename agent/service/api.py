@@ -1,8 +1,14 @@
 """The CodeDeploy operations (service version 2014-10-06) over the store, with AWS-shaped errors.
 
 ``Api.dispatch(operation, body)`` returns the response document or raises ``ApiError`` (its
-``__type``, message and HTTP status). Also the two operations cdsim's agents use
-(``AGENT_PREFIX``.PollCommand / ReportCommand). Must not import the server or the agent side.
+``__type``, message and HTTP status). Every operation of botocore's CodeDeploy model has a handler;
+a body is first checked against the model (``agent.service.model``), then by the handler. Operations
+only blue/green, ECS or Lambda deployments have (ContinueDeployment, SkipWaitTimeForInstanceTermination,
+PutLifecycleEventHookExecutionStatus) check their input and answer
+``UnsupportedActionForDeploymentTypeException``, as CodeDeploy does for an in-place deployment. Tags are
+kept per resource ARN (application, deployment group, deployment configuration). Also the two operations
+cdsim's agents use (``AGENT_PREFIX``.PollCommand / ReportCommand). Must not import the server or the
+agent side.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from agent.service import revisions
+from agent.service import model, revisions
 from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, tag_matches
 from agent.service.revisions import RevisionError
 from agent.service.shapes import JsonObject
@@ -23,6 +29,10 @@ TARGET_PREFIX = "CodeDeploy_20141006"
 AGENT_PREFIX = "CdsimAgent_20261127"
 FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
 _DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
+BUILTIN_PREFIX = "CodeDeployDefault."
+MAX_TAGS = 50                        # per resource: AWS's usual tagging limit
+_ARN = re.compile(r"arn:aws[a-z-]*:(?P<service>[a-z0-9-]+):(?P<region>[a-z0-9-]*):(?P<account>[0-9]*):"
+                  r"(?P<resource>.+)")
 
 
 class ApiError(Exception):
@@ -147,6 +157,7 @@ class Api:
         self.store = store
         self.engine = engine
         self.github_roots = list(github_roots)
+        model.operations()   # read botocore's model now, not in the first request
 
     def _deployable(self, rev: JsonObject) -> JsonObject:
         """A GitHub revision's repository must be a folder under a configured GitHub root."""
@@ -158,11 +169,95 @@ class Api:
         return rev
 
     def dispatch(self, operation: str, body: JsonObject) -> JsonObject:
-        handler: Callable[[JsonObject], JsonObject] | None = (
-            getattr(self, "op_" + operation, None) if re.fullmatch(r"[A-Z][A-Za-z]+", operation) else None)
-        if handler is None:
+        if operation not in model.operations():
             raise ApiError("UnknownOperationException", f"Unknown operation {operation}")
+        problem = model.check_input(operation, body)
+        if problem is not None:
+            raise ApiError(*problem)
+        token = body.get("nextToken") or body.get("NextToken")
+        if token and "InvalidNextTokenException" in model.errors_of(operation):
+            # every list answers in one page, so no token was ever handed out
+            raise ApiError("InvalidNextTokenException", "The next token was specified in an invalid format")
+        handler: Callable[[JsonObject], JsonObject] | None = getattr(self, "op_" + operation, None)
+        if handler is None:   # an operation of a newer botocore model than this server knows
+            raise ApiError("UnknownOperationException", f"cdsim does not implement {operation} yet")
         return handler(body)
+
+    # -- ARNs and tags --------------------------------------------------------------------------
+    def arn(self, kind: str, name: str) -> str:
+        """The ARN of an application, a deploymentgroup (``app/group``) or a deploymentconfig."""
+        return f"arn:aws:codedeploy:{self.engine.region}:{self.engine.account}:{kind}:{name}"
+
+    def _resource(self, arn: str) -> str:
+        """The stored resource an ARN names (its ARN, canonical), or the model's error for it."""
+        m = _ARN.fullmatch(arn)
+        if m is None:
+            raise ApiError("InvalidArnException", f"The ARN {arn} is not valid")
+        kind, _, name = m["resource"].partition(":")
+        if m["service"] != "codedeploy" or kind not in ("application", "deploymentgroup", "deploymentconfig"):
+            raise ApiError("ArnNotSupportedException",
+                           f"The ARN {arn} is not supported: tags are kept on applications, deployment groups "
+                           "and deployment configurations")
+        ours = (m["region"], m["account"]) == (self.engine.region, self.engine.account)
+        if kind == "application":
+            if not ours or self.store.get("application", name) is None:
+                raise ApiError("ApplicationDoesNotExistException", f"No application found for name: {name}")
+        elif kind == "deploymentgroup":
+            app, _, group = name.partition("/")
+            if not ours or self.store.get("application", app) is None:
+                raise ApiError("ApplicationDoesNotExistException", f"No application found for name: {app}")
+            if not group or self.store.get("group", name) is None:
+                raise ApiError("DeploymentGroupDoesNotExistException",
+                               f"No Deployment Group found for name: {group}")
+        elif not ours or name.startswith(BUILTIN_PREFIX) or self.store.get("config", name) is None:
+            # built-in configurations are AWS's own resources: nobody's tags go on them
+            raise _no_config(name)
+        return self.arn(kind, name)
+
+    def tags_of(self, arn: str) -> list[JsonObject]:
+        doc = self.store.get("tags", arn)
+        return list(doc["Tags"]) if doc else []
+
+    def _set_tags(self, arn: str, tags: list[JsonObject]) -> None:
+        if tags:
+            self.store.put("tags", arn, {"Tags": tags})
+        else:
+            self.store.delete("tags", arn)
+
+    def _add_tags(self, arn: str, new: list[JsonObject]) -> None:
+        """Add or replace (by key) tags on a resource; of two new tags with one key, the later wins."""
+        for t in new:
+            key, value = t.get("Key"), t.get("Value", "")
+            if not isinstance(key, str) or not key or len(key) > 128 or not isinstance(value, str) \
+                    or len(value) > 256 or key.lower().startswith("aws:"):
+                raise ApiError("InvalidTagsToAddException",
+                               f"Invalid tag {json.dumps(t)}: a Key of 1 to 128 characters not starting with "
+                               "aws:, a Value of up to 256")
+        merged = {t["Key"]: t.get("Value", "") for t in self.tags_of(arn)}
+        merged.update({t["Key"]: t.get("Value", "") for t in new})
+        if len(merged) > MAX_TAGS:
+            raise ApiError("InvalidTagsToAddException", f"A resource may have at most {MAX_TAGS} tags")
+        self._set_tags(arn, [{"Key": k, "Value": v} for k, v in merged.items()])
+
+    def op_TagResource(self, body: JsonObject) -> JsonObject:
+        tags = _list(body, "Tags")
+        if not tags:
+            raise ApiError("TagRequiredException", "Tags must be specified")
+        with self.store.transaction():
+            self._add_tags(self._resource(body["ResourceArn"]), tags)
+        return {}
+
+    def op_UntagResource(self, body: JsonObject) -> JsonObject:
+        keys = _list(body, "TagKeys")
+        if not keys:
+            raise ApiError("TagRequiredException", "Tag keys must be specified")
+        with self.store.transaction():
+            arn = self._resource(body["ResourceArn"])
+            self._set_tags(arn, [t for t in self.tags_of(arn) if t["Key"] not in keys])
+        return {}
+
+    def op_ListTagsForResource(self, body: JsonObject) -> JsonObject:
+        return {"Tags": self.tags_of(self._resource(body["ResourceArn"]))}
 
     # -- lookups --------------------------------------------------------------------------------
     def _app(self, body: JsonObject) -> JsonObject:
@@ -231,6 +326,7 @@ class Api:
             app = {"applicationId": str(uuid.uuid4()), "applicationName": name, "createTime": time.time(),
                    "linkedToGitHub": False, "computePlatform": "Server"}
             self.store.put("application", name, app)
+            self._add_tags(self.arn("application", name), _list(body, "tags"))
         return {"applicationId": app["applicationId"]}
 
     def op_GetApplication(self, body: JsonObject) -> JsonObject:
@@ -254,8 +350,42 @@ class Api:
             for kind in ("group", "revision"):
                 for key, _ in self.store.items(kind, f"{name}/"):
                     self.store.delete(kind, key)
+                    if kind == "group":
+                        self.store.delete("tags", self.arn("deploymentgroup", key))
             self.store.delete("application", name)   # deleting a missing application succeeds, as AWS does
+            self.store.delete("tags", self.arn("application", name))
         return {}
+
+    def op_UpdateApplication(self, body: JsonObject) -> JsonObject:
+        """Rename an application: its deployment groups, revisions, deployments and tags follow."""
+        old = _required(body, "applicationName", "ApplicationNameRequiredException", "Application name")
+        new = _str(body, "newApplicationName")
+        with self.store.transaction():
+            app = self._app(body)
+            if new is None or new == old:
+                return {}
+            if self.store.get("application", new):
+                raise ApiError("ApplicationAlreadyExistsException", f"Application {new} already exists")
+            self.store.delete("application", old)
+            self.store.put("application", new, dict(app, applicationName=new))
+            self._move_tags(self.arn("application", old), self.arn("application", new))
+            for key, group in self.store.items("group", f"{old}/"):
+                self.store.delete("group", key)
+                new_key = f"{new}/{group['deploymentGroupName']}"
+                self.store.put("group", new_key, dict(group, applicationName=new))
+                self._move_tags(self.arn("deploymentgroup", key), self.arn("deploymentgroup", new_key))
+            for key, rev in self.store.items("revision", f"{old}/"):
+                self.store.delete("revision", key)
+                self.store.put("revision", new + key[len(old):], rev)
+            for doc in self.store.values("deployment"):
+                if doc["applicationName"] == old:
+                    self.store.put("deployment", doc["deploymentId"], dict(doc, applicationName=new))
+        return {}
+
+    def _move_tags(self, old: str, new: str) -> None:
+        tags = self.tags_of(old)
+        self.store.delete("tags", old)
+        self._set_tags(new, tags)
 
     # -- deployment groups ----------------------------------------------------------------------
     def _group_fields(self, body: JsonObject, group: JsonObject) -> JsonObject:
@@ -308,6 +438,7 @@ class Api:
                      "terminationHookEnabled": False}
             group = self._group_fields(body, group)
             self.store.put("group", key, group)
+            self._add_tags(self.arn("deploymentgroup", key), _list(body, "tags"))
         return {"deploymentGroupId": group["deploymentGroupId"]}
 
     def op_GetDeploymentGroup(self, body: JsonObject) -> JsonObject:
@@ -339,14 +470,18 @@ class Api:
                     raise ApiError("DeploymentGroupAlreadyExistsException",
                                    f"A deployment group named {new_name} already exists")
                 self.store.delete("group", old_key)
+                self._move_tags(self.arn("deploymentgroup", old_key), self.arn("deploymentgroup", f"{app}/{new_name}"))
                 group["deploymentGroupName"] = new_name
             group = self._group_fields(body, group)
             self.store.put("group", f"{app}/{group['deploymentGroupName']}", group)
         return {"hooksNotCleanedUp": []}
 
     def op_DeleteDeploymentGroup(self, body: JsonObject) -> JsonObject:
-        group = self._group(body)
-        self.store.delete("group", f"{group['applicationName']}/{group['deploymentGroupName']}")
+        with self.store.transaction():
+            group = self._group(body)
+            key = f"{group['applicationName']}/{group['deploymentGroupName']}"
+            self.store.delete("group", key)
+            self.store.delete("tags", self.arn("deploymentgroup", key))
         return {"hooksNotCleanedUp": []}
 
     # -- revisions ------------------------------------------------------------------------------
@@ -397,8 +532,8 @@ class Api:
     # -- deployment configurations --------------------------------------------------------------
     def op_CreateDeploymentConfig(self, body: JsonObject) -> JsonObject:
         name = _config_name(body)
-        if name.startswith("CodeDeployDefault."):
-            raise ApiError("InvalidDeploymentConfigNameException", "The CodeDeployDefault. prefix is reserved")
+        if name.startswith(BUILTIN_PREFIX):
+            raise ApiError("InvalidDeploymentConfigNameException", f"The {BUILTIN_PREFIX} prefix is reserved")
         mhh = _dict(body, "minimumHealthyHosts")
         if not mhh:
             raise ApiError("InvalidMinimumHealthyHostValueException", "minimumHealthyHosts must be specified")
@@ -427,10 +562,20 @@ class Api:
         return {"deploymentConfigsList": list(BUILTIN_CONFIGS) + [k for k, _ in self.store.items("config")]}
 
     def op_DeleteDeploymentConfig(self, body: JsonObject) -> JsonObject:
+        """Delete a configuration of the user's; AWS's own (``CodeDeployDefault.*``) are refused, and one a
+        deployment group uses. Deleting one that does not exist succeeds, as on AWS."""
         name = _config_name(body)
-        if name in BUILTIN_CONFIGS:
-            raise ApiError("InvalidOperationException", "The built-in deployment configurations cannot be deleted")
-        self.store.delete("config", name)
+        if name in BUILTIN_CONFIGS or name.startswith(BUILTIN_PREFIX):
+            raise ApiError("InvalidOperationException",
+                           f"{name} is a predefined deployment configuration and cannot be deleted")
+        with self.store.transaction():
+            users = [g for g in self.store.values("group") if g.get("deploymentConfigName") == name]
+            if users:
+                raise ApiError("DeploymentConfigInUseException",
+                               f"The deployment configuration {name} is used by the deployment group "
+                               f"{users[0]['applicationName']}/{users[0]['deploymentGroupName']}")
+            self.store.delete("config", name)
+            self.store.delete("tags", self.arn("deploymentconfig", name))
         return {}
 
     # -- deployments ----------------------------------------------------------------------------
@@ -508,6 +653,49 @@ class Api:
         status, message = self.engine.stop(doc["deploymentId"], bool(body.get("autoRollbackEnabled")))
         return {"status": status, "statusMessage": message}
 
+    def _in_place_only(self, body: JsonObject, what: str) -> JsonObject:
+        """The checks of an operation only blue/green, ECS or Lambda deployments have; then the error
+        CodeDeploy answers for an in-place Server deployment (the only kind cdsim runs)."""
+        doc = self._deployment(body)
+        if doc["status"] in DONE:
+            raise ApiError("DeploymentAlreadyCompletedException",
+                           f"The deployment {doc['deploymentId']} is already completed.")
+        raise ApiError("UnsupportedActionForDeploymentTypeException",
+                       f"{what} is supported for blue/green deployments only; {doc['deploymentId']} is an "
+                       "in-place deployment")
+
+    def op_ContinueDeployment(self, body: JsonObject) -> JsonObject:
+        return self._in_place_only(body, "ContinueDeployment")
+
+    def op_SkipWaitTimeForInstanceTermination(self, body: JsonObject) -> JsonObject:
+        return self._in_place_only(body, "SkipWaitTimeForInstanceTermination")
+
+    def op_PutLifecycleEventHookExecutionStatus(self, body: JsonObject) -> JsonObject:
+        """ECS and Lambda deployments' hook functions report here; cdsim runs neither, so after the checks
+        the answer is UnsupportedActionForDeploymentTypeException for the Server deployment named."""
+        doc = self._deployment(body)
+        if _str(body, "lifecycleEventHookExecutionId") is None:
+            raise ApiError("InvalidLifecycleEventHookExecutionIdException",
+                           "A lifecycle event hook execution id must be specified")
+        if _str(body, "status") not in ("Succeeded", "Failed"):
+            raise ApiError("InvalidLifecycleEventHookExecutionStatusException",
+                           "The status must be Succeeded or Failed")
+        raise ApiError("UnsupportedActionForDeploymentTypeException",
+                       f"PutLifecycleEventHookExecutionStatus is for ECS and Lambda deployments; "
+                       f"{doc['deploymentId']} is a Server deployment")
+
+    def op_DeleteResourcesByExternalId(self, body: JsonObject) -> JsonObject:
+        """CloudFormation's clean-up of the resources a stack made; cdsim's resources have no external id."""
+        return {}
+
+    # -- GitHub account tokens: cdsim reads GitHub revisions from local folders, and holds no token -------
+    def op_ListGitHubAccountTokenNames(self, body: JsonObject) -> JsonObject:
+        return {"tokenNameList": []}
+
+    def op_DeleteGitHubAccountToken(self, body: JsonObject) -> JsonObject:
+        name = _required(body, "tokenName", "GitHubAccountTokenNameRequiredException", "GitHub account token name")
+        raise ApiError("GitHubAccountTokenDoesNotExistException", f"No GitHub account token found for name: {name}")
+
     def _summary(self, t: JsonObject) -> JsonObject:
         return {"deploymentId": t["deploymentId"], "instanceId": t["targetId"], "status": t["status"],
                 "lastUpdatedAt": t["lastUpdatedAt"], "lifecycleEvents": t["lifecycleEvents"], "instanceType": "Blue"}
@@ -550,6 +738,16 @@ class Api:
             out.append({"deploymentTargetType": "InstanceTarget", "instanceTarget": public(t)})
         return {"deploymentTargets": out}
 
+    def op_GetDeploymentTarget(self, body: JsonObject) -> JsonObject:
+        doc = self._deployment(body)
+        tid = _required(body, "targetId", "DeploymentTargetIdRequiredException", "Target id")
+        try:
+            t = self._target(doc["deploymentId"], tid)
+        except ApiError:
+            raise ApiError("DeploymentTargetDoesNotExistException",
+                           f"The target {tid} is not part of deployment {doc['deploymentId']}") from None
+        return {"deploymentTarget": {"deploymentTargetType": "InstanceTarget", "instanceTarget": public(t)}}
+
     # -- on-premises instances ------------------------------------------------------------------
     def _instance(self, name: str) -> JsonObject:
         doc = self.store.get("instance", name)
@@ -580,10 +778,15 @@ class Api:
         return {}
 
     def op_DeregisterOnPremisesInstance(self, body: JsonObject) -> JsonObject:
+        """Deregister an instance; one that is not registered (and has a valid name) is left as it is, with
+        no error, since the model lists none for it."""
         name = _required(body, "instanceName", "InstanceNameRequiredException", "Instance name")
         with self.store.transaction():
-            doc = self._instance(name)
-            self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+            doc = self.store.get("instance", name)
+            if doc is not None and not doc.get("deregisterTime"):
+                self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+            elif not revisions.valid_instance_name(name):
+                raise ApiError("InvalidInstanceNameException", f"The on-premises instance name {name!r} is not valid")
         return {}
 
     def op_GetOnPremisesInstance(self, body: JsonObject) -> JsonObject:
@@ -650,5 +853,6 @@ class AgentApi:
             status = _str(body, "status")
             if status not in (None, "Succeeded", "Failed"):
                 raise ApiError("InvalidInputException", f"Invalid command status {status}")
-            return self.engine.report(cid, _list(body, "lifecycleEvents") or None, status)
+            return self.engine.report(cid, _list(body, "lifecycleEvents") or None, status,
+                                      wait_for=_str(body, "waitFor"))
         raise ApiError("UnknownOperationException", f"Unknown operation {operation}")

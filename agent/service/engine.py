@@ -13,10 +13,15 @@ The rules (behaviour doc §8.6 and the service's documentation):
   of a OneAtATime deployment still succeeds, as the real service does.
 * Automatic rollback on DEPLOYMENT_FAILURE (or StopDeployment with autoRollbackEnabled) is a new
   deployment of the group's last successful revision, creator ``codeDeployRollback``.
+* A group with traffic control (``agent.service.traffic``): each instance's lifecycle gains the service's
+  BlockTraffic (after BeforeBlockTraffic) and AllowTraffic (after BeforeAllowTraffic). The agent's runner
+  stops after BeforeBlockTraffic and after BeforeAllowTraffic and asks (ReportCommand with ``waitFor``)
+  until the engine has done that event, in a thread of its own against the state's local AWS
+  (``traffic_gate``); a failed one fails the instance, its remaining events Skipped.
 
 A target is shown by its EC2 instance id (``targetId`` ``i-...``, ``targetArn`` ``arn:aws:ec2:...``) when
 the group selects it by its EC2 tags (``ec2TagFilters``, ``ec2TagSet``) and it is an EC2 instance of the
-state's local AWS (the ``ec2_instance_id`` the server gives), else by its on-premises name; either way its
+state's local AWS (the server's ``instance_ids`` gives its id), else by its on-premises name; either way its
 document is stored under, and its agent polls by, the registered name (``target_name``).
 
 ``plan`` and ``minimum_healthy`` are pure; ``Engine`` applies them to the documents of ``store`` and
@@ -30,10 +35,10 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict
 
+from agent.service import traffic
 from agent.service.shapes import JsonObject
 from agent.service.store import Store
 
@@ -183,15 +188,16 @@ class Engine:
     """Deployments over the store: creation, scheduling (``tick``), agent commands, stop, rollback."""
 
     def __init__(self, store: Store, *, region: str = "us-east-1", account: str = "000000000000",
-                 s3_endpoint: str | None = None, pickup_timeout: float = 600.0,
-                 ec2_instance_id: Callable[[str], str | None] | None = None):
+                 s3_endpoint: str | None = None, pickup_timeout: float = 600.0):
         self.store = store
-        self.ec2_instance_id = ec2_instance_id or (lambda name: None)
         self.pickup_timeout = pickup_timeout
         self.region = region
         self.account = account
         self.s3_endpoint = s3_endpoint
         self.changed = threading.Condition()
+        self.aws_query: traffic.AwsQuery | None = None   # the local AWS holding the load balancers (server's)
+        # instance name -> its EC2 id there (server's): traffic control, and the targets' ids
+        self.instance_ids: traffic.InstanceIds | None = None
 
     # -- helpers --------------------------------------------------------------------------------
     def instance_arn(self, name: str) -> str:
@@ -241,6 +247,7 @@ class Engine:
             or {"enabled": False},
             "updateOutdatedInstancesOnly": False,
             "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"},
+            **self._traffic_fields(group),
             "instanceTerminationWaitTimeStarted": False, "fileExistsBehavior": file_exists or "DISALLOW",
             "computePlatform": "Server", "deploymentStatusMessages": [],
             "_groupId": group["deploymentGroupId"],
@@ -253,12 +260,12 @@ class Engine:
             self.store.put("deployment", did, doc)
             for name in self.selected_instances(group):
                 tags = (self.store.get("instance", name) or {}).get("tags") or []
-                ec2_id = self.ec2_instance_id(name) if ec2_selects(group, tags) else None
+                ec2_id = self.instance_ids(name) if self.instance_ids and ec2_selects(group, tags) else None
                 self.store.put("target", f"{did}/{name}", {
                     "deploymentId": did, "targetId": ec2_id or name, "_instanceName": name,
                     "targetArn": (f"arn:aws:ec2:{self.region}:{self.account}:instance/{ec2_id}" if ec2_id
                                   else self.instance_arn(name)),
-                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": pending_events(),
+                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": self._pending(doc),
                     "instanceLabel": "Blue"})
             group = dict(group, lastAttemptedDeployment={"deploymentId": did, "status": "Created",
                                                          "createTime": now})
@@ -389,11 +396,16 @@ class Engine:
                         "creator": doc["creator"], "deploymentType": "IN_PLACE",
                         "fileExistsBehavior": doc["fileExistsBehavior"],
                         "ignoreApplicationStopFailures": doc["ignoreApplicationStopFailures"],
+                        "trafficControl": traffic.controls_traffic(doc),
                         "s3Endpoint": self.s3_endpoint}
         return None
 
-    def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None) -> dict[str, bool]:
-        """An agent's progress (lifecycle events) and, with ``status``, the command's end."""
+    def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None,
+               wait_for: str | None = None) -> JsonObject:
+        """An agent's progress (lifecycle events) and, with ``status``, the command's end; with
+        ``wait_for``, also whether that traffic event is done (``traffic_gate``)."""
+        if wait_for:
+            return self.traffic_gate(cid, wait_for, events)
         with self.store.transaction():
             cmd = self.store.get("command", cid)
             if cmd is None or cmd["state"] == "Done":
@@ -402,7 +414,7 @@ class Engine:
             target = self.store.existing("target", key)
             now = time.time()
             if events:
-                target["lifecycleEvents"] = events
+                target["lifecycleEvents"] = self._merged(cmd["deploymentId"], target, events, final=bool(status))
             if status:
                 target["status"] = "Succeeded" if status == "Succeeded" else "Failed"
                 self.store.put("command", cid, dict(cmd, state="Done", status=status, doneTime=now))
@@ -443,3 +455,110 @@ class Engine:
                         e = dict(e, status="Skipped")
                     events.append(e)
                 self.report(cid, events, "Failed")
+
+    # -- traffic control (agent.service.traffic) ------------------------------------------------------
+    @staticmethod
+    def _traffic_fields(group: JsonObject) -> JsonObject:
+        """The deployment's deploymentStyle and loadBalancerInfo when the group controls traffic."""
+        if not traffic.controls_traffic(group):
+            return {}
+        return {"deploymentStyle": dict(group["deploymentStyle"], deploymentType="IN_PLACE"),
+                "loadBalancerInfo": group["loadBalancerInfo"]}
+
+    @staticmethod
+    def _pending(doc: JsonObject) -> list[JsonObject]:
+        events = pending_events()
+        return traffic.pending_events(events) if traffic.controls_traffic(doc) else events
+
+    def _merged(self, did: str, target: JsonObject, events: list[JsonObject], *, final: bool) -> list[JsonObject]:
+        """The agent's events, with the engine's own traffic events kept (Skipped once the command ended
+        before them)."""
+        doc = self.store.existing("deployment", did)
+        if not traffic.controls_traffic(doc):
+            return events
+        own = traffic.own_events(target["lifecycleEvents"])
+        if final:
+            own = {k: dict(e, status="Skipped") if e["status"] == "Pending" else e for k, e in own.items()}
+        return traffic.with_traffic_events(events, own)
+
+    def traffic_gate(self, cid: str, step: str, events: list[JsonObject] | None) -> JsonObject:
+        """The agent waits before the event after ``step``'s: start ``step`` (once) and answer ``proceed``:
+        ``wait``, ``go`` (it succeeded) or ``stop`` (it failed, or the command is over)."""
+        if step not in traffic.STEPS:
+            return {"known": True, "proceed": "stop"}
+        start: tuple[JsonObject, JsonObject] | None = None
+        with self.store.transaction():
+            cmd = self.store.get("command", cid)
+            if cmd is None or cmd["state"] == "Done":
+                return {"known": cmd is not None, "proceed": "stop"}
+            key = f"{cmd['deploymentId']}/{cmd['instance']}"
+            target = self.store.existing("target", key)
+            doc = self.store.existing("deployment", cmd["deploymentId"])
+            if not traffic.controls_traffic(doc):
+                return {"known": True, "proceed": "go"}
+            if events:
+                target["lifecycleEvents"] = self._merged(cmd["deploymentId"], target, events, final=False)
+            now = time.time()
+            event = traffic.own_events(target["lifecycleEvents"]).get(step) or {}
+            status = event.get("status", "Pending")
+            if status == "Pending":
+                event.update(lifecycleEventName=step, status="InProgress", startTime=now)
+                target["lifecycleEvents"] = traffic.with_traffic_events(
+                    target["lifecycleEvents"], {**traffic.own_events(target["lifecycleEvents"]), step: event})
+                start = (doc, target)
+                status = "InProgress"
+            target["lastUpdatedAt"] = now
+            self.store.put("target", key, target)
+        if start is not None:
+            threading.Thread(target=self._traffic_step, args=(cid, step, *start), daemon=True,
+                             name=f"cdsim-{step}-{cmd['instance']}").start()
+            self.notify()
+        answer = {"InProgress": "wait", "Succeeded": "go"}.get(status, "stop")
+        return {"known": True, "proceed": answer}
+
+    def _traffic_step(self, cid: str, step: str, doc: JsonObject, target: JsonObject) -> None:
+        """Do BlockTraffic or AllowTraffic for one instance, then record the event's end."""
+        name = target_name(target)
+        ports: dict[str, list[str]] = target.get("_trafficPorts") or {}
+        message, failed = "Succeeded", False
+        try:
+            if self.aws_query is None:
+                raise traffic.TrafficError("this service has no local AWS to reach the load balancers in")
+            balancers = traffic.LoadBalancers(self.aws_query, doc["loadBalancerInfo"], region=self.region,
+                                              instance_ids=self.instance_ids)
+            if step == traffic.BLOCK:
+                _done, ports = balancers.block(name)
+            else:
+                balancers.allow(name, ports)
+        except traffic.TrafficError as e:
+            message, failed = str(e), True
+        except Exception as e:  # noqa: BLE001 - the instance fails with the cause rather than hanging
+            message, failed = f"{type(e).__name__}: {e}", True
+        now = time.time()
+        with self.store.transaction():
+            key = f"{doc['deploymentId']}/{name}"
+            current = self.store.existing("target", key)
+            own = traffic.own_events(current["lifecycleEvents"])
+            own[step] = dict(own.get(step) or {"lifecycleEventName": step, "startTime": now},
+                             status="Failed" if failed else "Succeeded", endTime=now,
+                             diagnostics={"errorCode": "UnknownError" if failed else "Success", "scriptName": "",
+                                          "message": message, "logTail": ""})
+            events = traffic.with_traffic_events(current["lifecycleEvents"], own)
+            current = dict(current, lifecycleEvents=events, lastUpdatedAt=now)
+            if step == traffic.BLOCK:
+                current["_trafficPorts"] = ports
+            if failed:
+                after = False
+                for event in events:
+                    if event["lifecycleEventName"] == step:
+                        after = True
+                    elif after and event["status"] in ("Pending", "InProgress"):
+                        event["status"] = "Skipped"
+                current["status"] = "Failed"
+                cmd = self.store.get("command", cid)
+                if cmd is not None and cmd["state"] != "Done":
+                    self.store.put("command", cid, dict(cmd, state="Done", status="Failed", doneTime=now))
+            self.store.put("target", key, current)
+        if failed:
+            self.tick()
+        self.notify()

@@ -11,6 +11,9 @@ The spec names the fetched bundle (``bundle``, ``bundleType``) and the revision 
 With ``ignoreApplicationStopFailures`` a failed ApplicationStop is reported Failed and the deployment
 goes on from the next event, as the service's option does (the engine's
 ``DeploymentRequest.ignore_application_stop_failures``, which `cdsim deploy` uses too).
+With ``trafficControl`` the runner stops after a successful BeforeBlockTraffic and BeforeAllowTraffic,
+prints ``{"lifecycleEvents": [...], "waitFor": "BlockTraffic"|"AllowTraffic"}`` and reads one line on
+stdin: ``go`` goes on, anything else (the service's event failed) ends the deployment there.
 Imports the engine; nothing imports this.
 """
 from __future__ import annotations
@@ -31,13 +34,22 @@ ERROR_CODES: dict[object, str] = {0: "Success", 1: "ScriptMissing", 2: "ScriptNo
                                   7: "UnknownError"}
 
 
+# the service's own traffic events, and the agent event each follows (agent.service.traffic.AFTER)
+TRAFFIC_AFTER = {"BeforeBlockTraffic": "BlockTraffic", "BeforeAllowTraffic": "AllowTraffic"}
+
+
+class TrafficStopped(Exception):
+    """The service's BlockTraffic or AllowTraffic failed: the deployment ends here."""
+
+
 class Tracker:
     """Turns the engine's event stream into the service's lifecycle events."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, gate: TextIO | None = None) -> None:
         from hooks_runtime.output import DiagnosticTail
 
         self._tail_class = DiagnosticTail
+        self.gate = gate    # traffic control: where the agent says whether to go on
         self.out = out or sys.stdout
         self.events: dict[str, JsonObject] = {e: {"lifecycleEventName": e, "status": "Pending"}
                                               for e in LIFECYCLE_EVENTS}
@@ -85,6 +97,14 @@ class Tracker:
                 e["diagnostics"] = {"errorCode": "UnknownError", "scriptName": "",
                                     "message": r.get("error") or "", "logTail": ""}
             self.send()
+            if self.gate is not None and r["status"] == "Succeeded" and r["event"] in TRAFFIC_AFTER:
+                self.wait_for(TRAFFIC_AFTER[r["event"]])
+
+    def wait_for(self, step: str) -> None:
+        """Stop until the agent says the service's ``step`` is done."""
+        self.send(waitFor=step)
+        if self.gate is None or self.gate.readline().strip() != "go":
+            raise TrafficStopped(f"{step} failed")
 
     def finish(self, succeeded: bool) -> None:
         for e in self.events.values():
@@ -98,7 +118,7 @@ def run(spec: RunnerSpec, out: TextIO | None = None) -> bool:
     from agent.revision import LocalRevision, from_record
     from agent.sequencer import DeploymentRequest, deploy
 
-    tracker = Tracker(out)
+    tracker = Tracker(out, gate=sys.stdin if spec.get("trafficControl") else None)
     config = config_from_mapping({"root_dir": spec.get("rootDir") or AGENT_ROOT_DIR,
                                   "log_dir": spec.get("logDir") or AGENT_LOG_DIR})
     from hooks_runtime.environment import service_environment
@@ -125,6 +145,9 @@ def main(argv: list[str]) -> int:
     started = time.time()
     try:
         ok = run(spec)
+    except TrafficStopped as e:   # the service has failed the instance already; it ignores this report
+        print(json.dumps({"status": "Failed", "error": str(e), "started": started}), flush=True)
+        return 1
     except Exception as e:  # noqa: BLE001 - the agent must hear of any failure, as the service would
         print(json.dumps({"status": "Failed", "error": f"{type(e).__name__}: {e}", "started": started}),
               flush=True)

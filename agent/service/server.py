@@ -9,10 +9,11 @@ requests with ``X-Amz-Target`` and hands any other request to moto's S3 running 
 one ``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the
 supervisor that runs an agent for every registered on-premises instance that is one of this state
 folder's sandboxed instances. Those with a private network are EC2 instances of the state's local AWS,
-and deployments show them by their EC2 instance ids (the engine's ``ec2_instance_id``).
+and deployments show them by their EC2 instance ids (the engine's ``instance_ids``).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -80,8 +81,10 @@ class Service:
         if s3:
             from agent.service.s3 import MotoS3
             self.moto = MotoS3(os.path.join(self.folder, "s3"))
-        self.engine = Engine(self.store, region=region, pickup_timeout=agent_timeout,
-                             ec2_instance_id=self._ec2_instance_id)
+        self.engine = Engine(self.store, region=region, pickup_timeout=agent_timeout)
+        from agent.instance import localaws
+        self.engine.aws_query = functools.partial(localaws.query, self.state)
+        self.engine.instance_ids = self._ec2_id   # traffic control's load balancers
         self.api = Api(self.store, self.engine, self.github_roots)
         self.agent_api = AgentApi(self.engine)
         self.run_agents = agents
@@ -193,15 +196,12 @@ class Service:
                 names.append(doc["instanceName"])
         return names
 
-    def _ec2_instance_id(self, name: str) -> str | None:
-        """The EC2 instance id of a registered instance that is one of this state's private-network
-        instances (an EC2 instance of its local AWS: agent.instance.imds), else None (on-premises)."""
+    def _ec2_id(self, name: str) -> str | None:
+        """A sandboxed instance's EC2 id in the state's local AWS (traffic control), or None."""
         from agent.instance import imds
         from agent.instance import store as instance_store
         found = instance_store.load(name, self.state) if valid_instance_name(name) else None
-        if found is None or found.network != "private":
-            return None
-        return imds.load(found)["instance_id"]
+        return imds.load(found)["instance_id"] if found is not None and found.network == "private" else None
 
     def _supervise(self) -> None:
         from agent.service.agent_loop import Agent

@@ -27,5 +27,6 @@ class RunnerSpec(TypedDict, total=False):
     bundleType: Required[str]                      # tar, tgz or zip
     fetchedFrom: Required[dict[str, str | None]]   # the revision fetched (agent.revision.to_record): its
                                                    # BUNDLE_* variables are the hooks'
+    trafficControl: bool                           # stop for the service's BlockTraffic and AllowTraffic
     rootDir: str                                   # host agents: the deployment root and log folder;
     logDir: str                                    # else the agent's own, inside the instance

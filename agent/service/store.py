@@ -1,8 +1,10 @@
 """The service's state: JSON documents in one SQLite file, so a restart keeps every deployment.
 
 A document has a ``kind`` (application, group, revision, config, deployment, target, instance,
-command) and a key unique within the kind; ``seq`` keeps insertion order for listings. Every
+command, tags) and a key unique within the kind; ``seq`` keeps insertion order for listings. Every
 operation holds one lock, and ``transaction()`` groups several into one SQLite transaction.
+The file's ``PRAGMA user_version`` is its schema version: an older file is migrated in place when
+opened (``MIGRATIONS``), a newer one (a later cdsim's) is refused untouched.
 Must not import the engine, the API or the server.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent.errors import EnvironmentProblem
 from agent.service.shapes import JsonObject
 
 SCHEMA = """
@@ -26,6 +29,11 @@ CREATE TABLE IF NOT EXISTS doc (
 );
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# what brings a file of version N-1 (index N-1) to version N; 0 is every file written before versions
+MIGRATIONS: tuple[str, ...] = (
+    "",   # 1: tags, kept as documents of kind "tags" keyed by resource ARN: no table changes
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Store:
@@ -37,8 +45,17 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise EnvironmentProblem(f"{path} was written by a newer cdsim (schema version {version}; this one "
+                                     f"knows up to {SCHEMA_VERSION})", reference="server-database",
+                                     hint="run the cdsim that wrote it, or start with another --state")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        for number, step in enumerate(MIGRATIONS[version:], version + 1):
+            self._db.executescript(step)   # each step may be run again should a crash come before the stamp
+            self._db.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
         with self._lock:
