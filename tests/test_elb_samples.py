@@ -185,10 +185,21 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
             out["setup"] = deploy("CodeDeployDefault.AllAtOnce", setup)
             out["balanced"] = deploy("CodeDeployDefault.OneAtATime")
+            # the aws CLI against the server (botocore parses what it answers)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            env.update(AWS_ENDPOINT_URL=ep, AWS_ACCESS_KEY_ID=service.credentials.access_key,
+                       AWS_SECRET_ACCESS_KEY=service.credentials.secret_key, AWS_DEFAULT_REGION="us-east-1",
+                       AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
+
+            def aws(*args: str) -> Any:
+                done = subprocess.run([AWS, "deploy", *args, "--deployment-id", out["balanced"], "--output",
+                                       "json"], env=env, capture_output=True, text=True, timeout=120, check=False)
+                assert done.returncode == 0, done.stderr
+                return json.loads(done.stdout)
+
             out["targets"] = {
-                "list": call(ep, "ListDeploymentInstances", {"deploymentId": out["balanced"]})["instancesList"],
-                "batch": call(ep, "BatchGetDeploymentTargets", {"deploymentId": out["balanced"],
-                                                                "targetIds": list(ids.values())}),
+                "list": aws("list-deployment-instances")["instancesList"],
+                "batch": aws("batch-get-deployment-targets", "--target-ids", *ids.values()),
                 "by_name": call(ep, "GetDeploymentInstance", {"deploymentId": out["balanced"],
                                                               "instanceId": "web-1"})["instanceSummary"]}
             out["ec2"] = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeInstances"})
@@ -274,7 +285,7 @@ def test_in_an_auto_scaling_group_the_samples_use_standby(fleet):
 
 
 def test_deployment_instances_are_the_ec2_instance_ids(fleet):
-    """list-deployment-instances and batch-get-deployment-targets name the fleet by the EC2 instance ids of
+    """`aws deploy list-deployment-instances` and `batch-get-deployment-targets` name the fleet by the EC2 ids of
     `aws ec2 describe-instances` and the identity document (ARNs arn:aws:ec2:...); the registered name still
     finds an instance."""
     ids = set(fleet["ids"].values())
