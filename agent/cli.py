@@ -36,6 +36,7 @@ COMMANDS = {
     "fleet": "fleet",
     "wait": "wait",
     "agent": "agent",
+    "lb": "lb",
 }
 
 
@@ -57,6 +58,7 @@ SUMMARIES = {
     "fleet": "launch or remove a fleet of tagged instances registered with the cdsim server",
     "wait": "wait for a deployment to finish; exit non-zero with the failure when it fails",
     "agent": "run an agent that polls a cdsim server for an instance's deployments",
+    "lb": "serve, list or stop the local load balancer that carries the local AWS's ELBv2 traffic",
 }
 
 

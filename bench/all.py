@@ -3,7 +3,7 @@
     python bench/all.py [--files 20000] [--runs 5] [--where /dev/shm /var/tmp] [--only NAME ...]
                         [--agent "codedeploy-local"]
 
-NAMEs: dir tgz big redeploy plan hooks startup e2e fleet memory. File figures are measured on tmpfs
+NAMEs: dir tgz big redeploy plan hooks startup e2e fleet memory lb. File figures are measured on tmpfs
 (/dev/shm: our code, not the disk) and on the disk (/var/tmp: slow for metadata here, so a full run takes
 several minutes). Prints each figure as it is measured, then the table in Markdown, with the machine's
 cores and load: each figure's "load" column gives the 1-minute load average at its start and the cores
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import TMPFS, WHERE, LoadMeter, Row, table
 
-NAMES = ("dir", "tgz", "big", "redeploy", "plan", "hooks", "startup", "e2e", "fleet", "memory")
+NAMES = ("dir", "tgz", "big", "redeploy", "plan", "hooks", "startup", "e2e", "fleet", "memory", "lb")
 
 
 HOOK_OUTPUT = 1.1  # target for the hook printing 200 MB, x its output sent to /dev/null
@@ -120,6 +120,9 @@ def measure(name: str, args: argparse.Namespace, runs: int) -> list[Row]:
     elif name == "memory":
         import memory
         rows += memory.rows(args.files, runs, [TMPFS])
+    elif name == "lb":
+        import lb
+        rows += lb.rows()
     return rows
 
 

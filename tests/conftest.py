@@ -96,6 +96,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_aws_cli.py": ("service", "instance"),
     "test_api_model.py": ("service",),
     "test_elb_samples.py": ("service", "instance"),
+    "test_loadbalancer.py": ("instance",),
     "test_traffic_control.py": ("service", "instance"),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),
@@ -126,6 +127,8 @@ SLOW: tuple[str, ...] = (
     "hostile/test_corpus.py", "test_crash_safety.py", "test_concurrency.py", "test_pytest_plugin.py",
     "test_process_leaks.py", "test_fuzz.py", "test_application_stop.py", "test_local_cli.py",
     "test_hook_environment.py", "test_logs.py", "test_umask.py", "test_bench_e2e.py",
+    # pre-commit builds its hook virtualenv (pip install of cdsim), the action installs cdsim as GitHub would
+    "test_precommit.py", "test_action.py",
     # hooks that time out, fork or hold their output
     "test_hooks_runtime.py::TestTimeout", "test_hooks_runtime.py::TestSupervisor",
     "test_hooks_runtime.py::TestEscapesWithoutAMarker", "test_hooks_runtime.py::TestOutputHolders",

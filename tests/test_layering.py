@@ -34,6 +34,7 @@ SPAWNERS = {
     "agent.instance.enter": "the launcher forks and executes the command inside the instance",
     "agent.instance.idmap": "newuidmap/newgidmap from a forked helper outside the new user namespace",
     "agent.instance.keeper": "the keeper process and the instance's init",
+    "agent.instance.loadbalancer": "the state's load balancer daemon (detached) and its helpers in instances' networks",
     "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",
     "agent.instance.services": "the instance's services daemon (detached) and its helper joining the namespaces",
     "agent.pytest_plugin": "`cdsim deploy` in a subprocess, and exec() inside the deployment's place",
@@ -58,7 +59,7 @@ PURE = ("agent.appspec", "agent.appspec_platforms",
         "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
         "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
-        "agent.reports.github")
+        "agent.reports.github", "agent.reports.markdown", "agent.reports.sarif")
 _IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
 
 # What no command's parser may load: `cdsim --help` and every command's start imports the parser only

@@ -391,4 +391,4 @@ def test_public_names_of_the_reports_package_are_locked():
 
     assert agent.reports.__all__ == ["KINDS", "add_report_option", "load_records", "parse_report_option",
                                      "render", "render_text", "write_reports"]
-    assert agent.reports.KINDS == ("github", "html", "json", "junit")
+    assert agent.reports.KINDS == ("github", "html", "json", "junit", "markdown")

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--network", choices=("private", "host"), default="private")
     up.add_argument("--target-group", default=None, metavar="NAME",
                     help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
-                         "the instances start, and the local AWS keeps it while they run)")
+                         "the instances start, and the local AWS keeps it while they run); when a load balancer "
+                         "of the local AWS has an HTTP listener, its traffic is served too (cdsim lb list)")
     up.add_argument("--load-balancer", default=None, metavar="NAME",
                     help="register the instances with this Classic Load Balancer of the local AWS (made when "
                          "missing: HTTP 80 in the instances' zone)")
@@ -134,6 +135,9 @@ def _join_local_aws(names: list[str], target_group: str | None, load_balancer: s
     ids = [imds.load(inst)["instance_id"] for inst in made]
     if target_group:
         localaws.register_targets(folder, target_group, ids, region=identity["region"])
+        from agent.instance import loadbalancer
+        if loadbalancer.listeners_exist(folder):   # a load balancer to carry traffic to them: serve it
+            loadbalancer.ensure(folder)
     if load_balancer:
         localaws.register_with_load_balancer(folder, load_balancer, ids, zone=identity["availability_zone"],
                                              region=identity["region"])

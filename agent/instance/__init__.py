@@ -16,7 +16,9 @@ Module map: ``store`` (an instance folder's files and metadata; ``agent.state`` 
 ``namespaces`` (system calls), ``overlay`` (the root file system), ``keeper`` (start/stop), ``idmap``
 (user namespace id maps), ``confine`` (capabilities, seccomp), ``enter`` (the launcher), ``diff`` (what
 changed), ``services`` (the per-instance daemon serving its network: ``imds`` the instance metadata,
-``awsnet`` its resolver, CA and the proxy to ``localaws``, the state's moto; ``netlink`` the links).
+``awsnet`` its resolver, CA and the proxy to ``localaws``, the state's moto; ``netlink`` the links),
+``loadbalancer`` (the state's load balancer daemon carrying ELBv2 traffic to instances; ``lbview`` what
+it shows through the local AWS's answers).
 Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations

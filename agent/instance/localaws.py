@@ -6,16 +6,20 @@ Auto Scaling, S3, SSM, Secrets Manager, STS, ...) on a Unix socket in the state 
 memory while any instance of the state runs and exits once none has for a moment. Account
 ``000000000000``, as the instance metadata reports. Every private-network instance of the state is an
 EC2 instance there (:class:`Ec2Mirror`): the id, AMI, type, zone and private address its metadata
-reports, its tags plus ``Name``, running while its services run, else stopped. Where moto answers
-differently from AWS in a way hooks depend on, agent.instance.awsfixes answers instead. From the host,
-:func:`register_targets`, :func:`register_with_load_balancer` and :func:`attach_to_auto_scaling_group`
-put instances behind a target group, a Classic Load Balancer or in an Auto Scaling group (``cdsim fleet
-up``). Must not import the deploy engine or hooks_runtime.
+reports, its tags plus ``Name``, running while its services run, else stopped. ELB/ELBv2 answers go
+through agent.instance.lbview (the state's load balancer's health states and URLs, its change token),
+and a listener made or changed starts the load balancer (agent.instance.loadbalancer, by a process: it
+imports this module). Where moto answers differently from AWS in a way hooks depend on,
+agent.instance.awsfixes answers instead (before lbview and moto). From the host, :func:`register_targets`,
+:func:`register_with_load_balancer` and :func:`attach_to_auto_scaling_group` put instances behind a
+target group, a Classic Load Balancer or in an Auto Scaling group (``cdsim fleet up``). Must not import
+the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
 import fcntl
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -29,7 +33,7 @@ import urllib.parse
 from typing import Any
 from xml.etree import ElementTree
 
-from agent.instance import awsfixes
+from agent.instance import awsfixes, lbview
 from agent.instance.procstat import start_ticks
 from agent.state import aws_dir, instances_dir
 
@@ -98,7 +102,7 @@ class LocalAwsError(Exception):
 
 
 def query(state: str, service: str, params: dict[str, str], *, region: str = "us-east-1",
-          host: str | None = None) -> ElementTree.Element:
+          host: str | None = None, extra_headers: dict[str, str] | None = None) -> ElementTree.Element:
     """One AWS query-protocol call (EC2, ELB, ELBv2, Auto Scaling, ...) to the state's local AWS, from the
     host (through its Unix socket); the response's XML with namespaces removed. Raises LocalAwsError."""
     body = urllib.parse.urlencode(params)
@@ -107,7 +111,7 @@ def query(state: str, service: str, params: dict[str, str], *, region: str = "us
     headers = {"Host": host or f"{service}.{region}.amazonaws.com",
                "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
                "Authorization": f"AWS4-HMAC-SHA256 Credential=AKIACDSIMLOCAL/{stamp}/{region}/{service}/aws4_request, "
-                                "SignedHeaders=host, Signature=0"}
+                                "SignedHeaders=host, Signature=0", **(extra_headers or {})}
     try:
         connection.request("POST", "/", body=body, headers=headers)
         reply = connection.getresponse()
@@ -296,6 +300,55 @@ def _services_running(folder: str) -> bool:
     return isinstance(record, dict) and start_ticks(record.get("pid", -1)) == record.get("started")
 
 
+def _elbv2(state: str, moto: Any, environ: dict[str, Any], start_response: Any) -> Any:
+    """An ELB/ELBv2 request: the load balancer's view put into its answer (agent.instance.lbview), and
+    the load balancer told when it changed something."""
+    length = environ.get("CONTENT_LENGTH") or "0"
+    body = environ["wsgi.input"].read(int(length)) if length.isdigit() else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+    action = params.get("Action", "")
+    if not action.startswith("Describe"):
+        statuses: list[str] = []
+
+        def noted(status: str, headers: Any, exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        answer = moto(environ, noted)
+        if action in ("CreateListener", "ModifyListener") and statuses and statuses[0].startswith("200"):
+            _serve_load_balancers(state)
+        lbview.note_change(state)
+        return answer
+    if environ.get("HTTP_" + lbview.RAW_HEADER.upper().replace("-", "_")) == "raw" or action not in lbview.ADJUSTED:
+        return moto(environ, start_response)
+    got: list[Any] = []
+    chunks = b"".join(moto(environ, lambda status, headers, exc_info=None: got.append((status, headers))))
+    status, headers = got[0]
+    adjusted = lbview.adjust(state, action, params, chunks) if status.startswith("200") else None
+    if adjusted is not None:
+        chunks = adjusted
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(chunks))))
+    start_response(status, headers)
+    return [chunks]
+
+
+_LB_MAIN = "import sys; from agent.instance.loadbalancer import ensure; ensure(sys.argv[1])"
+
+
+def _serve_load_balancers(state: str) -> None:
+    """A listener was made or changed: start the state's load balancer (agent.instance.loadbalancer) if it
+    does not run, without waiting for it (its first view waits for this answer)."""
+    if lbview.read(state) is not None:
+        return
+    os.makedirs(lbview.folder(state), mode=0o700, exist_ok=True)
+    with open(os.path.join(lbview.folder(state), "daemon.log"), "ab") as log:
+        starter = subprocess.Popen([sys.executable, "-c", _LB_MAIN, state], stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, start_new_session=True, cwd="/")
+    threading.Thread(target=starter.wait, daemon=True).start()
+
+
 def server_main(state: str) -> int:
     """Import moto and listen, then leave the serving to a child (detached): the starting process learns
     from this one's exit status whether the local AWS runs."""
@@ -326,6 +379,8 @@ def server_main(state: str) -> int:
             start_response(f"{status} {'OK' if status == 200 else 'Bad Request'}",
                            [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
             return [body]
+        if environ.get("HTTP_HOST", "").startswith("elasticloadbalancing."):
+            return _elbv2(state, moto, environ, start_response)
         return moto(environ, start_response)
 
     server = make_server("unix://" + path, 0, app, threaded=True, request_handler=MotoRequestHandler)

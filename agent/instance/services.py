@@ -144,7 +144,7 @@ SERVICES_LINK = "vpc0"
 LINK_LOCAL = ("169.254.169.0", 24)
 
 
-def _join(init_pid: int, init_started: int, userns: bool) -> None:
+def join_network(init_pid: int, init_started: int, userns: bool) -> None:
     """Join the instance's network namespace (after its user namespace, if it has one)."""
     if start_ticks(init_pid) != init_started:
         raise OSError(errno.ESRCH, "the instance's init is gone")
@@ -162,7 +162,7 @@ def _thread_namespace() -> int:
 
 
 def _open_sockets(init_pid: int, init_started: int, userns: bool, identity: imds.Identity) -> list[socket.socket]:
-    _join(init_pid, init_started, userns)
+    join_network(init_pid, init_started, userns)
     instance_ns = _thread_namespace()
     netlink.delete_link(INSTANCE_LINK)   # the pair of a daemon that was killed, if its namespace lingers
     ns.unshare(ns.CLONE_NEWNET)

@@ -1,11 +1,12 @@
-"""Reports rendered from a deployment's event stream (agent.events): junit, json, html, github.
+"""Reports rendered from a deployment's event stream (agent.events): junit, json, html, github, markdown.
 
 The CLI's ``--report KIND=FILE`` (repeatable) goes through :func:`parse_report_option`; after the
 deployment, :func:`write_reports` writes every requested report from the stream's records (each file
 written atomically) and, when ``GITHUB_ACTIONS=true``, prints GitHub annotations. ``FILE`` may be
 ``-`` for standard output. Renderers are pure (``model``, ``junit``, ``json_report``, ``html``,
-``github``); this module is the one place that reads scripts.log for streams without ``output`` and
-writes files. Must not import the deploy engine, hooks_runtime or the CLI.
+``github``, ``markdown``: a GitHub job summary; ``sarif`` renders validate's findings, not a stream);
+this module is the one place that reads scripts.log for streams without ``output`` and writes
+files. Must not import the deploy engine, hooks_runtime or the CLI.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:      # and the model (with typing) only when a report is writt
 __all__ = ["KINDS", "add_report_option", "load_records", "parse_report_option", "render", "render_text",
            "write_reports"]
 
-KINDS = ("github", "html", "json", "junit")
+KINDS = ("github", "html", "json", "junit", "markdown")
 
 
 def parse_report_option(text: str) -> tuple[str, str]:
@@ -80,6 +81,9 @@ def render_text(kind: str, records: Iterable[Record], *, workspace: str | None =
     if kind == "github":
         from agent.reports import github
         return github.render(deps, workspace or os.getcwd())
+    if kind == "markdown":
+        from agent.reports import markdown
+        return markdown.render(deps)
     raise UsageError(f"unknown report kind {kind!r}", reference="report-kind-unknown",
                      hint=f"KIND is one of {', '.join(KINDS)}")
 

@@ -3,15 +3,21 @@
 ``::error file=F,line=L,col=C,title=T::message`` for the failed hook (the script file in the bundle)
 or for an appspec error (the appspec file at its line), ``::warning::`` for notices and for a failure
 --ignore-application-stop-failures let pass. A previous revision's script (ApplicationStop, spec §4.2)
-is named by its deployment and archive, never as the bundle's file. Paths are made
-relative to the workspace, as GitHub resolves them from the repository root. Pure: summaries and a
-workspace folder in, lines out.
+is named by its deployment and archive, never as the bundle's file. ``finding_commands`` does the same
+for `cdsim validate --format github`'s findings (each at its file, line and column). Paths are made
+relative to the workspace, as GitHub resolves them from the repository root. Pure: summaries (or
+findings) and a workspace folder in, lines out.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from agent.reports.model import DeploymentSummary
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from agent.reports.sarif import FindingLike
 
 
 def _data(text: str) -> str:
@@ -71,3 +77,21 @@ def workflow_commands(deployments: list[DeploymentSummary], workspace: str) -> l
 
 def render(deployments: list[DeploymentSummary], workspace: str) -> str:
     return "".join(line + "\n" for line in workflow_commands(deployments, workspace))
+
+
+def finding_commands(findings: Sequence[FindingLike], workspace: str) -> list[str]:
+    """One ``::error``/``::warning`` per validate finding, at its file (relative to the workspace), line
+    and column; an archive member's finding points at the archive."""
+    lines = []
+    for f in findings:
+        file = f.file
+        member = None
+        if file:
+            from agent.reports.sarif import split_member
+            file, member = split_member(file)
+            file = os.path.relpath(file, workspace) if os.path.isabs(file) else os.path.normpath(file)
+        message = f.message + (f" (hint: {f.hint})" if f.hint else "") + (f" (in {member})" if member else "")
+        lines.append(_command("warning" if f.severity == "warning" else "error", message, file=file,
+                              line=f.line if file and not member else None,
+                              col=f.column if file and not member else None, title=f"cdsim validate: {f.code}"))
+    return lines
