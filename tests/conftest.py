@@ -107,6 +107,8 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 # and single tests or classes (node id, relative to tests/, up to a "::" or a "[")
 NODE_MARKS: dict[str, tuple[str, ...]] = {
     "test_instance.py::TestUnprivilegedUser": ("instance",),
+    "test_image.py::TestDeployIntoAnImage": ("instance",),
+    "test_image.py::TestUnprivileged": ("instance",),
     "test_sample_app.py::TestDeployments": ("instance",),   # namespaces of its own (unshare)
     "test_toolkit.py::test_the_runner_sets_the_state_folder_and_env_wins_over_it": ("instance",),
     "test_pytest_plugin.py::test_fixture_deploys_and_reports_hooks_files_and_exec[instance]": ("instance",),
@@ -132,6 +134,7 @@ SLOW: tuple[str, ...] = (
     # hooks that time out, fork or hold their output
     "test_hooks_runtime.py::TestTimeout", "test_hooks_runtime.py::TestSupervisor",
     "test_hooks_runtime.py::TestEscapesWithoutAMarker", "test_hooks_runtime.py::TestOutputHolders",
+    "test_image.py::TestBadImages",   # a cdsim process per bad image
     "test_hooks_runtime.py::TestHookCgroup", "test_hooks_runtime.py::TestOutput", "test_hooks_runtime.py::TestFigures",
     # single classes and tests
     "test_sample_app.py::TestDeployments", "test_watch.py::TestWatch", "test_reports.py::TestHtml",

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--deployment-group", default=None)
     up.add_argument("--deployment-config", default=None, help="the group's deployment configuration")
     up.add_argument("--network", choices=("private", "host"), default="private")
+    up.add_argument("--image", metavar="REF", default=None,
+                    help="make new instances from this image (see cdsim instance create --image)")
     up.add_argument("--target-group", default=None, metavar="NAME",
                     help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
                          "the instances start, and the local AWS keeps it while they run); when a load balancer "
@@ -63,11 +65,11 @@ def instance_names(value: str, count: int) -> list[str]:
 def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = None,
              group: str | None = None, config: str | None = None, network: str = "private",
              state: str | None = None, target_group: str | None = None, load_balancer: str | None = None,
-             auto_scaling_group: str | None = None) -> list[str]:
+             auto_scaling_group: str | None = None, image: str | None = None) -> list[str]:
     """Create, register and tag ``count`` instances; create the app and group if given and missing;
     with ``target_group`` / ``load_balancer`` / ``auto_scaling_group``, start them and register them in
     that target group / with that Classic Load Balancer / attach them to that Auto Scaling group of the
-    local AWS (each made when missing)."""
+    local AWS (each made when missing). ``image``: new instances are made from it."""
     from agent import instance as instances
     from agent.instance import imds
     from agent.service.client import ServiceError, call
@@ -82,7 +84,7 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
     key, value = parse_tag(tag)
     names = instance_names(value, count)
     for name in names:
-        made = instances.get_or_create(name, network=network, state=state)
+        made = instances.get_or_create(name, network=network, state=state, image_ref=image)
         if made.network == "private":   # an EC2 instance of the local AWS with the fleet's tag
             imds.modify_options(made, tags={**imds.load(made)["tags"], key: value})
         try:
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         names = fleet_up(endpoint, count=args.instances, tag=args.tag, application=args.application,
                          group=args.deployment_group, config=args.deployment_config, network=args.network,
                          state=args.state, target_group=args.target_group, load_balancer=args.load_balancer,
-                         auto_scaling_group=args.auto_scaling_group)
+                         auto_scaling_group=args.auto_scaling_group, image=args.image)
         print(f"fleet up: {', '.join(names)} registered with tag {args.tag}"
               + (f"; application {args.application}" if args.application else "")
               + (f", deployment group {args.deployment_group}" if args.deployment_group else "")
