@@ -269,11 +269,14 @@ class Engine:
         if rollback_info:
             doc["rollbackInfo"] = rollback_info
         names = self.selected_instances(group) if instances is None else sorted(instances)
+        # members of the group's Auto Scaling groups are EC2 instances too: listed by their ids, as AWS does
+        scaled = set(self.auto_scaling_instances(group)) if group.get("autoScalingGroups") else set()
         with self.store.transaction():
             self.store.put("deployment", did, doc)
             for name in names:
                 tags = (self.store.get("instance", name) or {}).get("tags") or []
-                ec2_id = self.instance_ids(name) if self.instance_ids and ec2_selects(group, tags) else None
+                ec2 = name in scaled or ec2_selects(group, tags)
+                ec2_id = self.instance_ids(name) if self.instance_ids and ec2 else None
                 self.store.put("target", f"{did}/{name}", {
                     "deploymentId": did, "targetId": ec2_id or name, "_instanceName": name,
                     "targetArn": (f"arn:aws:ec2:{self.region}:{self.account}:instance/{ec2_id}" if ec2_id
