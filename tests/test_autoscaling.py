@@ -195,7 +195,7 @@ def test_the_new_instance_gets_the_last_successful_revision_automatically(scaled
     assert info["creator"] == "autoscaling"
     assert info["status"] == "Succeeded"
     assert info["revision"]["gitHubLocation"]["commitId"] == scaled["sha"]
-    assert [i.rsplit("/", 1)[-1] for i in scaled["instances"]] == [scaled["new"]]   # the new instance only
+    assert scaled["instances"] == [scaled["new_id"]]   # the new instance only, by its EC2 id as on AWS
     assert scaled["version"] == "A\n"
 
 
@@ -295,11 +295,10 @@ def test_a_scale_out_during_a_deployment_gets_the_last_good_revision_then_a_foll
     assert infos[b]["creator"] == "user"
     assert infos[launch]["revision"]["gitHubLocation"]["commitId"] == scaled["sha"]   # A, the last good one
     assert infos[follow]["revision"]["gitHubLocation"]["commitId"] == sha_b
+    new_id = imds.load(inst.get(new, state=state))["instance_id"]
     for d in (launch, follow):
-        assert [i.rsplit("/", 1)[-1] for i in call(ep, "ListDeploymentInstances", {"deploymentId": d})[
-            "instancesList"]] == [new]
-    assert new not in [i.rsplit("/", 1)[-1] for i in call(ep, "ListDeploymentInstances", {"deploymentId": b})[
-        "instancesList"]]
+        assert call(ep, "ListDeploymentInstances", {"deploymentId": d})["instancesList"] == [new_id]
+    assert new_id not in call(ep, "ListDeploymentInstances", {"deploymentId": b})["instancesList"]
     assert _read(state, new, "/srv/shop/version.txt", scaled["tmp"]) == "B\n"
     ran = [line.split() for line in _read(state, new, "/var/log/asg-hooks.log", scaled["tmp"]).splitlines()]
     assert [e for e, d in ran if d == launch] == [   # no previous revision: no ApplicationStop
