@@ -180,8 +180,9 @@ def rehearsal(tmp_path_factory):
                            "report": json.loads(report.read_text()) if report.exists() else None,
                            "instances": instances,
                            "status": call(ep, "GetDeployment", {"deploymentId": did})["deploymentInfo"]["status"]}
-                (tmp / f"wait-{n}.txt").write_text(done.stdout + done.stderr)
-            out.update(names=names, ids=ids, runs=runs, url=url, loadavg=os.getloadavg())
+                (tmp / f"wait-{n}.txt").write_text(done.stdout + done.stderr)   # for a look after a run
+                (tmp / f"events-{n}.json").write_text(json.dumps(instances, indent=1, default=str))
+            out.update(names=names, ids=ids, runs=runs, url=url)
             yield out
         finally:
             service.close()
@@ -191,8 +192,8 @@ def rehearsal(tmp_path_factory):
 
 def test_a_rolling_deployment_with_traffic_control_drops_no_request(rehearsal):
     """v1 -> v2, 20 requests/s through the load balancer for the whole deployment: every request answered,
-    every answer v1 or v2 from one of the three instances, and v2 from an instance only once its
-    AllowTraffic had begun (it is registered then, not before)."""
+    every answer v1 or v2 from one of the three instances, v2 from an instance only once its AllowTraffic
+    had begun (it is registered then, not before), v1 only until its BlockTraffic ended."""
     assert rehearsal["runs"][1]["status"] == "Succeeded", rehearsal["runs"][1]
     run = rehearsal["runs"][2]
     assert run["exit"] == 0, run["stdout"] + run["stderr"]
@@ -204,14 +205,14 @@ def test_a_rolling_deployment_with_traffic_control_drops_no_request(rehearsal):
     assert sum(total["versions"].values()) == total["sent"]
     assert {f"v2 {name}" for name in names} <= set(total["versions"]), total["versions"]
     events = run["instances"]
-    for row in rows[:-1]:
-        if row["subject"] not in events:
-            continue
-        window_end = events[row["subject"]][row["phase"]]["endTime"]
-        for version in row["versions"]:
-            number, host = version.split()
-            if number == "v2":   # host answered v2 in this window: its AllowTraffic had started by its end
-                assert events[host]["AllowTraffic"]["startTime"] <= window_end, (row, events[host])
+    samples = run["report"]["samples"]
+    assert len(samples) == total["sent"] and not [s for s in samples if s["status"] != 200], samples
+    for sample in samples:   # an instance answers v2 only once its AllowTraffic has begun (registered again)
+        number, host = sample["version"].split()
+        if number == "v2":
+            assert sample["answered"] >= events[host]["AllowTraffic"]["startTime"], (sample, events[host])
+        else:   # and v1 only until its BlockTraffic ended (deregistered, drained)
+            assert sample["sent"] <= events[host]["BlockTraffic"]["endTime"], (sample, events[host])
 
 
 def test_a_stop_without_traffic_control_fails_requests_at_that_instance_s_application_stop(rehearsal):
