@@ -193,7 +193,8 @@ def rehearsal(tmp_path_factory):
 def test_a_rolling_deployment_with_traffic_control_drops_no_request(rehearsal):
     """v1 -> v2, 20 requests/s through the load balancer for the whole deployment: every request answered,
     every answer v1 or v2 from one of the three instances, v2 from an instance only once its AllowTraffic
-    had begun (it is registered then, not before), v1 only until its BlockTraffic ended."""
+    had begun (it is registered then, not before), v1 only until its BlockTraffic ended; BlockTraffic lasts
+    the deregistration delay (1 s)."""
     assert rehearsal["runs"][1]["status"] == "Succeeded", rehearsal["runs"][1]
     run = rehearsal["runs"][2]
     assert run["exit"] == 0, run["stdout"] + run["stderr"]
@@ -205,6 +206,9 @@ def test_a_rolling_deployment_with_traffic_control_drops_no_request(rehearsal):
     assert sum(total["versions"].values()) == total["sent"]
     assert {f"v2 {name}" for name in names} <= set(total["versions"]), total["versions"]
     events = run["instances"]
+    for name in names:   # BlockTraffic waits while the target shows draining: the whole deregistration delay
+        block = events[name]["BlockTraffic"]
+        assert block["endTime"] - block["startTime"] >= 1.0, block
     samples = run["report"]["samples"]
     assert len(samples) == total["sent"] and not [s for s in samples if s["status"] != 200], samples
     for sample in samples:   # an instance answers v2 only once its AllowTraffic has begun (registered again)
