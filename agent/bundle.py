@@ -1279,7 +1279,14 @@ def _unpack(path: str, bundle_type: str, archive_dir: str, limits: Limits,
 
 def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
     while size > 0:
-        n = os.copy_file_range(src, dst, size, offset)
+        try:
+            n = os.copy_file_range(src, dst, size, offset)
+        except OSError as e:
+            # EXDEV: the archive is on another mount (since Linux 5.19 even of the same file system, as a
+            # bundle bound into an instance is)
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            n = os.write(dst, os.pread(src, min(size, _CHUNK), offset))
         if n == 0:  # a truncated archive: tarfile's own words for it
             import tarfile
 

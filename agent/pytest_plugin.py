@@ -2,7 +2,8 @@
 
 The ``cdsim_deploy`` fixture deploys a bundle into a fresh sandboxed instance (destroyed after the
 test) or, when instances are unavailable or ``--cdsim-mode=host`` is given, onto this machine with a
-deployment root in the test's tmp_path (files still go to the appspec's destinations). It returns a
+deployment root in the test's tmp_path (files still go to the appspec's destinations); with
+``--cdsim-image REF`` each instance is made from that image (agent.instance.image). It returns a
 :class:`Deployment`: the outcome, each hook's outcome and output, the files Install put down, and
 ``exec`` to run commands where the bundle was deployed::
 
@@ -100,9 +101,10 @@ class Deployment:
 class DeployTarget:
     """Where a test deploys: one instance (or this machine) and a private state folder."""
 
-    def __init__(self, mode: str, base: Path):
+    def __init__(self, mode: str, base: Path, image: str | None = None):
         self.mode = mode
         self.base = base
+        self.image = image   # the instance's image (instance mode), else an overlay of this machine
         self.state = base / "state"
         self.root = base / "root"
         self.instance_name = f"pytest-{uuid.uuid4().hex[:10]}" if mode == "instance" else None
@@ -149,7 +151,7 @@ class DeployTarget:
         if self.mode == "host":
             argv += ["--host", "--root-dir", str(self.root)]
         else:
-            argv += ["--instance", self._name]
+            argv += ["--instance", self._name, *(["--image", self.image] if self.image else [])]
         for flag, value in (("-e", events), ("-A", appspec_filename), ("--type", bundle_type)):
             if value:
                 argv += [flag, value]
@@ -214,7 +216,7 @@ class DeployTarget:
                                   timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
         from agent import instance as instances
 
-        inst = instances.get_or_create(self._name, state=str(self.state))
+        inst = instances.get_or_create(self._name, state=str(self.state), image_ref=self.image)
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
                 tempfile.TemporaryFile("w+") as stdin:
             if input is not None:
@@ -255,6 +257,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="instance: a fresh sandboxed instance per test; host: this machine; "
                          "auto (default): instance when available, else host")
     parser.addini("cdsim_mode", "default for --cdsim-mode", default="auto")
+    group.addoption("--cdsim-image", default=None, metavar="REF",
+                    help="make each test's instance from this image (docker save or OCI archive, OCI layout or "
+                         "root file system folder; see cdsim instance create --image) instead of this machine")
+    parser.addini("cdsim_image", "default for --cdsim-image", default="")
 
 
 @pytest.fixture(scope="session")
@@ -274,10 +280,15 @@ def cdsim_mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def cdsim_deploy(cdsim_mode: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployTarget]:
-    """Deploy bundles with cdsim: call it with a bundle path; returns a Deployment."""
+def cdsim_deploy(cdsim_mode: str, tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> Iterator[DeployTarget]:
+    """Deploy bundles with cdsim: call it with a bundle path; returns a Deployment. With ``--cdsim-image
+    REF`` (or the ``cdsim_image`` ini value) the instance is made from that image."""
     base = Path(tempfile.mkdtemp(prefix="cdsim-", dir=tmp_path_factory.getbasetemp()))
-    target = DeployTarget(cdsim_mode, base)
+    image = request.config.getoption("--cdsim-image") or request.config.getini("cdsim_image") or None
+    if image and cdsim_mode == "host":
+        pytest.skip(f"--cdsim-image {image} needs sandboxed instances, and this session deploys onto this machine")
+    target = DeployTarget(cdsim_mode, base, os.path.abspath(image) if image else None)
     try:
         yield target
     finally:

@@ -13,6 +13,7 @@ The state folder (``state_dir()``) holds::
     service/agent-work/<instance>/            a `cdsim agent`'s downloads  (agent_work_dir)
     service/hosts/<instance>/                 a `cdsim agent --host`'s machine: deployment-root/, log/
     aws/                                      the local AWS of instances: moto.sock, the CA, certs/  (aws_dir)
+    images/<id>/                              an image unpacked for instances: rootfs/, image.json  (images_dir)
 
 A log folder holds the event streams, the one source of every report:
 ``<log dir>/cdsim-events/<deployment group id>/<deployment id>.jsonl`` (``events_dir``, ``events_file``).
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = ["AGENT_LOG_DIR", "AGENT_ROOT_DIR", "EVENTS_FOLDER", "STATE_DIR_VARIABLE", "agent_work_dir", "aws_dir",
-           "events_dir", "events_file", "host_dir", "host_log_dir", "host_root_dir", "in_upper", "instance_dir",
-           "instances_dir", "machine_log_dir", "machine_root_dir", "resolve", "service_dir", "service_host_dir",
-           "state_dir"]
+           "events_dir", "events_file", "host_dir", "host_log_dir", "host_root_dir", "images_dir", "in_upper",
+           "instance_dir", "instances_dir", "machine_log_dir", "machine_root_dir", "resolve", "service_dir",
+           "service_host_dir", "state_dir"]
 
 STATE_DIR_VARIABLE = "CDSIM_STATE_DIR"
 # the shipped codedeployagent.yml's :root_dir: and :log_dir: (behaviour doc §2), kept as written there
@@ -90,6 +91,12 @@ def service_dir(state: str | None = None) -> str:
 
 def aws_dir(state: str | None = None) -> str:
     return os.path.join(resolve(state), "aws")
+
+
+def images_dir(state: str | None = None) -> str:
+    """The image cache: one folder per unpacked image (agent.instance.image), shared read-only as the
+    lower layer of every instance made from it."""
+    return os.path.join(resolve(state), "images")
 
 
 def agent_work_dir(instance: str, state: str | None = None) -> str:

@@ -99,6 +99,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_loadbalancer.py": ("instance",),
     "test_traffic_control.py": ("service", "instance"),
     "test_rehearsal.py": ("service", "instance"),
+    "test_autoscaling.py": ("service", "instance"),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),
     "test_quick_start_newcomer.py": ("unprivileged", "instance"),
@@ -108,6 +109,8 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 # and single tests or classes (node id, relative to tests/, up to a "::" or a "[")
 NODE_MARKS: dict[str, tuple[str, ...]] = {
     "test_instance.py::TestUnprivilegedUser": ("instance",),
+    "test_image.py::TestDeployIntoAnImage": ("instance",),
+    "test_image.py::TestUnprivileged": ("instance",),
     "test_sample_app.py::TestDeployments": ("instance",),   # namespaces of its own (unshare)
     "test_toolkit.py::test_the_runner_sets_the_state_folder_and_env_wins_over_it": ("instance",),
     "test_pytest_plugin.py::test_fixture_deploys_and_reports_hooks_files_and_exec[instance]": ("instance",),
@@ -133,6 +136,7 @@ SLOW: tuple[str, ...] = (
     # hooks that time out, fork or hold their output
     "test_hooks_runtime.py::TestTimeout", "test_hooks_runtime.py::TestSupervisor",
     "test_hooks_runtime.py::TestEscapesWithoutAMarker", "test_hooks_runtime.py::TestOutputHolders",
+    "test_image.py::TestBadImages",   # a cdsim process per bad image
     "test_hooks_runtime.py::TestHookCgroup", "test_hooks_runtime.py::TestOutput", "test_hooks_runtime.py::TestFigures",
     # single classes and tests
     "test_sample_app.py::TestDeployments", "test_watch.py::TestWatch", "test_reports.py::TestHtml",

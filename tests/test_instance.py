@@ -424,9 +424,9 @@ class TestLifecycle:
     def test_public_api_is_locked(self):
         """The names the lead wires `cdsim deploy` onto."""
         assert inst.__all__ == sorted(inst.__all__)
-        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "bind_target", "command_in", "create",
-                                     "destroy", "diff", "exec_in", "get", "get_or_create", "id_map_problem",
-                                     "list_instances", "processes",
+        assert set(inst.__all__) == {"Change", "Instance", "InstanceStatus", "agent_command", "bind_target",
+                                     "command_in", "create", "destroy", "diff", "exec_in", "get", "get_or_create",
+                                     "id_map_problem", "list_instances", "made_from_image", "processes",
                                      "running", "start", "state_dir", "stop", "unmapped_user_problem"}
 
     def test_state_dir_follows_environment(self, monkeypatch):

@@ -33,6 +33,7 @@ SPAWNERS = {
     "agent.instance": "exec_in runs a command through the launcher; destroy's remover in a user namespace",
     "agent.instance.enter": "the launcher forks and executes the command inside the instance",
     "agent.instance.idmap": "newuidmap/newgidmap from a forked helper outside the new user namespace",
+    "agent.instance.image": "unpacks layers in a child that is root of a user namespace with the caller's maps",
     "agent.instance.keeper": "the keeper process and the instance's init",
     "agent.instance.loadbalancer": "the state's load balancer daemon (detached) and its helpers in instances' networks",
     "agent.instance.localaws": "the state's moto server (detached), started when an instance first calls AWS",

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     where.add_argument("--host", action="store_true", help="deploy onto this machine, as the agent does")
     p.add_argument("--network", choices=("private", "host"), default="private",
                    help="network of a newly created instance (default: private)")
+    add_image_option(p)
     p.add_argument("-g", "--deployment-group", default="default-local-deployment-group")
     p.add_argument("-d", "--deployment-group-name", default="LocalFleet")
     p.add_argument("-a", "--application-name", default=None)
@@ -78,6 +79,12 @@ def deployment_options(args: argparse.Namespace) -> list[str]:
     if args.ignore_application_stop_failures:
         argv.append("--ignore-application-stop-failures")
     return argv
+
+
+def add_image_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", metavar="REF", default=None,
+                   help="make a newly created instance from this image (docker save or OCI archive, OCI layout or "
+                        "root file system folder) instead of this machine (see cdsim instance create --image)")
 
 
 def add_ignore_option(p: argparse.ArgumentParser) -> None:
@@ -174,7 +181,7 @@ def deploy_in_instance(args: argparse.Namespace, bundle: str, btype: str) -> int
     from agent import instance as instances
 
     name = args.instance or DEFAULT_INSTANCE
-    inst = instances.get_or_create(name, network=args.network)
+    inst = instances.get_or_create(name, network=args.network, image_ref=args.image)
     _check_id_map(inst, name, bundle, args.appspec_filename, quiet=args.quiet)
     # the bundle (and configuration file) reach the run inside through bind mounts made for this
     # deployment: through the instance's / (an overlay of the host) they may read as they were when
@@ -185,7 +192,7 @@ def deploy_in_instance(args: argparse.Namespace, bundle: str, btype: str) -> int
         config_file = os.path.abspath(config_file)
         binds[config_file] = instances.bind_target(config_file)
         config_file = binds[config_file]
-    argv = [sys.executable, "-m", "agent", "deploy", "--host", binds[bundle], "--type", btype,
+    argv = [*instances.agent_command(inst), "deploy", "--host", binds[bundle], "--type", btype,
             "-d", args.deployment_group_name, "-a", args.application_name or bundle,
             *deployment_options(args)]
     if config_file:
@@ -197,7 +204,8 @@ def deploy_in_instance(args: argparse.Namespace, bundle: str, btype: str) -> int
               flush=True)
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
     started = time.time()
-    status = instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), binds=binds)
+    cwd = "/" if instances.made_from_image(inst) else os.getcwd()   # the image has not this machine's folders
+    status = instances.exec_in(inst, argv, env=env, cwd=cwd, binds=binds)
     if status != 0:
         from agent.instance.imds import refusal_advice
         advice = refusal_advice(inst, started)
@@ -264,13 +272,14 @@ def run_local_in_instance(opts: dict[str, Any]) -> int:
     if config_file and os.path.isfile(config_file):
         host = os.path.abspath(config_file)
         binds[host] = opts["--agent-configuration-file"] = instances.bind_target(host)
-    argv = [sys.executable, "-m", "agent", "local"]
+    argv = [*instances.agent_command(inst), "local"]
     for k, v in opts.items():
         if k == "--report":
             continue  # written inside, a report would land in the instance's overlay
         argv += [k] if v is None else [k, v]
     env = dict(os.environ, CDSIM_INSIDE_INSTANCE=name)
-    return instances.exec_in(inst, argv, env=env, cwd=os.getcwd(), binds=binds)
+    cwd = "/" if instances.made_from_image(inst) else os.getcwd()
+    return instances.exec_in(inst, argv, env=env, cwd=cwd, binds=binds)
 
 
 class Printer:

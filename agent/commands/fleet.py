@@ -1,16 +1,24 @@
-"""`cdsim fleet up|down`: launch (or remove) tagged sandboxed instances registered with a cdsim server.
+"""`cdsim fleet up|down|scale`: launch (or remove) tagged sandboxed instances registered with a cdsim server.
 
 The local equivalent of the CloudFormation template that launches tagged EC2 instances with the
 agent: ``up`` creates N instances named after the tag value (``demofleet-1`` ...), registers them as
 on-premises instances with the tag, and creates the application and a deployment group selecting
 the tag when they are missing. The server runs an agent for each. ``down`` deregisters and destroys them.
+``scale`` changes the fleet's Auto Scaling group of the local AWS: new instances (named, tagged and
+registered as their group's first member) are attached to it, and the server deploys the last successful
+revision to them; removed ones (the highest numbered) are detached, deregistered from every target group
+and the server, and destroyed.
 """
 from __future__ import annotations
 
 import argparse
 import re
+from typing import TYPE_CHECKING
 
 from agent.errors import UsageError
+
+if TYPE_CHECKING:
+    from agent.instance.store import Instance
 
 SUMMARY = "launch or remove a fleet of tagged instances registered with the cdsim server"
 ROLE_ARN = "arn:aws:iam::000000000000:role/cdsim-codedeploy"
@@ -26,6 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--deployment-group", default=None)
     up.add_argument("--deployment-config", default=None, help="the group's deployment configuration")
     up.add_argument("--network", choices=("private", "host"), default="private")
+    up.add_argument("--image", metavar="REF", default=None,
+                    help="make new instances from this image (see cdsim instance create --image)")
     up.add_argument("--target-group", default=None, metavar="NAME",
                     help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
                          "the instances start, and the local AWS keeps it while they run); when a load balancer "
@@ -34,7 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="attach the instances to this Auto Scaling group of the local AWS (made when missing)")
     down = actions.add_parser("down", help="deregister and destroy the instances with a tag")
     down.add_argument("--tag", required=True)
-    for a in (up, down):
+    scale = actions.add_parser("scale", help="change the number of instances of a fleet's Auto Scaling group")
+    scale.add_argument("group", metavar="NAME", help="the Auto Scaling group (fleet up --auto-scaling-group)")
+    scale.add_argument("--desired", required=True, metavar="N",
+                       help="the number of instances: N, or +N / -N relative to now")
+    for a in (up, down, scale):
         a.add_argument("--state", default=None)
         a.add_argument("--endpoint", default=None)
     p.set_defaults(func=run, parser=p)
@@ -55,10 +69,10 @@ def instance_names(value: str, count: int) -> list[str]:
 def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = None,
              group: str | None = None, config: str | None = None, network: str = "private",
              state: str | None = None, target_group: str | None = None,
-             auto_scaling_group: str | None = None) -> list[str]:
+             auto_scaling_group: str | None = None, image: str | None = None) -> list[str]:
     """Create, register and tag ``count`` instances; create the app and group if given and missing;
     with ``target_group`` / ``auto_scaling_group``, start them and register them in that target group /
-    attach them to that Auto Scaling group of the local AWS."""
+    attach them to that Auto Scaling group of the local AWS. ``image``: new instances are made from it."""
     from agent import instance as instances
     from agent.instance import imds
     from agent.service.client import ServiceError, call
@@ -71,7 +85,7 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
     key, value = parse_tag(tag)
     names = instance_names(value, count)
     for name in names:
-        made = instances.get_or_create(name, network=network, state=state)
+        made = instances.get_or_create(name, network=network, state=state, image_ref=image)
         if made.network == "private":   # an EC2 instance of the local AWS with the fleet's tag
             imds.modify_options(made, tags={**imds.load(made)["tags"], key: value})
         try:
@@ -148,6 +162,125 @@ def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str
     return names
 
 
+ASG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+DESIRED = re.compile(r"([+-]?)([0-9]{1,4})")
+AUTOSCALING = {"Version": "2011-01-01"}
+
+
+def desired_count(text: str, current: int) -> int:
+    """``--desired``: N, +N or -N (relative to ``current``); never below 0."""
+    match = DESIRED.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"--desired {text!r} is not N, +N or -N", reference="fleet-desired-invalid")
+    sign, n = match.group(1), int(match.group(2))
+    wanted = current + n if sign == "+" else current - n if sign == "-" else n
+    if wanted < 0:
+        raise UsageError(f"--desired {text}: the group has {current} instances", reference="fleet-desired-invalid")
+    return wanted
+
+
+def fleet_scale(endpoint: str, group: str, desired: str, *, state: str | None = None) -> tuple[list[str], list[str]]:
+    """Set the number of instances of the local Auto Scaling group ``group``; (launched, terminated) names.
+    New instances copy the first member's tags (service and instance metadata) and continue its names'
+    numbering; they are started and attached, not registered in any target group (the deployment's
+    AllowTraffic does that when its group controls traffic)."""
+    from agent import instance as instances
+    from agent.instance import imds, localaws
+    from agent.service.client import call
+    from agent.state import state_dir
+
+    if not ASG_NAME.fullmatch(group):
+        raise UsageError(f"{group!r} is not an Auto Scaling group name", reference="fleet-asg-invalid")
+    folder = state or state_dir()
+    localaws.ensure(folder)
+    found = localaws.query(folder, "autoscaling", {**AUTOSCALING, "Action": "DescribeAutoScalingGroups",
+                                                   "AutoScalingGroupNames.member.1": group})
+    asg = found.find(".//AutoScalingGroups/member")
+    if asg is None:
+        raise UsageError(f"no Auto Scaling group {group!r} in the local AWS of {folder}",
+                         reference="fleet-asg-unknown", hint="make it with `cdsim fleet up --auto-scaling-group`")
+    ids = {e.text or "" for e in asg.iterfind(".//Instances/member/InstanceId")}
+    local = {s.name: instances.get(s.name, state=state) for s in instances.list_instances(state=state)}
+    by_id = {imds.load(i)["instance_id"]: name for name, i in local.items() if i.network == "private"}
+    members = sorted((by_id[i] for i in ids if i in by_id), key=_number)
+    wanted = desired_count(desired, len(members))
+    if wanted > len(members):
+        if not members:
+            raise UsageError(f"Auto Scaling group {group!r} has no instance of this state to copy",
+                             reference="fleet-asg-empty")
+        return _scale_out(endpoint, folder, group, local[members[0]], wanted - len(members), set(local),
+                          state), []
+    removed = members[wanted:][::-1] if wanted < len(members) else []
+    for name in removed:
+        iid = imds.load(local[name])["instance_id"]
+        localaws.query(folder, "autoscaling", {**AUTOSCALING, "Action": "DetachInstances",
+                                               "AutoScalingGroupName": group, "InstanceIds.member.1": iid,
+                                               "ShouldDecrementDesiredCapacity": "true"})
+        _leave_target_groups(folder, iid)
+        call(endpoint, "DeregisterOnPremisesInstance", {"instanceName": name})
+        instances.destroy(local[name])
+    return [], removed
+
+
+def _number(name: str) -> tuple[str, int]:
+    prefix, _, n = name.rpartition("-")
+    return (prefix, int(n)) if n.isdigit() else (name, 0)
+
+
+def _scale_out(endpoint: str, folder: str, group: str, template: Instance, count: int,
+               taken: set[str], state: str | None) -> list[str]:
+    from agent import instance as instances
+    from agent.instance import imds, localaws
+    from agent.service.client import call
+
+    tags = call(endpoint, "GetOnPremisesInstance", {"instanceName": template.name})["instanceInfo"].get("tags") or []
+    metadata_tags = imds.load(template)["tags"]
+    prefix, n = _number(template.name)
+    names: list[str] = []
+    while len(names) < count:
+        n += 1
+        if f"{prefix}-{n}" not in taken and not _registered(endpoint, f"{prefix}-{n}"):
+            names.append(f"{prefix}-{n}")
+    made = []
+    for name in names:
+        inst = instances.get_or_create(name, network="private", state=state)
+        imds.modify_options(inst, tags=dict(metadata_tags))
+        call(endpoint, "RegisterOnPremisesInstance", {
+            "instanceName": name, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
+        if tags:
+            call(endpoint, "AddTagsToOnPremisesInstances", {"instanceNames": [name], "tags": tags})
+        instances.start(inst)
+        made.append(inst)
+    identity = imds.load(template)
+    localaws.attach_to_auto_scaling_group(folder, group, [imds.load(i)["instance_id"] for i in made],
+                                          image_id=identity["ami_id"], instance_type=identity["instance_type"],
+                                          zone=identity["availability_zone"], region=identity["region"])
+    return names
+
+
+def _registered(endpoint: str, name: str) -> bool:
+    from agent.service.client import ServiceError, call
+
+    try:
+        return not call(endpoint, "GetOnPremisesInstance", {"instanceName": name})["instanceInfo"].get("deregisterTime")
+    except ServiceError:
+        return False
+
+
+def _leave_target_groups(folder: str, instance_id: str) -> None:
+    """Deregister an instance from every ELBv2 target group of the local AWS that lists it."""
+    from agent.instance import localaws
+
+    elbv2 = {"Version": "2015-12-01"}
+    groups = localaws.query(folder, "elasticloadbalancing", {**elbv2, "Action": "DescribeTargetGroups"})
+    for arn in (e.text or "" for e in groups.iterfind(".//TargetGroups/member/TargetGroupArn")):
+        health = localaws.query(folder, "elasticloadbalancing", {**elbv2, "Action": "DescribeTargetHealth",
+                                                                 "TargetGroupArn": arn})
+        if instance_id in {e.text for e in health.iterfind(".//TargetHealthDescriptions/member/Target/Id")}:
+            localaws.query(folder, "elasticloadbalancing", {**elbv2, "Action": "DeregisterTargets",
+                                                            "TargetGroupArn": arn, "Targets.member.1.Id": instance_id})
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.service.client import find_endpoint
 
@@ -159,12 +292,18 @@ def run(args: argparse.Namespace) -> int:
         names = fleet_up(endpoint, count=args.instances, tag=args.tag, application=args.application,
                          group=args.deployment_group, config=args.deployment_config, network=args.network,
                          state=args.state, target_group=args.target_group,
-                         auto_scaling_group=args.auto_scaling_group)
+                         auto_scaling_group=args.auto_scaling_group, image=args.image)
         print(f"fleet up: {', '.join(names)} registered with tag {args.tag}"
               + (f"; application {args.application}" if args.application else "")
               + (f", deployment group {args.deployment_group}" if args.deployment_group else "")
               + (f"; in target group {args.target_group}" if args.target_group else "")
               + (f"; in Auto Scaling group {args.auto_scaling_group}" if args.auto_scaling_group else ""))
+        return 0
+    if args.action == "scale":
+        added, removed = fleet_scale(endpoint, args.group, args.desired, state=args.state)
+        print(f"fleet scale {args.group}: "
+              + "; ".join([f"launched {', '.join(added)}"] * bool(added) + [f"terminated {', '.join(removed)}"]
+                          * bool(removed)) if added or removed else f"fleet scale {args.group}: no change")
         return 0
     names = fleet_down(endpoint, tag=args.tag, state=args.state)
     print(f"fleet down: {', '.join(names) if names else 'no instances'}")

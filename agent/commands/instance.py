@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("name")
     c.add_argument("--network", choices=("private", "host"), default="private",
                    help="private: its own loopback (default); host: the host's network")
+    c.add_argument("--image", metavar="REF", default=None,
+                   help="its root file system: an image (docker save archive, OCI archive or layout folder), "
+                        "unpacked once into the state folder's image cache, or a root file system folder; "
+                        "default: an overlay of this machine")
     actions.add_parser("list", help="list instances: running or not, network, process count")
     s = actions.add_parser("shell", help="an interactive shell inside the instance (as its root)")
     s.add_argument("name")
@@ -58,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         args.parser.print_help()
         return 2
     if action == "create":
-        created = inst.create(args.name, network=args.network)
-        print(f"created instance {created.name} ({created.network} network) in {created.path}")
+        created = inst.create(args.name, network=args.network, image_ref=args.image)
+        made = f", from image {args.image}" if args.image else ""
+        print(f"created instance {created.name} ({created.network} network{made}) in {created.path}")
         if created.network == "host":
             from agent.instance.imds import HOST_NETWORK_NOTE
             print(f"cdsim: note: {HOST_NETWORK_NOTE}", file=sys.stderr)
@@ -69,15 +74,16 @@ def run(args: argparse.Namespace) -> int:
         if not rows:
             print("no instances")
             return 0
-        print(f"{'NAME':20} {'STATE':8} {'NETWORK':8} PROCESSES")
+        print(f"{'NAME':20} {'STATE':8} {'NETWORK':8} {'PROCESSES':9} IMAGE")
         for row in rows:
-            print(f"{row.name:20} {'running' if row.running else 'stopped':8} {row.network:8} {row.processes}")
+            print(f"{row.name:20} {'running' if row.running else 'stopped':8} {row.network:8} {row.processes:<9} "
+                  f"{row.image or '-'}")
         return 0
     instance = inst.get(args.name)
     if action == "metadata-options":
         return instance_metadata.run(args, instance)
     if action == "shell":
-        shell = "/bin/bash" if shutil.which("bash") else "/bin/sh"
+        shell = "/bin/bash" if shutil.which("bash") and not inst.made_from_image(instance) else "/bin/sh"
         env = {"TERM": os.environ.get("TERM", "xterm"), "HOME": "/root", "USER": "root", "LOGNAME": "root",
                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PS1": r"\u@\h:\w# "}
         return inst.exec_in(instance, [shell, "-i"], env=env, cwd="/root")

@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--instance", help="sandboxed instance to deploy into (default: cdsim deploy's)")
     where.add_argument("--host", action="store_true", help="deploy onto this machine")
+    p.add_argument("--image", metavar="REF", default=None,
+                   help="make a newly created instance from this image (see cdsim instance create --image)")
     p.add_argument("--root-dir", default=None, help="deployment root (with --host: default in the state folder)")
     p.add_argument("-g", "--deployment-group", default="default-local-deployment-group")
     p.add_argument("-b", "--file-exists-behavior", default="DISALLOW",
@@ -106,7 +108,7 @@ def _events_dir(args: argparse.Namespace) -> str:
     from agent import instance as instances
     from agent.commands.where import DEFAULT_INSTANCE
 
-    inst = instances.get_or_create(args.instance or DEFAULT_INSTANCE)
+    inst = instances.get_or_create(args.instance or DEFAULT_INSTANCE, image_ref=args.image)
     return events_dir(in_upper(inst.upper, AGENT_LOG_DIR), args.deployment_group)
 
 
@@ -118,6 +120,8 @@ def _deploy_argv(args: argparse.Namespace, bundle: str) -> list[str]:
         argv.append("--host")
     elif args.instance:
         argv += ["--instance", args.instance]
+    if args.image and not args.host:
+        argv += ["--image", os.path.abspath(args.image)]
     argv += deployment_options(args)
     return argv
 

@@ -1,7 +1,8 @@
 """Sandboxed instances: a simulated EC2 instance made of Linux namespaces.
 
 Inside an instance `/` is an overlay of the host (lower) and the instance's upper layer, so every write
-lands in the instance's folder; processes get a private PID, UTS (hostname = instance name), IPC and
+lands in the instance's folder (an instance made with ``image_ref=REF`` has the image's unpacked tree as lower
+layer instead, see ``image``); processes get a private PID, UTS (hostname = instance name), IPC and
 mount namespace and, unless the instance was created with ``network="host"``, a private network
 namespace (their own loopback). Root gets this directly; other users through a user namespace that
 maps them as root and, where the system gives them subordinate ids, 1..N to those (``idmap``).
@@ -13,7 +14,8 @@ command before anything of the instance's tree runs, and can bind host paths in 
 (:func:`bind_target`): through the overlay a host file may read as it was when the instance started.
 
 Module map: ``store`` (an instance folder's files and metadata; ``agent.state`` names the folders),
-``namespaces`` (system calls), ``overlay`` (the root file system), ``keeper`` (start/stop), ``idmap``
+``namespaces`` (system calls), ``overlay`` (the root file system), ``image`` (images: the cache of
+unpacked layers, the lower folder, how cdsim's Python runs inside), ``keeper`` (start/stop), ``idmap``
 (user namespace id maps), ``confine`` (capabilities, seccomp), ``enter`` (the launcher), ``diff`` (what
 changed), ``services`` (the per-instance daemon serving its network: ``imds`` the instance metadata,
 ``awsnet`` its resolver, CA and the proxy to ``localaws``, the state's moto; ``netlink`` the links),
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from agent.errors import EnvironmentProblem, UsageError
-from agent.instance import confine, enter, idmap, keeper, store
+from agent.instance import confine, enter, idmap, image, keeper, store
 from agent.instance.diff import Change
 from agent.instance.diff import changes as _changes
 from agent.instance.store import Instance
@@ -48,6 +50,7 @@ __all__ = [
     "Change",
     "Instance",
     "InstanceStatus",
+    "agent_command",
     "bind_target",
     "command_in",
     "create",
@@ -58,6 +61,7 @@ __all__ = [
     "get_or_create",
     "id_map_problem",
     "list_instances",
+    "made_from_image",
     "processes",
     "running",
     "start",
@@ -81,11 +85,13 @@ class InstanceStatus:
     network: str
     processes: int
     path: str
+    image: str | None = None   # the image reference it was made from; None: an overlay of this machine
 
 
 def create(name: str, *, network: str = "private", state: str | None = None,
-           exist_ok: bool = False) -> Instance:
-    """Make a new (stopped) instance folder; UsageError if it exists, unless ``exist_ok``."""
+           exist_ok: bool = False, image_ref: str | None = None) -> Instance:
+    """Make a new (stopped) instance folder; UsageError if it exists, unless ``exist_ok``. With
+    ``image_ref`` its lower layer is that image (unpacked into the cache first unless it is there)."""
     store.check_name(name)
     if network not in store.NETWORKS:
         raise UsageError(f"unknown network {network!r}: use one of {', '.join(store.NETWORKS)}",
@@ -93,17 +99,45 @@ def create(name: str, *, network: str = "private", state: str | None = None,
     existing = store.load(name, state)
     if existing:
         if exist_ok:
+            _check_same_image(existing, image_ref, state)
             return existing
         raise UsageError(f"instance {name!r} exists already ({existing.path})", reference="instance-exists",
                          hint=f"use it, or remove it first with `cdsim instance destroy {name}`")
+    lower = image.ensure(image_ref, state) if image_ref is not None else None
     path = instance_dir(name, state)
     os.makedirs(instances_dir(state), exist_ok=True)
     os.mkdir(path, 0o700)
     for sub in ("upper", "work", "root"):
         os.mkdir(os.path.join(path, sub), 0o755)
     inst = Instance(name=name, path=path, network=network)
-    store.write_meta(inst)   # last: a folder without meta.json is not an instance
+    store.write_meta(inst, lower)   # last: a folder without meta.json is not an instance
     return inst
+
+
+def _check_same_image(inst: Instance, image_ref: str | None, state: str | None) -> None:
+    if image_ref is None:
+        return
+    recorded = store.read_meta(inst.path).get("image")
+    wanted = os.path.abspath(image_ref)
+    if recorded is None or (recorded["ref"] != wanted and recorded["id"] != image.ensure(wanted, state)["id"]):
+        what = f"image {recorded['ref']}" if recorded else "the host as lower layer"
+        raise UsageError(f"instance {inst.name!r} exists already with {what}, not {wanted}",
+                         reference="instance-image-mismatch",
+                         hint=f"use another --instance, or `cdsim instance destroy {inst.name}` first")
+
+
+def made_from_image(instance: Instance) -> bool:
+    """Whether the instance's lower layer is an image (not this machine's tree)."""
+    return store.read_meta(instance.path).get("image") is not None
+
+
+def agent_command(instance: Instance, module: str = "agent") -> list[str]:
+    """The command line that runs ``python -m MODULE`` (cdsim's) inside ``instance``: the host's
+    interpreter for an instance of the host; for one made from an image, the host's interpreter brought
+    in read-only under /opt/cdsim (see agent.instance.image). Append the module's arguments."""
+    if store.read_meta(instance.path).get("image") is None:
+        return [sys.executable, "-m", module]
+    return image.module_command(image.runtime(), module)
 
 
 def get(name: str, *, state: str | None = None) -> Instance:
@@ -115,8 +149,9 @@ def get(name: str, *, state: str | None = None) -> Instance:
     return inst
 
 
-def get_or_create(name: str, *, network: str = "private", state: str | None = None) -> Instance:
-    return create(name, network=network, state=state, exist_ok=True)
+def get_or_create(name: str, *, network: str = "private", state: str | None = None,
+                  image_ref: str | None = None) -> Instance:
+    return create(name, network=network, state=state, exist_ok=True, image_ref=image_ref)
 
 
 def list_instances(*, state: str | None = None) -> list[InstanceStatus]:
@@ -126,9 +161,10 @@ def list_instances(*, state: str | None = None) -> list[InstanceStatus]:
         if inst is None:
             continue
         record = keeper.running(inst)
+        made_from = store.read_meta(inst.path).get("image")
         out.append(InstanceStatus(name=name, running=record is not None, network=inst.network,
                                   processes=len(keeper.processes(inst, record)) if record else 0,
-                                  path=inst.path))
+                                  path=inst.path, image=made_from["ref"] if made_from else None))
     return out
 
 
@@ -281,6 +317,8 @@ def _remove_as_caller(real: str) -> None:
 
 
 def diff(instance: Instance) -> list[Change]:
-    """What the instance added, changed and deleted compared with the host, sorted by path."""
+    """What the instance added, changed and deleted compared with the host (or its image), sorted by path."""
     meta = store.read_meta(instance.path)
-    return _changes(instance.upper, meta, synthesized=store.read_synthesized(instance))
+    made_from = meta.get("image")
+    return _changes(instance.upper, meta, host_root=made_from["lower"] if made_from else "/",
+                    synthesized=store.read_synthesized(instance))

@@ -19,7 +19,7 @@ import time
 import traceback
 
 from agent.errors import EnvironmentProblem
-from agent.instance import confine, idmap, overlay, services, store
+from agent.instance import confine, idmap, image, overlay, services, store
 from agent.instance import namespaces as ns
 from agent.instance.procstat import stat
 
@@ -87,7 +87,13 @@ def keeper_main(folder: str, report: int) -> int:
         flags |= ns.CLONE_NEWNET
     if userns:
         flags |= ns.CLONE_NEWUSER
-    if userns:
+    made_from = meta.get("image")
+    runtime = image.runtime() if made_from else None   # read while this process sees the host's tree
+    if made_from and not os.path.isdir(made_from["lower"]):
+        _write(report, f"error its image's root file system {made_from['lower']} is gone "
+               "(cdsim image rm?): destroy the instance and create it again")
+        return 1
+    if userns and not made_from:
         try:
             store.add_synthesized(inst, overlay.prepare_upper(inst.upper, inst.work))
         except OSError as e:
@@ -106,7 +112,10 @@ def keeper_main(folder: str, report: int) -> int:
         try:
             os.setsid()
             last_cap = confine.prepare()   # while the host's tree is still ours
-            overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns)
+            overlay.build_root(inst.upper, inst.work, inst.root, user_namespace=userns,
+                               lower=made_from["lower"] if made_from else None)
+            if runtime is not None:
+                overlay.mount_runtime(inst.root, runtime.binds, image.RUNTIME_ROOT)
             overlay.mount_private(inst.root, in_user_namespace=userns, host_network=inst.network == "host")
             overlay.enter(inst.root, inst.name, private_network=inst.network == "private")
             # init holds no more than the processes it reaps; where the host's root started it, it is not

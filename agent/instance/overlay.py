@@ -8,7 +8,12 @@ folder then reads like one tree of everything the instance changed, whatever mou
 /proc, /sys, /dev and /run are the instance's own (a fresh proc for its PID namespace, a read-only
 sysfs, a /dev tmpfs with the usual device nodes bound read-only from the host, an empty /run so no
 host daemon's socket is reachable). Nothing the instance
-can write reaches the host. Must not import the deploy engine or hooks_runtime.
+can write reaches the host.
+
+The lower layer is a parameter: an instance made from an image (agent.instance.image) has that image's
+unpacked tree as its one lower layer instead of the host's mounts, and a read-only /opt/cdsim holding
+the host's Python and cdsim (:func:`mount_runtime`); nothing else of the host is visible.
+Must not import the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
@@ -70,11 +75,14 @@ def _overlay_options(lower: str, upper: str, work: str, userxattr: bool) -> str:
     return opts + (",userxattr" if userxattr else ",redirect_dir=off,metacopy=off")
 
 
-def build_root(upper: str, work: str, root: str, *, user_namespace: bool) -> None:
-    """Mount the merged tree on ``root``."""
+def build_root(upper: str, work: str, root: str, *, user_namespace: bool, lower: str | None = None) -> None:
+    """Mount the merged tree on ``root``: over the host's mounts, or over ``lower`` (an image's tree)."""
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)   # nothing we mount may propagate to the host
     try:
-        if user_namespace:
+        if lower is not None:
+            os.makedirs(work_dir(work, "/"), exist_ok=True)
+            ns.mount("overlay", root, "overlay", 0, _overlay_options(lower, upper, work_dir(work, "/"), user_namespace))
+        elif user_namespace:
             _build_root_in_user_namespace(upper, work, root)
         else:
             _build_root_as_root(upper, work, root)
@@ -114,6 +122,28 @@ def _build_root_as_root(upper: str, work: str, root: str) -> None:
         if os.path.exists(target) and os.path.isdir(target) == os.path.isdir(point):
             ns.mount(point, target, None, ns.MS_BIND)
             ns.mount(None, target, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY)
+
+
+def mount_runtime(root: str, binds: tuple[tuple[str, str], ...], top: str) -> None:
+    """A tmpfs on ``root + top`` holding read-only, nosuid, nodev binds of host files and folders
+    (``binds``: host path, path inside under ``top``); only its empty mount point lands in the upper layer."""
+    target = root + top
+    if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
+        raise OSError(f"the image has {top} as a non-folder: cannot bring cdsim in there")
+    os.makedirs(target, exist_ok=True)
+    ns.mount("tmpfs", target, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=755")
+    for host, inside in binds:
+        dest = root + inside
+        if os.path.isdir(host):
+            os.makedirs(dest, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            open(dest, "w").close()
+        ns.mount(host, dest, None, ns.MS_BIND | ns.MS_REC)
+        have = os.statvfs(dest).f_flag
+        flags = sum(flag for st, flag in _KEPT_FLAGS if have & st)
+        ns.mount(None, dest, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | flags)
+    ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV, "mode=755")
 
 
 def mount_private(root: str, *, in_user_namespace: bool, host_network: bool) -> None:

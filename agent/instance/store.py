@@ -1,6 +1,7 @@
 """What is in an instance's folder (agent.state says where that folder is) and its metadata.
 
-An instance folder holds ``meta.json`` (what the instance is: name, network, id maps; written once),
+An instance folder holds ``meta.json`` (what the instance is: name, network, id maps, the image it is
+made from if any (agent.instance.image: its reference, cache id and lower folder); written once),
 ``keeper.json`` (the running keeper, if any), ``synthesized.json`` (files cdsim itself put in the upper
 layer, with their sha256: no change of the instance's), ``upper/`` and ``work/`` (the overlay layers),
 ``root/`` (the mount point of the merged tree, used only inside the keeper's mount namespace) and ``keeper.log``.
@@ -14,12 +15,13 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import TypedDict, cast
+from typing import NotRequired, TypedDict, cast
 
 from agent.errors import UsageError
 from agent.fsutil import atomic_write
 from agent.instance import idmap
 from agent.instance.idmap import IdMaps
+from agent.instance.image import InstanceImage
 from agent.state import instance_dir, instances_dir
 
 NETWORKS = ("private", "host")
@@ -35,6 +37,7 @@ class InstanceMeta(IdMaps):
     network: str
     created: float
     owner_uid: int
+    image: NotRequired[InstanceImage]   # absent: the host's / is the lower layer
 
 
 class KeeperRecord(TypedDict):
@@ -103,9 +106,12 @@ def id_maps() -> IdMaps:
     return idmap.current()
 
 
-def write_meta(inst: Instance) -> None:
-    meta: InstanceMeta = {"schema": 1, "name": inst.name, "network": inst.network, "created": time.time(),
-            "owner_uid": os.geteuid(), **id_maps()}
+def write_meta(inst: Instance, image: InstanceImage | None = None) -> None:
+    # cast: mypy can't tell a ** item leaves the NotRequired "image" out on purpose
+    meta = cast(InstanceMeta, {"schema": 1, "name": inst.name, "network": inst.network, "created": time.time(),
+                               "owner_uid": os.geteuid(), **id_maps()})
+    if image is not None:
+        meta["image"] = image
     atomic_write(inst.meta_file, json.dumps(meta, indent=2, sort_keys=True) + "\n", private=True)
 
 

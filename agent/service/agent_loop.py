@@ -166,9 +166,16 @@ class Agent:
             else:
                 from agent import instance as instances
                 inst = instances.get(self.instance, state=self.state)
+                binds: dict[str, str] = {}
+                if instances.made_from_image(inst):
+                    # an image has nothing of this machine: its interpreter comes in under /opt/cdsim and
+                    # the fetched bundle through a bind mount
+                    binds[spec["bundle"]] = instances.bind_target(spec["bundle"])
+                    argv = [*instances.agent_command(inst, "agent.service.runner"),
+                            json.dumps({**spec, "bundle": binds[spec["bundle"]]})]
                 waiter = threading.Thread(target=lambda: status.append(instances.exec_in(
                     inst, argv, env=dict(env, CDSIM_INSIDE_INSTANCE=self.instance), cwd="/",
-                    stdin=stdin_read, stdout=write_fd, stderr=err)))
+                    stdin=stdin_read, stdout=write_fd, stderr=err, binds=binds)))
             waiter.start()
             try:
                 with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as reader:

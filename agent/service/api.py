@@ -410,8 +410,10 @@ class Api:
         for field in ("serviceRoleArn", "outdatedInstancesStrategy"):
             if body.get(field) is not None:
                 group[field] = _str(body, field)
-        if "autoScalingGroups" in body:
-            group["autoScalingGroups"] = _list(body, "autoScalingGroups")
+        if "autoScalingGroups" in body:   # names in; AutoScalingGroup shapes (name, launch hook) out
+            group["autoScalingGroups"] = [{"name": name, "hook": "CodeDeploy-managed-automatic-launch-deployment-hook-"
+                                           f"{group['deploymentGroupName']}-{group['deploymentGroupId'][:8]}"}
+                                          for name in _list(body, "autoScalingGroups")]
         if "triggerConfigurations" in body:
             group["triggerConfigurations"] = _list(body, "triggerConfigurations")
         return group

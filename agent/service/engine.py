@@ -18,6 +18,13 @@ The rules (behaviour doc §8.6 and the service's documentation):
   stops after BeforeBlockTraffic and after BeforeAllowTraffic and asks (ReportCommand with ``waitFor``)
   until the engine has done that event, in a thread of its own against the state's local AWS
   (``traffic_gate``); a failed one fails the instance, its remaining events Skipped.
+* A group with ``autoScalingGroups`` also selects the instances of those groups of the state's local AWS.
+  ``watch_auto_scaling`` (from ``tick``, at most every ``ASG_POLL`` s) notices instances that joined one
+  (`cdsim fleet scale`): with a last successful revision, it deploys that revision to the new instances
+  only (creator ``autoscaling``; they have no previous revision, so no ApplicationStop runs). A scale-out
+  while another deployment of the group is in progress gets the last successful revision too (the
+  service's documented behaviour), and when that deployment succeeds a follow-on ``autoscaling``
+  deployment brings those instances to its revision.
 
 ``plan`` and ``minimum_healthy`` are pure; ``Engine`` applies them to the documents of ``store`` and
 hands commands to agents. Must not import the API, the server or the agent side.
@@ -57,6 +64,8 @@ LIFECYCLE_EVENTS = ("BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"
 ACTIVE = ("Created", "Queued", "InProgress")
 DONE = ("Succeeded", "Failed", "Stopped")
 ROLLBACK_CREATOR = "codeDeployRollback"
+AUTOSCALING_CREATOR = "autoscaling"
+ASG_POLL = 1.0   # seconds between looks at the Auto Scaling groups deployment groups target
 
 HEALTH_MESSAGE = ("The overall deployment failed because too many individual instances failed deployment, "
                   "too few healthy instances are available for deployment, or some instances in your "
@@ -177,6 +186,8 @@ class Engine:
         self.changed = threading.Condition()
         self.aws_query: traffic.AwsQuery | None = None   # the local AWS holding the load balancers (server's)
         self.instance_ids: traffic.InstanceIds | None = None   # instance name -> its EC2 id there (server's)
+        self._asg_lock = threading.Lock()
+        self._asg_checked = 0.0
 
     # -- helpers --------------------------------------------------------------------------------
     def instance_arn(self, name: str) -> str:
@@ -203,14 +214,15 @@ class Engine:
     def selected_instances(self, group: JsonObject) -> list[str]:
         names = [i["instanceName"] for i in self.store.values("instance")
                  if not i.get("deregisterTime") and group_selects(group, i.get("tags") or [])]
-        return sorted(names)
+        return sorted(set(names) | set(self.auto_scaling_instances(group)))
 
     # -- creation -------------------------------------------------------------------------------
     def create(self, group: JsonObject, revision: JsonObject, *, config_name: str | None, description: str = "",
                creator: str = "user", ignore_stop_failures: bool = False,
                file_exists: str = "DISALLOW", rollback_info: JsonObject | None = None,
-               auto_rollback: JsonObject | None = None) -> JsonObject:
-        """A new deployment of ``revision`` to the group's instances (resolved now), status Created."""
+               auto_rollback: JsonObject | None = None, instances: list[str] | None = None) -> JsonObject:
+        """A new deployment of ``revision`` to the group's instances (resolved now, or ``instances``),
+        status Created."""
         now = time.time()
         did = new_deployment_id()
         while self.store.get("deployment", did):
@@ -235,9 +247,10 @@ class Engine:
             doc["previousRevision"] = group["_lastGoodRevision"]
         if rollback_info:
             doc["rollbackInfo"] = rollback_info
+        names = self.selected_instances(group) if instances is None else sorted(instances)
         with self.store.transaction():
             self.store.put("deployment", did, doc)
-            for name in self.selected_instances(group):
+            for name in names:
                 self.store.put("target", f"{did}/{name}", {
                     "deploymentId": did, "targetId": name, "targetArn": self.instance_arn(name),
                     "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": self._pending(doc),
@@ -252,6 +265,7 @@ class Engine:
     def tick(self) -> None:
         """Advance every active deployment by one step."""
         self._expire_commands()
+        self.watch_auto_scaling()
         for doc in self.store.values("deployment"):
             if doc["status"] in ACTIVE:
                 self._advance(doc)
@@ -316,6 +330,8 @@ class Engine:
         self.store.put("deployment", did, doc)
         if group is not None and rollback_to is not None:
             self.rollback(doc, group, rollback_to)
+        if group is not None and doc["creator"] != AUTOSCALING_CREATOR:
+            self._follow_on(key, doc)
         self.notify()
 
     def _rolls_back(self, doc: JsonObject) -> bool:
@@ -537,3 +553,71 @@ class Engine:
         if failed:
             self.tick()
         self.notify()
+
+    # -- Auto Scaling (`cdsim fleet scale`) -------------------------------------------------------------
+    def auto_scaling_instances(self, group: JsonObject) -> list[str]:
+        """The registered instances that are in the group's Auto Scaling groups of the local AWS (none when
+        it does not answer)."""
+        asgs = [a["name"] if isinstance(a, dict) else a for a in group.get("autoScalingGroups") or []]
+        if not asgs or self.aws_query is None or self.instance_ids is None:
+            return []
+        params = {"Version": "2011-01-01", "Action": "DescribeAutoScalingGroups",
+                  **{f"AutoScalingGroupNames.member.{n}": name for n, name in enumerate(asgs, 1)}}
+        try:
+            found = self.aws_query("autoscaling", params, region=self.region)
+        except Exception:  # noqa: BLE001 - no local AWS running: no instance is in any Auto Scaling group
+            return []
+        ids = {e.text or "" for e in found.iterfind(".//Instances/member/InstanceId")}
+        names = [i["instanceName"] for i in self.store.values("instance") if not i.get("deregisterTime")]
+        return sorted(n for n in names if self.instance_ids(n) in ids)
+
+    def watch_auto_scaling(self) -> None:
+        """Deploy the last successful revision to instances that joined a group's Auto Scaling groups since
+        the last look (the first look only notes the members)."""
+        if not self._asg_lock.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() - self._asg_checked < ASG_POLL:
+                return
+            self._asg_checked = time.monotonic()
+            for group in self.store.values("group"):
+                if group.get("autoScalingGroups"):
+                    self._scaled_out(group, self.auto_scaling_instances(group))
+        finally:
+            self._asg_lock.release()
+
+    def _scaled_out(self, group: JsonObject, members: list[str]) -> None:
+        key = f"{group['applicationName']}/{group['deploymentGroupName']}"
+        with self.store.transaction():
+            group = self.store.existing("group", key)
+            known = group.get("_asgMembers")
+            new = sorted(set(members) - set(known or []))
+            group["_asgMembers"] = members
+            revision = group.get("_lastGoodRevision")
+            if known is None or not new or revision is None:
+                self.store.put("group", key, group)
+                return
+            busy = any(d["status"] in ACTIVE and d["creator"] != AUTOSCALING_CREATOR
+                       and d["deploymentGroupName"] == group["deploymentGroupName"]
+                       and d["applicationName"] == group["applicationName"] for d in self.store.values("deployment"))
+            if busy:   # the deployment in progress will leave them outdated: a follow-on after it succeeds
+                group["_outdated"] = sorted(set(group.get("_outdated") or []) | set(new))
+            self.store.put("group", key, group)
+            self.create(group, revision, config_name=None, creator=AUTOSCALING_CREATOR, instances=new,
+                        description="Auto Scaling launch: the last successful revision for new instances")
+
+    def _follow_on(self, key: str, done: JsonObject) -> None:
+        """After a deployment (not an Auto Scaling one) ends, forget the instances launched while it ran;
+        when it succeeded, redeploy its revision to those of them the group still selects."""
+        group = self.store.get("group", key)
+        if group is None or not group.get("_outdated"):
+            return
+        outdated = group["_outdated"]
+        self.store.put("group", key, dict(group, _outdated=[]))
+        if done["status"] != "Succeeded":
+            return
+        outdated = [n for n in outdated if n in self.selected_instances(group)]
+        if outdated:
+            self.create(dict(group, _outdated=[]), done["revision"], config_name=done["deploymentConfigName"],
+                        creator=AUTOSCALING_CREATOR, instances=outdated,
+                        description=f"follow-on of {done['deploymentId']}: instances launched during it")
