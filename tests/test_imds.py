@@ -59,7 +59,8 @@ def curl() -> str:
 class TestInsideAnInstance:
     def test_token_flow_ttl_and_header_errors(self, state, curl):
         """PUT token then GET with it: 200 and the tree; bad or missing TTLs 400; no token 401 (required
-        is the default); unknown path 404; a GET on the token path 405; the host's network has no such address."""
+        is the default); unknown path 404, and one that climbs out of the tree (sent as is, plain or
+        percent-encoded) too; a GET on the token path 405; the host's network has no such address."""
         i = inst.create("meta")
         script = "; ".join([
             code("/latest/api/token", method="PUT"),
@@ -72,6 +73,10 @@ class TestInsideAnInstance:
             code("/latest/meta-data/instance-id"),
             f"T=$({TOKEN})",
             code("/latest/meta-data/no-such-thing", "X-aws-ec2-metadata-token: $T"),
+            code("/latest/meta-data/../../../etc/passwd", "X-aws-ec2-metadata-token: $T").replace(
+                "curl -s", "curl -s --path-as-is"),
+            code("/latest/meta-data/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "X-aws-ec2-metadata-token: $T").replace(
+                "curl -s", "curl -s --path-as-is"),
             f'curl -s -H "X-aws-ec2-metadata-token: $T" {URL}/latest/meta-data/placement/',
             "echo", f'curl -s -H "X-aws-ec2-metadata-token: $T" {URL}/latest/meta-data/instance-id',
             "echo", f'curl -s -H "X-aws-ec2-metadata-token: $T" {URL}/latest/dynamic/instance-identity/document',
@@ -79,11 +84,11 @@ class TestInsideAnInstance:
         out = sh(i, script)
         assert out.returncode == 0, out.stdout
         lines = out.stdout.splitlines()
-        assert lines[:8] == ["400", "400", "400", "400", "403", "405", "401", "404"], out.stdout
-        assert lines[8:11] == ["availability-zone", "availability-zone-id", "region"]
-        document = json.loads("\n".join(lines[12:]))
+        assert lines[:10] == ["400", "400", "400", "400", "403", "405", "401", "404", "404", "404"], out.stdout
+        assert lines[10:13] == ["availability-zone", "availability-zone-id", "region"]
+        document = json.loads("\n".join(lines[14:]))
         identity = imds.load(i)
-        assert lines[11] == identity["instance_id"] == document["instanceId"]
+        assert lines[13] == identity["instance_id"] == document["instanceId"]
         assert document["region"] == "us-east-1" and document["privateIp"] == identity["local_ipv4"]
         with socket.socket() as s, pytest.raises(OSError) as refused:   # nothing changed on the host
             s.bind((imds.ADDRESS, 0))

@@ -127,3 +127,30 @@ class TestInstancesAreEc2Instances:
         assert me["Placement"]["AvailabilityZone"] == doc["availabilityZone"]
         other = listed[imds.load(idle)["instance_id"]]
         assert other["State"]["Name"] == "stopped"
+
+
+EC2_STATES = {"i-up": "running", "i-off": "stopped", "i-new": "pending", "i-gone": "terminated"}
+
+
+class TestClassicElbInstanceHealth:
+    """DescribeInstanceHealth as AWS answers it (agent.instance.awsfixes, the rule; the `load-balancing/elb`
+    sample in test_elb_samples runs it for real): moto says Unknown for an instance no longer registered."""
+
+    def states(self, asked: list[str], registered: list[str]):
+        from agent.instance import awsfixes
+        return awsfixes.instance_states(asked, registered, EC2_STATES.get)
+
+    def test_a_deregistered_instance_is_out_of_service_for_the_load_balancer(self):
+        from agent.instance import awsfixes
+        assert self.states(["i-up"], []) == [{"InstanceId": "i-up", "State": "OutOfService", "ReasonCode": "ELB",
+                                              "Description": awsfixes.NOT_REGISTERED}]
+
+    def test_registered_instances_by_their_ec2_state_and_terminated_ones_left_out(self):
+        got = {s["InstanceId"]: (s["State"], s["ReasonCode"], s["Description"])
+               for s in self.states([], ["i-up", "i-off", "i-new", "i-gone"])}
+        assert got == {"i-up": ("InService", "N/A", "N/A"),
+                       "i-off": ("OutOfService", "Instance", "Instance is in stopped state."),
+                       "i-new": ("OutOfService", "Instance", "Instance is in pending state.")}
+
+    def test_an_instance_ec2_does_not_know_is_named(self):
+        assert self.states(["i-up", "i-nope"], ["i-up"]) == "i-nope"

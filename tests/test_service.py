@@ -103,9 +103,15 @@ class Fleet:
         raise AssertionError(f"{did} did not finish in {timeout}s: {info}")
 
     def targets(self, did: str) -> dict[str, dict]:
+        """The deployment's targets by instance name (a group of EC2 tag filters shows EC2 instance ids)."""
+        from agent.instance import imds
         ids = call(self.ep, "ListDeploymentTargets", {"deploymentId": did})["targetIds"]
         got = call(self.ep, "BatchGetDeploymentTargets", {"deploymentId": did, "targetIds": ids})
-        return {t["instanceTarget"]["targetId"]: t["instanceTarget"] for t in got["deploymentTargets"]}
+        names = {imds.load(i)["instance_id"]: i.name for i in map(lambda s: inst.get(s.name, state=self.state),
+                                                                  inst.list_instances(state=self.state))
+                 if i.network == "private"}
+        return {names.get(t["instanceTarget"]["targetId"], t["instanceTarget"]["targetId"]): t["instanceTarget"]
+                for t in got["deploymentTargets"]}
 
     def read(self, name: str, path: str) -> str:
         out = os.path.join(self.state, f"read-{name}")

@@ -2,8 +2,13 @@
 
 The local equivalent of the CloudFormation template that launches tagged EC2 instances with the
 agent: ``up`` creates N instances named after the tag value (``demofleet-1`` ...), registers them as
-on-premises instances with the tag, and creates the application and a deployment group selecting
-the tag when they are missing. The server runs an agent for each. ``down`` deregisters and destroys them.
+on-premises instances with the tag (the server's agents poll by those names), and creates the
+application and a deployment group selecting the tag when they are missing: by EC2 tag filters for
+private-network instances (EC2 instances of the local AWS, shown by their EC2 instance ids in
+deployments), by on-premises tag filters for host-network ones. With ``--target-group``,
+``--load-balancer`` or ``--auto-scaling-group`` it also puts them behind that target group / Classic Load
+Balancer or in that Auto Scaling group of the local AWS. The server runs an agent for each. ``down``
+deregisters and destroys them.
 ``scale`` changes the fleet's Auto Scaling group of the local AWS: new instances (named, tagged and
 registered as their group's first member) are attached to it, and the server deploys the last successful
 revision to them; removed ones (the highest numbered) are detached, deregistered from every target group
@@ -40,6 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="register the instances in this ELBv2 target group of the local AWS (made when missing; "
                          "the instances start, and the local AWS keeps it while they run); when a load balancer "
                          "of the local AWS has an HTTP listener, its traffic is served too (cdsim lb list)")
+    up.add_argument("--load-balancer", default=None, metavar="NAME",
+                    help="register the instances with this Classic Load Balancer of the local AWS (made when "
+                         "missing: HTTP 80 in the instances' zone)")
     up.add_argument("--auto-scaling-group", default=None, metavar="NAME",
                     help="attach the instances to this Auto Scaling group of the local AWS (made when missing)")
     down = actions.add_parser("down", help="deregister and destroy the instances with a tag")
@@ -68,19 +76,22 @@ def instance_names(value: str, count: int) -> list[str]:
 
 def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = None,
              group: str | None = None, config: str | None = None, network: str = "private",
-             state: str | None = None, target_group: str | None = None,
+             state: str | None = None, target_group: str | None = None, load_balancer: str | None = None,
              auto_scaling_group: str | None = None, image: str | None = None) -> list[str]:
     """Create, register and tag ``count`` instances; create the app and group if given and missing;
-    with ``target_group`` / ``auto_scaling_group``, start them and register them in that target group /
-    attach them to that Auto Scaling group of the local AWS. ``image``: new instances are made from it."""
+    with ``target_group`` / ``load_balancer`` / ``auto_scaling_group``, start them and register them in
+    that target group / with that Classic Load Balancer / attach them to that Auto Scaling group of the
+    local AWS (each made when missing). ``image``: new instances are made from it."""
     from agent import instance as instances
     from agent.instance import imds
     from agent.service.client import ServiceError, call
 
     if count < 1:
         raise UsageError("--instances must be at least 1")
-    if (target_group or auto_scaling_group) and network != "private":
-        raise UsageError("--target-group and --auto-scaling-group need instances with a private network: "
+    local_aws = target_group or load_balancer or auto_scaling_group
+    if local_aws and network != "private":
+        raise UsageError("--target-group, --load-balancer and --auto-scaling-group need instances with a "
+                         "private network: "
                          + imds.HOST_NETWORK_NOTE, reference="fleet-target-group-host")
     key, value = parse_tag(tag)
     names = instance_names(value, count)
@@ -98,8 +109,8 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
                 "instanceName": name, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
         call(endpoint, "AddTagsToOnPremisesInstances",
              {"instanceNames": [name], "tags": [{"Key": key, "Value": value}]})
-    if target_group or auto_scaling_group:
-        _join_local_aws(names, target_group, auto_scaling_group, state)
+    if local_aws:
+        _join_local_aws(names, target_group, load_balancer, auto_scaling_group, state)
     if application:
         try:
             call(endpoint, "GetApplication", {"applicationName": application})
@@ -113,15 +124,18 @@ def fleet_up(endpoint: str, *, count: int, tag: str, application: str | None = N
             except ServiceError as e:
                 if e.kind != "DeploymentGroupDoesNotExistException":
                     raise
+                # private instances are EC2 instances of the local AWS: selected by their EC2 tags, and
+                # deployments show their EC2 instance ids, as on AWS
                 call(endpoint, "CreateDeploymentGroup", {
                     "applicationName": application, "deploymentGroupName": group, "serviceRoleArn": ROLE_ARN,
-                    "onPremisesInstanceTagFilters": [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}],
+                    "ec2TagFilters" if network == "private" else "onPremisesInstanceTagFilters":
+                        [{"Key": key, "Value": value, "Type": "KEY_AND_VALUE"}],
                     **({"deploymentConfigName": config} if config else {})})
     return names
 
 
-def _join_local_aws(names: list[str], target_group: str | None, auto_scaling_group: str | None,
-                    state: str | None) -> None:
+def _join_local_aws(names: list[str], target_group: str | None, load_balancer: str | None,
+                    auto_scaling_group: str | None, state: str | None) -> None:
     from agent import instance as instances
     from agent.instance import imds, localaws
     from agent.state import state_dir
@@ -138,6 +152,9 @@ def _join_local_aws(names: list[str], target_group: str | None, auto_scaling_gro
         from agent.instance import loadbalancer
         if loadbalancer.listeners_exist(folder):   # a load balancer to carry traffic to them: serve it
             loadbalancer.ensure(folder)
+    if load_balancer:
+        localaws.register_with_load_balancer(folder, load_balancer, ids, zone=identity["availability_zone"],
+                                             region=identity["region"])
     if auto_scaling_group:
         localaws.attach_to_auto_scaling_group(folder, auto_scaling_group, ids, image_id=identity["ami_id"],
                                               instance_type=identity["instance_type"],
@@ -291,12 +308,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "up":
         names = fleet_up(endpoint, count=args.instances, tag=args.tag, application=args.application,
                          group=args.deployment_group, config=args.deployment_config, network=args.network,
-                         state=args.state, target_group=args.target_group,
+                         state=args.state, target_group=args.target_group, load_balancer=args.load_balancer,
                          auto_scaling_group=args.auto_scaling_group, image=args.image)
         print(f"fleet up: {', '.join(names)} registered with tag {args.tag}"
               + (f"; application {args.application}" if args.application else "")
               + (f", deployment group {args.deployment_group}" if args.deployment_group else "")
               + (f"; in target group {args.target_group}" if args.target_group else "")
+              + (f"; behind load balancer {args.load_balancer}" if args.load_balancer else "")
               + (f"; in Auto Scaling group {args.auto_scaling_group}" if args.auto_scaling_group else ""))
         return 0
     if args.action == "scale":

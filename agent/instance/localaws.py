@@ -9,7 +9,11 @@ EC2 instance there (:class:`Ec2Mirror`): the id, AMI, type, zone and private add
 reports, its tags plus ``Name``, running while its services run, else stopped. ELB/ELBv2 answers go
 through agent.instance.lbview (the state's load balancer's health states and URLs, its change token),
 and a listener made or changed starts the load balancer (agent.instance.loadbalancer, by a process: it
-imports this module). Must not import the deploy engine or hooks_runtime.
+imports this module). Where moto answers differently from AWS in a way hooks depend on,
+agent.instance.awsfixes answers instead (before lbview and moto). From the host, :func:`register_targets`,
+:func:`register_with_load_balancer` and :func:`attach_to_auto_scaling_group` put instances behind a
+target group, a Classic Load Balancer or in an Auto Scaling group (``cdsim fleet up``). Must not import
+the deploy engine or hooks_runtime.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import urllib.parse
 from typing import Any
 from xml.etree import ElementTree
 
-from agent.instance import lbview
+from agent.instance import awsfixes, lbview
 from agent.instance.procstat import start_ticks
 from agent.state import aws_dir, instances_dir
 
@@ -146,6 +150,27 @@ def register_targets(state: str, target_group: str, instance_ids: list[str], *, 
     query(state, "elasticloadbalancing", {**elbv2, "Action": "RegisterTargets", "TargetGroupArn": arn, **targets},
           region=region)
     return arn
+
+
+def register_with_load_balancer(state: str, load_balancer: str, instance_ids: list[str], *, zone: str,
+                                region: str = "us-east-1", port: int = 80) -> None:
+    """Register EC2 instances with the Classic Load Balancer ``load_balancer`` of the state's local AWS,
+    made when missing (an HTTP listener on ``port`` to ``port``, in the instances' zone)."""
+    elb = {"Version": awsfixes.ELB_VERSION}
+    try:
+        query(state, "elasticloadbalancing", {**elb, "Action": "DescribeLoadBalancers",
+                                              "LoadBalancerNames.member.1": load_balancer}, region=region)
+    except LocalAwsError as e:
+        if e.code != "LoadBalancerNotFound":
+            raise
+        query(state, "elasticloadbalancing", {
+            **elb, "Action": "CreateLoadBalancer", "LoadBalancerName": load_balancer,
+            "Listeners.member.1.Protocol": "HTTP", "Listeners.member.1.LoadBalancerPort": str(port),
+            "Listeners.member.1.InstanceProtocol": "HTTP", "Listeners.member.1.InstancePort": str(port),
+            "AvailabilityZones.member.1": zone}, region=region)
+    query(state, "elasticloadbalancing", {
+        **elb, "Action": "RegisterInstancesWithLoadBalancer", "LoadBalancerName": load_balancer,
+        **{f"Instances.member.{n}.InstanceId": iid for n, iid in enumerate(instance_ids, 1)}}, region=region)
 
 
 def attach_to_auto_scaling_group(state: str, group: str, instance_ids: list[str], *, image_id: str,
@@ -344,6 +369,16 @@ def server_main(state: str) -> int:
             mirror.sync()
         except Exception:  # noqa: BLE001 - logged; the request still goes to moto
             traceback.print_exc()
+        try:
+            own = awsfixes.answer(environ, ACCOUNT)
+        except Exception:  # noqa: BLE001 - logged; moto answers instead
+            traceback.print_exc()
+            own = None
+        if own is not None:
+            status, body = own
+            start_response(f"{status} {'OK' if status == 200 else 'Bad Request'}",
+                           [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+            return [body]
         if environ.get("HTTP_HOST", "").startswith("elasticloadbalancing."):
             return _elbv2(state, moto, environ, start_response)
         return moto(environ, start_response)

@@ -288,8 +288,10 @@ class Api:
         return dict(public(doc), deploymentOverview=self.engine.overview(doc["deploymentId"]))
 
     def _target(self, did: str, instance_id: str) -> JsonObject:
+        """A deployment's target by its id (an EC2 instance id or an on-premises name) or ARN."""
         name = instance_id.rsplit("/", 1)[-1] if instance_id.startswith("arn:") else instance_id
-        target = self.store.get("target", f"{did}/{name}")
+        target = self.store.get("target", f"{did}/{name}") or next(
+            (t for t in self.engine.targets(did) if t["targetId"] == name), None)
         if target is None:
             raise ApiError("InstanceDoesNotExistException",
                            f"The instance {instance_id} is not part of deployment {did}")
@@ -746,7 +748,7 @@ class Api:
         except ApiError:
             raise ApiError("DeploymentTargetDoesNotExistException",
                            f"The target {tid} is not part of deployment {doc['deploymentId']}") from None
-        return {"deploymentTarget": {"deploymentTargetType": "InstanceTarget", "instanceTarget": t}}
+        return {"deploymentTarget": {"deploymentTargetType": "InstanceTarget", "instanceTarget": public(t)}}
 
     # -- on-premises instances ------------------------------------------------------------------
     def _instance(self, name: str) -> JsonObject:

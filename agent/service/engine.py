@@ -26,6 +26,11 @@ The rules (behaviour doc §8.6 and the service's documentation):
   service's documented behaviour), and when that deployment succeeds a follow-on ``autoscaling``
   deployment brings those instances to its revision.
 
+A target is shown by its EC2 instance id (``targetId`` ``i-...``, ``targetArn`` ``arn:aws:ec2:...``) when
+the group selects it by its EC2 tags (``ec2TagFilters``, ``ec2TagSet``) and it is an EC2 instance of the
+state's local AWS (the server's ``instance_ids`` gives its id), else by its on-premises name; either way its
+document is stored under, and its agent polls by, the registered name (``target_name``).
+
 ``plan`` and ``minimum_healthy`` are pure; ``Engine`` applies them to the documents of ``store`` and
 hands commands to agents. Must not import the API, the server or the agent side.
 """
@@ -144,14 +149,23 @@ def tag_matches(tags: list[JsonObject], f: JsonObject) -> bool:
     return False
 
 
-def group_selects(group: JsonObject, tags: list[JsonObject]) -> bool:
-    """A group's filters (any of the list matches) or tag sets (every inner list matches)."""
-    filters = (group.get("ec2TagFilters") or []) + (group.get("onPremisesInstanceTagFilters") or [])
-    sets = ((group.get("ec2TagSet") or {}).get("ec2TagSetList") or []) + \
-        ((group.get("onPremisesTagSet") or {}).get("onPremisesTagSetList") or [])
+def _selects(filters: list[JsonObject], sets: list[list[JsonObject]], tags: list[JsonObject]) -> bool:
     if filters and any(tag_matches(tags, f) for f in filters):
         return True
     return bool(sets) and all(any(tag_matches(tags, f) for f in inner) for inner in sets)
+
+
+def group_selects(group: JsonObject, tags: list[JsonObject]) -> bool:
+    """A group's filters (any of the list matches) or tag sets (every inner list matches)."""
+    return ec2_selects(group, tags) or _selects(
+        group.get("onPremisesInstanceTagFilters") or [],
+        (group.get("onPremisesTagSet") or {}).get("onPremisesTagSetList") or [], tags)
+
+
+def ec2_selects(group: JsonObject, tags: list[JsonObject]) -> bool:
+    """Whether the group's EC2 tag filters or tag sets select an instance with these tags."""
+    return _selects(group.get("ec2TagFilters") or [], (group.get("ec2TagSet") or {}).get("ec2TagSetList") or [],
+                    tags)
 
 
 def new_deployment_id() -> str:
@@ -166,6 +180,12 @@ def _builtin_config(name: str) -> JsonObject:
     return {"deploymentConfigName": name, "minimumHealthyHosts": BUILTIN_CONFIGS[name],
             "computePlatform": "Server", "createTime": 0.0,
             "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, name))}
+
+
+def target_name(target: JsonObject) -> str:
+    """The registered instance name a target document belongs to (its key and its agent's name)."""
+    name: str = target.get("_instanceName") or target["targetId"]
+    return name
 
 
 def public(doc: JsonObject) -> JsonObject:
@@ -185,7 +205,8 @@ class Engine:
         self.s3_endpoint = s3_endpoint
         self.changed = threading.Condition()
         self.aws_query: traffic.AwsQuery | None = None   # the local AWS holding the load balancers (server's)
-        self.instance_ids: traffic.InstanceIds | None = None   # instance name -> its EC2 id there (server's)
+        # instance name -> its EC2 id there (server's): traffic control, and the targets' ids
+        self.instance_ids: traffic.InstanceIds | None = None
         self._asg_lock = threading.Lock()
         self._asg_checked = 0.0
 
@@ -251,8 +272,12 @@ class Engine:
         with self.store.transaction():
             self.store.put("deployment", did, doc)
             for name in names:
+                tags = (self.store.get("instance", name) or {}).get("tags") or []
+                ec2_id = self.instance_ids(name) if self.instance_ids and ec2_selects(group, tags) else None
                 self.store.put("target", f"{did}/{name}", {
-                    "deploymentId": did, "targetId": name, "targetArn": self.instance_arn(name),
+                    "deploymentId": did, "targetId": ec2_id or name, "_instanceName": name,
+                    "targetArn": (f"arn:aws:ec2:{self.region}:{self.account}:instance/{ec2_id}" if ec2_id
+                                  else self.instance_arn(name)),
                     "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": self._pending(doc),
                     "instanceLabel": "Blue"})
             group = dict(group, lastAttemptedDeployment={"deploymentId": did, "status": "Created",
@@ -283,12 +308,12 @@ class Engine:
                     self._finish(doc, "Stopped", ("MANUAL_STOP", STOP_MESSAGE))
                 return
             config = self.config(doc["deploymentConfigName"]) or _builtin_config(DEFAULT_CONFIG)
-            step = plan([(t["targetId"], t["status"]) for t in targets], config["minimumHealthyHosts"])
+            step = plan([(target_name(t), t["status"]) for t in targets], config["minimumHealthyHosts"])
             now = time.time()
             if doc["status"] == "Created":
                 doc.update(status="InProgress", startTime=now)
                 self.store.put("deployment", did, doc)
-            by_name = {t["targetId"]: t for t in targets}
+            by_name = {target_name(t): t for t in targets}
             for name in step.start:
                 target = dict(by_name[name], status="InProgress", lastUpdatedAt=now)
                 self.store.put("target", f"{did}/{name}", target)
@@ -303,7 +328,7 @@ class Engine:
         now = time.time()
         for t in targets:
             events = [dict(e, status="Skipped") if e["status"] == "Pending" else e for e in t["lifecycleEvents"]]
-            self.store.put("target", f"{t['deploymentId']}/{t['targetId']}",
+            self.store.put("target", f"{t['deploymentId']}/{target_name(t)}",
                            dict(t, status="Skipped", lastUpdatedAt=now, lifecycleEvents=events))
 
     def _finish(self, doc: JsonObject, status: str, error: tuple[str, str] | None) -> None:
@@ -509,7 +534,7 @@ class Engine:
 
     def _traffic_step(self, cid: str, step: str, doc: JsonObject, target: JsonObject) -> None:
         """Do BlockTraffic or AllowTraffic for one instance, then record the event's end."""
-        name = target["targetId"]
+        name = target_name(target)
         ports: dict[str, list[str]] = target.get("_trafficPorts") or {}
         message, failed = "Succeeded", False
         try:

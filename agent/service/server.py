@@ -8,7 +8,8 @@ request not signed with the server's credentials (``agent.service.auth``), then 
 requests with ``X-Amz-Target`` and hands any other request to moto's S3 running in this process, so
 one ``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the
 supervisor that runs an agent for every registered on-premises instance that is one of this state
-folder's sandboxed instances.
+folder's sandboxed instances. Those with a private network are EC2 instances of the state's local AWS,
+and deployments show them by their EC2 instance ids (the engine's ``instance_ids``).
 """
 from __future__ import annotations
 
