@@ -99,6 +99,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_elb_samples.py": ("service", "instance"),
     "test_loadbalancer.py": ("instance",),
     "test_traffic_control.py": ("service", "instance"),
+    "test_rehearsal.py": ("service", "instance"),
     "test_autoscaling.py": ("service", "instance"),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),

@@ -11,8 +11,9 @@ lifecycle event (the window each request was sent in, from the events' start and
 reports): sent, failed (connection errors, timeouts, 5xx), latency p50/p95/p99 and which version answered
 (``--traffic-version-header NAME``, or ``--traffic-version-regex`` on the body). More failed requests than
 ``--max-failed-requests`` (default 0) exit TRAFFIC_FAILED (9) when the deployment itself succeeded.
-``--traffic-report FILE`` writes the figures as JSON. The URL's host must be this machine's (loopback, or
-an address of its own) unless ``--traffic-allow-remote``.
+``--traffic-report FILE`` writes the figures as JSON, with every request (``samples``: sent and answered
+times, status or error, version), so a test can check which version answered when. The URL's host must
+be this machine's (loopback, or an address of its own) unless ``--traffic-allow-remote``.
 
 ``--report KIND=FILE`` (junit, json, html, github) renders the deployment as event-stream records
 (``agent.reports.fleet``: each instance's lifecycle events, and the rehearsal's figures as ``traffic``
@@ -123,6 +124,7 @@ def start_probe(args: argparse.Namespace) -> Probe | None:
 def finish_probe(args: argparse.Namespace, running: Probe, did: str,
                  current: list[dict[str, Any]]) -> list[WindowSummary]:
     """Stop the probe, print its figures per instance and event (and write them); the figures."""
+    import dataclasses
     import os
 
     from agent import probe
@@ -138,7 +140,8 @@ def finish_probe(args: argparse.Namespace, running: Probe, did: str,
         print(f"  {line}", file=out)
     out.flush()
     if args.traffic_report:
-        doc = {"deploymentId": did, "url": running.target.url, "rate": running.rate, "windows": rows}
+        doc = {"deploymentId": did, "url": running.target.url, "rate": running.rate, "windows": rows,
+               "samples": [dataclasses.asdict(s) for s in samples]}
         atomic_write(os.path.abspath(args.traffic_report), (json.dumps(doc, indent=2) + "\n").encode())
     return rows
 

@@ -16,8 +16,10 @@ Health checks as the target group defines them: protocol (HTTP, HTTPS unverified
 (``traffic-port`` or a number), interval, timeout, healthy/unhealthy thresholds and matcher (``200``,
 ``200,202``, ``200-299``). A new target is ``initial`` until its first check passes (``healthy``) or
 ``UnhealthyThresholdCount`` fail in a row (``unhealthy``); after that the thresholds count consecutive
-checks. A deregistered target is ``draining``: no new requests, those in flight finish; it is gone when
-none is left or after ``deregistration_delay.timeout_seconds`` (then its connections are closed). A
+checks. A deregistered target is ``draining``: no new requests, those in flight finish; it stays
+``draining`` until ``deregistration_delay.timeout_seconds`` is over, then is gone (its connections still
+open are closed then), even when nothing was in flight: ELB completes such a deregistration at once but
+shows the target ``draining`` until the delay expires, and CodeDeploy's BlockTraffic waits for that. A
 target whose instance does not run is ``unused`` (Target.InvalidState). ``aws elbv2
 describe-target-health`` and ``describe-load-balancers`` (DNSName ``127.0.0.1:PORT``) show this, through
 agent.instance.lbview. Registration changes (by hooks inside instances, the engine, the aws CLI) reach
@@ -664,12 +666,12 @@ class Balancer:
         target.idle.clear()
 
     def sweep(self) -> None:
-        """Remove drained targets: none in flight, or the delay is over (their connections closed)."""
+        """Remove draining targets whose deregistration delay is over (their connections closed)."""
         now = time.monotonic()
         with self.lock:
             for group in self.groups.values():
                 for key, target in list(group.targets.items()):
-                    if target.drain_until is not None and (target.in_flight == 0 or now >= target.drain_until):
+                    if target.drain_until is not None and now >= target.drain_until:
                         del group.targets[key]
                         self._close(target)
                         self.changed.set()

@@ -1,0 +1,236 @@
+"""The zero-downtime rehearsal end to end (issue #20's first "Done when"): real traffic through the local
+load balancer during a OneAtATime deployment with traffic control, and the broken variant.
+
+One module-scoped run: `cdsim server` in this process; a 3-instance fleet in the ELBv2 target group
+``web-tg`` (health checks every 2 s, 2 to change state; deregistration delay 1 s) behind the application
+load balancer ``web-alb`` whose HTTP listener the state's load balancer serves on loopback; a deployment
+group with ``WITH_TRAFFIC_CONTROL``, OneAtATime. The revision is a small sample app: ApplicationStart starts
+an HTTP server on port 80 that answers with ``X-Version: vN HOST`` (and the same body), ApplicationStop
+stops it (SIGTERM, then a second to let it go). v1 is deployed, then v2 under `cdsim wait --traffic
+LB_URL,20`; then the group is switched to ``WITHOUT_TRAFFIC_CONTROL`` and v3 deployed the same way: v2's
+ApplicationStop now kills a server the load balancer still sends to.
+Every request loop is bounded (the probe's count and time bounds) and goes to 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import agent.instance as inst
+from agent.errors import ExitStatus
+from agent.instance import imds, localaws
+from tests.lib import CLI, REPO, needs_root, needs_tool
+
+AWS = os.path.join(os.path.dirname(sys.executable), "aws")
+pytestmark = [
+    needs_root("instances need root on this machine (CI runs as root)"),
+    needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
+]
+ELBV2 = {"Version": "2015-12-01"}
+APPSPEC = """version: 0.0
+os: linux
+files:
+  - source: app
+    destination: /opt/app
+hooks:
+  ApplicationStop:
+    - location: stop.sh
+  ApplicationStart:
+    - location: start.sh
+"""
+SERVER = """import http.server, os, socket, sys
+VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (VERSION + "\\n").encode()
+        self.send_response(200)
+        self.send_header("X-Version", VERSION)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
+server.daemon_threads = True
+open("/run/app.ready", "w").close()
+server.serve_forever()
+"""
+START = """#!/bin/sh
+rm -f /run/app.ready
+setsid python3 /opt/app/server.py </dev/null >/dev/null 2>&1 &
+echo $! > /run/app.pid
+i=0
+while [ ! -e /run/app.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+[ -e /run/app.ready ]
+"""
+STOP = """#!/bin/sh
+[ -f /run/app.pid ] && kill "$(cat /run/app.pid)" 2>/dev/null
+rm -f /run/app.pid
+sleep 1   # let it go
+exit 0
+"""
+SERVING = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "AfterInstall", "ApplicationStart",
+           "ValidateService"]
+
+
+def _git(path: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _elbv2(state: str, **params: str):
+    return localaws.query(state, "elasticloadbalancing", {**ELBV2, **params})
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    from agent.commands.fleet import fleet_up
+    from agent.instance import loadbalancer
+    from agent.pytest_plugin import instances_available
+    from agent.service.client import call
+    from agent.service.server import Service, env_lines
+    from tests.lib import require_tool, skip_or_fail
+
+    require_tool("git", "git")
+    ok, why = instances_available()
+    if not ok:
+        skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root")
+    tmp = tmp_path_factory.mktemp("rehearsal")
+    state = str(tmp / "state")
+    out: dict = {"state": state}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDSIM_STATE_DIR", state)
+        service = Service(state, s3=False, github_root=[str(tmp)]).start()
+        try:
+            ep = service.endpoint
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            for line in env_lines(service.info(), service.credentials):
+                name, _, value = line[len("export "):].partition("=")
+                env[name] = value.strip("'")
+            env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
+            names = fleet_up(ep, count=3, tag="Name=Web", application="A", state=state, target_group="web-tg")
+            ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in names}
+            tg = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
+                ".//TargetGroupArn") or ""
+            _elbv2(state, Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/",
+                   HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
+                   UnhealthyThresholdCount="2")
+            _elbv2(state, Action="ModifyTargetGroupAttributes", TargetGroupArn=tg,
+                   **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds",
+                      "Attributes.member.1.Value": "1"})
+            vpc = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeVpcs",
+                                                "Filter.1.Name": "isDefault", "Filter.1.Value.1": "true"}
+                                 ).findtext(".//vpcId") or ""
+            subnets = [s.findtext("subnetId") or "" for s in localaws.query(state, "ec2", {
+                "Version": "2016-11-15", "Action": "DescribeSubnets", "Filter.1.Name": "vpc-id",
+                "Filter.1.Value.1": vpc}).iterfind(".//subnetSet/item")]
+            lb = _elbv2(state, Action="CreateLoadBalancer", Name="web-alb", Type="application",
+                        **{f"Subnets.member.{n}": s for n, s in enumerate(subnets[:2], 1)}
+                        ).findtext(".//LoadBalancerArn") or ""
+            _elbv2(state, Action="CreateListener", LoadBalancerArn=lb, Protocol="HTTP", Port="80",
+                   **{"DefaultActions.member.1.Type": "forward", "DefaultActions.member.1.TargetGroupArn": tg})
+            loadbalancer.ensure(state)
+            url = loadbalancer.url_for(state, "web-alb")
+            assert url.startswith("http://127.0.0.1:"), url   # loopback only
+            call(ep, "CreateDeploymentGroup", {
+                "applicationName": "A", "deploymentGroupName": "G", "serviceRoleArn": "arn:aws:iam::0:role/x",
+                "onPremisesInstanceTagFilters": [{"Key": "Name", "Value": "Web", "Type": "KEY_AND_VALUE"}],
+                "deploymentConfigName": "CodeDeployDefault.OneAtATime",
+                "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                "loadBalancerInfo": {"targetGroupInfoList": [{"name": "web-tg"}]}})
+            repo = tmp / "repo"
+            (repo / "app").mkdir(parents=True)
+            (repo / "appspec.yml").write_text(APPSPEC)
+            (repo / "app" / "server.py").write_text(SERVER)
+            for script, text in (("start.sh", START), ("stop.sh", STOP)):
+                (repo / script).write_text(text)
+                (repo / script).chmod(0o755)
+            _git(repo, "init", "-q")
+            runs = {}
+            for n in (1, 2, 3):
+                if n == 3:   # the broken variant: the same group, its traffic control switched off
+                    call(ep, "UpdateDeploymentGroup", {
+                        "applicationName": "A", "currentDeploymentGroupName": "G",
+                        "deploymentStyle": {"deploymentType": "IN_PLACE",
+                                            "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"}})
+                (repo / "app" / "version.txt").write_text(f"v{n}\n")
+                _git(repo, "add", "-A")
+                _git(repo, "commit", "-qm", f"v{n}")
+                sha = _git(repo, "rev-parse", "HEAD")
+                did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
+                    "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
+                    "deploymentId"]
+                report = tmp / f"traffic-{n}.json"
+                probe = ("--traffic", f"{url},20", "--traffic-version-header", "X-Version",
+                         "--traffic-report", str(report)) if n > 1 else ()
+                done = subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "300",
+                                       *probe], env=env, cwd=REPO, capture_output=True, text=True, timeout=330,
+                                      check=False)
+                instances = {i["instanceId"].rsplit("/", 1)[-1]: {e["lifecycleEventName"]: e for e in
+                                                                  i["lifecycleEvents"]}
+                             for i in call(ep, "BatchGetDeploymentInstances", {
+                                 "deploymentId": did, "instanceIds": names})["instancesSummary"]}
+                runs[n] = {"id": did, "exit": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+                           "report": json.loads(report.read_text()) if report.exists() else None,
+                           "instances": instances,
+                           "status": call(ep, "GetDeployment", {"deploymentId": did})["deploymentInfo"]["status"]}
+                (tmp / f"wait-{n}.txt").write_text(done.stdout + done.stderr)   # for a look after a run
+                (tmp / f"events-{n}.json").write_text(json.dumps(instances, indent=1, default=str))
+            out.update(names=names, ids=ids, runs=runs, url=url)
+            yield out
+        finally:
+            service.close()
+            for status in inst.list_instances(state=state):
+                inst.destroy(inst.get(status.name, state=state))
+
+
+def test_a_rolling_deployment_with_traffic_control_drops_no_request(rehearsal):
+    """v1 -> v2, 20 requests/s through the load balancer for the whole deployment: every request answered,
+    every answer v1 or v2 from one of the three instances, v2 from an instance only once its AllowTraffic
+    had begun (it is registered then, not before), v1 only until its BlockTraffic ended; BlockTraffic lasts
+    the deregistration delay (1 s)."""
+    assert rehearsal["runs"][1]["status"] == "Succeeded", rehearsal["runs"][1]
+    run = rehearsal["runs"][2]
+    assert run["exit"] == 0, run["stdout"] + run["stderr"]
+    rows = run["report"]["windows"]
+    total = rows[-1]
+    assert total["subject"] == "*" and total["failed"] == 0 and total["sent"] >= 100, total
+    names = rehearsal["names"]
+    assert set(total["versions"]) <= {f"v{n} {name}" for n in (1, 2) for name in names}, total["versions"]
+    assert sum(total["versions"].values()) == total["sent"]
+    assert {f"v2 {name}" for name in names} <= set(total["versions"]), total["versions"]
+    events = run["instances"]
+    for name in names:   # BlockTraffic waits while the target shows draining: the whole deregistration delay
+        block = events[name]["BlockTraffic"]
+        assert block["endTime"] - block["startTime"] >= 1.0, block
+    samples = run["report"]["samples"]
+    assert len(samples) == total["sent"] and not [s for s in samples if s["status"] != 200], samples
+    for sample in samples:   # an instance answers v2 only once its AllowTraffic has begun (registered again)
+        number, host = sample["version"].split()
+        if number == "v2":
+            assert sample["answered"] >= events[host]["AllowTraffic"]["startTime"], (sample, events[host])
+        else:   # and v1 only until its BlockTraffic ended (deregistered, drained)
+            assert sample["sent"] <= events[host]["BlockTraffic"]["endTime"], (sample, events[host])
+
+
+def test_a_stop_without_traffic_control_fails_requests_at_that_instance_s_application_stop(rehearsal):
+    """v2 -> v3 in the group switched to WITHOUT_TRAFFIC_CONTROL: v2's ApplicationStop kills a server the
+    load balancer still sends to. The failed requests show at each instance's ApplicationStop (and the
+    events after it, until the health checks take it out); `cdsim wait` exits 9."""
+    run = rehearsal["runs"][3]
+    assert run["status"] == "Succeeded"
+    assert run["exit"] == ExitStatus.TRAFFIC_FAILED, run["stdout"] + run["stderr"]
+    rows = run["report"]["windows"]
+    failed = [(r["subject"], r["phase"]) for r in rows if r["failed"] and r["subject"] != "*"]
+    assert failed and all(phase in SERVING for _, phase in failed), rows
+    stops = {r["subject"]: r for r in rows if r["phase"] == "ApplicationStop"}
+    for name in rehearsal["names"]:
+        assert stops[name]["failed"] > 0, stops
+        assert set(stops[name]["errors"]) <= {"HTTP 502"}, stops[name]
+    assert f"{rows[-1]['failed']} requests failed during the deployment" in run["stderr"]
