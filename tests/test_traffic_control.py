@@ -318,7 +318,12 @@ def test_a_clean_rehearsal_counts_every_request_and_exits_0(rehearsal):
     assert total["p50_ms"] <= total["p95_ms"] <= total["p99_ms"]
     # every instance's events got requests, and the text report names them
     assert {r["subject"] for r in rows} >= set(rehearsal["names"])
-    assert "web-1 BlockTraffic:" in run["stdout"] and "all requests:" in run["stdout"]
+    # (which events got requests depends on timing: BlockTraffic against moto can last 40 ms, under one
+    # request's interval at 20/s; so each window that got requests is looked for, not a named one)
+    named = [r for r in rows if r["subject"] != "*"]
+    assert named and all(f"{r['subject']} {r['phase']}: {r['sent']} sent" in run["stdout"] for r in named), \
+        run["stdout"]
+    assert "all requests:" in run["stdout"]
 
 
 def test_failed_requests_are_pinned_on_the_instance_and_event_and_fail_the_gate(rehearsal):
