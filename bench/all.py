@@ -60,6 +60,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--where", nargs="+", default=list(WHERE))
     ap.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    ap.add_argument("--cdsim", default=None,
+                    help="the cdsim command the start-up and e2e figures time (default: the one beside this Python;"
+                         " the README's table times a regular install, `pip install .` into its own venv)")
     ap.add_argument("--agent", default=None,
                     help='the real agent\'s command (e.g. "codedeploy-local"): e2e times it on the same bundles')
     args = ap.parse_args()
@@ -107,13 +110,16 @@ def measure(name: str, args: argparse.Namespace, runs: int) -> list[Row]:
     elif name == "hooks":
         rows += hook_rows(runs)
     elif name == "startup":
+        import shlex
+
         import startup
-        rows += startup.rows(max(9, runs))
+        rows += startup.rows(max(9, runs), shlex.split(args.cdsim) if args.cdsim else None)
     elif name == "e2e":
         import shlex
 
         import e2e
-        rows += e2e.rows(5000, max(9, runs), args.where, agent=shlex.split(args.agent) if args.agent else None)
+        rows += e2e.rows(5000, max(9, runs), args.where, cdsim=shlex.split(args.cdsim) if args.cdsim else None,
+                         agent=shlex.split(args.agent) if args.agent else None)
     elif name == "fleet":
         import fleet
         rows += fleet.rows(runs)

@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import TMPFS, Row, clear, make_bundle, paired, print_rows, run, timed
-from startup import default_cdsim
+from startup import default_cdsim, interpreter_of
 
 VERSION_TARGET = 0.02
 TRIVIAL_TARGET = 0.06
@@ -53,7 +53,7 @@ def _local(cmd: list[str], bundle: str, conf: str) -> list[str]:
 def version_row(cdsim: list[str], runs: int) -> Row:
     base, ours = [], []
     for _ in range(runs):  # interleaved, so both see the same machine
-        base.append(timed(lambda: _quiet([sys.executable, "-c", "pass"])))
+        base.append(timed(lambda: _quiet([interpreter_of(cdsim), "-c", "pass"])))
         ours.append(timed(lambda: _quiet([*cdsim, "--version"])))
     b, o = statistics.median(base), statistics.median(ours)
     return Row("cdsim --version, wall", "", "python -c pass", b, o, o - b, "s above", VERSION_TARGET)
@@ -86,7 +86,8 @@ def _deployments(where: str, files: int, cdsim: list[str], agent: list[str] | No
                 took.append(deployment(cdsim))
                 clear(work)
             t = statistics.median(took)
-            base_t = statistics.median([timed(lambda: _quiet([sys.executable, "-c", "pass"])) for _ in range(3)])
+            python = interpreter_of(cdsim)
+            base_t = statistics.median([timed(lambda: _quiet([python, "-c", "pass"])) for _ in range(3)])
             rows.append(Row(f"cdsim local, {label}, wall", where, "python -c pass", base_t, t, t, "s",
                             TRIVIAL_TARGET))
         else:
