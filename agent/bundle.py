@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
+from agent.fsutil import remove
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
 from agent.revision import LocalRevision, Revision
 
@@ -133,7 +134,7 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     link = os.path.join(deployment_dir, BUNDLE_LINK)
     say(f"Handle local file {link}")
     _link_bundle(revision.location, link)
-    _remove(archive_dir)
+    remove(archive_dir)
     os.mkdir(archive_dir)
     try:
         # Read through the source path (the file bundle.tar names) so messages name the user's file.
@@ -142,13 +143,13 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
             say("Stripping leading directory from archive bundle contents.")
         check_archive_links(archive_dir)
     except BundleError:
-        _remove(archive_dir)
+        remove(archive_dir)
         os.mkdir(archive_dir)
         raise
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        _remove(archive_dir)  # as the agent does on unzip's status 50
+        remove(archive_dir)  # as the agent does on unzip's status 50
         raise EnvironmentProblem("The disk is (or was) full during extraction.", file=archive_dir,
                                  reference="disk-full") from e
     return archive_dir
@@ -162,26 +163,12 @@ def _link_bundle(source: str, link: str) -> None:
             # The agent's fallback copy then refuses to copy a file onto itself (Q37).
             raise DeploymentError(f"same file: {source} and {link}") from None
         # The agent would copy through whatever is there; replace the entry instead.
-        _remove(link)
+        remove(link)
         os.symlink(source, link)
     except OSError:
         import shutil
 
         shutil.copyfile(source, link)  # a filesystem without symlinks: the agent's copy fallback
-
-
-def _remove(path: str) -> None:
-    """``rm -rf path`` without following symlinks."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def _strip_leading_directory(deployment_dir: str) -> bool:
@@ -197,7 +184,7 @@ def _strip_leading_directory(deployment_dir: str) -> bool:
     if not any("appspec" in name.lower() for name in os.listdir(top)):
         return False
     temp = os.path.join(deployment_dir, ARCHIVE_TEMP_DIR)
-    _remove(temp)
+    remove(temp)
     own = os.lstat(archive_dir)
     os.rename(archive_dir, temp)
     os.rename(os.path.join(temp, entries[0]), archive_dir)
@@ -266,7 +253,7 @@ def _copy_directory_bundle(source: str, deployment_dir: str) -> None:
 
 def _discard(path: str, created: bool) -> None:
     """Undo a refused copy: an archive folder we created is left empty, a merge target is removed."""
-    _remove(path)
+    remove(path)
     if created and os.path.basename(path) == ARCHIVE_DIR:
         os.mkdir(path)
 

@@ -1,4 +1,4 @@
-"""Small filesystem helpers shared by the I/O modules (atomic writes).
+"""Small filesystem helpers shared by the I/O modules (atomic writes, ``rm -rf``).
 
 Modes: a file cdsim creates gets the mode creating it gives, as the agent's do (behaviour doc Q40):
 ``0666 & ~umask`` for a plain file (``0600 & ~umask`` for private state). Nothing here chmods
@@ -44,3 +44,20 @@ def atomic_write(path: str, data: bytes | str, *, private: bool = False) -> None
         except FileNotFoundError:
             pass
         raise
+
+
+def remove(path: str) -> None:
+    """``rm -rf path`` without following symlinks: a link is removed, not what it points to; nothing
+    there is no error."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)

@@ -70,6 +70,7 @@ from typing import IO, NotRequired, TypedDict, cast
 
 from agent.errors import EnvironmentProblem, InvalidInput, UsageError
 from agent.fsutil import atomic_write
+from agent.fsutil import remove as remove_path
 from agent.instance import idmap
 from agent.instance import namespaces as ns
 from agent.state import images_dir
@@ -429,16 +430,6 @@ class _Applier:
             done.append(part)
         return done
 
-    def _remove(self, path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-
     def apply(self, stream: IO[bytes]) -> None:
         self.layer_paths = set()
         with tarfile.open(fileobj=stream, mode="r|") as tf:
@@ -463,14 +454,14 @@ class _Applier:
         if base == ".wh..wh..opq":
             for entry in os.listdir(folder):
                 if "/".join([*parent, entry]) not in self.layer_paths:
-                    self._remove(os.path.join(folder, entry))
+                    remove_path(os.path.join(folder, entry))
             return
         if base.startswith(".wh."):
             name = base[4:]
             if name in ("", ".", ".."):
                 raise _Unsafe("a whiteout for a path outside its folder")
             if "/".join([*parent, name]) not in self.layer_paths:
-                self._remove(os.path.join(folder, name))
+                remove_path(os.path.join(folder, name))
             return
         path = os.path.join(folder, base)
         self.layer_paths.add(rel)
@@ -478,7 +469,7 @@ class _Applier:
             try:
                 st = os.lstat(path)
                 if not stat.S_ISDIR(st.st_mode):
-                    self._remove(path)
+                    remove_path(path)
                     os.mkdir(path, 0o700)
             except FileNotFoundError:
                 os.mkdir(path, 0o700)
@@ -489,7 +480,7 @@ class _Applier:
                 self.layer_paths.discard(rel)
                 return   # the instance's /dev is its own tmpfs: never seen
             raise _Unsafe("a device node (only /dev may hold them, and the instance makes its own)")
-        self._remove(path)
+        remove_path(path)
         if m.isreg():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             data = tf.extractfile(m)

@@ -1053,30 +1053,25 @@ class Command:
         return 0
 
     def is_active(self, names: list[str]) -> int:
-        full = self.names(names, "")
-        if full is None:
-            return 1
-        any_active = False
-        for name in full:
-            st = self.m.states.get(name)
-            state = st.active if st else "inactive"
-            any_active |= state == "active"
-            if "quiet" not in self.options:
-                self.say(state)
-        return 0 if any_active else 3
+        return self._state_is(names, "active", otherwise=3)
 
     def is_failed(self, names: list[str]) -> int:
+        return self._state_is(names, "failed", otherwise=1)
+
+    def _state_is(self, names: list[str], wanted: str, *, otherwise: int) -> int:
+        """``is-active`` / ``is-failed``: print each unit's active state (unless --quiet); 0 when any is
+        ``wanted``, else systemd's status for that verb."""
         full = self.names(names, "")
         if full is None:
             return 1
-        any_failed = False
+        found = False
         for name in full:
             st = self.m.states.get(name)
             state = st.active if st else "inactive"
-            any_failed |= state == "failed"
+            found |= state == wanted
             if "quiet" not in self.options:
                 self.say(state)
-        return 0 if any_failed else 1
+        return 0 if found else otherwise
 
     def is_enabled(self, names: list[str]) -> int:
         full = self.names(names, "")
