@@ -324,3 +324,37 @@ def test_a_stopped_instance_is_unused_and_gets_no_requests(fleet: Fleet) -> None
     assert found.findtext(".//TargetHealth/Reason") == "Target.InvalidState"
     names = [get(fleet.url + "/")[1] for _ in range(4)]
     assert sorted(names) == ["web-1", "web-1", "web-2", "web-2"], names
+
+
+def test_a_target_that_is_no_instance_of_the_state_gets_no_health_check_and_no_request(fleet: Fleet) -> None:
+    """SECURITY.md: health checks and requests go only to addresses of the state's own instances. An EC2
+    instance of the local AWS that is no cdsim instance (RunInstances, which any caller of the API may
+    send), registered in the target group, stays `unused` and gets none of the requests. (After the
+    stopped-instance test: web-3 is stopped, web-1 and web-2 serve.)"""
+    ec2 = {"Version": "2016-11-15"}
+    ami = localaws.query(fleet.state, "ec2", {**ec2, "Action": "DescribeInstances",
+                                              "InstanceId.1": fleet.ids["web-1"]}).findtext(".//imageId")
+    made = localaws.query(fleet.state, "ec2", {**ec2, "Action": "RunInstances", "ImageId": ami or "",
+                                               "MinCount": "1", "MaxCount": "1", "InstanceType": "t3.micro"})
+    foreign = made.findtext(".//instancesSet/item/instanceId") or ""
+    assert foreign.startswith("i-") and foreign not in fleet.ids.values(), foreign
+    elbv2(fleet.state, Action="RegisterTargets", TargetGroupArn=fleet.target_group, **{"Targets.member.1.Id": foreign})
+    try:
+        def states() -> dict[str, str]:
+            found = elbv2(fleet.state, Action="DescribeTargetHealth", TargetGroupArn=fleet.target_group)
+            return {m.findtext("Target/Id") or "": m.findtext("TargetHealth/State") or ""
+                    for m in found.iterfind(".//TargetHealthDescriptions/member")}
+
+        deadline = time.monotonic() + 10
+        while foreign not in states() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.5)   # longer than one health-check interval: a check would have run by now
+        seen = states()
+        assert seen[foreign] == "unused", seen
+        assert seen[fleet.ids["web-1"]] == seen[fleet.ids["web-2"]] == "healthy", seen
+        answers = [get(fleet.url + "/") for _ in range(6)]
+        assert sorted(body for _, body, _ in answers) == ["web-1"] * 3 + ["web-2"] * 3, answers
+    finally:
+        elbv2(fleet.state, Action="DeregisterTargets", TargetGroupArn=fleet.target_group,
+              **{"Targets.member.1.Id": foreign})
+
