@@ -434,3 +434,79 @@ def test_an_image_instance_without_python_has_the_stand_in_too(tmp_path):
         assert lines[2:] == ["inactive", "rc=3"], done.stdout
     finally:
         cdsim(state, "instance", "destroy", "img")
+
+
+IMAGE_APPSPEC = """\
+version: 0.0
+os: linux
+files:
+  - source: index.html
+    destination: /var/www
+file_exists_behavior: OVERWRITE
+hooks:
+  ApplicationStop:
+    - location: stop.sh
+  AfterInstall:
+    - location: start.sh
+  ValidateService:
+    - location: validate.sh
+"""
+
+
+def test_in_an_image_a_hook_starts_the_images_unit_and_the_next_application_stop_stops_it(tmp_path):
+    """Issue 19's scenario in an instance made from an image (a static busybox, no Python, the unit file
+    /etc/systemd/system/web.service in the image): AfterInstall `systemctl start`s it, ValidateService
+    reaches it over HTTP, the service outlives the deployment; the next deployment's ApplicationStop
+    `systemctl stop`s it (its process gone) and starts the new revision's; `cdsim instance stop` ends that."""
+    busybox = lib.require_tool("busybox", "busybox-static")
+    if not lib.IS_ROOT:
+        lib.skip_or_fail("deploys into an instance as root (CI runs as root)")
+    rootfs = tmp_path / "rootfs"
+    for folder in ("bin", "etc/systemd/system", "tmp", "var/www", "proc", "sys", "dev", "run"):
+        (rootfs / folder).mkdir(parents=True)
+    (rootfs / "bin/busybox").write_bytes(Path(busybox).read_bytes())
+    (rootfs / "bin/busybox").chmod(0o755)
+    for tool in ("sh", "wget", "httpd", "sleep", "cat", "mkdir", "printf"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\n")
+    (rootfs / "etc/systemd/system/web.service").write_text(
+        "[Unit]\nDescription=the image's web server\n\n"
+        "[Service]\nExecStart=/bin/httpd -f -p 127.0.0.1:8081 -h /var/www\n")
+    scripts = {
+        "stop.sh": "#!/bin/sh\nsystemctl stop web\necho \"stop: $? is-active=$(systemctl is-active web)\"\n",
+        "start.sh": "#!/bin/sh\nsystemctl start web\necho \"start: $?\"\n",
+        "validate.sh": "#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do\n"
+                       "  body=$(wget -qO- http://127.0.0.1:8081/index.html) && break; sleep 0.25\ndone\n"
+                       "echo \"validate: $body\"\n",
+    }
+
+    def bundle(version: str) -> str:
+        folder = tmp_path / version
+        folder.mkdir()
+        (folder / "appspec.yml").write_text(IMAGE_APPSPEC)
+        (folder / "index.html").write_text(f"hello from {version}\n")
+        for name, body in scripts.items():
+            (folder / name).write_text(body)
+            (folder / name).chmod(0o755)
+        return str(folder)
+
+    state = str(tmp_path / "state")
+    try:
+        assert cdsim(state, "instance", "create", "img", "--image", str(rootfs)).returncode == 0
+        instance = inst.get("img", state=state)
+        first = cdsim(state, "deploy", "--instance", "img", bundle("v1"))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "start: 0" in first.stdout and "validate: hello from v1" in first.stdout, first.stdout
+        [old] = host_pids_running(instance, "httpd -f -p 127.0.0.1:8081")   # outlived the hook
+        second = cdsim(state, "deploy", "--instance", "img", bundle("v2"))
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "stop: 0 is-active=inactive" in second.stdout, second.stdout
+        assert "validate: hello from v2" in second.stdout, second.stdout
+        assert not os.path.exists(f"/proc/{old}"), "ApplicationStop's systemctl stop left the old server"
+        [new] = host_pids_running(instance, "httpd -f -p 127.0.0.1:8081")
+        assert new != old
+        assert cdsim(state, "instance", "stop", "img").returncode == 0
+        assert not os.path.exists(f"/proc/{new}"), "cdsim instance stop left the service running"
+    finally:
+        cdsim(state, "instance", "destroy", "img")
