@@ -404,13 +404,10 @@ def test_an_unprivileged_instance_has_the_stand_in_too(runas_user, shared_dir):
 
 
 
-@lib.needs_root("instances from a root file system folder are made as root here (CI runs as root)")
-def test_an_image_instance_without_python_has_the_stand_in_too(tmp_path):
-    """An instance made from an image with no Python (a static busybox): systemctl and journalctl are the
-    stand-in (a /bin/sh script running cdsim's Python brought in), a unit starts busybox's httpd, which
-    answers, and stops."""
+def busybox_rootfs(rootfs: Path) -> Path:
+    """A root file system with no Python: a static busybox and the applets the image tests use, root in
+    /etc/passwd and /etc/group, an empty /var/www."""
     busybox = lib.require_tool("busybox", "busybox-static")
-    rootfs = tmp_path / "rootfs"
     for folder in ("bin", "etc", "tmp", "var/www", "proc", "sys", "dev", "run"):
         (rootfs / folder).mkdir(parents=True)
     (rootfs / "bin/busybox").write_bytes(Path(busybox).read_bytes())
@@ -419,6 +416,15 @@ def test_an_image_instance_without_python_has_the_stand_in_too(tmp_path):
         (rootfs / "bin" / tool).symlink_to("busybox")
     (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (rootfs / "etc/group").write_text("root:x:0:\n")
+    return rootfs
+
+
+@lib.needs_root("instances from a root file system folder are made as root here (CI runs as root)")
+def test_an_image_instance_without_python_has_the_stand_in_too(tmp_path):
+    """An instance made from an image with no Python (a static busybox): systemctl and journalctl are the
+    stand-in (a /bin/sh script running cdsim's Python brought in), a unit starts busybox's httpd, which
+    answers, and stops."""
+    rootfs = busybox_rootfs(tmp_path / "rootfs")
     (rootfs / "var/www/index.html").write_text("hello from the image\n")
     state = str(tmp_path / "state")
     try:
@@ -458,18 +464,10 @@ def test_in_an_image_a_hook_starts_the_images_unit_and_the_next_application_stop
     /etc/systemd/system/web.service in the image): AfterInstall `systemctl start`s it, ValidateService
     reaches it over HTTP, the service outlives the deployment; the next deployment's ApplicationStop
     `systemctl stop`s it (its process gone) and starts the new revision's; `cdsim instance stop` ends that."""
-    busybox = lib.require_tool("busybox", "busybox-static")
     if not lib.IS_ROOT:
         lib.skip_or_fail("deploys into an instance as root (CI runs as root)")
-    rootfs = tmp_path / "rootfs"
-    for folder in ("bin", "etc/systemd/system", "tmp", "var/www", "proc", "sys", "dev", "run"):
-        (rootfs / folder).mkdir(parents=True)
-    (rootfs / "bin/busybox").write_bytes(Path(busybox).read_bytes())
-    (rootfs / "bin/busybox").chmod(0o755)
-    for tool in ("sh", "wget", "httpd", "sleep", "cat", "mkdir", "printf"):
-        (rootfs / "bin" / tool).symlink_to("busybox")
-    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (rootfs / "etc/group").write_text("root:x:0:\n")
+    rootfs = busybox_rootfs(tmp_path / "rootfs")
+    (rootfs / "etc/systemd/system").mkdir(parents=True)
     (rootfs / "etc/systemd/system/web.service").write_text(
         "[Unit]\nDescription=the image's web server\n\n"
         "[Service]\nExecStart=/bin/httpd -f -p 127.0.0.1:8081 -h /var/www\n")
