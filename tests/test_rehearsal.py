@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,8 @@ VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path != "/health":   # a request of the probe's: the test's sign that the rehearsal runs
+            open("/run/app.hit", "a").close()
         body = (VERSION + "\\n").encode()
         self.send_response(200)
         self.send_header("X-Version", VERSION)
@@ -69,7 +72,10 @@ i=0
 while [ ! -e /run/app.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
 [ -e /run/app.ready ]
 """
+# ApplicationStop first waits (up to a minute) for the test's word that the rehearsal's probe is sending, so
+# that a slow start of `cdsim wait` cannot let web-1 stop before the probe's first request
 STOP = """#!/bin/sh
+for i in $(seq 600); do [ -e /var/tmp/probe-sending ] && break; sleep 0.1; done
 [ -f /run/app.pid ] && kill "$(cat /run/app.pid)" 2>/dev/null
 rm -f /run/app.pid
 sleep 1   # let it go
@@ -82,6 +88,11 @@ SERVING = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "Aft
 def _git(path: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
                           check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _in(state: str, name: str, command: str) -> bool:
+    """Whether ``sh -c COMMAND`` in instance NAME exits 0."""
+    return inst.exec_in(inst.get(name, state=state), ["/bin/sh", "-c", command]) == 0
 
 
 def _elbv2(state: str, **params: str):
@@ -118,7 +129,7 @@ def rehearsal(tmp_path_factory):
             ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in names}
             tg = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
                 ".//TargetGroupArn") or ""
-            _elbv2(state, Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/",
+            _elbv2(state, Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/health",
                    HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
                    UnhealthyThresholdCount="2")
             _elbv2(state, Action="ModifyTargetGroupAttributes", TargetGroupArn=tg,
@@ -163,15 +174,27 @@ def rehearsal(tmp_path_factory):
                 _git(repo, "add", "-A")
                 _git(repo, "commit", "-qm", f"v{n}")
                 sha = _git(repo, "rev-parse", "HEAD")
+                for name in names:
+                    assert _in(state, name, "rm -f /run/app.hit /var/tmp/probe-sending" if n > 1 else
+                               "touch /var/tmp/probe-sending")
                 did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
                     "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
                     "deploymentId"]
                 report = tmp / f"traffic-{n}.json"
                 probe = ("--traffic", f"{url},20", "--traffic-version-header", "X-Version",
                          "--traffic-report", str(report)) if n > 1 else ()
-                done = subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "300",
-                                       *probe], env=env, cwd=REPO, capture_output=True, text=True, timeout=330,
-                                      check=False)
+                waiting = subprocess.Popen([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout",
+                                            "300", *probe], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+                if probe:   # once a server has answered the probe, the ApplicationStops may go on (see STOP)
+                    deadline = time.monotonic() + 120
+                    while waiting.poll() is None and time.monotonic() < deadline and not any(
+                            _in(state, name, "test -e /run/app.hit") for name in names):
+                        time.sleep(0.1)
+                    for name in names:
+                        assert _in(state, name, "touch /var/tmp/probe-sending")
+                stdout, stderr = waiting.communicate(timeout=330)
+                done = subprocess.CompletedProcess(waiting.args, waiting.returncode, stdout, stderr)
                 instances = {i["instanceId"].rsplit("/", 1)[-1]: {e["lifecycleEventName"]: e for e in
                                                                   i["lifecycleEvents"]}
                              for i in call(ep, "BatchGetDeploymentInstances", {

@@ -39,7 +39,10 @@ TRAFFIC_HOOKS = ["BeforeBlockTraffic", "AfterBlockTraffic", "BeforeAllowTraffic"
 APPSPEC = "version: 0.0\nos: linux\nhooks:\n" + "".join(
     f"  {event}:\n    - location: note.sh\n" for event in TRAFFIC_HOOKS) + \
     "  ApplicationStop:\n    - location: observe.sh\n"
-NOTE = "#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/tc-hooks.log\n"
+# the first hook waits (up to a minute) for the test to say the rehearsal's probe is sending, so that a slow
+# start of `cdsim wait` cannot let web-1 finish before the probe's first request
+NOTE = ("#!/bin/sh\nfor i in $(seq 600); do [ -e /var/tmp/probe-sending ] && break; sleep 0.1; done\n"
+        "echo \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/tc-hooks.log\n")
 OBSERVE = """#!/bin/bash
 # what the target group says of every instance while this one's ApplicationStop runs
 STATES=$(aws --region us-east-1 elbv2 describe-target-health --target-group-arn "{arn}" \\
@@ -60,6 +63,7 @@ class FlakyServer(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.fail_next = 0
         self.version = "blue"
+        self.served = 0
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -69,6 +73,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             failing = self.server.fail_next > 0
             self.server.fail_next -= failing
+            self.server.served += 1
         body = b"down\n" if failing else b"up\n"
         self.send_response(503 if failing else 200)
         self.send_header("X-Version", self.server.version)
@@ -180,6 +185,12 @@ def rehearsal(tmp_path_factory):
                      "--traffic", f"{url},20", "--traffic-version-header", "X-Version",
                      "--traffic-report", str(report), *(reports if n == 2 else ())],
                     env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                if n == 1:   # the probe sends: let the hooks go on (see NOTE)
+                    deadline = time.monotonic() + 120
+                    while web.served == 0 and waiting.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    for name in names:
+                        assert inst.exec_in(inst.get(name, state=state), ["touch", "/var/tmp/probe-sending"]) == 0
                 failing_seen = []
                 if n == 2:   # ten 503s once web-2 is seen in its ApplicationStop (which lasts 2 s or more)
                     while waiting.poll() is None and not failing_seen:
