@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -228,6 +229,7 @@ class FsView:
 
 SEMANAGE_PREFIX = "semanage\0"
 _STRIP = " \t\n\v\f\r\0"  # Ruby's String#strip set
+_FS_UTF8 = sys.getfilesystemencoding() == "utf-8" and sys.getfilesystemencodeerrors() == "surrogateescape"
 
 
 def read_cleanup(cleanup_path: str) -> list[str]:
@@ -238,22 +240,25 @@ def read_cleanup(cleanup_path: str) -> list[str]:
             data = f.read()
     except FileNotFoundError:
         return []
-    lines = data.split(b"\n")
-    lines.pop()  # text after the last "\n": '' when the file ends cleanly, else a torn entry
-    out = []
-    for raw in lines:
-        s = os.fsdecode(raw).strip(_STRIP)
-        if s and s != SEMANAGE_PREFIX:
-            out.append(s)
-    return out
+    end = data.rfind(b"\n") + 1  # text after the last "\n": none when the file ends cleanly, else a torn entry
+    if _FS_UTF8:
+        # in UTF-8 a "\n" byte is never part of another character, so decoding the whole text and then
+        # splitting it gives what decoding line by line gives (os.fsdecode of each), in one call
+        lines = data[:end].decode("utf-8", "surrogateescape").split("\n")
+    else:
+        lines = [os.fsdecode(raw) for raw in data[:end].split(b"\n")]
+    lines.pop()  # after the last "\n"
+    return [s for line in lines if (s := line.strip(_STRIP)) and s != SEMANAGE_PREFIX]
 
 
-def run_cleanup(cleanup_path: str) -> list[str]:
+def run_cleanup(cleanup_path: str, entries: list[str] | None = None) -> list[str]:
     """§6.2: undo what the previous Install of the group put down, in reverse order, then delete the
     cleanup file. Symlinks and files are unlinked, directories removed only when empty (kept silently
     otherwise), missing paths ignored, SELinux contexts removed with ``semanage fcontext -d`` when
-    semanage exists (its result ignored). Returns the paths removed."""
-    entries = read_cleanup(cleanup_path)
+    semanage exists (its result ignored). Returns the paths removed. ``entries``: the file's
+    ``read_cleanup``, when the caller has read it already."""
+    if entries is None:
+        entries = read_cleanup(cleanup_path)
     removed: list[str] = []
     semanage = None
     if any(e.startswith(SEMANAGE_PREFIX) for e in entries):
@@ -311,13 +316,14 @@ class CleanupPreview:
     contexts: tuple[str, ...] = ()  # SELinux contexts that would be removed
 
 
-def preview_cleanup(cleanup_path: str) -> CleanupPreview:
+def preview_cleanup(cleanup_path: str, entries: list[str] | None = None) -> CleanupPreview:
+    """``entries``: the file's ``read_cleanup``, when the caller has read it already."""
     removes: list[str] = []
     keeps: list[str] = []
     contexts: list[str] = []
     gone: set[str] = set()
     kinds = _EntryKinds()
-    for entry in reversed(read_cleanup(cleanup_path)):
+    for entry in reversed(read_cleanup(cleanup_path) if entries is None else entries):
         if entry.startswith(SEMANAGE_PREFIX):
             contexts.append(entry[len(SEMANAGE_PREFIX):])
             continue
@@ -703,24 +709,24 @@ class _Executor:
                 if type(ins) is Copy:
                     batch = [ins]
                     if not ins.replaces:
-                        while i + len(batch) < n and len(batch) < COPY_BATCH:
-                            nxt = instructions[i + len(batch)]
+                        limit = min(n, i + COPY_BATCH)
+                        j = i + 1
+                        while j < limit:
+                            nxt = instructions[j]
                             if type(nxt) is not Copy or nxt.replaces:
                                 break
                             batch.append(nxt)
-                    ends = []
-                    size = self.size + sum(len(p) for p in self.pending)
-                    for c in batch:
-                        line = os.fsencode(c.destination) + b"\n"
-                        self.pending.append(line)
-                        size += len(line)
-                        ends.append(size)
+                            j += 1
+                    lines = [c.destination + "\n" for c in batch]
+                    block = os.fsencode("".join(lines))  # the batch's lines, encoded at once
+                    self.pending.append(block)
                     self.flush()
-                    for c, end in zip(batch, ends, strict=True):
+                    for k, c in enumerate(batch):
                         try:
                             self.copy(c)
                         except BaseException:
                             # the agent's journal ends with the failing copy's line
+                            end = self.size - len(block) + len(os.fsencode("".join(lines[:k + 1])))
                             os.ftruncate(self.fd, end)
                             self.size = end
                             raise
@@ -928,9 +934,10 @@ def install(appspec: AppSpec, archive_dir: str, instructions_dir: str, group_id:
     os.makedirs(instructions_dir, exist_ok=True)
     cleanup_path = os.path.join(instructions_dir, f"{group_id}-cleanup")
     behavior = effective_file_exists_behavior(appspec, cli_file_exists_behavior)
+    entries = read_cleanup(cleanup_path)  # read once, for the preview and the cleanup itself
     instructions = generate_instructions(appspec, archive_dir, behavior, cwd,
-                                         fs=AfterCleanupView(preview_cleanup(cleanup_path).removes))
-    removed = run_cleanup(cleanup_path)
+                                         fs=AfterCleanupView(preview_cleanup(cleanup_path, entries).removes))
+    removed = run_cleanup(cleanup_path, entries)
     atomic_write(os.path.join(instructions_dir, f"{group_id}-install.json"), install_json(instructions))
     summary = execute_instructions(instructions, cleanup_path, progress=progress)
     return replace(summary, cleanup_removed=len(removed), elapsed_s=time.monotonic() - start)
