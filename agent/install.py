@@ -183,9 +183,9 @@ def install_json(instructions: Iterable[Instruction]) -> str:
     text = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) encodes strings with
     parts = []
     for i in instructions:
-        if isinstance(i, Copy):
+        if type(i) is Copy:
             parts.append('{"type":"copy","source":' + text(i.source) + ',"destination":' + text(i.destination) + "}")
-        elif isinstance(i, Mkdir):
+        elif type(i) is Mkdir:
             parts.append('{"type":"mkdir","directory":' + text(i.directory) + "}")
         else:
             parts.append(json.dumps(i.to_json(), ensure_ascii=False, separators=(",", ":")))
@@ -356,8 +356,9 @@ class _EntryKinds:
 
     def is_dir(self, entry: str) -> bool | None:
         folder, _, name = entry.rpartition("/")
+        # a name longer than 255 bytes (encoded, a character is 4 bytes at most) is not in any listing
         if not folder or not name or name in (".", "..") or "//" in entry or "/./" in entry \
-                or "/../" in entry or len(os.fsencode(name)) > 255:
+                or "/../" in entry or (len(name) > 63 and len(os.fsencode(name)) > 255):
             return self._lstat(entry)
         if folder not in self.folders and folder not in self.unlisted:
             self._scan(folder)
@@ -586,6 +587,8 @@ class Generator:
                     else:
                         real = src_real + "/" + name
                     self.copy_directory(s, real, raw + "/" + name, dest + "/" + name, fresh)
+                elif fresh:  # nearly every file of a first install: self.copy_file's first case, inlined
+                    self.copy(s, dest + "/" + name)
                 else:
                     self.copy_file(s, raw + "/" + name, dest + "/" + name, fresh)
 
