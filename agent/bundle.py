@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import io
 import os
 import re
@@ -831,7 +832,9 @@ _FAST_TYPES = frozenset((b"0", b"\0", b"5", b"2", b"1"))
 
 # mode, uid, gid, size, mtime, checksum as 7/7/7/11/11/6 octal digits each ended by a NUL (the
 # checksum by a NUL and a space)
-_COMMON_NUMBERS = re.compile(rb"([0-7]{7})\0([0-7]{7})\0([0-7]{7})\0([0-7]{11})\0([0-7]{11})\0([0-7]{6})\0 ")
+@functools.cache  # compiled on first use: a directory bundle never reads a tar header (start-up)
+def _common_numbers() -> re.Pattern[bytes]:
+    return re.compile(rb"([0-7]{7})\0([0-7]{7})\0([0-7]{7})\0([0-7]{11})\0([0-7]{11})\0([0-7]{6})\0 ")
 _NO_DEVICE = bytes(8)
 
 
@@ -911,7 +914,7 @@ def _parse_header(buf: bytes, offset: int, encoding: str, errors: str) -> tarfil
      devmajor, devminor, prefix) = _HEADER.unpack_from(buf)
     if kind not in _FAST_TYPES:
         raise _Unusual
-    common = _COMMON_NUMBERS.match(buf, 100)
+    common = _common_numbers().match(buf, 100)
     if common:  # what GNU tar and Python write: the same values as below, four times faster
         mode_n, uid_n, gid_n, size_n, mtime_n, checksum = [int(n, 8) for n in common.groups()]
     else:
@@ -1064,13 +1067,15 @@ _WHITE_END = re.compile(r"[ \t\n\v\f\r](?:/|\Z)")
 
 # a name the rules below accept as it is: components of ordinary characters, none empty, none starting
 # with "." (so neither "." nor ".."), no white space, backslash or colon; an optional leading "./"
-_PLAIN_PART = r"[A-Za-z0-9_+@%=,-][A-Za-z0-9_.+@%=,~-]*"
-_PLAIN_NAME = re.compile(rf"(?:\./)?((?:{_PLAIN_PART}/)*{_PLAIN_PART})")
+@functools.cache  # compiled on first use: a directory bundle never splits a member name (start-up)
+def _plain_name() -> re.Pattern[str]:
+    part = r"[A-Za-z0-9_+@%=,-][A-Za-z0-9_.+@%=,~-]*"
+    return re.compile(rf"(?:\./)?((?:{part}/)*{part})")
 
 
 def _split(name: str) -> tuple[tuple[str, ...], str | None]:
     """A member name as path components inside the archive folder, or why it would leave it."""
-    plain = _PLAIN_NAME.fullmatch(name)
+    plain = _plain_name().fullmatch(name)
     if plain:  # nearly every member: the same result as the checks below, without them
         return tuple(plain[1].split("/")), None
     if "\x00" in name:
