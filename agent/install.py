@@ -678,6 +678,9 @@ def generate_instructions(appspec: AppSpec, archive_dir: str, file_exists_behavi
 # mkdir lines come after the mkdir succeeds (a failed mkdir must not list the path: it may be a file
 # that belongs to someone else) and are written no later than the next copy batch or the end.
 COPY_BATCH = 128
+_S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG  # stat.S_IFMT(mode) == S_IFREG, without the call
+_READ = os.O_RDONLY | os.O_CLOEXEC
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 class _Executor:
@@ -763,42 +766,41 @@ class _Executor:
         except OSError as e:
             raise DeploymentError(f"{e.strerror} @ rb_sysopen - {src}") from e
         mode = st.st_mode
-        if stat.S_ISLNK(mode):
-            try:
-                os.symlink(os.readlink(src), dst)
-            except OSError as e:
-                raise DeploymentError(f"{e.strerror} @ syserr_fail2_in - {dst}") from e
-            self.links += 1
-            return
-        if not stat.S_ISREG(mode):
+        if mode & _S_IFMT != _S_IFREG:
+            if stat.S_ISLNK(mode):
+                try:
+                    os.symlink(os.readlink(src), dst)
+                except OSError as e:
+                    raise DeploymentError(f"{e.strerror} @ syserr_fail2_in - {dst}") from e
+                self.links += 1
+                return
             raise DeploymentError(f"cannot install {src}: not a regular file or a symbolic link")
         try:
-            fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            fin = os.open(src, _READ)
         except OSError as e:
             raise DeploymentError(f"{e.strerror} @ rb_sysopen - {src}") from e
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             try:
                 # an existing symlink is followed (written through), as the agent's File.open does
-                fout = os.open(dst, flags, 0o600)
+                fout = os.open(dst, _WRITE, 0o600)
             except IsADirectoryError:
                 # copying onto an existing directory copies into it (FileUtils.copy)
                 dst = dst + "/" + os.path.basename(src)
                 try:
-                    fout = os.open(dst, flags, 0o600)
+                    fout = os.open(dst, _WRITE, 0o600)
                 except OSError as e:
                     raise DeploymentError(f"{e.strerror} @ rb_sysopen - {dst}") from e
             except OSError as e:
                 raise DeploymentError(f"{e.strerror} @ rb_sysopen - {dst}") from e
             try:
                 size = st.st_size
-                done = 0
-                while done < size:
+                done = os.sendfile(fout, fin, None, size) if size else 0
+                while done < size:  # a short copy (a large file): the rest, until the end of the file
                     sent = os.sendfile(fout, fin, None, size - done)
                     if sent == 0:
                         break
                     done += sent
-                perms = stat.S_IMODE(mode)
+                perms = mode & 0o7777
                 if self.is_root:
                     os.fchown(fout, st.st_uid, st.st_gid)
                 else:
