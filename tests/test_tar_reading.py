@@ -11,6 +11,7 @@ import pytest
 from agent import bundle
 from agent.errors import BundleError, UnsafeBundle
 from agent.revision import LocalRevision
+from tests.lib import needs_root, require_tool
 
 FIELDS = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "offset_data")
 
@@ -229,3 +230,70 @@ def test_names_at_the_edge_of_the_plain_name_shortcut_get_the_full_rules(name, r
             bundle.check_members([member])
     else:
         bundle.check_members([member])
+
+
+_MODES = {"a": 0o644, "b": 0o755, "c": 0o600, "d": 0o640, "e": 0o777, "f": 0o1755, "g": 0o000, "h": 0o666}
+
+
+def _modes_tar(path):
+    """Members of every usual mode (and sticky, and none), half owned by uid/gid 4321 and half by this
+    process's ids, all without owner names (so the numbers apply, as GNU tar does as root)."""
+    with tarfile.open(path, "w") as tf:
+        for i, (name, mode) in enumerate(sorted(_MODES.items())):
+            info = tarfile.TarInfo(f"app/{name}")
+            info.mode, info.size, info.mtime = mode, 3, 1_600_000_000
+            info.uid, info.gid = (4321, 4321) if i % 2 else (os.geteuid(), os.getegid())
+            info.uname = info.gname = ""
+            tf.addfile(info, io.BytesIO(b"abc"))
+
+
+def _unpack_under(tmp_path, umask, default_acl=None):
+    out = tmp_path / "m.tar"
+    _modes_tar(out)
+    dep = tmp_path / "dep"
+    dep.mkdir()
+    if default_acl:
+        subprocess.run(["setfacl", "-d", "-m", default_acl, str(dep)], check=True)
+    old = os.umask(umask)
+    try:
+        bundle.fetch_and_unpack(LocalRevision(str(out), "tar"), str(dep))
+    finally:
+        os.umask(old)
+    return dep / "deployment-archive" / "app"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o000])
+def test_members_get_their_exact_modes_and_owners_under_any_umask(tmp_path, umask):
+    """A file created with its mode (no fchmod) or by its owner (no fchown) ends as tar -xp leaves it."""
+    app = _unpack_under(tmp_path, umask)
+    for i, (name, mode) in enumerate(sorted(_MODES.items())):
+        st = (app / name).stat()
+        assert oct(st.st_mode & 0o7777) == oct(mode), name
+        if os.geteuid() == 0:
+            assert (st.st_uid, st.st_gid) == ((4321, 4321) if i % 2 else (0, os.getegid())), name
+        assert st.st_mtime == 1_600_000_000
+
+
+def test_members_get_their_exact_modes_under_a_default_acl(tmp_path):
+    """A default ACL on the deployment folder takes the umask's place for new files: modes are still
+    set exactly as the members give them."""
+    require_tool("setfacl", "acl")
+    app = _unpack_under(tmp_path, 0o022, default_acl="u::rwx,g::r-x,o::---,m::rwx")
+    for name, mode in _MODES.items():
+        assert oct((app / name).stat().st_mode & 0o7777) == oct(mode), name
+
+
+@needs_root("giving the deployment folder another group")
+def test_members_get_their_exact_owners_in_a_setgid_folder(tmp_path):
+    """A setgid deployment folder gives new files its group: a member owned by this process's own ids
+    is still given them (the fchown a creation by the owner would otherwise make unnecessary)."""
+    dep = tmp_path / "dep"
+    dep.mkdir()
+    os.chown(dep, -1, 4321)
+    os.chmod(dep, 0o2755)
+    out = tmp_path / "m.tar"
+    _modes_tar(out)
+    bundle.fetch_and_unpack(LocalRevision(str(out), "tar"), str(dep))
+    for i, name in enumerate(sorted(_MODES)):
+        st = (dep / "deployment-archive" / "app" / name).stat()
+        assert (st.st_uid, st.st_gid) == ((4321, 4321) if i % 2 else (0, os.getegid())), name
