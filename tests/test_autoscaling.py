@@ -236,12 +236,16 @@ def test_scale_in_terminates_and_deregisters(scaled):
     (["--desired", "lots", "shop-asg"], "--desired 'lots' is not N, +N or -N"),
     (["--desired", "-5", "shop-asg"], "--desired -5: the group has "),
     (["--desired", "1", "--", "-shop"], "'-shop' is not an Auto Scaling group name"),
+    (["--desired", "+1", "--traffic", "ftp://127.0.0.1/", "shop-asg"], "expected an http:// or https:// URL"),
+    (["--desired", "+1", "--traffic", "http://192.0.2.1/", "shop-asg"], "192.0.2.1 is not an address of this"),
 ])
 def test_bad_scale_requests_are_refused_clearly(scaled, args, says):
+    before = _asg_ids(scaled["state"])
     done = scaled["cdsim"]("fleet", "scale", "--endpoint", scaled["ep"], "--state", scaled["state"], *args)
     assert done.returncode == ExitStatus.USAGE, done.stdout + done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+    assert _asg_ids(scaled["state"]) == before   # refused before anything was launched
 
 
 HOLD = """

@@ -125,7 +125,8 @@ def rehearsal(tmp_path_factory):
                 name, _, value = line[len("export "):].partition("=")
                 env[name] = value.strip("'")
             env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
-            names = fleet_up(ep, count=3, tag="Name=Web", application="A", state=state, target_group="web-tg")
+            names = fleet_up(ep, count=3, tag="Name=Web", application="A", state=state, target_group="web-tg",
+                             auto_scaling_group="web-asg")
             ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in names}
             tg = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
                 ".//TargetGroupArn") or ""
@@ -205,7 +206,23 @@ def rehearsal(tmp_path_factory):
                            "status": call(ep, "GetDeployment", {"deploymentId": did})["deploymentInfo"]["status"]}
                 (tmp / f"wait-{n}.txt").write_text(done.stdout + done.stderr)   # for a look after a run
                 (tmp / f"events-{n}.json").write_text(json.dumps(instances, indent=1, default=str))
-            out.update(names=names, ids=ids, runs=runs, url=url)
+            # the group back to traffic control, on the fleet's Auto Scaling group too: one instance more, then
+            # one less, each rehearsed (`cdsim fleet scale --traffic`)
+            call(ep, "UpdateDeploymentGroup", {
+                "applicationName": "A", "currentDeploymentGroupName": "G", "autoScalingGroups": ["web-asg"],
+                "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"}})
+            scaled = {}
+            for step in ("+1", "-1"):
+                report = tmp / f"scale{step}.json"
+                done = subprocess.run([*CLI, "fleet", "scale", "web-asg", "--desired", step, "--endpoint", ep,
+                                       "--state", state, "--interval", "0.2", "--timeout", "300", "--traffic",
+                                       f"{url},20", "--traffic-version-header", "X-Version",
+                                       "--traffic-report", str(report)],
+                                      env=env, cwd=REPO, capture_output=True, text=True, timeout=330, check=False)
+                scaled[step] = {"exit": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+                                "report": json.loads(report.read_text()) if report.exists() else None,
+                                "instances": sorted(s.name for s in inst.list_instances(state=state))}
+            out.update(names=names, ids=ids, runs=runs, url=url, scaled=scaled)
             yield out
         finally:
             service.close()
@@ -257,3 +274,25 @@ def test_a_stop_without_traffic_control_fails_requests_at_that_instance_s_applic
         assert stops[name]["failed"] > 0, stops
         assert set(stops[name]["errors"]) <= {"HTTP 502"}, stops[name]
     assert f"{rows[-1]['failed']} requests failed during the deployment" in run["stderr"]
+
+
+def test_a_scale_out_and_a_scale_in_rehearsed_drop_no_request(rehearsal):
+    """`cdsim fleet scale web-asg --desired +1 --traffic`: the new instance gets v3 from the service's automatic
+    deployment and answers only once registered (0 failed); `--desired -1 --traffic`: it is deregistered and
+    drained before it goes (0 failed), the figures pinned on it (``ScaleIn``)."""
+    out, names = rehearsal["scaled"]["+1"], rehearsal["names"]
+    assert out["exit"] == 0, out["stdout"] + out["stderr"]
+    [new] = sorted(set(out["instances"]) - set(names))
+    assert f"launched {new}" in out["stdout"] and "the service deploys to" in out["stdout"], out["stdout"]
+    assert "Deployment " in out["stdout"] and "succeeded" in out["stdout"], out["stdout"]
+    total = out["report"]["windows"][-1]
+    assert total["subject"] == "*" and total["failed"] == 0 and total["sent"] >= 20, total
+    assert f"v3 {new}" in total["versions"], total["versions"]
+    assert set(total["versions"]) <= {f"v3 {n}" for n in [*names, new]}, total["versions"]
+    out = rehearsal["scaled"]["-1"]
+    assert out["exit"] == 0, out["stdout"] + out["stderr"]
+    assert f"terminated {new}" in out["stdout"] and out["instances"] == sorted(names), out
+    rows = out["report"]["windows"]
+    assert rows[-1]["failed"] == 0 and rows[-1]["sent"] > 0, rows
+    assert [(r["subject"], r["phase"]) for r in rows[:-1]] == [(new, "ScaleIn")], rows
+    assert f"{new} ScaleIn: " in out["stdout"], out["stdout"]
