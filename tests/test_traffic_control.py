@@ -390,6 +390,14 @@ def test_the_reports_carry_the_figures_with_each_instance_s_events(rehearsal):
     assert failed_cases == [("traffic", "web-2 ApplicationStop")]
     html = rehearsal["reports"]["html"]
     assert "Requests during the deployment" in html and "HTTP 503: 10" in html
+    # the timeline shows the error rate over the events: a strip under each event that got requests, one
+    # failing (web-2's ApplicationStop: its 10 failures)
+    import re
+    strips = re.findall(r'data-name="(\w+)" data-status="\w+" [^>]*></div><div class="requests( failing)?" '
+                        r'data-sent="(\d+)" data-failed="(\d+)"', html)
+    assert len(strips) >= 3, strips
+    failing = [(name, int(failed)) for name, mark, _, failed in strips if mark]
+    assert failing == [("ApplicationStop", 10)], strips
 
 
 @pytest.mark.parametrize(("option", "message"), [
