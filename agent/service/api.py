@@ -416,6 +416,9 @@ class Api:
             group["autoScalingGroups"] = [{"name": name, "hook": "CodeDeploy-managed-automatic-launch-deployment-hook-"
                                            f"{group['deploymentGroupName']}-{group['deploymentGroupId'][:8]}"}
                                           for name in _list(body, "autoScalingGroups")]
+            # the launch hook the service installs: instances in the groups now are members, any launched
+            # from now on gets the last successful revision (the engine's next look, not its first, sees it)
+            group["_asgMembers"] = self.engine.auto_scaling_instances(group)
         if "triggerConfigurations" in body:
             group["triggerConfigurations"] = _list(body, "triggerConfigurations")
         return group
