@@ -389,7 +389,8 @@ def scale(args: argparse.Namespace, endpoint: str) -> int:
             return wait.follow(args, endpoint, did, running)
         if running is None:
             return 0
-        windows = [(name, "ScaleIn", started, time.time()) for name in removed]
+        # every request from the probe's start until it stops (in finish_probe) belongs to the scale-in
+        windows = [(name, "ScaleIn", started, float("inf")) for name in removed]
         rows = wait.finish_probe(args, running, f"fleet scale {args.group}", windows=windows)
         failed = rows[-1]["failed"] if rows else 0
         if failed > args.max_failed_requests:
