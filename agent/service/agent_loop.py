@@ -6,8 +6,9 @@ under a configured GitHub root; every revision field is checked again there), ru
 ``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
 agent, here, with no ``AWS_*`` variable of its own, and forwards every lifecycle-event update the
 runner prints to the server. With traffic control the runner stops before the service's BlockTraffic
-and AllowTraffic (a ``waitFor`` line): the agent asks the server (ReportCommand with ``waitFor``) until
-it answers go or stop, and writes that to the runner's stdin.
+and AllowTraffic (a blue/green replacement instance also before the reroute: a ``waitFor`` line): the
+agent asks the server (ReportCommand with ``waitFor``) until it answers go or stop, and writes that to
+the runner's stdin.
 Must not import the server, the API or the engine's store.
 """
 from __future__ import annotations
@@ -131,6 +132,12 @@ class Agent:
             "ignoreApplicationStopFailures": command["ignoreApplicationStopFailures"],
             "bundle": local.location, "bundleType": local.bundle_type, "fetchedFrom": to_record(source),
             "trafficControl": bool(command.get("trafficControl"))}
+        if command.get("deploymentType"):   # blue/green (agent.service.bluegreen): its events and gates
+            spec["deploymentType"] = str(command["deploymentType"])
+        if command.get("events"):
+            spec["events"] = [str(e) for e in command["events"]]
+        if command.get("waitAfter"):
+            spec["waitAfter"] = {str(k): str(v) for k, v in command["waitAfter"].items()}
         if self.host_root:
             spec["rootDir"] = machine_root_dir(self.host_root)
             spec["logDir"] = machine_log_dir(self.host_root)

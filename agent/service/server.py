@@ -85,6 +85,7 @@ class Service:
         from agent.instance import localaws
         self.engine.aws_query = functools.partial(localaws.query, self.state)
         self.engine.instance_ids = self._ec2_id   # traffic control's load balancers
+        self.engine.terminate = self._terminate   # blue/green TERMINATE of the original instances
         self.api = Api(self.store, self.engine, self.github_roots)
         self.agent_api = AgentApi(self.engine)
         self.run_agents = agents
@@ -202,6 +203,29 @@ class Service:
         from agent.instance import store as instance_store
         found = instance_store.load(name, self.state) if valid_instance_name(name) else None
         return imds.load(found)["instance_id"] if found is not None and found.network == "private" else None
+
+    def _terminate(self, names: list[str]) -> list[str]:
+        """A blue/green deployment's original instances terminated, as `cdsim fleet down` removes them:
+        deregistered, and destroyed when they are sandboxed instances of this state (their agents stop
+        with them); notes for the deployment's status messages of those that could not be."""
+        from agent import instance as instances
+        from agent.errors import CdsimError
+        from agent.instance import store as instance_store
+        notes = []
+        for name in names:
+            with self.store.transaction():
+                doc = self.store.get("instance", name)
+                if doc is not None and not doc.get("deregisterTime"):
+                    self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+            found = instance_store.load(name, self.state) if valid_instance_name(name) else None
+            if found is None:
+                notes.append(f"{name} is no sandboxed instance of this state: deregistered only")
+                continue
+            try:
+                instances.destroy(found)
+            except (OSError, CdsimError) as e:   # e.g. an instance this server's user may not remove
+                notes.append(f"{name} was not destroyed ({e}): deregistered and marked terminated")
+        return notes
 
     def _supervise(self) -> None:
         from agent.service.agent_loop import Agent

@@ -1,0 +1,419 @@
+"""Blue/green EC2 deployments in the local CodeDeploy service (issue #20 item 3), end to end.
+
+One module-scoped run: `cdsim server` in this process; two original (blue) instances ``blue-1``/``blue-2``
+(EC2 tag ``Fleet=blue``) in the ELBv2 target group ``web-tg`` (health checks every 2 s, 2 to change state;
+deregistration delay 1 s) behind the application load balancer ``web-alb``, whose HTTP listener the state's
+load balancer serves on loopback; two replacement (green) instances ``green-1``/``green-2`` (``Fleet=green``),
+in no target group. An in-place group puts v1 on the blues (an HTTP server on port 80 answering
+``X-Version: vN HOST``). The blue/green group, made with the aws CLI, selects the blues and has
+STOP_DEPLOYMENT (60 minutes) and TERMINATE (wait 0); deployments name the greens by
+``targetInstances``. First a revision whose ValidateService fails, then v2; during each, a bounded request
+loop (20 per second, loopback only) goes through the load balancer and notes which version answered.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import agent.instance as inst
+from agent.instance import imds, localaws
+from tests.lib import CLI, REPO, needs_root, needs_tool
+
+AWS = os.path.join(os.path.dirname(sys.executable), "aws")
+pytestmark = [
+    needs_root("instances need root on this machine (CI runs as root)"),
+    needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
+]
+ELBV2 = {"Version": "2015-12-01"}
+APPSPEC = """version: 0.0
+os: linux
+files:
+  - source: app
+    destination: /opt/app
+hooks:
+  ApplicationStop:
+    - location: stop.sh
+  ApplicationStart:
+    - location: start.sh
+  ValidateService:
+    - location: validate.sh
+  BeforeAllowTraffic:
+    - location: note.sh
+  AfterAllowTraffic:
+    - location: note.sh
+"""
+SERVER = """import http.server, socket
+VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (VERSION + "\\n").encode()
+        self.send_response(200)
+        self.send_header("X-Version", VERSION)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
+server.daemon_threads = True
+open("/run/app.ready", "w").close()
+server.serve_forever()
+"""
+START = """#!/bin/sh
+rm -f /run/app.ready
+setsid python3 /opt/app/server.py </dev/null >/dev/null 2>&1 &
+echo $! > /run/app.pid
+i=0
+while [ ! -e /run/app.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+[ -e /run/app.ready ]
+"""
+STOP = """#!/bin/sh
+[ -f /run/app.pid ] && kill "$(cat /run/app.pid)" 2>/dev/null
+rm -f /run/app.pid
+sleep 0.5
+exit 0
+"""
+NOTE = "#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/bg-hooks.log\n"
+BG_CONFIG = {"terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE", "terminationWaitTimeInMinutes": 0},
+             "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": 60},
+             "greenFleetProvisioningOption": {"action": "DISCOVER_EXISTING"}}
+MAX_REQUESTS = 4000        # every request loop is bounded in count ...
+MAX_SECONDS = 240.0        # ... and in time
+
+
+def _git(path: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _elbv2(state: str, **params: str):
+    return localaws.query(state, "elasticloadbalancing", {**ELBV2, **params})
+
+
+def _registered(state: str, arn: str) -> set[str]:
+    found = _elbv2(state, Action="DescribeTargetHealth", TargetGroupArn=arn)
+    return {e.text or "" for e in found.iterfind(".//TargetHealthDescriptions/member/Target/Id")}
+
+
+class Requests:
+    """GET the load balancer's URL 20 times a second in a thread (loopback only, bounded); each request's
+    (sent, answered, version or None, error)."""
+
+    def __init__(self, url: str) -> None:
+        assert url.startswith("http://127.0.0.1:"), url
+        self.url = url
+        self.samples: list[tuple[float, float, str | None, str | None]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + MAX_SECONDS
+        for _ in range(MAX_REQUESTS):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return
+            sent = time.time()
+            version, error = None, None
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as answer:
+                    version = answer.headers.get("X-Version")
+            except (urllib.error.URLError, OSError) as e:
+                error = str(e)
+            self.samples.append((sent, time.time(), version, error))
+            self.stop.wait(0.05)
+
+    def finish(self) -> list[tuple[float, float, str | None, str | None]]:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        return list(self.samples)
+
+
+@pytest.fixture(scope="module")
+def bg(tmp_path_factory):
+    from agent.commands.fleet import fleet_up
+    from agent.instance import loadbalancer
+    from agent.pytest_plugin import instances_available
+    from agent.service.client import call
+    from agent.service.server import Service, env_lines
+    from tests.lib import require_tool, skip_or_fail
+
+    require_tool("git", "git")
+    ok, why = instances_available()
+    if not ok:
+        skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root")
+    tmp = tmp_path_factory.mktemp("bluegreen")
+    state = str(tmp / "state")
+    out: dict = {"state": state, "tmp": tmp}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDSIM_STATE_DIR", state)
+        service = Service(state, s3=False, github_root=[str(tmp)]).start()
+        try:
+            ep = service.endpoint
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            for line in env_lines(service.info(), service.credentials):
+                name, _, value = line[len("export "):].partition("=")
+                env[name] = value.strip("'")
+            env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
+
+            def aws(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+                done = subprocess.run([AWS, *args], env=env, capture_output=True, text=True, timeout=120,
+                                      check=False)
+                assert not check or done.returncode == 0, done.stderr
+                return done
+
+            def cdsim_wait(did: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "240"],
+                                      env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+            blues = fleet_up(ep, count=2, tag="Fleet=blue", application="A", state=state, target_group="web-tg")
+            greens = fleet_up(ep, count=2, tag="Fleet=green", state=state)
+            for name in greens:
+                inst.start(inst.get(name, state=state))
+            ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in [*blues, *greens]}
+            tg = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
+                ".//TargetGroupArn") or ""
+            _elbv2(state, Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/health",
+                   HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
+                   UnhealthyThresholdCount="2")
+            _elbv2(state, Action="ModifyTargetGroupAttributes", TargetGroupArn=tg,
+                   **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds",
+                      "Attributes.member.1.Value": "1"})
+            vpc = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeVpcs",
+                                                "Filter.1.Name": "isDefault", "Filter.1.Value.1": "true"}
+                                 ).findtext(".//vpcId") or ""
+            subnets = [s.findtext("subnetId") or "" for s in localaws.query(state, "ec2", {
+                "Version": "2016-11-15", "Action": "DescribeSubnets", "Filter.1.Name": "vpc-id",
+                "Filter.1.Value.1": vpc}).iterfind(".//subnetSet/item")]
+            lb = _elbv2(state, Action="CreateLoadBalancer", Name="web-alb", Type="application",
+                        **{f"Subnets.member.{n}": s for n, s in enumerate(subnets[:2], 1)}
+                        ).findtext(".//LoadBalancerArn") or ""
+            _elbv2(state, Action="CreateListener", LoadBalancerArn=lb, Protocol="HTTP", Port="80",
+                   **{"DefaultActions.member.1.Type": "forward", "DefaultActions.member.1.TargetGroupArn": tg})
+            loadbalancer.ensure(state)
+            url = loadbalancer.url_for(state, "web-alb")
+
+            repo = tmp / "repo"
+            (repo / "app").mkdir(parents=True)
+            (repo / "appspec.yml").write_text(APPSPEC)
+            (repo / "app" / "server.py").write_text(SERVER)
+            for script, text in (("start.sh", START), ("stop.sh", STOP), ("note.sh", NOTE),
+                                 ("validate.sh", "#!/bin/sh\nexit 0\n")):
+                (repo / script).write_text(text)
+                (repo / script).chmod(0o755)
+            _git(repo, "init", "-q")
+
+            def commit(version: str, validate: str = "exit 0") -> dict:
+                (repo / "app" / "version.txt").write_text(f"{version}\n")
+                (repo / "validate.sh").write_text(f"#!/bin/sh\n{validate}\n")
+                _git(repo, "add", "-A")
+                _git(repo, "commit", "-qm", version)
+                return {"revisionType": "GitHub",
+                        "gitHubLocation": {"repository": str(repo), "commitId": _git(repo, "rev-parse", "HEAD")}}
+
+            # v1 on the blues, in place, and serving through the load balancer
+            call(ep, "CreateDeploymentGroup", {
+                "applicationName": "A", "deploymentGroupName": "IP", "serviceRoleArn": "arn:aws:iam::0:role/x",
+                "ec2TagFilters": [{"Key": "Fleet", "Value": "blue", "Type": "KEY_AND_VALUE"}],
+                "deploymentConfigName": "CodeDeployDefault.AllAtOnce"})
+            v1 = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "IP",
+                                               "revision": commit("v1")})["deploymentId"]
+            done = cdsim_wait(v1)
+            assert done.returncode == 0, done.stdout + done.stderr
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:   # until the health checks let the blues in
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as answer:
+                        if (answer.headers.get("X-Version") or "").startswith("v1"):
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+
+            made = aws("deploy", "create-deployment-group", "--application-name", "A",
+                       "--deployment-group-name", "BG", "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim",
+                       "--ec2-tag-filters", "Key=Fleet,Value=blue,Type=KEY_AND_VALUE",
+                       "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
+                       "--deployment-style", "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL",
+                       "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
+                       "--blue-green-deployment-configuration", json.dumps(BG_CONFIG))
+            out["group_made"] = made
+            green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=green,Type=KEY_AND_VALUE}]"]
+
+            def create(revision: dict) -> str:
+                done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name",
+                           "BG", "--revision", json.dumps(revision), *green_tags)
+                return str(json.loads(done.stdout)["deploymentId"])
+
+            def info(did: str) -> dict:
+                return dict(json.loads(aws("deploy", "get-deployment", "--deployment-id", did).stdout)[
+                    "deploymentInfo"])
+
+            # (b) a revision whose ValidateService fails on the greens
+            requests = Requests(url)
+            broken = create(commit("v2-broken", "exit 3"))
+            waited = cdsim_wait(broken)
+            out["broken"] = {"id": broken, "wait": waited, "samples": requests.finish(), "info": info(broken),
+                             "registered": _registered(state, tg)}
+
+            # (a) v2, STOP_DEPLOYMENT: Ready until continue-deployment
+            requests = Requests(url)
+            good = create(commit("v2"))
+            waiting = subprocess.Popen([*CLI, "wait", good, "--endpoint", ep, "--interval", "0.2", "--timeout", "240"],
+                                       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 180
+            status = ""
+            while time.monotonic() < deadline and status not in ("Ready", "Failed", "Stopped", "Succeeded"):
+                status = call(ep, "GetDeployment", {"deploymentId": good})["deploymentInfo"]["status"]
+                time.sleep(0.2)
+            assert status == "Ready", status
+            ready_at = time.time()
+            time.sleep(3)   # traffic while Ready: the blues' only
+            ready_info = info(good)
+            ready_targets = _registered(state, tg)
+            early = aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type",
+                        "TERMINATION_WAIT", check=False)
+            continued_at = time.time()
+            aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type", "READY_WAIT")
+            stdout, stderr = waiting.communicate(timeout=300)
+            finished_at = time.time()
+            time.sleep(1.5)   # a little traffic after the end: the greens' only
+            samples = requests.finish()
+            greens_listed = json.loads(aws("deploy", "list-deployment-instances", "--deployment-id", good,
+                                           "--instance-type-filter", "Green").stdout)["instancesList"]
+            summaries = call(ep, "BatchGetDeploymentInstances", {"deploymentId": good,
+                                                                 "instanceIds": [ids[n] for n in [*blues, *greens]]})
+            ec2 = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeInstances",
+                                                **{f"InstanceId.{n}": ids[b] for n, b in enumerate(blues, 1)}})
+            out["good"] = {
+                "id": good, "exit": waiting.returncode, "stdout": stdout, "stderr": stderr, "samples": samples,
+                "ready_at": ready_at, "continued_at": continued_at, "finished_at": finished_at,
+                "ready_info": ready_info, "ready_targets": ready_targets, "early": early, "info": info(good),
+                "registered": _registered(state, tg), "greens_listed": greens_listed,
+                "events": {s["instanceId"]: {e["lifecycleEventName"]: e for e in s["lifecycleEvents"]}
+                           for s in summaries["instancesSummary"]},
+                "types": {s["instanceId"]: s["instanceType"] for s in summaries["instancesSummary"]},
+                "ec2_states": {i.findtext("instanceId"): i.findtext("instanceState/name")
+                               for i in ec2.iterfind(".//instancesSet/item")},
+                "left": {s.name for s in inst.list_instances(state=state)},
+                "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
+                                                         "deploymentGroupName": "BG"})["deploymentGroupInfo"]}
+            out.update(blues=blues, greens=greens, ids=ids, tg=tg, url=url, aws=aws, ep=ep, call=call, env=env)
+            yield out
+        finally:
+            service.close()
+            for status in inst.list_instances(state=state):
+                inst.destroy(inst.get(status.name, state=state))
+
+
+def _versions(samples) -> set[str]:
+    return {v.split()[0] for _, _, v, _ in samples if v}
+
+
+def test_a_failed_validate_service_on_the_greens_never_reaches_the_load_balancer(bg):
+    run = bg["broken"]
+    assert run["info"]["status"] == "Failed", run["info"]
+    assert run["wait"].returncode != 0
+    assert "ValidateService failed" in run["wait"].stderr, run["wait"].stderr
+    greens = {bg["ids"][n] for n in bg["greens"]}
+    assert not greens & run["registered"]   # never registered
+    samples = run["samples"]
+    assert len(samples) >= 20, len(samples)
+    assert [s for s in samples if s[3] or not s[2]] == []   # every request answered ...
+    assert {v for _, _, v, _ in samples} <= {f"v1 {n}" for n in bg["blues"]}   # ... by the blues
+
+
+def test_ready_holds_traffic_on_the_blues_until_continue_deployment(bg):
+    run = bg["good"]
+    ready = run["ready_info"]
+    assert ready["status"] == "Ready"
+    assert ready["deploymentStyle"] == {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"}
+    assert ready["blueGreenDeploymentConfiguration"] == BG_CONFIG
+    assert ready["deploymentOverview"]["Ready"] == 2
+    assert any("continue" in m.lower() for m in ready["deploymentStatusMessages"]), ready["deploymentStatusMessages"]
+    assert not {bg["ids"][n] for n in bg["greens"]} & run["ready_targets"]
+    during = [s for s in run["samples"] if run["ready_at"] <= s[0] and s[1] <= run["continued_at"]]
+    assert len(during) >= 20, len(during)
+    assert [s for s in during if s[3]] == [] and _versions(during) == {"v1"}
+    # continue-deployment TERMINATION_WAIT is refused while the deployment waits to be rerouted
+    assert run["early"].returncode != 0 and "DeploymentNotStartedException" in run["early"].stderr
+    # `cdsim wait` said once what it waits for and went on to the end
+    assert run["exit"] == 0, run["stdout"] + run["stderr"]
+    assert run["stdout"].count("Ready:") == 1 and "aws deploy continue-deployment --deployment-id" in run["stdout"]
+
+
+def test_after_continue_deployment_only_the_greens_answer_and_no_request_failed(bg):
+    run = bg["good"]
+    assert run["info"]["status"] == "Succeeded", run["info"]
+    samples = run["samples"]
+    assert [s for s in samples if s[3] or not s[2]] == []   # zero downtime
+    after = [s for s in samples if s[0] >= run["finished_at"]]
+    assert len(after) >= 5 and {v for _, _, v, _ in after} <= {f"v2 {n}" for n in bg["greens"]}, after
+    events = run["events"]
+    allowed = min(events[bg["ids"][n]]["AllowTraffic"]["startTime"] for n in bg["greens"])
+    assert allowed >= run["continued_at"] - 0.5
+    for sent, _answered, version, _ in samples:   # v2 only once a green's AllowTraffic had begun
+        if version and version.startswith("v2"):
+            assert sent >= allowed - 0.5, (sent, allowed)
+    assert sorted(run["greens_listed"]) == sorted(bg["ids"][n] for n in bg["greens"])
+    assert {run["types"][bg["ids"][n]] for n in bg["greens"]} == {"Green"}
+    assert {run["types"][bg["ids"][n]] for n in bg["blues"]} == {"Blue"}
+    for name in bg["greens"]:
+        assert [e for e in events[bg["ids"][name]]] == [
+            "ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "AfterInstall", "ApplicationStart",
+            "ValidateService", "BeforeAllowTraffic", "AllowTraffic", "AfterAllowTraffic"]
+        assert {e["status"] for e in events[bg["ids"][name]].values()} == {"Succeeded"}
+    for name in bg["blues"]:
+        assert list(events[bg["ids"][name]]) == ["BeforeBlockTraffic", "BlockTraffic", "AfterBlockTraffic"]
+        assert events[bg["ids"][name]]["BlockTraffic"]["startTime"] >= max(
+            events[bg["ids"][n]]["AfterAllowTraffic"]["endTime"] for n in bg["greens"]) - 0.5
+
+
+def test_terminate_with_wait_zero_terminates_the_blues(bg):
+    run = bg["good"]
+    assert run["info"]["instanceTerminationWaitTimeStarted"] is True
+    assert set(run["ec2_states"].values()) == {"terminated"}, run["ec2_states"]
+    assert not set(bg["blues"]) & run["left"]          # the sandboxed instances are gone
+    assert set(bg["greens"]) <= run["left"]
+    assert run["registered"] == {bg["ids"][n] for n in bg["greens"]}
+    # the replacement instances are the group's now
+    assert run["group"]["ec2TagFilters"] == [{"Key": "Fleet", "Value": "green", "Type": "KEY_AND_VALUE"}]
+    for name in bg["blues"]:
+        got = bg["call"](bg["ep"], "GetOnPremisesInstance", {"instanceName": name})["instanceInfo"]
+        assert got.get("deregisterTime")
+
+
+WITH_TC = "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL"
+
+
+@pytest.mark.parametrize(("style", "config", "says"), [
+    (WITH_TC.replace("WITH_", "WITHOUT_"), BG_CONFIG, "InvalidDeploymentStyleException"),
+    (WITH_TC,
+     {**BG_CONFIG, "terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE",
+                                                                 "terminationWaitTimeInMinutes": 2881}},
+     "InvalidBlueGreenDeploymentConfigurationException"),
+    (WITH_TC,
+     {**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "WAIT_FOREVER"}},
+     "InvalidBlueGreenDeploymentConfigurationException"),
+])
+def test_bad_blue_green_groups_are_refused_with_the_model_s_errors(bg, style, config, says):
+    done = bg["aws"]("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name",
+                     "Bad", "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim",
+                     "--deployment-style", style, "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
+                     "--blue-green-deployment-configuration", json.dumps(config), check=False)
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+
+
+def test_a_blue_green_deployment_needs_its_target_instances(bg):
+    done = bg["aws"]("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name", "BG",
+                     "--revision", json.dumps(bg["good"]["info"]["revision"]), check=False)
+    assert done.returncode != 0 and "InvalidTargetInstancesException" in done.stderr, done.stderr
