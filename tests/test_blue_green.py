@@ -49,7 +49,7 @@ hooks:
   BeforeAllowTraffic:
     - location: note.sh
   AfterAllowTraffic:
-    - location: note.sh
+    - location: after.sh
 """
 SERVER = """import http.server, socket
 VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
@@ -207,14 +207,15 @@ def bg(tmp_path_factory):
             (repo / "appspec.yml").write_text(APPSPEC)
             (repo / "app" / "server.py").write_text(SERVER)
             for script, text in (("start.sh", START), ("stop.sh", STOP), ("note.sh", NOTE),
-                                 ("validate.sh", "#!/bin/sh\nexit 0\n")):
+                                 ("validate.sh", "#!/bin/sh\nexit 0\n"), ("after.sh", "#!/bin/sh\nexit 0\n")):
                 (repo / script).write_text(text)
                 (repo / script).chmod(0o755)
             _git(repo, "init", "-q")
 
-            def commit(version: str, validate: str = "exit 0") -> dict:
+            def commit(version: str, validate: str = "exit 0", after_allow: str = "exit 0") -> dict:
                 (repo / "app" / "version.txt").write_text(f"{version}\n")
                 (repo / "validate.sh").write_text(f"#!/bin/sh\n{validate}\n")
+                (repo / "after.sh").write_text(f"#!/bin/sh\n{after_allow}\n")
                 _git(repo, "add", "-A")
                 _git(repo, "commit", "-qm", version)
                 return {"revisionType": "GitHub",
@@ -249,9 +250,9 @@ def bg(tmp_path_factory):
             out["group_made"] = made
             green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=green,Type=KEY_AND_VALUE}]"]
 
-            def create(revision: dict) -> str:
+            def create(revision: dict, *more: str) -> str:
                 done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name",
-                           "BG", "--revision", json.dumps(revision), *green_tags)
+                           "BG", "--revision", json.dumps(revision), *green_tags, *more)
                 return str(json.loads(done.stdout)["deploymentId"])
 
             def info(did: str) -> dict:
@@ -264,6 +265,32 @@ def bg(tmp_path_factory):
             waited = cdsim_wait(broken)
             out["broken"] = {"id": broken, "wait": waited, "samples": requests.finish(), "info": info(broken),
                              "registered": _registered(state, tg)}
+
+            # (d) AfterAllowTraffic fails on the greens once they serve: the rollback reroutes to the blues
+            requests = Requests(url)
+            late = create(commit("v2-late", after_allow="exit 4"), "--auto-rollback-configuration",
+                          "enabled=true,events=DEPLOYMENT_FAILURE")
+            status = ""
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and status not in ("Failed", "Stopped", "Succeeded"):
+                got = call(ep, "GetDeployment", {"deploymentId": late})["deploymentInfo"]
+                status = got["status"]
+                if status == "Ready":
+                    aws("deploy", "continue-deployment", "--deployment-id", late)
+                time.sleep(0.2)
+            late_info = info(late)
+            rollback = (late_info.get("rollbackInfo") or {}).get("rollbackDeploymentId", "")
+            rolled = cdsim_wait(rollback) if rollback else None
+            rolled_at = time.time()
+            time.sleep(1.5)
+            rollback_summaries = call(ep, "BatchGetDeploymentInstances", {
+                "deploymentId": rollback, "instanceIds": [ids[n] for n in [*blues, *greens]]}) if rollback else {}
+            out["late"] = {"id": late, "info": late_info, "rollback": rollback, "wait": rolled, "rolled_at": rolled_at,
+                           "samples": requests.finish(), "registered": _registered(state, tg),
+                           "rollback_info": info(rollback) if rollback else {},
+                           "rollback_instances": {s["instanceId"]: (s["instanceType"], [
+                               (e["lifecycleEventName"], e["status"]) for e in s["lifecycleEvents"]])
+                               for s in rollback_summaries.get("instancesSummary", [])}}
 
             # (a) v2, STOP_DEPLOYMENT: Ready until continue-deployment
             requests = Requests(url)
@@ -330,6 +357,31 @@ def test_a_failed_validate_service_on_the_greens_never_reaches_the_load_balancer
     assert len(samples) >= 20, len(samples)
     assert [s for s in samples if s[3] or not s[2]] == []   # every request answered ...
     assert {v for _, _, v, _ in samples} <= {f"v1 {n}" for n in bg["blues"]}   # ... by the blues
+
+
+def test_a_failure_after_the_reroute_began_rolls_back_to_the_blues(bg):
+    """AfterAllowTraffic fails on the greens (registered by then): the automatic rollback is a blue/green
+    deployment the other way: the blues' AllowTraffic (they serve again), the greens' BlockTraffic."""
+    run = bg["late"]
+    assert run["info"]["status"] == "Failed", run["info"]
+    assert run["rollback"], run["info"].get("rollbackInfo")
+    assert run["wait"].returncode == 0, run["wait"].stdout + run["wait"].stderr
+    back = run["rollback_info"]
+    assert back["creator"] == "codeDeployRollback" and back["status"] == "Succeeded"
+    assert back["rollbackInfo"]["rollbackTriggeringDeploymentId"] == run["id"]
+    ids = bg["ids"]
+    for name in bg["blues"]:   # the original instances: rerouted to, nothing installed
+        assert run["rollback_instances"][ids[name]] == ("Green", [
+            ("BeforeAllowTraffic", "Succeeded"), ("AllowTraffic", "Succeeded"), ("AfterAllowTraffic", "Succeeded")])
+    for name in bg["greens"]:
+        assert run["rollback_instances"][ids[name]] == ("Blue", [
+            ("BeforeBlockTraffic", "Succeeded"), ("BlockTraffic", "Succeeded"), ("AfterBlockTraffic", "Succeeded")])
+    assert run["registered"] == {ids[n] for n in bg["blues"]}
+    samples = run["samples"]
+    assert [s for s in samples if s[3] or not s[2]] == []
+    assert "v2-late" in _versions(samples)   # the greens did serve before their AfterAllowTraffic failed
+    after = [s for s in samples if s[0] >= run["rolled_at"]]
+    assert len(after) >= 5 and _versions(after) == {"v1"}, after
 
 
 def test_ready_holds_traffic_on_the_blues_until_continue_deployment(bg):

@@ -540,7 +540,9 @@ class Engine:
             group["lastAttemptedDeployment"] = info
             if status == "Succeeded":
                 group["lastSuccessfulDeployment"] = info
-                group["_lastGoodRevision"] = doc["revision"]
+                if not (bluegreen.is_blue_green(doc) and doc["creator"] == ROLLBACK_CREATOR):
+                    # (a blue/green rollback reroutes: it installs no revision)
+                    group["_lastGoodRevision"] = doc["revision"]
                 if bluegreen.is_blue_green(doc) and doc["creator"] != ROLLBACK_CREATOR:
                     # the replacement instances are the group's now (DISCOVER_EXISTING: their selection)
                     green = selection_of(doc.get("targetInstances") or {})
@@ -624,7 +626,7 @@ class Engine:
                     blue_green = {"deploymentType": bluegreen.BLUE_GREEN,
                                   "events": list(bluegreen.agent_events(label, only)),
                                   "waitAfter": bluegreen.wait_after(label, only)}
-                return {**blue_green, "commandId": cid, "deploymentId": doc["deploymentId"],
+                return {"commandId": cid, "deploymentId": doc["deploymentId"],
                         "applicationName": doc["applicationName"],
                         "deploymentGroupName": doc["deploymentGroupName"],
                         "deploymentGroupId": doc["_groupId"], "revision": doc["revision"],
@@ -632,7 +634,7 @@ class Engine:
                         "fileExistsBehavior": doc["fileExistsBehavior"],
                         "ignoreApplicationStopFailures": doc["ignoreApplicationStopFailures"],
                         "trafficControl": traffic.controls_traffic(doc),
-                        "s3Endpoint": self.s3_endpoint}
+                        "s3Endpoint": self.s3_endpoint, **blue_green}
         return None
 
     def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None,
