@@ -33,6 +33,9 @@ from agent.state import machine_log_dir, machine_root_dir
 from hooks_runtime.environment import without_aws_variables
 
 WAIT_FOR_LIMIT = 3600.0   # seconds an agent waits for the service's BlockTraffic / AllowTraffic at most
+# a blue/green replacement instance waits for the reroute as long as a deployment may stay Ready (2880
+# minutes, the model's most), and an hour more
+REROUTE_WAIT_LIMIT = (2880 + 60) * 60.0
 
 
 class Agent:
@@ -145,7 +148,7 @@ class Agent:
 
     def _wait_for(self, cid: str, step: str, events: list[JsonObject]) -> str:
         """Ask the server until its ``step`` (BlockTraffic, AllowTraffic) is done: ``go`` or ``stop``."""
-        deadline = time.monotonic() + WAIT_FOR_LIMIT
+        deadline = time.monotonic() + (REROUTE_WAIT_LIMIT if step == "Reroute" else WAIT_FOR_LIMIT)
         while time.monotonic() < deadline:
             try:
                 answer = self._call("ReportCommand", {"commandId": cid, "lifecycleEvents": events,
