@@ -7,8 +7,10 @@ load balancer serves on loopback; two replacement (green) instances ``green-1``/
 in no target group. An in-place group puts v1 on the blues (an HTTP server on port 80 answering
 ``X-Version: vN HOST``). The blue/green group, made with the aws CLI, selects the blues and has
 STOP_DEPLOYMENT (60 minutes) and TERMINATE (wait 0); deployments name the greens by
-``targetInstances``. First a revision whose ValidateService fails, then v2; during each, a bounded request
-loop (20 per second, loopback only) goes through the load balancer and notes which version answered.
+``targetInstances``. First a revision whose ValidateService fails, then one whose AfterAllowTraffic fails
+(automatic rollback), then v2; during each, a bounded request loop (20 per second, loopback only) goes
+through the load balancer and notes which version answered. Then one more instance replaces the greens
+(now the group's): STOP_DEPLOYMENT with no wait (Stopped), then TERMINATE after 60 minutes, skipped.
 """
 from __future__ import annotations
 
@@ -334,7 +336,45 @@ def bg(tmp_path_factory):
                 "left": {s.name for s in inst.list_instances(state=state)},
                 "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
                                                          "deploymentGroupName": "BG"})["deploymentGroupInfo"]}
-            out.update(blues=blues, greens=greens, ids=ids, tg=tg, url=url, aws=aws, ep=ep, call=call, env=env)
+
+            # (e) the greens are the group's now; one more instance replaces them, first with STOP_DEPLOYMENT
+            # and no wait (Stopped when Ready: traffic untouched), then with CONTINUE_DEPLOYMENT and TERMINATE
+            # after 60 minutes, a wait skip-wait-time-for-instance-termination ends
+            [extra] = fleet_up(ep, count=1, tag="Fleet=extra", state=state)
+            inst.start(inst.get(extra, state=state))
+            ids[extra] = imds.load(inst.get(extra, state=state))["instance_id"]
+            green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=extra,Type=KEY_AND_VALUE}]"]
+
+            def configure(config: dict) -> None:
+                aws("deploy", "update-deployment-group", "--application-name", "A", "--current-deployment-group-name",
+                    "BG", "--blue-green-deployment-configuration", json.dumps(config))
+
+            configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT",
+                                                              "waitTimeInMinutes": 0}})
+            requests = Requests(url)
+            timed_out = create(commit("v3"))
+            waited = cdsim_wait(timed_out)
+            out["timed_out"] = {"id": timed_out, "wait": waited, "info": info(timed_out), "samples": requests.finish(),
+                                "registered": _registered(state, tg)}
+            configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"},
+                       "terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE",
+                                                                     "terminationWaitTimeInMinutes": 60}})
+            skipped = create(commit("v3b"))
+            deadline = time.monotonic() + 180
+            waiting_info: dict = {}
+            while time.monotonic() < deadline and not waiting_info.get("instanceTerminationWaitTimeStarted"):
+                waiting_info = call(ep, "GetDeployment", {"deploymentId": skipped})["deploymentInfo"]
+                if waiting_info["status"] in ("Failed", "Stopped", "Succeeded"):
+                    break
+                time.sleep(0.2)
+            still = {s.name for s in inst.list_instances(state=state)}
+            aws("deploy", "skip-wait-time-for-instance-termination", "--deployment-id", skipped)
+            waited = cdsim_wait(skipped)
+            out["skipped"] = {"id": skipped, "wait": waited, "waiting": waiting_info, "still": still,
+                              "info": info(skipped), "left": {s.name for s in inst.list_instances(state=state)},
+                              "registered": _registered(state, tg)}
+            out.update(blues=blues, greens=greens, extra=extra, ids=ids, tg=tg, url=url, aws=aws, ep=ep, call=call,
+                       env=env)
             yield out
         finally:
             service.close()
@@ -469,3 +509,24 @@ def test_a_blue_green_deployment_needs_its_target_instances(bg):
     done = bg["aws"]("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name", "BG",
                      "--revision", json.dumps(bg["good"]["info"]["revision"]), check=False)
     assert done.returncode != 0 and "InvalidTargetInstancesException" in done.stderr, done.stderr
+
+
+def test_stop_deployment_with_no_wait_stops_when_ready_and_leaves_traffic_alone(bg):
+    run = bg["timed_out"]
+    assert run["info"]["status"] == "Stopped", run["info"]
+    assert run["info"]["errorInformation"]["code"] == "TIMEOUT"
+    assert run["wait"].returncode != 0
+    assert run["registered"] == {bg["ids"][n] for n in bg["greens"]}   # the original fleet still serves
+    assert run["samples"] and [s for s in run["samples"] if s[3] or not s[2]] == []
+    assert _versions(run["samples"]) == {"v2"}
+
+
+def test_skip_wait_time_for_instance_termination_ends_the_termination_wait(bg):
+    run = bg["skipped"]
+    waiting = run["waiting"]
+    assert waiting["status"] == "InProgress" and waiting["instanceTerminationWaitTimeStarted"] is True, waiting
+    assert set(bg["greens"]) <= run["still"]              # not terminated while the wait ran
+    assert run["wait"].returncode == 0, run["wait"].stdout + run["wait"].stderr
+    assert run["info"]["status"] == "Succeeded"
+    assert not set(bg["greens"]) & run["left"]             # terminated once it was skipped
+    assert run["registered"] == {bg["ids"][bg["extra"]]}
