@@ -89,6 +89,8 @@ NOTE = "#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/bg-hooks
 BG_CONFIG = {"terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE", "terminationWaitTimeInMinutes": 0},
              "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": 60},
              "greenFleetProvisioningOption": {"action": "DISCOVER_EXISTING"}}
+COPY_CONFIG = {**BG_CONFIG, "greenFleetProvisioningOption": {"action": "COPY_AUTO_SCALING_GROUP"},
+               "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"}}
 MAX_REQUESTS = 4000        # every request loop is bounded in count ...
 MAX_SECONDS = 240.0        # ... and in time
 
@@ -373,8 +375,42 @@ def bg(tmp_path_factory):
             out["skipped"] = {"id": skipped, "wait": waited, "waiting": waiting_info, "still": still,
                               "info": info(skipped), "left": {s.name for s in inst.list_instances(state=state)},
                               "registered": _registered(state, tg)}
+
+            # (f) COPY_AUTO_SCALING_GROUP: extra-1 in the Auto Scaling group web-asg, a group on it; the
+            # deployment copies web-asg with one new instance, reroutes to it and terminates extra-1
+            identity = imds.load(inst.get(extra, state=state))
+            localaws.attach_to_auto_scaling_group(state, "web-asg", [ids[extra]], image_id=identity["ami_id"],
+                                                  instance_type=identity["instance_type"],
+                                                  zone=identity["availability_zone"], region=identity["region"])
+            aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", "CP",
+                "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim", "--auto-scaling-groups", "web-asg",
+                "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
+                "--deployment-style", "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL",
+                "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
+                "--blue-green-deployment-configuration", json.dumps(COPY_CONFIG))
+            requests = Requests(url)
+            done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name", "CP",
+                       "--revision", json.dumps(commit("v4")))
+            copied = str(json.loads(done.stdout)["deploymentId"])
+            waited = cdsim_wait(copied)
+            finished_at = time.time()
+            time.sleep(1.5)
+            asgs = localaws.query(state, "autoscaling", {"Version": "2011-01-01",
+                                                         "Action": "DescribeAutoScalingGroups"})
+            out["copied"] = {
+                "id": copied, "wait": waited, "info": info(copied), "samples": requests.finish(),
+                "finished_at": finished_at, "registered": _registered(state, tg),
+                "left": {s.name for s in inst.list_instances(state=state)},
+                "asgs": {g.findtext("AutoScalingGroupName"): {
+                    e.text for e in g.iterfind(".//Instances/member/InstanceId")}
+                    for g in asgs.iterfind(".//AutoScalingGroups/member")},
+                "targets": {t["instanceTarget"]["targetId"]: t["instanceTarget"]["instanceLabel"] for t in call(
+                    ep, "BatchGetDeploymentTargets", {"deploymentId": copied, "targetIds": call(
+                        ep, "ListDeploymentTargets", {"deploymentId": copied})["targetIds"]})["deploymentTargets"]},
+                "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
+                                                         "deploymentGroupName": "CP"})["deploymentGroupInfo"]}
             out.update(blues=blues, greens=greens, extra=extra, ids=ids, tg=tg, url=url, aws=aws, ep=ep, call=call,
-                       env=env)
+                       env=env, state=state)
             yield out
         finally:
             service.close()
@@ -530,3 +566,21 @@ def test_skip_wait_time_for_instance_termination_ends_the_termination_wait(bg):
     assert run["info"]["status"] == "Succeeded"
     assert not set(bg["greens"]) & run["left"]             # terminated once it was skipped
     assert run["registered"] == {bg["ids"][bg["extra"]]}
+
+
+def test_copy_auto_scaling_group_launches_the_replacement_fleet_and_retires_the_original(bg):
+    run = bg["copied"]
+    assert run["wait"].returncode == 0, run["wait"].stdout + run["wait"].stderr
+    assert run["info"]["status"] == "Succeeded"
+    copy = f"CodeDeploy_CP_{run['id']}"
+    assert run["info"]["targetInstances"] == {"autoScalingGroups": [copy]}
+    assert set(run["asgs"]) == {copy}, run["asgs"]          # the original group deleted with its instances
+    [new_id] = run["asgs"][copy]
+    assert run["targets"] == {new_id: "Green", bg["ids"][bg["extra"]]: "Blue"}
+    assert "extra-2" in run["left"] and bg["extra"] not in run["left"]   # named on from the original's numbering
+    assert run["registered"] == {new_id}
+    assert [a["name"] for a in run["group"]["autoScalingGroups"]] == [copy]
+    samples = run["samples"]
+    assert [s for s in samples if s[3] or not s[2]] == []
+    after = [s for s in samples if s[0] >= run["finished_at"]]
+    assert len(after) >= 5 and {v for _, _, v, _ in after} == {"v4 extra-2"}, after

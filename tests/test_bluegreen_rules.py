@@ -56,12 +56,15 @@ def test_target_instances_are_required_for_discover_existing_and_refused_in_plac
     assert bluegreen.check_deployment({"deploymentStyle": {"deploymentType": "IN_PLACE"}}, None) is None
 
 
-def test_copy_auto_scaling_group_is_refused_saying_cdsim_does_not_support_it_yet():
-    copy = group(blueGreenDeploymentConfiguration={**CONFIG, "greenFleetProvisioningOption": {
-        "action": "COPY_AUTO_SCALING_GROUP"}})
-    assert bluegreen.check_group(copy) is None   # a valid group ...
-    problem = bluegreen.check_deployment(copy, None)   # ... whose deployments cdsim does not run
-    assert problem is not None and "not supported by cdsim yet" in problem[1]
+def test_copy_auto_scaling_group_needs_the_group_s_auto_scaling_group_and_no_target_instances():
+    config = {**CONFIG, "greenFleetProvisioningOption": {"action": "COPY_AUTO_SCALING_GROUP"}}
+    copy = group(blueGreenDeploymentConfiguration=config, autoScalingGroups=[{"name": "web-asg"}])
+    assert bluegreen.check_group(copy) is None
+    assert bluegreen.check_deployment(copy, None) is None
+    named = bluegreen.check_deployment(copy, {"tagFilters": [{"Key": "Fleet", "Value": "green"}]})
+    assert named is not None and named[0] == "InvalidTargetInstancesException"
+    none = bluegreen.check_deployment(group(blueGreenDeploymentConfiguration=config), None)
+    assert none is not None and none[0] == "InvalidAutoScalingGroupException"
 
 
 def test_ready_greens_are_done_while_installing_and_yet_to_start_while_rerouting():

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.service import bluegreen, model, revisions
-from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, selection_of, tag_matches
+from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, launch_hook, public, selection_of, tag_matches
 from agent.service.revisions import RevisionError
 from agent.service.shapes import JsonObject
 from agent.service.store import Store
@@ -414,9 +414,7 @@ class Api:
             if body.get(field) is not None:
                 group[field] = _str(body, field)
         if "autoScalingGroups" in body:   # names in; AutoScalingGroup shapes (name, launch hook) out
-            group["autoScalingGroups"] = [{"name": name, "hook": "CodeDeploy-managed-automatic-launch-deployment-hook-"
-                                           f"{group['deploymentGroupName']}-{group['deploymentGroupId'][:8]}"}
-                                          for name in _list(body, "autoScalingGroups")]
+            group["autoScalingGroups"] = [launch_hook(group, name) for name in _list(body, "autoScalingGroups")]
         if "triggerConfigurations" in body:
             group["triggerConfigurations"] = _list(body, "triggerConfigurations")
         problem = bluegreen.check_group(group)
@@ -609,7 +607,8 @@ class Api:
         if wanted is not None:
             wanted = {k: v for k, v in wanted.items() if v}
             _filters(wanted.get("tagFilters") or [], "InvalidTargetInstancesException")
-        if bluegreen.is_blue_green(group) and not self.engine.selected_by(selection_of(wanted or {})):
+        if bluegreen.is_blue_green(group) and bluegreen.green_action(group) == "DISCOVER_EXISTING" \
+                and not self.engine.selected_by(selection_of(wanted or {})):
             raise ApiError("InvalidTargetInstancesException",
                            "targetInstances selects no registered instance: the replacement instances must be "
                            "running and registered with the tags or Auto Scaling groups it names")

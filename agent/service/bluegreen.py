@@ -7,16 +7,18 @@ replacement (green) fleet and reroutes traffic to it from the original (blue) on
 * ``check_group`` is CreateDeploymentGroup's / UpdateDeploymentGroup's validation (the style's enums,
   BLUE_GREEN only with traffic control and a load balancer, the configuration's enums and wait times up
   to 2880 minutes), ``check_deployment`` CreateDeployment's (``targetInstances`` is required with
-  ``DISCOVER_EXISTING`` and refused for in-place groups; ``COPY_AUTO_SCALING_GROUP`` is not run by cdsim):
-  each returns the model's error name and a message, or None.
+  ``DISCOVER_EXISTING``, refused for in-place groups and with ``COPY_AUTO_SCALING_GROUP``, which needs the
+  group's Auto Scaling group): each returns the model's error name and a message, or None.
 * The green instances run ``GREEN_EVENTS`` (the agent's ApplicationStop ... ValidateService, then the
   service's reroute: BeforeAllowTraffic, AllowTraffic, AfterAllowTraffic); the agent waits after
   ValidateService (``REROUTE``, cdsim's own gate) until the engine reroutes, and a green waiting there is
   ``Ready``. The blue ones run ``BLUE_EVENTS`` (BeforeBlockTraffic, BlockTraffic, AfterBlockTraffic), their
   hooks from the last successful revision on that instance, as in-place.
-* ``PHASES``: ``install`` (greens up to ValidateService, as the configuration's minimum healthy hosts
-  allow), ``ready`` (STOP_DEPLOYMENT: status Ready until ContinueDeployment READY_WAIT, or the wait time
-  passed: Stopped, traffic untouched), ``reroute`` (greens' AllowTraffic), ``block`` (blues' BlockTraffic),
+* ``PHASES``: ``provision`` (COPY_AUTO_SCALING_GROUP: the engine has the group's Auto Scaling group copied,
+  ``CodeDeploy_<group>_<deployment id>``, with as many new instances), ``install`` (greens up to
+  ValidateService, as the configuration's minimum healthy hosts allow), ``ready`` (STOP_DEPLOYMENT:
+  status Ready until ContinueDeployment READY_WAIT, or the wait time passed: Stopped, traffic
+  untouched), ``reroute`` (greens' AllowTraffic), ``block`` (blues' BlockTraffic),
   ``termination-wait`` and ``terminating`` (TERMINATE), then the end. A rollback (creator
   ``codeDeployRollback``) of a deployment whose reroute began swaps the roles: the original fleet is its
   green one with the reroute only (``REROUTE_ONLY_EVENTS``), the replacement its blue one.
@@ -45,7 +47,7 @@ GREEN_EVENTS = (*GREEN_AGENT_EVENTS[:8], ALLOW, "AfterAllowTraffic")
 BLUE_EVENTS = ("BeforeBlockTraffic", BLOCK, "AfterBlockTraffic")
 REROUTE_ONLY_EVENTS = ("BeforeAllowTraffic", ALLOW, "AfterAllowTraffic")
 
-PHASES = ("install", "ready", "reroute", "block", "termination-wait", "terminating")
+PHASES = ("provision", "install", "ready", "reroute", "block", "termination-wait", "terminating")
 
 STYLE_TYPES = (IN_PLACE, BLUE_GREEN)
 STYLE_OPTIONS = ("WITH_TRAFFIC_CONTROL", "WITHOUT_TRAFFIC_CONTROL")
@@ -53,10 +55,6 @@ TERMINATION_ACTIONS = ("TERMINATE", "KEEP_ALIVE")
 READY_ACTIONS = ("CONTINUE_DEPLOYMENT", "STOP_DEPLOYMENT")
 GREEN_ACTIONS = ("DISCOVER_EXISTING", "COPY_AUTO_SCALING_GROUP")
 WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")
-
-COPY_NOT_SUPPORTED = ("greenFleetProvisioningOption COPY_AUTO_SCALING_GROUP is not supported by cdsim yet: "
-                      "use DISCOVER_EXISTING with targetInstances (tagFilters, ec2TagSet or autoScalingGroups) "
-                      "naming the replacement instances")
 
 Problem = tuple[str, str]   # (the model's error name, message)
 
@@ -128,9 +126,16 @@ def check_deployment(group: JsonObject, target_instances: JsonObject | None) -> 
             return ("InvalidTargetInstancesException",
                     "targetInstances is for blue/green deployments; this deployment group deploys in place")
         return None
-    action = green_action(group)
-    if action == "COPY_AUTO_SCALING_GROUP":
-        return ("InvalidInputException", COPY_NOT_SUPPORTED)
+    if green_action(group) == "COPY_AUTO_SCALING_GROUP":
+        if not group.get("autoScalingGroups"):
+            return ("InvalidAutoScalingGroupException",
+                    "greenFleetProvisioningOption COPY_AUTO_SCALING_GROUP copies the deployment group's Auto Scaling "
+                    "group: the group has none")
+        if target_instances:
+            return ("InvalidTargetInstancesException",
+                    "targetInstances is for DISCOVER_EXISTING; COPY_AUTO_SCALING_GROUP launches the replacement "
+                    "instances itself")
+        return None
     wanted = target_instances or {}
     if not (wanted.get("tagFilters") or (wanted.get("ec2TagSet") or {}).get("ec2TagSetList")
             or wanted.get("autoScalingGroups")):
@@ -182,7 +187,7 @@ def wait_after(label: str, reroute_only: bool = False) -> dict[str, str]:
 def plan_statuses(statuses: list[tuple[str, str]], phase: str) -> list[tuple[str, str]]:
     """Instance statuses as the engine's ``plan`` should count them in a phase: while installing, a green
     that is Ready is done (Succeeded); while rerouting, a Ready green has yet to start (Pending)."""
-    if phase == "install":
+    if phase in ("provision", "install"):
         return [(n, "Succeeded" if s == "Ready" else s) for n, s in statuses]
     if phase == "reroute":
         return [(n, "Pending" if s == "Ready" else s) for n, s in statuses]
@@ -200,7 +205,7 @@ def continue_problem(doc: JsonObject, wait_type: str | None) -> Problem | None:
         return ("DeploymentIsNotInReadyStateException",
                 f"The deployment {doc['deploymentId']} is not in the Ready state (it is {doc['status']})")
     if kind == "TERMINATION_WAIT" and phase != "termination-wait":
-        return ("DeploymentNotStartedException" if phase in ("install", "ready", "reroute", "block")
+        return ("DeploymentNotStartedException" if phase in ("provision", "install", "ready", "reroute", "block")
                 else "InvalidDeploymentStatusException",
                 f"The deployment {doc['deploymentId']} is not waiting to terminate the original instances")
     return None
@@ -211,6 +216,7 @@ def status_message(phase: str, doc: JsonObject) -> str:
     _action, minutes = ready_option(doc)
     _term, term_minutes = termination_option(doc)
     return {
+        "provision": "Copying the Auto Scaling group: launching the replacement instances",
         "install": "Installing the application revision on the replacement instances",
         "ready": f"The replacement instances are ready: traffic will be rerouted when the deployment is continued "
                  f"(ContinueDeployment READY_WAIT) within {minutes} minutes",

@@ -28,7 +28,9 @@ The rules (behaviour doc §8.6 and the service's documentation):
 
 * A blue/green group (``agent.service.bluegreen``: BLUE_GREEN with traffic control) deploys to the
   replacement instances its CreateDeployment's ``targetInstances`` selects (DISCOVER_EXISTING; instance
-  label Green), the original ones being the group's own (Blue). ``_advance_blue_green`` runs the phases:
+  label Green), or to those the server launches into a copy of the group's Auto Scaling group
+  (COPY_AUTO_SCALING_GROUP: ``copy_auto_scaling_group``, in a thread, phase ``provision``), the original
+  ones being the group's own (Blue). ``_advance_blue_green`` runs the phases:
   the greens' lifecycle up to ValidateService as the configuration allows (their agents then wait at the
   reroute gate: status Ready); STOP_DEPLOYMENT: deployment status Ready until ContinueDeployment READY_WAIT
   (``continue_deployment``), Stopped when the wait time passes first; the reroute (greens'
@@ -36,7 +38,8 @@ The rules (behaviour doc §8.6 and the service's documentation):
   AfterBlockTraffic; then KEEP_ALIVE ends it, TERMINATE waits terminationWaitTimeInMinutes (ended early by
   ContinueDeployment TERMINATION_WAIT or SkipWaitTimeForInstanceTermination) and terminates the blues
   (``terminate``, the server's: deregistered and destroyed; and TerminateInstances in the local AWS).
-  On success the group's EC2 selection becomes the greens'. A green failing before the reroute fails the
+  On success the group's EC2 selection (or Auto Scaling group: the copy; TERMINATE deletes the original)
+  becomes the greens'. A green failing before the reroute fails the
   deployment with no traffic moved; a rollback after the reroute began is a blue/green deployment the other
   way (``create(swap=...)``): the original instances' AllowTraffic, the replacement ones' BlockTraffic.
 
@@ -185,6 +188,17 @@ def ec2_selects(group: JsonObject, tags: list[JsonObject]) -> bool:
                     tags)
 
 
+def launch_hook(group: JsonObject, asg: str) -> JsonObject:
+    """An AutoScalingGroup shape of a deployment group: the Auto Scaling group and its launch hook's name."""
+    return {"name": asg, "hook": "CodeDeploy-managed-automatic-launch-deployment-hook-"
+                                 f"{group['deploymentGroupName']}-{group['deploymentGroupId'][:8]}"}
+
+
+def copy_name(group: JsonObject, did: str) -> str:
+    """The Auto Scaling group COPY_AUTO_SCALING_GROUP makes, named as the service names it."""
+    return f"CodeDeploy_{group['deploymentGroupName']}_{did}"
+
+
 def selection_of(target_instances: JsonObject) -> JsonObject:
     """A CreateDeployment's ``targetInstances`` as a deployment group's selection."""
     return {"ec2TagFilters": target_instances.get("tagFilters") or [],
@@ -233,6 +247,8 @@ class Engine:
         self.instance_ids: traffic.InstanceIds | None = None
         # blue/green TERMINATE: destroys and deregisters instances by name, answers notes for the deployment
         self.terminate: Callable[[list[str]], list[str]] | None = None
+        # blue/green COPY_AUTO_SCALING_GROUP: (source group, copy) -> the names of the copy's new instances
+        self.copy_auto_scaling_group: Callable[[str, str], list[str]] | None = None
         self._asg_lock = threading.Lock()
         self._asg_checked = 0.0
 
@@ -319,6 +335,11 @@ class Engine:
                 blues = [target_name(t) for t in old if t.get("instanceLabel") == bluegreen.GREEN]
                 reroute_only = set(greens)
                 green_group = selection_of(swap.get("targetInstances") or {})
+            elif bluegreen.green_action(group) == "COPY_AUTO_SCALING_GROUP":
+                greens, blues = [], names   # the copy's instances join once launched (phase "provision")
+                sources = [a["name"] for a in group.get("autoScalingGroups") or []]
+                doc.update(_sourceAsg=sources[0], _greenAsg=copy_name(group, did))
+                target_instances = {"autoScalingGroups": [doc["_greenAsg"]]}
             else:
                 greens = self.selected_by(green_group)
                 blues = [n for n in names if n not in greens]
@@ -327,10 +348,11 @@ class Engine:
             scaled |= set(self.auto_scaling_instances(green_group))
             selector = {"ec2TagFilters": (group.get("ec2TagFilters") or []) + (green_group.get("ec2TagFilters") or []),
                         "ec2TagSet": group.get("ec2TagSet") or green_group.get("ec2TagSet") or {}}
+            first = "provision" if doc.get("_greenAsg") else "install"
             doc.update(deploymentStyle=dict(group["deploymentStyle"]), loadBalancerInfo=group["loadBalancerInfo"],
                        blueGreenDeploymentConfiguration=group.get("blueGreenDeploymentConfiguration") or {},
-                       targetInstances=target_instances or {}, _phase="install",
-                       deploymentStatusMessages=[bluegreen.status_message("install", doc)])
+                       targetInstances=target_instances or {}, _phase=first,
+                       deploymentStatusMessages=[bluegreen.status_message(first, doc)])
             if swap is not None:
                 doc["_swapOf"] = swap["deploymentId"]
         with self.store.transaction():
@@ -394,6 +416,42 @@ class Engine:
             if step.outcome:
                 self._finish(doc, step.outcome, step.error)
 
+    def _put_target(self, did: str, name: str, label: str, ec2: bool, now: float) -> None:
+        ec2_id = self.instance_ids(name) if self.instance_ids and ec2 else None
+        self.store.put("target", f"{did}/{name}", {
+            "deploymentId": did, "targetId": ec2_id or name, "_instanceName": name,
+            "targetArn": (f"arn:aws:ec2:{self.region}:{self.account}:instance/{ec2_id}" if ec2_id
+                          else self.instance_arn(name)),
+            "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": bluegreen.pending_events(label),
+            "instanceLabel": label})
+
+    def _provision(self, did: str, source: str, copy: str) -> None:
+        """COPY_AUTO_SCALING_GROUP: the copy of the group's Auto Scaling group and its new instances (the
+        server's ``copy_auto_scaling_group``), then the deployment goes on with them as its greens."""
+        try:
+            if self.copy_auto_scaling_group is None:
+                raise RuntimeError("this service cannot launch instances")
+            names = self.copy_auto_scaling_group(source, copy)
+            error = None if names else f"{source} has no instance of this state to copy"
+        except Exception as e:  # noqa: BLE001 - the deployment fails with the cause rather than hanging
+            names, error = [], f"{type(e).__name__}: {e}"
+        now = time.time()
+        with self.store.transaction():
+            doc = self.store.existing("deployment", did)
+            if doc["status"] not in ACTIVE:
+                return
+            if error is not None:
+                self._skip([t for t in self.targets(did) if t["status"] == "Pending"])
+                self._finish(doc, "Failed", ("AUTO_SCALING_CONFIGURATION",
+                                             f"Copying the Auto Scaling group {source} to {copy} failed: {error}"))
+                return
+            for name in names:
+                self._put_target(did, name, bluegreen.GREEN, True, now)
+            doc["deploymentStatusMessages"] = [*doc.get("deploymentStatusMessages", []),
+                                               f"Launched {', '.join(names)} in the Auto Scaling group {copy}"]
+            self._phase(doc, "install")
+        self.notify()
+
     def _command(self, did: str, target: JsonObject, now: float) -> None:
         """Start an instance: its target InProgress, a command for its agent."""
         name = target_name(target)
@@ -415,7 +473,12 @@ class Engine:
         greens = [t for t in targets if t.get("instanceLabel") == bluegreen.GREEN]
         blues = [t for t in targets if t.get("instanceLabel") == bluegreen.BLUE]
         phase = doc.get("_phase", "install")
-        if phase in ("install", "reroute", "block"):
+        if phase == "provision" and not doc.get("_provisioning"):
+            doc["_provisioning"] = True
+            self.store.put("deployment", did, doc)
+            threading.Thread(target=self._provision, args=(did, doc["_sourceAsg"], doc["_greenAsg"]), daemon=True,
+                             name=f"cdsim-provision-{did}").start()
+        elif phase in ("install", "reroute", "block"):
             group = blues if phase == "block" else greens
             by_name = {target_name(t): t for t in group}
             step = (plan(bluegreen.plan_statuses([(n, t["status"]) for n, t in by_name.items()], phase), mhh)
@@ -494,6 +557,15 @@ class Engine:
                                        **{f"InstanceId.{n}": i for n, i in enumerate(ids, 1)}}, region=self.region)
             except Exception as e:  # noqa: BLE001 - the local AWS's refusal is noted; the deployment goes on
                 notes.append(f"TerminateInstances in the local AWS failed: {getattr(e, 'message', e)}")
+        source = self.store.existing("deployment", did).get("_sourceAsg")
+        if source and self.aws_query is not None:   # COPY_AUTO_SCALING_GROUP: the original group goes too
+            try:
+                self.aws_query("autoscaling", {"Version": "2011-01-01", "Action": "DeleteAutoScalingGroup",
+                                               "AutoScalingGroupName": source, "ForceDelete": "true"},
+                               region=self.region)
+                notes.append(f"Deleted the original Auto Scaling group {source}")
+            except Exception as e:  # noqa: BLE001 - noted, as above
+                notes.append(f"DeleteAutoScalingGroup {source} in the local AWS failed: {getattr(e, 'message', e)}")
         with self.store.transaction():
             doc = self.store.existing("deployment", did)
             if doc["status"] not in ACTIVE:
@@ -546,11 +618,14 @@ class Engine:
                 if bluegreen.is_blue_green(doc) and doc["creator"] != ROLLBACK_CREATOR:
                     # the replacement instances are the group's now (DISCOVER_EXISTING: their selection)
                     green = selection_of(doc.get("targetInstances") or {})
-                    group.update(ec2TagFilters=green["ec2TagFilters"], ec2TagSet=green["ec2TagSet"] or None,
-                                 autoScalingGroups=[a for a in group.get("autoScalingGroups") or []
-                                                    if a.get("name") in green["autoScalingGroups"]])
-                    if group["ec2TagSet"] is None:
-                        del group["ec2TagSet"]
+                    if not doc.get("_greenAsg"):
+                        group.update(ec2TagFilters=green["ec2TagFilters"], ec2TagSet=green["ec2TagSet"] or None)
+                        if group["ec2TagSet"] is None:
+                            del group["ec2TagSet"]
+                    group["autoScalingGroups"] = [launch_hook(group, a) for a in green["autoScalingGroups"]]
+                    # its members now are no scale-out (watch_auto_scaling)
+                    group["_asgMembers"] = [target_name(t) for t in self.targets(did)
+                                            if t.get("instanceLabel") == bluegreen.GREEN]
             elif self._rolls_back(doc):
                 rollback_to = group.get("_lastGoodRevision") or (doc["revision"] if bluegreen.is_blue_green(doc)
                                                                   else None)
