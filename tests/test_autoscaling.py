@@ -12,21 +12,16 @@ the service has reacted): the new instance gets A at once, then B from a follow-
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import agent.instance as inst
 from agent.errors import ExitStatus
 from agent.instance import imds, localaws
-from tests.lib import CLI, REPO, needs_root, needs_tool, require_tool
+from tests.lib import needs_root, needs_tool
+from tests.lib.fleet import AWS, commit, local_service
 
-AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 pytestmark = [
     needs_root("instances need root on this machine (CI runs as root)"),
     needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
@@ -45,11 +40,6 @@ fi
 """
 
 
-def _git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 def _targets(state: str, arn: str) -> set[str]:
     found = localaws.query(state, "elasticloadbalancing", {"Version": "2015-12-01", "Action": "DescribeTargetHealth",
                                                            "TargetGroupArn": arn})
@@ -62,116 +52,66 @@ def _asg_ids(state: str) -> set[str]:
     return {e.text or "" for e in found.iterfind(".//Instances/member/InstanceId")}
 
 
-def _read(state: str, name: str, path: str, tmp: Path) -> str:
-    with open(tmp / "read", "w+") as f:
-        inst.exec_in(inst.get(name, state=state), ["cat", path], stdout=f)
-        f.seek(0)
-        return f.read()
-
-
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory):
     """A fleet of two, revision A deployed to it, then one more instance by `cdsim fleet scale --desired +1`."""
-    require_tool("git", "git")
-    require_tool("bash", "bash")
     from agent.commands.fleet import fleet_up
-    from agent.pytest_plugin import instances_available
-    from agent.service.client import call
-    from agent.service.server import Service, env_lines
 
-    ok, why = instances_available()
-    if not ok:
-        from tests.lib import skip_or_fail
-        skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root")
     tmp = tmp_path_factory.mktemp("asg")
-    state = str(tmp / "state")
-    out: dict = {"state": state}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CDSIM_STATE_DIR", state)
-        service = Service(state, s3=False, github_root=[str(tmp)]).start()
-        try:
-            ep = service.endpoint
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            for line in env_lines(service.info(), service.credentials):
-                name, _, value = line[len("export "):].partition("=")
-                env[name] = value.strip("'")
-            env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"),
-                       CDSIM_STATE_DIR=state)
-
-            def aws(*args: str) -> dict:
-                done = subprocess.run([AWS, *args], env=env, capture_output=True, text=True, timeout=120,
-                                      check=False)
-                assert done.returncode == 0, done.stderr
-                return json.loads(done.stdout) if done.stdout.strip() else {}
-
-            def cdsim(*args: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([*CLI, *args], env=env, cwd=REPO, capture_output=True, text=True,
-                                      timeout=300, check=False)
-
-            names = fleet_up(ep, count=2, tag="Name=Shop", application="A", state=state, target_group="shop-tg",
-                             auto_scaling_group="shop-asg")
-            arn = localaws.query(state, "elasticloadbalancing", {
-                "Version": "2015-12-01", "Action": "DescribeTargetGroups", "Names.member.1": "shop-tg"}).findtext(
-                ".//TargetGroupArn") or ""
-            localaws.query(state, "elasticloadbalancing", {
-                "Version": "2015-12-01", "Action": "ModifyTargetGroupAttributes", "TargetGroupArn": arn,
-                "Attributes.member.1.Key": "deregistration_delay.timeout_seconds", "Attributes.member.1.Value": "1"})
-            aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", "G",
-                "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim", "--auto-scaling-groups", "shop-asg",
-                "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
-                "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
-                "--load-balancer-info", "targetGroupInfoList=[{name=shop-tg}]")
-            out["group"] = aws("deploy", "get-deployment-group", "--application-name", "A",
-                               "--deployment-group-name", "G")["deploymentGroupInfo"]
-            repo = tmp / "repo"
-            repo.mkdir()
-            (repo / "appspec.yml").write_text(APPSPEC)
-            (repo / "note.sh").write_text(NOTE.replace("{aws}", AWS).replace("{arn}", arn))
-            (repo / "note.sh").chmod(0o755)
-            (repo / "version.txt").write_text("A\n")
-            _git(repo, "init", "-q")
-            _git(repo, "add", "-A")
-            _git(repo, "commit", "-qm", "A")
-            sha = _git(repo, "rev-parse", "HEAD")
-            first = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
-                "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
-                "deploymentId"]
-            waited = cdsim("wait", first, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
-            assert waited.returncode == 0, waited.stdout + waited.stderr
-            before = set(_asg_ids(state))
-            started = time.monotonic()
-            scale = cdsim("fleet", "scale", "shop-asg", "--desired", "+1", "--endpoint", ep, "--state", state)
-            assert scale.returncode == 0, scale.stderr
-            new = sorted(set(i.name for i in inst.list_instances(state=state)) - set(names))
-            assert len(new) == 1, new
-            new_id = imds.load(inst.get(new[0], state=state))["instance_id"]
-            out["targets_right_after_scale"] = _targets(state, arn)
-            auto = None
-            deadline = time.monotonic() + 60   # the service looks at the group every second
-            while auto is None and time.monotonic() < deadline:
-                ids = call(ep, "ListDeployments", {"applicationName": "A", "deploymentGroupName": "G"})["deployments"]
-                auto = next((d for d in ids if d != first), None)
-                if auto is None:
-                    time.sleep(0.2)
-            assert auto is not None, "no automatic deployment after the scale-out"
-            waited = cdsim("wait", auto, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
-            out["scale_out_seconds"] = time.monotonic() - started
-            out.update(
-                names=names, new=new[0], new_id=new_id, arn=arn, first=first, auto=auto, sha=sha, scale=scale,
-                auto_wait=waited, asg_before=before, asg_after=_asg_ids(state), targets_after=_targets(state, arn),
-                deployment=aws("deploy", "get-deployment", "--deployment-id", auto)["deploymentInfo"],
-                instances=aws("deploy", "list-deployment-instances", "--deployment-id", auto)["instancesList"],
-                events=call(ep, "GetDeploymentInstance", {"deploymentId": auto, "instanceId": new[0]})[
-                    "instanceSummary"]["lifecycleEvents"],
-                hooks={n: _read(state, n, "/var/log/asg-hooks.log", tmp).split("\n") for n in [*names, new[0]]},
-                seen=_read(state, new[0], "/var/log/asg-targets.log", tmp).splitlines(),
-                version=_read(state, new[0], "/srv/shop/version.txt", tmp),
-                ep=ep, env=env, cdsim=cdsim, call=call, repo=repo, tmp=tmp)
-            yield out
-        finally:
-            service.close()
-            for status in inst.list_instances(state=state):
-                inst.destroy(inst.get(status.name, state=state))
+    with local_service(tmp) as svc:
+        state, ep, env, aws, cdsim, call = svc.state, svc.endpoint, svc.env, svc.aws, svc.cdsim, svc.call
+        out: dict = {"state": state}
+        names = fleet_up(ep, count=2, tag="Name=Shop", application="A", state=state, target_group="shop-tg",
+                         auto_scaling_group="shop-asg")
+        arn = svc.target_group_arn("shop-tg")
+        svc.deregistration_delay(arn, 1)
+        aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", "G",
+            "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim", "--auto-scaling-groups", "shop-asg",
+            "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
+            "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
+            "--load-balancer-info", "targetGroupInfoList=[{name=shop-tg}]")
+        out["group"] = aws("deploy", "get-deployment-group", "--application-name", "A",
+                           "--deployment-group-name", "G")["deploymentGroupInfo"]
+        repo = tmp / "repo"
+        repo.mkdir()
+        (repo / "appspec.yml").write_text(APPSPEC)
+        (repo / "note.sh").write_text(NOTE.replace("{aws}", AWS).replace("{arn}", arn))
+        (repo / "note.sh").chmod(0o755)
+        (repo / "version.txt").write_text("A\n")
+        sha = commit(repo, "A")
+        first = svc.deploy("A", "G", repo, sha)
+        waited = cdsim("wait", first, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        before = set(_asg_ids(state))
+        started = time.monotonic()
+        scale = cdsim("fleet", "scale", "shop-asg", "--desired", "+1", "--endpoint", ep, "--state", state)
+        assert scale.returncode == 0, scale.stderr
+        new = sorted(set(i.name for i in inst.list_instances(state=state)) - set(names))
+        assert len(new) == 1, new
+        new_id = imds.load(inst.get(new[0], state=state))["instance_id"]
+        out["targets_right_after_scale"] = _targets(state, arn)
+        auto = None
+        deadline = time.monotonic() + 60   # the service looks at the group every second
+        while auto is None and time.monotonic() < deadline:
+            ids = call("ListDeployments", {"applicationName": "A", "deploymentGroupName": "G"})["deployments"]
+            auto = next((d for d in ids if d != first), None)
+            if auto is None:
+                time.sleep(0.2)
+        assert auto is not None, "no automatic deployment after the scale-out"
+        waited = cdsim("wait", auto, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
+        out["scale_out_seconds"] = time.monotonic() - started
+        out.update(
+            names=names, new=new[0], new_id=new_id, arn=arn, first=first, auto=auto, sha=sha, scale=scale,
+            auto_wait=waited, asg_before=before, asg_after=_asg_ids(state), targets_after=_targets(state, arn),
+            deployment=aws("deploy", "get-deployment", "--deployment-id", auto)["deploymentInfo"],
+            instances=aws("deploy", "list-deployment-instances", "--deployment-id", auto)["instancesList"],
+            events=call("GetDeploymentInstance", {"deploymentId": auto, "instanceId": new[0]})[
+                "instanceSummary"]["lifecycleEvents"],
+            hooks={n: svc.read(n, "/var/log/asg-hooks.log").split("\n") for n in [*names, new[0]]},
+            seen=svc.read(new[0], "/var/log/asg-targets.log").splitlines(),
+            version=svc.read(new[0], "/srv/shop/version.txt"),
+            ep=ep, env=env, cdsim=cdsim, call=call, repo=repo, tmp=tmp, svc=svc)
+        yield out
 
 
 def test_the_deployment_group_shows_its_auto_scaling_group_as_the_service_does(scaled):
@@ -227,7 +167,7 @@ def test_scale_in_terminates_and_deregisters(scaled):
     assert new not in {i.name for i in inst.list_instances(state=state)}
     assert scaled["new_id"] not in _asg_ids(state)
     assert scaled["new_id"] not in _targets(state, scaled["arn"])
-    info = scaled["call"](scaled["ep"], "GetOnPremisesInstance", {"instanceName": new})["instanceInfo"]
+    info = scaled["call"]("GetOnPremisesInstance", {"instanceName": new})["instanceInfo"]
     assert info.get("deregisterTime")
 
 
@@ -236,12 +176,16 @@ def test_scale_in_terminates_and_deregisters(scaled):
     (["--desired", "lots", "shop-asg"], "--desired 'lots' is not N, +N or -N"),
     (["--desired", "-5", "shop-asg"], "--desired -5: the group has "),
     (["--desired", "1", "--", "-shop"], "'-shop' is not an Auto Scaling group name"),
+    (["--desired", "+1", "--traffic", "ftp://127.0.0.1/", "shop-asg"], "expected an http:// or https:// URL"),
+    (["--desired", "+1", "--traffic", "http://192.0.2.1/", "shop-asg"], "192.0.2.1 is not an address of this"),
 ])
 def test_bad_scale_requests_are_refused_clearly(scaled, args, says):
+    before = _asg_ids(scaled["state"])
     done = scaled["cdsim"]("fleet", "scale", "--endpoint", scaled["ep"], "--state", scaled["state"], *args)
     assert done.returncode == ExitStatus.USAGE, done.stdout + done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+    assert _asg_ids(scaled["state"]) == before   # refused before anything was launched
 
 
 HOLD = """
@@ -257,16 +201,14 @@ def test_a_scale_out_during_a_deployment_gets_the_last_good_revision_then_a_foll
     (repo / "version.txt").write_text("B\n")
     with open(repo / "note.sh", "a") as f:
         f.write(HOLD)
-    _git(repo, "commit", "-qam", "B")
-    sha_b = _git(repo, "rev-parse", "HEAD")
-    b = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
-        "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha_b}}})["deploymentId"]
+    sha_b = commit(repo, "B")
+    b = scaled["svc"].deploy("A", "G", repo, sha_b)
     known = {scaled["first"], scaled["auto"], b}
 
     def next_deployment() -> str:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            ids = call(ep, "ListDeployments", {"applicationName": "A", "deploymentGroupName": "G"})["deployments"]
+            ids = call("ListDeployments", {"applicationName": "A", "deploymentGroupName": "G"})["deployments"]
             new = [d for d in ids if d not in known]
             if new:
                 known.update(new)
@@ -279,7 +221,7 @@ def test_a_scale_out_during_a_deployment_gets_the_last_good_revision_then_a_foll
         assert scale.returncode == 0, scale.stderr
         new = scale.stdout.split("launched ", 1)[1].split()[0]
         launch = next_deployment()
-        assert call(ep, "GetDeployment", {"deploymentId": b})["deploymentInfo"]["status"] == "InProgress"
+        assert call("GetDeployment", {"deploymentId": b})["deploymentInfo"]["status"] == "InProgress"
         done = cdsim("wait", launch, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
@@ -290,17 +232,17 @@ def test_a_scale_out_during_a_deployment_gets_the_last_good_revision_then_a_foll
     follow = next_deployment()
     done = cdsim("wait", follow, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
     assert done.returncode == 0, done.stdout + done.stderr
-    infos = {d: call(ep, "GetDeployment", {"deploymentId": d})["deploymentInfo"] for d in (b, launch, follow)}
+    infos = {d: call("GetDeployment", {"deploymentId": d})["deploymentInfo"] for d in (b, launch, follow)}
     assert infos[launch]["creator"] == infos[follow]["creator"] == "autoscaling"
     assert infos[b]["creator"] == "user"
     assert infos[launch]["revision"]["gitHubLocation"]["commitId"] == scaled["sha"]   # A, the last good one
     assert infos[follow]["revision"]["gitHubLocation"]["commitId"] == sha_b
     new_id = imds.load(inst.get(new, state=state))["instance_id"]
     for d in (launch, follow):
-        assert call(ep, "ListDeploymentInstances", {"deploymentId": d})["instancesList"] == [new_id]
-    assert new_id not in call(ep, "ListDeploymentInstances", {"deploymentId": b})["instancesList"]
-    assert _read(state, new, "/srv/shop/version.txt", scaled["tmp"]) == "B\n"
-    ran = [line.split() for line in _read(state, new, "/var/log/asg-hooks.log", scaled["tmp"]).splitlines()]
+        assert call("ListDeploymentInstances", {"deploymentId": d})["instancesList"] == [new_id]
+    assert new_id not in call("ListDeploymentInstances", {"deploymentId": b})["instancesList"]
+    assert scaled["svc"].read(new, "/srv/shop/version.txt") == "B\n"
+    ran = [line.split() for line in scaled["svc"].read(new, "/var/log/asg-hooks.log").splitlines()]
     assert [e for e, d in ran if d == launch] == [   # no previous revision: no ApplicationStop
         "BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService", "BeforeAllowTraffic",
         "AfterAllowTraffic"]

@@ -14,20 +14,17 @@ Every request loop is bounded (the probe's count and time bounds) and goes to 12
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import agent.instance as inst
 from agent.errors import ExitStatus
-from agent.instance import imds, localaws
+from agent.instance import imds
 from tests.lib import CLI, REPO, needs_root, needs_tool
+from tests.lib.fleet import AWS, commit, local_service
 
-AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 pytestmark = [
     needs_root("instances need root on this machine (CI runs as root)"),
     needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
@@ -85,132 +82,90 @@ SERVING = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "Aft
            "ValidateService"]
 
 
-def _git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _in(state: str, name: str, command: str) -> bool:
-    """Whether ``sh -c COMMAND`` in instance NAME exits 0."""
-    return inst.exec_in(inst.get(name, state=state), ["/bin/sh", "-c", command]) == 0
-
-
-def _elbv2(state: str, **params: str):
-    return localaws.query(state, "elasticloadbalancing", {**ELBV2, **params})
-
-
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     from agent.commands.fleet import fleet_up
-    from agent.instance import loadbalancer
-    from agent.pytest_plugin import instances_available
-    from agent.service.client import call
-    from agent.service.server import Service, env_lines
-    from tests.lib import require_tool, skip_or_fail
 
-    require_tool("git", "git")
-    ok, why = instances_available()
-    if not ok:
-        skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root")
     tmp = tmp_path_factory.mktemp("rehearsal")
-    state = str(tmp / "state")
-    out: dict = {"state": state}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CDSIM_STATE_DIR", state)
-        service = Service(state, s3=False, github_root=[str(tmp)]).start()
-        try:
-            ep = service.endpoint
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            for line in env_lines(service.info(), service.credentials):
-                name, _, value = line[len("export "):].partition("=")
-                env[name] = value.strip("'")
-            env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
-            names = fleet_up(ep, count=3, tag="Name=Web", application="A", state=state, target_group="web-tg")
-            ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in names}
-            tg = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
-                ".//TargetGroupArn") or ""
-            _elbv2(state, Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/health",
-                   HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
-                   UnhealthyThresholdCount="2")
-            _elbv2(state, Action="ModifyTargetGroupAttributes", TargetGroupArn=tg,
-                   **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds",
-                      "Attributes.member.1.Value": "1"})
-            vpc = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeVpcs",
-                                                "Filter.1.Name": "isDefault", "Filter.1.Value.1": "true"}
-                                 ).findtext(".//vpcId") or ""
-            subnets = [s.findtext("subnetId") or "" for s in localaws.query(state, "ec2", {
-                "Version": "2016-11-15", "Action": "DescribeSubnets", "Filter.1.Name": "vpc-id",
-                "Filter.1.Value.1": vpc}).iterfind(".//subnetSet/item")]
-            lb = _elbv2(state, Action="CreateLoadBalancer", Name="web-alb", Type="application",
-                        **{f"Subnets.member.{n}": s for n, s in enumerate(subnets[:2], 1)}
-                        ).findtext(".//LoadBalancerArn") or ""
-            _elbv2(state, Action="CreateListener", LoadBalancerArn=lb, Protocol="HTTP", Port="80",
-                   **{"DefaultActions.member.1.Type": "forward", "DefaultActions.member.1.TargetGroupArn": tg})
-            loadbalancer.ensure(state)
-            url = loadbalancer.url_for(state, "web-alb")
-            assert url.startswith("http://127.0.0.1:"), url   # loopback only
-            call(ep, "CreateDeploymentGroup", {
-                "applicationName": "A", "deploymentGroupName": "G", "serviceRoleArn": "arn:aws:iam::0:role/x",
-                "onPremisesInstanceTagFilters": [{"Key": "Name", "Value": "Web", "Type": "KEY_AND_VALUE"}],
-                "deploymentConfigName": "CodeDeployDefault.OneAtATime",
-                "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
-                "loadBalancerInfo": {"targetGroupInfoList": [{"name": "web-tg"}]}})
-            repo = tmp / "repo"
-            (repo / "app").mkdir(parents=True)
-            (repo / "appspec.yml").write_text(APPSPEC)
-            (repo / "app" / "server.py").write_text(SERVER)
-            for script, text in (("start.sh", START), ("stop.sh", STOP)):
-                (repo / script).write_text(text)
-                (repo / script).chmod(0o755)
-            _git(repo, "init", "-q")
-            runs = {}
-            for n in (1, 2, 3):
-                if n == 3:   # the broken variant: the same group, its traffic control switched off
-                    call(ep, "UpdateDeploymentGroup", {
-                        "applicationName": "A", "currentDeploymentGroupName": "G",
-                        "deploymentStyle": {"deploymentType": "IN_PLACE",
-                                            "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"}})
-                (repo / "app" / "version.txt").write_text(f"v{n}\n")
-                _git(repo, "add", "-A")
-                _git(repo, "commit", "-qm", f"v{n}")
-                sha = _git(repo, "rev-parse", "HEAD")
+    with local_service(tmp) as svc:
+        state, ep, env, call = svc.state, svc.endpoint, svc.env, svc.call
+        out: dict = {"state": state}
+        names = fleet_up(ep, count=3, tag="Name=Web", application="A", state=state, target_group="web-tg",
+                         auto_scaling_group="web-asg")
+        ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in names}
+        tg = svc.target_group_arn("web-tg")
+        svc.elbv2(Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/health",
+                  HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
+                  UnhealthyThresholdCount="2")
+        svc.deregistration_delay(tg, 1)
+        url = svc.load_balancer("web-alb", tg)
+        call("CreateDeploymentGroup", {
+            "applicationName": "A", "deploymentGroupName": "G", "serviceRoleArn": "arn:aws:iam::0:role/x",
+            "onPremisesInstanceTagFilters": [{"Key": "Name", "Value": "Web", "Type": "KEY_AND_VALUE"}],
+            "deploymentConfigName": "CodeDeployDefault.OneAtATime",
+            "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+            "loadBalancerInfo": {"targetGroupInfoList": [{"name": "web-tg"}]}})
+        repo = tmp / "repo"
+        (repo / "app").mkdir(parents=True)
+        (repo / "appspec.yml").write_text(APPSPEC)
+        (repo / "app" / "server.py").write_text(SERVER)
+        for script, text in (("start.sh", START), ("stop.sh", STOP)):
+            (repo / script).write_text(text)
+            (repo / script).chmod(0o755)
+        runs = {}
+        for n in (1, 2, 3):
+            if n == 3:   # the broken variant: the same group, its traffic control switched off
+                call("UpdateDeploymentGroup", {
+                    "applicationName": "A", "currentDeploymentGroupName": "G",
+                    "deploymentStyle": {"deploymentType": "IN_PLACE",
+                                        "deploymentOption": "WITHOUT_TRAFFIC_CONTROL"}})
+            (repo / "app" / "version.txt").write_text(f"v{n}\n")
+            sha = commit(repo, f"v{n}")
+            for name in names:
+                assert svc.sh(name, "rm -f /run/app.hit /var/tmp/probe-sending" if n > 1 else
+                           "touch /var/tmp/probe-sending")
+            did = svc.deploy("A", "G", repo, sha)
+            report = tmp / f"traffic-{n}.json"
+            probe = ("--traffic", f"{url},20", "--traffic-version-header", "X-Version",
+                     "--traffic-report", str(report)) if n > 1 else ()
+            waiting = subprocess.Popen([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout",
+                                        "300", *probe], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            if probe:   # once a server has answered the probe, the ApplicationStops may go on (see STOP)
+                deadline = time.monotonic() + 120
+                while waiting.poll() is None and time.monotonic() < deadline and not any(
+                        svc.sh(name, "test -e /run/app.hit") for name in names):
+                    time.sleep(0.1)
                 for name in names:
-                    assert _in(state, name, "rm -f /run/app.hit /var/tmp/probe-sending" if n > 1 else
-                               "touch /var/tmp/probe-sending")
-                did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
-                    "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
-                    "deploymentId"]
-                report = tmp / f"traffic-{n}.json"
-                probe = ("--traffic", f"{url},20", "--traffic-version-header", "X-Version",
-                         "--traffic-report", str(report)) if n > 1 else ()
-                waiting = subprocess.Popen([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout",
-                                            "300", *probe], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-                if probe:   # once a server has answered the probe, the ApplicationStops may go on (see STOP)
-                    deadline = time.monotonic() + 120
-                    while waiting.poll() is None and time.monotonic() < deadline and not any(
-                            _in(state, name, "test -e /run/app.hit") for name in names):
-                        time.sleep(0.1)
-                    for name in names:
-                        assert _in(state, name, "touch /var/tmp/probe-sending")
-                stdout, stderr = waiting.communicate(timeout=330)
-                done = subprocess.CompletedProcess(waiting.args, waiting.returncode, stdout, stderr)
-                instances = {i["instanceId"].rsplit("/", 1)[-1]: {e["lifecycleEventName"]: e for e in
-                                                                  i["lifecycleEvents"]}
-                             for i in call(ep, "BatchGetDeploymentInstances", {
-                                 "deploymentId": did, "instanceIds": names})["instancesSummary"]}
-                runs[n] = {"id": did, "exit": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
-                           "report": json.loads(report.read_text()) if report.exists() else None,
-                           "instances": instances,
-                           "status": call(ep, "GetDeployment", {"deploymentId": did})["deploymentInfo"]["status"]}
-                (tmp / f"wait-{n}.txt").write_text(done.stdout + done.stderr)   # for a look after a run
-                (tmp / f"events-{n}.json").write_text(json.dumps(instances, indent=1, default=str))
-            out.update(names=names, ids=ids, runs=runs, url=url)
-            yield out
-        finally:
-            service.close()
-            for status in inst.list_instances(state=state):
-                inst.destroy(inst.get(status.name, state=state))
+                    assert svc.sh(name, "touch /var/tmp/probe-sending")
+            stdout, stderr = waiting.communicate(timeout=330)
+            done = subprocess.CompletedProcess(waiting.args, waiting.returncode, stdout, stderr)
+            instances = {i["instanceId"].rsplit("/", 1)[-1]: {e["lifecycleEventName"]: e for e in
+                                                              i["lifecycleEvents"]}
+                         for i in call("BatchGetDeploymentInstances", {
+                             "deploymentId": did, "instanceIds": names})["instancesSummary"]}
+            runs[n] = {"id": did, "exit": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+                       "report": json.loads(report.read_text()) if report.exists() else None,
+                       "instances": instances,
+                       "status": call("GetDeployment", {"deploymentId": did})["deploymentInfo"]["status"]}
+            (tmp / f"wait-{n}.txt").write_text(done.stdout + done.stderr)   # for a look after a run
+            (tmp / f"events-{n}.json").write_text(json.dumps(instances, indent=1, default=str))
+        # the group back to traffic control, on the fleet's Auto Scaling group too: one instance more, then
+        # one less, each rehearsed (`cdsim fleet scale --traffic`)
+        call("UpdateDeploymentGroup", {
+            "applicationName": "A", "currentDeploymentGroupName": "G", "autoScalingGroups": ["web-asg"],
+            "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"}})
+        scaled = {}
+        for step in ("+1", "-1"):
+            report = tmp / f"scale{step}.json"
+            done = svc.cdsim("fleet", "scale", "web-asg", "--desired", step, "--endpoint", ep, "--state", state,
+                             "--interval", "0.2", "--timeout", "300", "--traffic", f"{url},20",
+                             "--traffic-version-header", "X-Version", "--traffic-report", str(report))
+            scaled[step] = {"exit": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+                            "report": json.loads(report.read_text()) if report.exists() else None,
+                            "instances": sorted(s.name for s in inst.list_instances(state=state))}
+        out.update(names=names, ids=ids, runs=runs, url=url, scaled=scaled)
+        yield out
 
 
 def test_a_rolling_deployment_with_traffic_control_drops_no_request(rehearsal):
@@ -257,3 +212,25 @@ def test_a_stop_without_traffic_control_fails_requests_at_that_instance_s_applic
         assert stops[name]["failed"] > 0, stops
         assert set(stops[name]["errors"]) <= {"HTTP 502"}, stops[name]
     assert f"{rows[-1]['failed']} requests failed during the deployment" in run["stderr"]
+
+
+def test_a_scale_out_and_a_scale_in_rehearsed_drop_no_request(rehearsal):
+    """`cdsim fleet scale web-asg --desired +1 --traffic`: the new instance gets v3 from the service's automatic
+    deployment and answers only once registered (0 failed); `--desired -1 --traffic`: it is deregistered and
+    drained before it goes (0 failed), the figures pinned on it (``ScaleIn``)."""
+    out, names = rehearsal["scaled"]["+1"], rehearsal["names"]
+    assert out["exit"] == 0, out["stdout"] + out["stderr"]
+    [new] = sorted(set(out["instances"]) - set(names))
+    assert f"launched {new}" in out["stdout"] and "the service deploys to" in out["stdout"], out["stdout"]
+    assert "Deployment " in out["stdout"] and "succeeded" in out["stdout"], out["stdout"]
+    total = out["report"]["windows"][-1]
+    assert total["subject"] == "*" and total["failed"] == 0 and total["sent"] >= 20, total
+    assert f"v3 {new}" in total["versions"], total["versions"]
+    assert set(total["versions"]) <= {f"v3 {n}" for n in [*names, new]}, total["versions"]
+    out = rehearsal["scaled"]["-1"]
+    assert out["exit"] == 0, out["stdout"] + out["stderr"]
+    assert f"terminated {new}" in out["stdout"] and out["instances"] == sorted(names), out
+    rows = out["report"]["windows"]
+    assert rows[-1]["failed"] == 0 and rows[-1]["sent"] > 0, rows
+    assert [(r["subject"], r["phase"]) for r in rows[:-1]] == [(new, "ScaleIn")], rows
+    assert f"{new} ScaleIn: " in out["stdout"], out["stdout"]

@@ -15,19 +15,17 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import agent.instance as inst
 from agent.errors import ExitStatus
 from agent.instance import imds, localaws
-from tests.lib import CLI, REPO, needs_root, needs_tool, require_tool
+from tests.lib import CLI, REPO, needs_root, needs_tool
+from tests.lib.fleet import AWS, commit, local_service
 
-AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 pytestmark = [
     needs_root("instances need root on this machine (CI runs as root)"),
     needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
@@ -85,11 +83,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 def _elbv2(state: str, **params: str):
     return localaws.query(state, "elasticloadbalancing", {"Version": "2015-12-01", **params})
 
@@ -104,60 +97,28 @@ def _health(state: str, arn: str) -> dict[str, str]:
 def rehearsal(tmp_path_factory):
     """Everything the tests read: the fleet's ids, two deployments with their `cdsim wait --traffic` runs,
     what the aws CLI says of each instance, what the hooks noted."""
-    require_tool("git", "git")
-    require_tool("bash", "bash")
     from agent.commands.fleet import fleet_up
-    from agent.pytest_plugin import instances_available
-    from agent.service.client import call
-    from agent.service.server import Service, env_lines
 
-    ok, why = instances_available()
-    if not ok:
-        from tests.lib import skip_or_fail
-        skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root")
     tmp = tmp_path_factory.mktemp("traffic")
-    state = str(tmp / "state")
     web = FlakyServer()
     threading.Thread(target=web.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    out: dict = {"state": state}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CDSIM_STATE_DIR", state)
-        service = Service(state, s3=False, github_root=[str(tmp)]).start()
-        try:
-            ep = service.endpoint
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            for line in env_lines(service.info(), service.credentials):
-                name, _, value = line[len("export "):].partition("=")
-                env[name] = value.strip("'")
-            env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
-
-            def aws(*args: str) -> dict:
-                done = subprocess.run([AWS, *args], env=env, capture_output=True, text=True, timeout=120,
-                                      check=False)
-                assert done.returncode == 0, done.stderr
-                return json.loads(done.stdout) if done.stdout.strip() else {}
-
+    try:
+        with local_service(tmp) as svc:
+            state, ep, env, aws, call = svc.state, svc.endpoint, svc.env, svc.aws, svc.call
+            out: dict = {"state": state}
             names = fleet_up(ep, count=3, tag="Name=Web", application="A", state=state, target_group="web-tg")
             ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in names}
             for name in names:   # the aws CLI on each instance, for the ApplicationStop observer
-                wrapper = tmp / f"aws-{name}"
-                wrapper.write_text(f'#!/bin/sh\nexec {AWS} "$@"\n')
-                with open(wrapper) as source:
-                    assert inst.exec_in(inst.get(name, state=state), [
-                        "/bin/sh", "-c", "cat > /usr/local/bin/aws && chmod 755 /usr/local/bin/aws"],
-                        stdin=source) == 0
-            arn = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
-                ".//TargetGroupArn")
-            _elbv2(state, Action="ModifyTargetGroupAttributes", TargetGroupArn=arn,
-                   **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds",
-                      "Attributes.member.1.Value": "1"})
+                svc.install_aws_cli(name)
+            arn = svc.target_group_arn("web-tg")
+            svc.deregistration_delay(arn, 1)
             aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", "G",
                 "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim", "--on-premises-instance-tag-filters",
                 "Key=Name,Value=Web,Type=KEY_AND_VALUE", "--deployment-config-name", "CodeDeployDefault.OneAtATime",
                 "--deployment-style", "deploymentType=IN_PLACE,deploymentOption=WITH_TRAFFIC_CONTROL",
                 "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]")
-            out["group"] = call(ep, "GetDeploymentGroup", {"applicationName": "A",
-                                                           "deploymentGroupName": "G"})["deploymentGroupInfo"]
+            out["group"] = call("GetDeploymentGroup", {"applicationName": "A",
+                                                       "deploymentGroupName": "G"})["deploymentGroupInfo"]
             repo = tmp / "repo"
             repo.mkdir()
             (repo / "appspec.yml").write_text(APPSPEC)
@@ -166,19 +127,14 @@ def rehearsal(tmp_path_factory):
             (repo / "observe.sh").write_text(OBSERVE.format(arn=arn, targets=targets))
             for script in ("note.sh", "observe.sh"):
                 (repo / script).chmod(0o755)
-            _git(repo, "init", "-q")
             url = f"http://127.0.0.1:{web.server_address[1]}/"
             runs = []
             reports = ("--report", f"json={tmp}/report.json", "--report", f"junit={tmp}/junit.xml",
                        "--report", f"html={tmp}/report.html")
             for n in (1, 2):
                 (repo / "version.txt").write_text(f"{n}\n")
-                _git(repo, "add", "-A")
-                _git(repo, "commit", "-qm", f"v{n}")
-                sha = _git(repo, "rev-parse", "HEAD")
-                did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "G", "revision": {
-                    "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
-                    "deploymentId"]
+                sha = commit(repo, f"v{n}")
+                did = svc.deploy("A", "G", repo, sha)
                 report = tmp / f"traffic-{n}.json"
                 waiting = subprocess.Popen(
                     [*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "600",
@@ -190,11 +146,11 @@ def rehearsal(tmp_path_factory):
                     while web.served == 0 and waiting.poll() is None and time.monotonic() < deadline:
                         time.sleep(0.05)
                     for name in names:
-                        assert inst.exec_in(inst.get(name, state=state), ["touch", "/var/tmp/probe-sending"]) == 0
+                        assert svc.sh(name, "touch /var/tmp/probe-sending")
                 failing_seen = []
                 if n == 2:   # ten 503s once web-2 is seen in its ApplicationStop (which lasts 2 s or more)
                     while waiting.poll() is None and not failing_seen:
-                        got = call(ep, "GetDeploymentInstance", {"deploymentId": did, "instanceId": names[1]})
+                        got = call("GetDeploymentInstance", {"deploymentId": did, "instanceId": names[1]})
                         events = {e["lifecycleEventName"]: e["status"]
                                   for e in got["instanceSummary"]["lifecycleEvents"]}
                         if events.get("ApplicationStop") == "InProgress":
@@ -205,63 +161,53 @@ def rehearsal(tmp_path_factory):
                             time.sleep(0.05)
                 stdout, stderr = waiting.communicate(timeout=600)
                 instances = {i["instanceId"].rsplit("/", 1)[-1]: i for i in call(
-                    ep, "BatchGetDeploymentInstances", {"deploymentId": did, "instanceIds": names})["instancesSummary"]}
+                    "BatchGetDeploymentInstances", {"deploymentId": did, "instanceIds": names})["instancesSummary"]}
                 runs.append({"id": did, "exit": waiting.returncode, "stdout": stdout, "stderr": stderr,
                              "report": json.loads(report.read_text()) if report.exists() else None,
                              "instances": instances, "failing_seen": failing_seen,
-                             "deployment": call(ep, "GetDeployment", {"deploymentId": did})})
+                             "deployment": call("GetDeployment", {"deploymentId": did})})
             # what the aws CLI itself shows (botocore's model parses it): one instance of the second deployment
             out["cli_instance"] = aws("deploy", "get-deployment-instance", "--deployment-id", did,
                                       "--instance-id", names[1])["instanceSummary"]
             out["health_after"] = _health(state, arn)
             # web-1 alone (tag Solo) in two more groups: a classic load balancer, and a target group that
             # does not exist (BlockTraffic fails)
-            call(ep, "AddTagsToOnPremisesInstances", {"instanceNames": [names[0]],
+            call("AddTagsToOnPremisesInstances", {"instanceNames": [names[0]],
                                                       "tags": [{"Key": "Solo", "Value": "1"}]})
             elb = {"Version": "2012-06-01"}
-            localaws.query(state, "elasticloadbalancing", {
+            svc.query("elasticloadbalancing", {
                 **elb, "Action": "CreateLoadBalancer", "LoadBalancerName": "web-elb",
                 "Listeners.member.1.Protocol": "HTTP", "Listeners.member.1.LoadBalancerPort": "80",
                 "Listeners.member.1.InstancePort": "80", "AvailabilityZones.member.1": "us-east-1a"})
             for group, info in (("C", {"elbInfoList": [{"name": "web-elb"}]}),
                                 ("F", {"targetGroupInfoList": [{"name": "no-tg"}]})):
-                call(ep, "CreateDeploymentGroup", {
+                call("CreateDeploymentGroup", {
                     "applicationName": "A", "deploymentGroupName": group, "serviceRoleArn": "arn:aws:iam::0:role/x",
                     "onPremisesInstanceTagFilters": [{"Key": "Solo", "Value": "1", "Type": "KEY_AND_VALUE"}],
                     "deploymentStyle": {"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
                     "loadBalancerInfo": info})
-                did = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": group, "revision": {
-                    "revisionType": "GitHub", "gitHubLocation": {"repository": str(repo), "commitId": sha}}})[
-                    "deploymentId"]
-                done = subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "300"],
-                                      env=env, cwd=REPO, capture_output=True, text=True, timeout=320, check=False)
+                did = svc.deploy("A", group, repo, sha)
+                done = svc.cdsim("wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "300")
                 out[group] = {"id": did, "exit": done.returncode, "stderr": done.stderr,
-                              "instance": call(ep, "GetDeploymentInstance", {
+                              "instance": call("GetDeploymentInstance", {
                                   "deploymentId": did, "instanceId": names[0]})["instanceSummary"],
-                              "deployment": call(ep, "GetDeployment", {"deploymentId": did})["deploymentInfo"]}
+                              "deployment": call("GetDeployment", {"deploymentId": did})["deploymentInfo"]}
                 if group == "C":
-                    found = localaws.query(state, "elasticloadbalancing", {
+                    found = svc.query("elasticloadbalancing", {
                         **elb, "Action": "DescribeLoadBalancers", "LoadBalancerNames.member.1": "web-elb"})
                     out[group]["elb_instances"] = [e.text for e in found.iterfind(".//Instances/member/InstanceId")]
             out["health_at_end"] = _health(state, arn)
             logs = {}
             for name in names:
                 for log in ("tc-hooks", "tc-observe"):
-                    path = tmp / f"{log}-{name}"
-                    with open(path, "w+") as f:
-                        inst.exec_in(inst.get(name, state=state), ["cat", f"/var/log/{log}.log"], stdout=f)
-                        f.seek(0)
-                        logs[(name, log)] = [line.split() for line in f.read().splitlines()]
+                    logs[(name, log)] = [line.split() for line in svc.read(name, f"/var/log/{log}.log").splitlines()]
             out.update(names=names, ids=ids, arn=arn, runs=runs, logs=logs, env=env,
                        reports={kind: (tmp / name).read_text() for kind, name in (
                            ("json", "report.json"), ("junit", "junit.xml"), ("html", "report.html"))})
             yield out
-        finally:
-            service.close()
-            web.shutdown()
-            web.server_close()
-            for status in inst.list_instances(state=state):
-                inst.destroy(inst.get(status.name, state=state))
+    finally:
+        web.shutdown()
+        web.server_close()
 
 
 def test_the_group_keeps_its_load_balancer_and_traffic_control(rehearsal):
@@ -390,6 +336,14 @@ def test_the_reports_carry_the_figures_with_each_instance_s_events(rehearsal):
     assert failed_cases == [("traffic", "web-2 ApplicationStop")]
     html = rehearsal["reports"]["html"]
     assert "Requests during the deployment" in html and "HTTP 503: 10" in html
+    # the timeline shows the error rate over the events: a strip under each event that got requests, one
+    # failing (web-2's ApplicationStop: its 10 failures)
+    import re
+    strips = re.findall(r'data-name="(\w+)" data-status="\w+" [^>]*></div><div class="requests( failing)?" '
+                        r'data-sent="(\d+)" data-failed="(\d+)"', html)
+    assert len(strips) >= 3, strips
+    failing = [(name, int(failed)) for name, mark, _, failed in strips if mark]
+    assert failing == [("ApplicationStop", 10)], strips
 
 
 @pytest.mark.parametrize(("option", "message"), [

@@ -11,16 +11,24 @@ Balancer or in that Auto Scaling group of the local AWS. The server runs an agen
 deregisters and destroys them.
 ``scale`` changes the fleet's Auto Scaling group of the local AWS: new instances (named, tagged and
 registered as their group's first member) are attached to it, and the server deploys the last successful
-revision to them; removed ones (the highest numbered) are detached, deregistered from every target group
-and the server, and destroyed.
+revision to them; removed ones (the highest numbered) are detached, deregistered from every target group,
+drained (destroyed only once their target groups' deregistration delay has passed or they show
+``unused``, as an Auto Scaling group behind a load balancer does) and deregistered from the server.
+``scale --wait`` follows the automatic deployment to the new instances as `cdsim wait` does, and
+``--traffic URL[,RATE]`` (implying ``--wait``) rehearses the scaling under load with `cdsim wait`'s probe:
+requests from before the first launch (or deregistration) until the deployment (or the draining) ended,
+reported per instance and lifecycle event (``Draining`` and ``Terminate`` for a scale-in), exit 9 when more
+than ``--max-failed-requests`` failed.
 """
 from __future__ import annotations
 
 import argparse
 import re
+import sys
+import time
 from typing import TYPE_CHECKING
 
-from agent.errors import UsageError
+from agent.errors import DeploymentError, ExitStatus, UsageError
 
 if TYPE_CHECKING:
     from agent.instance.store import Instance
@@ -56,6 +64,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scale.add_argument("group", metavar="NAME", help="the Auto Scaling group (fleet up --auto-scaling-group)")
     scale.add_argument("--desired", required=True, metavar="N",
                        help="the number of instances: N, or +N / -N relative to now")
+    scale.add_argument("--wait", action="store_true",
+                       help="follow the automatic deployment to the new instances to its end, as cdsim wait")
+    scale.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
+    scale.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    scale.add_argument("-q", "--quiet", action="store_true", help="with --wait: print only the outcome")
+    from agent.commands.wait import add_traffic_options
+    from agent.reports import add_report_option
+    add_report_option(scale)
+    add_traffic_options(scale)
     for a in (up, down, scale):
         a.add_argument("--state", default=None)
         a.add_argument("--endpoint", default=None)
@@ -182,6 +199,8 @@ def fleet_down(endpoint: str, *, tag: str, state: str | None = None) -> list[str
 ASG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 DESIRED = re.compile(r"([+-]?)([0-9]{1,4})")
 AUTOSCALING = {"Version": "2011-01-01"}
+ELBV2 = {"Version": "2015-12-01"}
+FIND_DEPLOYMENT = 60.0   # seconds --wait gives the service to start the deployment to new instances
 
 
 def desired_count(text: str, current: int) -> int:
@@ -228,12 +247,15 @@ def fleet_scale(endpoint: str, group: str, desired: str, *, state: str | None = 
         return _scale_out(endpoint, folder, group, local[members[0]], wanted - len(members), set(local),
                           state), []
     removed = members[wanted:][::-1] if wanted < len(members) else []
+    draining: list[tuple[str, str, float]] = []
     for name in removed:
         iid = imds.load(local[name])["instance_id"]
         localaws.query(folder, "autoscaling", {**AUTOSCALING, "Action": "DetachInstances",
                                                "AutoScalingGroupName": group, "InstanceIds.member.1": iid,
                                                "ShouldDecrementDesiredCapacity": "true"})
-        _leave_target_groups(folder, iid)
+        draining += _leave_target_groups(folder, iid)
+    _drained(folder, draining)
+    for name in removed:
         call(endpoint, "DeregisterOnPremisesInstance", {"instanceName": name})
         instances.destroy(local[name])
     return [], removed
@@ -284,18 +306,41 @@ def _registered(endpoint: str, name: str) -> bool:
         return False
 
 
-def _leave_target_groups(folder: str, instance_id: str) -> None:
-    """Deregister an instance from every ELBv2 target group of the local AWS that lists it."""
+def _leave_target_groups(folder: str, instance_id: str) -> list[tuple[str, str, float]]:
+    """Deregister an instance from every ELBv2 target group of the local AWS that lists it; (target group
+    ARN, instance id, time by which its deregistration delay has passed) for each."""
     from agent.instance import localaws
 
-    elbv2 = {"Version": "2015-12-01"}
-    groups = localaws.query(folder, "elasticloadbalancing", {**elbv2, "Action": "DescribeTargetGroups"})
+    groups = localaws.query(folder, "elasticloadbalancing", {**ELBV2, "Action": "DescribeTargetGroups"})
+    left = []
     for arn in (e.text or "" for e in groups.iterfind(".//TargetGroups/member/TargetGroupArn")):
-        health = localaws.query(folder, "elasticloadbalancing", {**elbv2, "Action": "DescribeTargetHealth",
-                                                                 "TargetGroupArn": arn})
-        if instance_id in {e.text for e in health.iterfind(".//TargetHealthDescriptions/member/Target/Id")}:
-            localaws.query(folder, "elasticloadbalancing", {**elbv2, "Action": "DeregisterTargets",
+        if instance_id in _target_states(folder, arn, instance_id):
+            localaws.query(folder, "elasticloadbalancing", {**ELBV2, "Action": "DeregisterTargets",
                                                             "TargetGroupArn": arn, "Targets.member.1.Id": instance_id})
+            found = localaws.query(folder, "elasticloadbalancing", {
+                **ELBV2, "Action": "DescribeTargetGroupAttributes", "TargetGroupArn": arn})
+            delay = next((float(m.findtext("Value") or 300) for m in found.iterfind(".//Attributes/member")
+                          if m.findtext("Key") == "deregistration_delay.timeout_seconds"), 300.0)
+            left.append((arn, instance_id, time.monotonic() + delay))
+    return left
+
+
+def _target_states(folder: str, arn: str, instance_id: str) -> dict[str, str]:
+    """{instance id: state} of ``instance_id``'s registrations in target group ``arn`` (empty: not listed)."""
+    from agent.instance import localaws
+
+    health = localaws.query(folder, "elasticloadbalancing", {**ELBV2, "Action": "DescribeTargetHealth",
+                                                             "TargetGroupArn": arn})
+    return {m.findtext("Target/Id") or "": m.findtext("TargetHealth/State") or ""
+            for m in health.iterfind(".//TargetHealthDescriptions/member") if m.findtext("Target/Id") == instance_id}
+
+
+def _drained(folder: str, draining: list[tuple[str, str, float]]) -> None:
+    """Wait until each deregistered target is no longer draining (or its deregistration delay passed):
+    requests in flight to it finish before the instance goes."""
+    for arn, iid, by in draining:
+        while time.monotonic() < by and _target_states(folder, arn, iid).get(iid) == "draining":
+            time.sleep(0.1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,11 +363,82 @@ def run(args: argparse.Namespace) -> int:
               + (f"; in Auto Scaling group {args.auto_scaling_group}" if args.auto_scaling_group else ""))
         return 0
     if args.action == "scale":
-        added, removed = fleet_scale(endpoint, args.group, args.desired, state=args.state)
-        print(f"fleet scale {args.group}: "
-              + "; ".join([f"launched {', '.join(added)}"] * bool(added) + [f"terminated {', '.join(removed)}"]
-                          * bool(removed)) if added or removed else f"fleet scale {args.group}: no change")
-        return 0
+        return scale(args, endpoint)
     names = fleet_down(endpoint, tag=args.tag, state=args.state)
     print(f"fleet down: {', '.join(names) if names else 'no instances'}")
     return 0
+
+
+def scale(args: argparse.Namespace, endpoint: str) -> int:
+    """`cdsim fleet scale`, with ``--wait`` / ``--traffic`` (the probe starts before anything changes)."""
+    from agent.commands import wait
+
+    started = time.time()
+    running = wait.start_probe(args)
+    try:
+        before = set(_deployments(endpoint)) if args.wait or running else set()
+        added, removed = fleet_scale(endpoint, args.group, args.desired, state=args.state)
+        print(f"fleet scale {args.group}: "
+              + "; ".join([f"launched {', '.join(added)}"] * bool(added) + [f"terminated {', '.join(removed)}"]
+                          * bool(removed)) if added or removed else f"fleet scale {args.group}: no change",
+              flush=True)
+        did = automatic_deployment(endpoint, args.group, added, before, state=args.state) \
+            if added and (args.wait or running) else None
+        if did is not None:
+            print(f"fleet scale {args.group}: the service deploys to {', '.join(added)} in {did}", flush=True)
+            return wait.follow(args, endpoint, did, running)
+        if running is None:
+            return 0
+        windows = [(name, "ScaleIn", started, time.time()) for name in removed]
+        rows = wait.finish_probe(args, running, f"fleet scale {args.group}", windows=windows)
+        failed = rows[-1]["failed"] if rows else 0
+        if failed > args.max_failed_requests:
+            print(f"fleet scale {args.group}: {failed} requests failed while it scaled (at most "
+                  f"{args.max_failed_requests} allowed)", file=sys.stderr, flush=True)
+            return int(ExitStatus.TRAFFIC_FAILED)
+        return 0
+    finally:
+        if running is not None and not running.stopped:
+            running.stop()
+
+
+def _deployments(endpoint: str) -> list[str]:
+    from agent.service.client import call
+
+    return list(call(endpoint, "ListDeployments", {})["deployments"])
+
+
+def automatic_deployment(endpoint: str, group: str, added: list[str], before: set[str], *,
+                         state: str | None = None) -> str | None:
+    """The id of the deployment the service started for the instances ``added`` to Auto Scaling group
+    ``group`` (one that is not in ``before``, by creator ``autoscaling``, targeting one of them); None (and
+    a line saying why) when no deployment group on ``group`` has a successful deployment to give them."""
+    from agent import instance as instances
+    from agent.instance import imds
+    from agent.service.client import call
+
+    wanted = set(added) | {imds.load(instances.get(name, state=state))["instance_id"] for name in added}
+    groups = []
+    for app in call(endpoint, "ListApplications", {})["applications"]:
+        names = call(endpoint, "ListDeploymentGroups", {"applicationName": app})["deploymentGroups"]
+        if names:
+            groups += call(endpoint, "BatchGetDeploymentGroups", {
+                "applicationName": app, "deploymentGroupNames": names})["deploymentGroupsInfo"]
+    if not any(g.get("lastSuccessfulDeployment") for g in groups
+               if group in {a.get("name") for a in g.get("autoScalingGroups") or []}):
+        print(f"fleet scale {group}: no deployment follows: no deployment group on {group} has a successful "
+              "deployment yet", file=sys.stderr, flush=True)
+        return None
+    deadline = time.monotonic() + FIND_DEPLOYMENT
+    while time.monotonic() < deadline:
+        new = [d for d in _deployments(endpoint) if d not in before]
+        if new:
+            for info in call(endpoint, "BatchGetDeployments", {"deploymentIds": new})["deploymentsInfo"]:
+                if info.get("creator") == "autoscaling":
+                    targets = set(call(endpoint, "ListDeploymentTargets", {
+                        "deploymentId": info["deploymentId"]})["targetIds"])
+                    if targets & wanted:
+                        return str(info["deploymentId"])
+        time.sleep(0.2)
+    raise DeploymentError(f"fleet scale {group}: the service started no deployment for {', '.join(added)} "
+                          f"in {FIND_DEPLOYMENT:g} s")

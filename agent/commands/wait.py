@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
     from agent.reports import add_report_option
     add_report_option(p)
+    add_traffic_options(p)
+    p.set_defaults(func=run)
+
+
+def add_traffic_options(p: argparse.ArgumentParser) -> None:
+    """The rehearsal's options (``--traffic`` ...), for `cdsim wait` and the commands that deploy to a fleet."""
     t = p.add_argument_group("rehearsal (requests during the deployment)")
     t.add_argument("--traffic", metavar="URL[,RATE]", default=None,
                    help="send GET requests to URL at RATE per second (default 20) during the whole deployment")
@@ -64,7 +70,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="allow a URL whose host is not this machine")
     t.add_argument("--traffic-timeout", type=float, default=2.0, metavar="SECONDS",
                    help="a request not answered in time failed (default 2)")
-    p.set_defaults(func=run)
 
 
 def read_deployment_id(arg: str, stdin: TextIO | None = None) -> str:
@@ -122,9 +127,11 @@ def start_probe(args: argparse.Namespace) -> Probe | None:
                        version_pattern=pattern).start()
 
 
-def finish_probe(args: argparse.Namespace, running: Probe, did: str,
-                 current: list[dict[str, Any]]) -> list[WindowSummary]:
-    """Stop the probe, print its figures per instance and event (and write them); the figures."""
+def finish_probe(args: argparse.Namespace, running: Probe, did: str, current: list[dict[str, Any]] | None = None,
+                 *, windows: list[tuple[str, str, float, float]] | None = None) -> list[WindowSummary]:
+    """Stop the probe, print its figures per instance and event (and write them); the figures. The
+    windows are the deployment ``did``'s targets' events (``current``), or the ``windows`` given (then
+    ``did`` only names what ran)."""
     import dataclasses
     import os
 
@@ -133,7 +140,7 @@ def finish_probe(args: argparse.Namespace, running: Probe, did: str,
     from agent.reports import fleet
 
     samples = running.stop()
-    rows = probe.summarize(samples, fleet.windows(current, time.time()))
+    rows = probe.summarize(samples, windows if windows is not None else fleet.windows(current or [], time.time()))
     out = sys.stdout
     print(f"{did}: requests to {running.target.url} at {running.rate:g}/s, per instance and lifecycle event:",
           file=out)

@@ -2,8 +2,9 @@
 
 Per deployment: the outcome, a timeline drawn to scale (one row per lifecycle event, one per hook
 run; left and width are percentages of the deployment's span, with a minimum visible width so an
-instant event still shows), a rehearsal's requests per instance and event with their error rate (traffic
-records), a table of hooks, each hook's output, the files installed and notices.
+instant event still shows; under an event that got a rehearsal's requests, a strip red by its error
+rate and the count beside it), the rehearsal's requests per instance and event with their error rate
+(traffic records), a table of hooks, each hook's output, the files installed and notices.
 The page is complete without JavaScript; a few lines of script only record each bar's laid-out pixel
 box as data attributes, which lets a headless browser test check the drawing. Pure: summaries in,
 text out.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import datetime
 from html import escape
 
-from agent.reports.model import DeploymentSummary, HookSummary
+from agent.reports.model import DeploymentSummary, HookSummary, TrafficWindow
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
@@ -27,6 +28,10 @@ h1{font-size:1.4em}h2{font-size:1.2em;margin-top:2em}h3{font-size:1.05em}
 .bar{position:absolute;top:1px;height:12px;min-width:3px;border-radius:2px;box-sizing:border-box}
 .bar.event{background:#9ab7e0}.bar.hook{background:#3b78c4}
 .bar.Failed{background:#d9534f}.bar.Unfinished{background:#e0b000}
+.requests{position:absolute;bottom:0;height:4px;min-width:3px;background:#2e8b57}
+.requests.failing{background:#c0392b}
+.reqnote{flex:0 0 7em;padding-left:.5em;box-sizing:border-box;font-size:11px;color:#666;white-space:nowrap}
+.with-requests .axis{margin-right:7em}
 .axis{display:flex;justify-content:space-between;margin-left:22em;font-size:11px;color:#666}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:2px 8px;text-align:left}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.5em;overflow:auto;max-height:30em}
@@ -59,16 +64,30 @@ def _when(epoch: float | None) -> str:
 
 
 def _bar(kind: str, name: str, status: str, start: float | None, end: float | None,
-         t0: float, span: float) -> str:
+         t0: float, span: float, requests: TrafficWindow | None = None, noted: bool = False) -> str:
+    """One row of the timeline; with ``requests`` (the rehearsal's window of this event) a strip under
+    the bar, red when requests failed, and the error rate beside the track (in a column every row of a
+    ``noted`` timeline has, so that the tracks stay aligned)."""
     start = t0 if start is None else start
     end = start if end is None else end
     left = max(0.0, min(100.0, (start - t0) / span * 100))
     width = max(0.0, min(100.0 - left, (end - start) / span * 100))
     title = f"{name}: {status}, {end - start:.3f}s"
+    strip = ""
+    note = '<span class="reqnote"></span>' if noted else ""
+    if requests is not None:
+        sent, failed = requests["sent"], requests["failed"]
+        rate = 100.0 * failed / sent if sent else 0.0
+        said = f"{sent} requests, {failed} failed ({rate:.1f}%)"
+        title += f"; {said}"
+        strip = (f'<div class="requests{" failing" if failed else ""}" data-sent="{sent}" data-failed="{failed}" '
+                 f'data-error-rate="{rate:.1f}" style="left:{left:.4f}%;width:{width:.4f}%;opacity:'
+                 f'{0.35 + 0.65 * rate / 100 if failed else 0.6:.2f}" title="{escape(said)}"></div>')
+        note = f'<span class="reqnote">{escape(f"{failed}/{sent} failed" if failed else f"{sent} ok")}</span>'
     return (f'<div class="row {kind}"><span class="label" title="{escape(name)}">{escape(name)}</span>'
             f'<div class="track"><div class="bar {kind} {escape(status)}" data-kind="{kind}" '
             f'data-name="{escape(name)}" data-status="{escape(status)}" data-duration="{end - start:.6f}" '
-            f'style="left:{left:.4f}%;width:{width:.4f}%" title="{escape(title)}"></div></div></div>')
+            f'style="left:{left:.4f}%;width:{width:.4f}%" title="{escape(title)}"></div>{strip}</div>{note}</div>')
 
 
 def _timeline(dep: DeploymentSummary) -> str:
@@ -78,17 +97,20 @@ def _timeline(dep: DeploymentSummary) -> str:
     hooks_by_event: dict[str | None, list[HookSummary]] = {}
     for hook in dep["hooks"]:
         hooks_by_event.setdefault(hook["event"], []).append(hook)
+    requests = {w["event"]: w for w in dep["traffic"] if w["instance"] not in ("*", "-")}
     for ev in dep["events"]:
-        rows.append(_bar("event", str(ev["event"]), ev["status"], ev["started"], ev["ended"], t0, span))
+        rows.append(_bar("event", str(ev["event"]), ev["status"], ev["started"], ev["ended"], t0, span,
+                         requests.get(str(ev["event"])), bool(requests)))
         for hook in hooks_by_event.pop(ev["event"], []):
             rows.append(_bar("hook", f"{hook['event']} {hook['location']}", hook.get("status", "Unfinished"),
-                             hook.get("started"), hook.get("ended"), t0, span))
+                             hook.get("started"), hook.get("ended"), t0, span, noted=bool(requests)))
     for hooks in hooks_by_event.values():   # hooks whose event.start is missing from the stream
         for hook in hooks:
             rows.append(_bar("hook", f"{hook['event']} {hook['location']}", hook.get("status", "Unfinished"),
-                             hook.get("started"), hook.get("ended"), t0, span))
+                             hook.get("started"), hook.get("ended"), t0, span, noted=bool(requests)))
     ticks = "".join(f"<span>{span * i / 4:.2f}s</span>" for i in range(5))
-    return f'<div class="timeline" data-span="{span:.6f}">{"".join(rows)}<div class="axis">{ticks}</div></div>'
+    return (f'<div class="timeline{" with-requests" if requests else ""}" data-span="{span:.6f}">{"".join(rows)}'
+            f'<div class="axis">{ticks}</div></div>')
 
 
 def _output(text: str) -> str:

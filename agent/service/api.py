@@ -415,6 +415,9 @@ class Api:
                 group[field] = _str(body, field)
         if "autoScalingGroups" in body:   # names in; AutoScalingGroup shapes (name, launch hook) out
             group["autoScalingGroups"] = [launch_hook(group, name) for name in _list(body, "autoScalingGroups")]
+            # the launch hook the service installs: instances in the groups now are members, any launched
+            # from now on gets the last successful revision (the engine's next look, not its first, sees it)
+            group["_asgMembers"] = self.engine.auto_scaling_instances(group)
         if "triggerConfigurations" in body:
             group["triggerConfigurations"] = _list(body, "triggerConfigurations")
         problem = bluegreen.check_group(group)

@@ -6,6 +6,8 @@ the checkout's files, for tests that install it as pre-commit or GitHub would).
 
 Import it as ``from tests.lib import ...`` (pyproject's ``pythonpath`` puts the checkout on sys.path). It
 imports only the standard library, pytest and nothing of cdsim's: tests run cdsim, they don't borrow from it.
+The one exception is ``tests.lib.fleet`` (not re-exported here): the local CodeDeploy service in-process with
+a fleet, for the tests that deploy through it.
 """
 from __future__ import annotations
 
