@@ -15,27 +15,23 @@ through the load balancer and notes which version answered. Then one more instan
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 import agent.instance as inst
 from agent.instance import imds, localaws
 from tests.lib import CLI, REPO, needs_root, needs_tool
+from tests.lib.fleet import AWS, commit, local_service
 
-AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 pytestmark = [
     needs_root("instances need root on this machine (CI runs as root)"),
     needs_tool(AWS, "awscli", "the aws CLI comes with the test extra: pip install -e '.[test]'"),
 ]
-ELBV2 = {"Version": "2015-12-01"}
 APPSPEC = """version: 0.0
 os: linux
 files:
@@ -95,17 +91,9 @@ MAX_REQUESTS = 4000        # every request loop is bounded in count ...
 MAX_SECONDS = 240.0        # ... and in time
 
 
-def _git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _elbv2(state: str, **params: str):
-    return localaws.query(state, "elasticloadbalancing", {**ELBV2, **params})
-
-
 def _registered(state: str, arn: str) -> set[str]:
-    found = _elbv2(state, Action="DescribeTargetHealth", TargetGroupArn=arn)
+    found = localaws.query(state, "elasticloadbalancing", {"Version": "2015-12-01", "Action": "DescribeTargetHealth",
+                                                           "TargetGroupArn": arn})
     return {e.text or "" for e in found.iterfind(".//TargetHealthDescriptions/member/Target/Id")}
 
 
@@ -145,277 +133,237 @@ class Requests:
 @pytest.fixture(scope="module")
 def bg(tmp_path_factory):
     from agent.commands.fleet import fleet_up
-    from agent.instance import loadbalancer
-    from agent.pytest_plugin import instances_available
     from agent.service.client import call
-    from agent.service.server import Service, env_lines
-    from tests.lib import require_tool, skip_or_fail
 
-    require_tool("git", "git")
-    ok, why = instances_available()
-    if not ok:
-        skip_or_fail(f"sandboxed instances are unavailable here ({why}): apt-get install util-linux, run as root")
     tmp = tmp_path_factory.mktemp("bluegreen")
-    state = str(tmp / "state")
-    out: dict = {"state": state, "tmp": tmp}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CDSIM_STATE_DIR", state)
-        service = Service(state, s3=False, github_root=[str(tmp)]).start()
-        try:
-            ep = service.endpoint
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            for line in env_lines(service.info(), service.credentials):
-                name, _, value = line[len("export "):].partition("=")
-                env[name] = value.strip("'")
-            env.update(AWS_CONFIG_FILE=str(tmp / "no-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-creds"))
+    with local_service(tmp) as svc:
+        state, ep, env = svc.state, svc.endpoint, svc.env
+        out: dict = {"state": state, "tmp": tmp}
 
-            def aws(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-                done = subprocess.run([AWS, *args], env=env, capture_output=True, text=True, timeout=120,
-                                      check=False)
-                assert not check or done.returncode == 0, done.stderr
-                return done
+        def aws(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+            done = subprocess.run([AWS, *args], env=env, capture_output=True, text=True, timeout=120,
+                                  check=False)
+            assert not check or done.returncode == 0, done.stderr
+            return done
 
-            def cdsim_wait(did: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([*CLI, "wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "240"],
-                                      env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        def cdsim_wait(did: str) -> subprocess.CompletedProcess[str]:
+            return svc.cdsim("wait", did, "--endpoint", ep, "--interval", "0.2", "--timeout", "240", timeout=300)
 
-            blues = fleet_up(ep, count=2, tag="Fleet=blue", application="A", state=state, target_group="web-tg")
-            greens = fleet_up(ep, count=2, tag="Fleet=green", state=state)
-            for name in greens:
-                inst.start(inst.get(name, state=state))
-            ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in [*blues, *greens]}
-            tg = _elbv2(state, Action="DescribeTargetGroups", **{"Names.member.1": "web-tg"}).findtext(
-                ".//TargetGroupArn") or ""
-            _elbv2(state, Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/health",
-                   HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
-                   UnhealthyThresholdCount="2")
-            _elbv2(state, Action="ModifyTargetGroupAttributes", TargetGroupArn=tg,
-                   **{"Attributes.member.1.Key": "deregistration_delay.timeout_seconds",
-                      "Attributes.member.1.Value": "1"})
-            vpc = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeVpcs",
-                                                "Filter.1.Name": "isDefault", "Filter.1.Value.1": "true"}
-                                 ).findtext(".//vpcId") or ""
-            subnets = [s.findtext("subnetId") or "" for s in localaws.query(state, "ec2", {
-                "Version": "2016-11-15", "Action": "DescribeSubnets", "Filter.1.Name": "vpc-id",
-                "Filter.1.Value.1": vpc}).iterfind(".//subnetSet/item")]
-            lb = _elbv2(state, Action="CreateLoadBalancer", Name="web-alb", Type="application",
-                        **{f"Subnets.member.{n}": s for n, s in enumerate(subnets[:2], 1)}
-                        ).findtext(".//LoadBalancerArn") or ""
-            _elbv2(state, Action="CreateListener", LoadBalancerArn=lb, Protocol="HTTP", Port="80",
-                   **{"DefaultActions.member.1.Type": "forward", "DefaultActions.member.1.TargetGroupArn": tg})
-            loadbalancer.ensure(state)
-            url = loadbalancer.url_for(state, "web-alb")
+        blues = fleet_up(ep, count=2, tag="Fleet=blue", application="A", state=state, target_group="web-tg")
+        greens = fleet_up(ep, count=2, tag="Fleet=green", state=state)
+        for name in greens:
+            inst.start(inst.get(name, state=state))
+        ids = {name: imds.load(inst.get(name, state=state))["instance_id"] for name in [*blues, *greens]}
+        tg = svc.target_group_arn("web-tg")
+        svc.elbv2(Action="ModifyTargetGroup", TargetGroupArn=tg, HealthCheckPath="/health",
+                  HealthCheckIntervalSeconds="2", HealthCheckTimeoutSeconds="1", HealthyThresholdCount="2",
+                  UnhealthyThresholdCount="2")
+        svc.deregistration_delay(tg, 1)
+        url = svc.load_balancer("web-alb", tg)
 
-            repo = tmp / "repo"
-            (repo / "app").mkdir(parents=True)
-            (repo / "appspec.yml").write_text(APPSPEC)
-            (repo / "app" / "server.py").write_text(SERVER)
-            for script, text in (("start.sh", START), ("stop.sh", STOP), ("note.sh", NOTE),
-                                 ("validate.sh", "#!/bin/sh\nexit 0\n"), ("after.sh", "#!/bin/sh\nexit 0\n")):
-                (repo / script).write_text(text)
-                (repo / script).chmod(0o755)
-            _git(repo, "init", "-q")
+        repo = tmp / "repo"
+        (repo / "app").mkdir(parents=True)
+        (repo / "appspec.yml").write_text(APPSPEC)
+        (repo / "app" / "server.py").write_text(SERVER)
+        for script, text in (("start.sh", START), ("stop.sh", STOP), ("note.sh", NOTE),
+                             ("validate.sh", "#!/bin/sh\nexit 0\n"), ("after.sh", "#!/bin/sh\nexit 0\n")):
+            (repo / script).write_text(text)
+            (repo / script).chmod(0o755)
 
-            def commit(version: str, validate: str = "exit 0", after_allow: str = "exit 0") -> dict:
-                (repo / "app" / "version.txt").write_text(f"{version}\n")
-                (repo / "validate.sh").write_text(f"#!/bin/sh\n{validate}\n")
-                (repo / "after.sh").write_text(f"#!/bin/sh\n{after_allow}\n")
-                _git(repo, "add", "-A")
-                _git(repo, "commit", "-qm", version)
-                return {"revisionType": "GitHub",
-                        "gitHubLocation": {"repository": str(repo), "commitId": _git(repo, "rev-parse", "HEAD")}}
+        def revision(version: str, validate: str = "exit 0", after_allow: str = "exit 0") -> dict:
+            (repo / "app" / "version.txt").write_text(f"{version}\n")
+            (repo / "validate.sh").write_text(f"#!/bin/sh\n{validate}\n")
+            (repo / "after.sh").write_text(f"#!/bin/sh\n{after_allow}\n")
+            return {"revisionType": "GitHub",
+                    "gitHubLocation": {"repository": str(repo), "commitId": commit(repo, version)}}
 
-            # v1 on the blues, in place, and serving through the load balancer
-            call(ep, "CreateDeploymentGroup", {
-                "applicationName": "A", "deploymentGroupName": "IP", "serviceRoleArn": "arn:aws:iam::0:role/x",
-                "ec2TagFilters": [{"Key": "Fleet", "Value": "blue", "Type": "KEY_AND_VALUE"}],
-                "deploymentConfigName": "CodeDeployDefault.AllAtOnce"})
-            v1 = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "IP",
-                                               "revision": commit("v1")})["deploymentId"]
-            done = cdsim_wait(v1)
-            assert done.returncode == 0, done.stdout + done.stderr
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:   # until the health checks let the blues in
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as answer:
-                        if (answer.headers.get("X-Version") or "").startswith("v1"):
-                            break
-                except OSError:
-                    pass
-                time.sleep(0.2)
+        # v1 on the blues, in place, and serving through the load balancer
+        call(ep, "CreateDeploymentGroup", {
+            "applicationName": "A", "deploymentGroupName": "IP", "serviceRoleArn": "arn:aws:iam::0:role/x",
+            "ec2TagFilters": [{"Key": "Fleet", "Value": "blue", "Type": "KEY_AND_VALUE"}],
+            "deploymentConfigName": "CodeDeployDefault.AllAtOnce"})
+        v1 = call(ep, "CreateDeployment", {"applicationName": "A", "deploymentGroupName": "IP",
+                                           "revision": revision("v1")})["deploymentId"]
+        done = cdsim_wait(v1)
+        assert done.returncode == 0, done.stdout + done.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:   # until the health checks let the blues in
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if (answer.headers.get("X-Version") or "").startswith("v1"):
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
 
-            made = aws("deploy", "create-deployment-group", "--application-name", "A",
-                       "--deployment-group-name", "BG", "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim",
-                       "--ec2-tag-filters", "Key=Fleet,Value=blue,Type=KEY_AND_VALUE",
-                       "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
-                       "--deployment-style", "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL",
-                       "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
-                       "--blue-green-deployment-configuration", json.dumps(BG_CONFIG))
-            out["group_made"] = made
-            green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=green,Type=KEY_AND_VALUE}]"]
+        made = aws("deploy", "create-deployment-group", "--application-name", "A",
+                   "--deployment-group-name", "BG", "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim",
+                   "--ec2-tag-filters", "Key=Fleet,Value=blue,Type=KEY_AND_VALUE",
+                   "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
+                   "--deployment-style", "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL",
+                   "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
+                   "--blue-green-deployment-configuration", json.dumps(BG_CONFIG))
+        out["group_made"] = made
+        green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=green,Type=KEY_AND_VALUE}]"]
 
-            def create(revision: dict, *more: str) -> str:
-                done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name",
-                           "BG", "--revision", json.dumps(revision), *green_tags, *more)
-                return str(json.loads(done.stdout)["deploymentId"])
+        def create(revision: dict, *more: str) -> str:
+            done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name",
+                       "BG", "--revision", json.dumps(revision), *green_tags, *more)
+            return str(json.loads(done.stdout)["deploymentId"])
 
-            def info(did: str) -> dict:
-                return dict(json.loads(aws("deploy", "get-deployment", "--deployment-id", did).stdout)[
-                    "deploymentInfo"])
+        def info(did: str) -> dict:
+            return dict(json.loads(aws("deploy", "get-deployment", "--deployment-id", did).stdout)[
+                "deploymentInfo"])
 
-            # (b) a revision whose ValidateService fails on the greens
-            requests = Requests(url)
-            broken = create(commit("v2-broken", "exit 3"))
-            waited = cdsim_wait(broken)
-            out["broken"] = {"id": broken, "wait": waited, "samples": requests.finish(), "info": info(broken),
-                             "registered": _registered(state, tg)}
+        # (b) a revision whose ValidateService fails on the greens
+        requests = Requests(url)
+        broken = create(revision("v2-broken", "exit 3"))
+        waited = cdsim_wait(broken)
+        out["broken"] = {"id": broken, "wait": waited, "samples": requests.finish(), "info": info(broken),
+                         "registered": _registered(state, tg)}
 
-            # (d) AfterAllowTraffic fails on the greens once they serve: the rollback reroutes to the blues
-            requests = Requests(url)
-            late = create(commit("v2-late", after_allow="exit 4"), "--auto-rollback-configuration",
-                          "enabled=true,events=DEPLOYMENT_FAILURE")
-            status = ""
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and status not in ("Failed", "Stopped", "Succeeded"):
-                got = call(ep, "GetDeployment", {"deploymentId": late})["deploymentInfo"]
-                status = got["status"]
-                if status == "Ready":
-                    aws("deploy", "continue-deployment", "--deployment-id", late)
-                time.sleep(0.2)
-            late_info = info(late)
-            rollback = (late_info.get("rollbackInfo") or {}).get("rollbackDeploymentId", "")
-            rolled = cdsim_wait(rollback) if rollback else None
-            rolled_at = time.time()
-            time.sleep(1.5)
-            rollback_summaries = call(ep, "BatchGetDeploymentInstances", {
-                "deploymentId": rollback, "instanceIds": [ids[n] for n in [*blues, *greens]]}) if rollback else {}
-            out["late"] = {"id": late, "info": late_info, "rollback": rollback, "wait": rolled, "rolled_at": rolled_at,
-                           "samples": requests.finish(), "registered": _registered(state, tg),
-                           "rollback_info": info(rollback) if rollback else {},
-                           "rollback_instances": {s["instanceId"]: (s["instanceType"], [
-                               (e["lifecycleEventName"], e["status"]) for e in s["lifecycleEvents"]])
-                               for s in rollback_summaries.get("instancesSummary", [])}}
+        # (d) AfterAllowTraffic fails on the greens once they serve: the rollback reroutes to the blues
+        requests = Requests(url)
+        late = create(revision("v2-late", after_allow="exit 4"), "--auto-rollback-configuration",
+                      "enabled=true,events=DEPLOYMENT_FAILURE")
+        status = ""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and status not in ("Failed", "Stopped", "Succeeded"):
+            got = call(ep, "GetDeployment", {"deploymentId": late})["deploymentInfo"]
+            status = got["status"]
+            if status == "Ready":
+                aws("deploy", "continue-deployment", "--deployment-id", late)
+            time.sleep(0.2)
+        late_info = info(late)
+        rollback = (late_info.get("rollbackInfo") or {}).get("rollbackDeploymentId", "")
+        rolled = cdsim_wait(rollback) if rollback else None
+        rolled_at = time.time()
+        time.sleep(1.5)
+        rollback_summaries = call(ep, "BatchGetDeploymentInstances", {
+            "deploymentId": rollback, "instanceIds": [ids[n] for n in [*blues, *greens]]}) if rollback else {}
+        out["late"] = {"id": late, "info": late_info, "rollback": rollback, "wait": rolled, "rolled_at": rolled_at,
+                       "samples": requests.finish(), "registered": _registered(state, tg),
+                       "rollback_info": info(rollback) if rollback else {},
+                       "rollback_instances": {s["instanceId"]: (s["instanceType"], [
+                           (e["lifecycleEventName"], e["status"]) for e in s["lifecycleEvents"]])
+                           for s in rollback_summaries.get("instancesSummary", [])}}
 
-            # (a) v2, STOP_DEPLOYMENT: Ready until continue-deployment
-            requests = Requests(url)
-            good = create(commit("v2"))
-            waiting = subprocess.Popen([*CLI, "wait", good, "--endpoint", ep, "--interval", "0.2", "--timeout", "240"],
-                                       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 180
-            status = ""
-            while time.monotonic() < deadline and status not in ("Ready", "Failed", "Stopped", "Succeeded"):
-                status = call(ep, "GetDeployment", {"deploymentId": good})["deploymentInfo"]["status"]
-                time.sleep(0.2)
-            assert status == "Ready", status
-            ready_at = time.time()
-            time.sleep(3)   # traffic while Ready: the blues' only
-            ready_info = info(good)
-            ready_targets = _registered(state, tg)
-            early = aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type",
-                        "TERMINATION_WAIT", check=False)
-            continued_at = time.time()
-            aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type", "READY_WAIT")
-            stdout, stderr = waiting.communicate(timeout=300)
-            finished_at = time.time()
-            time.sleep(1.5)   # a little traffic after the end: the greens' only
-            samples = requests.finish()
-            greens_listed = json.loads(aws("deploy", "list-deployment-instances", "--deployment-id", good,
-                                           "--instance-type-filter", "Green").stdout)["instancesList"]
-            summaries = call(ep, "BatchGetDeploymentInstances", {"deploymentId": good,
-                                                                 "instanceIds": [ids[n] for n in [*blues, *greens]]})
-            ec2 = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeInstances",
-                                                **{f"InstanceId.{n}": ids[b] for n, b in enumerate(blues, 1)}})
-            out["good"] = {
-                "id": good, "exit": waiting.returncode, "stdout": stdout, "stderr": stderr, "samples": samples,
-                "ready_at": ready_at, "continued_at": continued_at, "finished_at": finished_at,
-                "ready_info": ready_info, "ready_targets": ready_targets, "early": early, "info": info(good),
-                "registered": _registered(state, tg), "greens_listed": greens_listed,
-                "events": {s["instanceId"]: {e["lifecycleEventName"]: e for e in s["lifecycleEvents"]}
-                           for s in summaries["instancesSummary"]},
-                "types": {s["instanceId"]: s["instanceType"] for s in summaries["instancesSummary"]},
-                "ec2_states": {i.findtext("instanceId"): i.findtext("instanceState/name")
-                               for i in ec2.iterfind(".//instancesSet/item")},
-                "left": {s.name for s in inst.list_instances(state=state)},
-                "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
-                                                         "deploymentGroupName": "BG"})["deploymentGroupInfo"]}
+        # (a) v2, STOP_DEPLOYMENT: Ready until continue-deployment
+        requests = Requests(url)
+        good = create(revision("v2"))
+        waiting = subprocess.Popen([*CLI, "wait", good, "--endpoint", ep, "--interval", "0.2", "--timeout", "240"],
+                                   env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        status = ""
+        while time.monotonic() < deadline and status not in ("Ready", "Failed", "Stopped", "Succeeded"):
+            status = call(ep, "GetDeployment", {"deploymentId": good})["deploymentInfo"]["status"]
+            time.sleep(0.2)
+        assert status == "Ready", status
+        ready_at = time.time()
+        time.sleep(3)   # traffic while Ready: the blues' only
+        ready_info = info(good)
+        ready_targets = _registered(state, tg)
+        early = aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type",
+                    "TERMINATION_WAIT", check=False)
+        continued_at = time.time()
+        aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type", "READY_WAIT")
+        stdout, stderr = waiting.communicate(timeout=300)
+        finished_at = time.time()
+        time.sleep(1.5)   # a little traffic after the end: the greens' only
+        samples = requests.finish()
+        greens_listed = json.loads(aws("deploy", "list-deployment-instances", "--deployment-id", good,
+                                       "--instance-type-filter", "Green").stdout)["instancesList"]
+        summaries = call(ep, "BatchGetDeploymentInstances", {"deploymentId": good,
+                                                             "instanceIds": [ids[n] for n in [*blues, *greens]]})
+        ec2 = localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeInstances",
+                                            **{f"InstanceId.{n}": ids[b] for n, b in enumerate(blues, 1)}})
+        out["good"] = {
+            "id": good, "exit": waiting.returncode, "stdout": stdout, "stderr": stderr, "samples": samples,
+            "ready_at": ready_at, "continued_at": continued_at, "finished_at": finished_at,
+            "ready_info": ready_info, "ready_targets": ready_targets, "early": early, "info": info(good),
+            "registered": _registered(state, tg), "greens_listed": greens_listed,
+            "events": {s["instanceId"]: {e["lifecycleEventName"]: e for e in s["lifecycleEvents"]}
+                       for s in summaries["instancesSummary"]},
+            "types": {s["instanceId"]: s["instanceType"] for s in summaries["instancesSummary"]},
+            "ec2_states": {i.findtext("instanceId"): i.findtext("instanceState/name")
+                           for i in ec2.iterfind(".//instancesSet/item")},
+            "left": {s.name for s in inst.list_instances(state=state)},
+            "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
+                                                     "deploymentGroupName": "BG"})["deploymentGroupInfo"]}
 
-            # (e) the greens are the group's now; one more instance replaces them, first with STOP_DEPLOYMENT
-            # and no wait (Stopped when Ready: traffic untouched), then with CONTINUE_DEPLOYMENT and TERMINATE
-            # after 60 minutes, a wait skip-wait-time-for-instance-termination ends
-            [extra] = fleet_up(ep, count=1, tag="Fleet=extra", state=state)
-            inst.start(inst.get(extra, state=state))
-            ids[extra] = imds.load(inst.get(extra, state=state))["instance_id"]
-            green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=extra,Type=KEY_AND_VALUE}]"]
+        # (e) the greens are the group's now; one more instance replaces them, first with STOP_DEPLOYMENT
+        # and no wait (Stopped when Ready: traffic untouched), then with CONTINUE_DEPLOYMENT and TERMINATE
+        # after 60 minutes, a wait skip-wait-time-for-instance-termination ends
+        [extra] = fleet_up(ep, count=1, tag="Fleet=extra", state=state)
+        inst.start(inst.get(extra, state=state))
+        ids[extra] = imds.load(inst.get(extra, state=state))["instance_id"]
+        green_tags = ["--target-instances", "tagFilters=[{Key=Fleet,Value=extra,Type=KEY_AND_VALUE}]"]
 
-            def configure(config: dict) -> None:
-                aws("deploy", "update-deployment-group", "--application-name", "A", "--current-deployment-group-name",
-                    "BG", "--blue-green-deployment-configuration", json.dumps(config))
+        def configure(config: dict) -> None:
+            aws("deploy", "update-deployment-group", "--application-name", "A", "--current-deployment-group-name",
+                "BG", "--blue-green-deployment-configuration", json.dumps(config))
 
-            configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT",
-                                                              "waitTimeInMinutes": 0}})
-            requests = Requests(url)
-            timed_out = create(commit("v3"))
-            waited = cdsim_wait(timed_out)
-            out["timed_out"] = {"id": timed_out, "wait": waited, "info": info(timed_out), "samples": requests.finish(),
-                                "registered": _registered(state, tg)}
-            configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"},
-                       "terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE",
-                                                                     "terminationWaitTimeInMinutes": 60}})
-            skipped = create(commit("v3b"))
-            deadline = time.monotonic() + 180
-            waiting_info: dict = {}
-            while time.monotonic() < deadline and not waiting_info.get("instanceTerminationWaitTimeStarted"):
-                waiting_info = call(ep, "GetDeployment", {"deploymentId": skipped})["deploymentInfo"]
-                if waiting_info["status"] in ("Failed", "Stopped", "Succeeded"):
-                    break
-                time.sleep(0.2)
-            still = {s.name for s in inst.list_instances(state=state)}
-            aws("deploy", "skip-wait-time-for-instance-termination", "--deployment-id", skipped)
-            waited = cdsim_wait(skipped)
-            out["skipped"] = {"id": skipped, "wait": waited, "waiting": waiting_info, "still": still,
-                              "info": info(skipped), "left": {s.name for s in inst.list_instances(state=state)},
-                              "registered": _registered(state, tg)}
+        configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT",
+                                                          "waitTimeInMinutes": 0}})
+        requests = Requests(url)
+        timed_out = create(revision("v3"))
+        waited = cdsim_wait(timed_out)
+        out["timed_out"] = {"id": timed_out, "wait": waited, "info": info(timed_out), "samples": requests.finish(),
+                            "registered": _registered(state, tg)}
+        configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"},
+                   "terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE",
+                                                                 "terminationWaitTimeInMinutes": 60}})
+        skipped = create(revision("v3b"))
+        deadline = time.monotonic() + 180
+        waiting_info: dict = {}
+        while time.monotonic() < deadline and not waiting_info.get("instanceTerminationWaitTimeStarted"):
+            waiting_info = call(ep, "GetDeployment", {"deploymentId": skipped})["deploymentInfo"]
+            if waiting_info["status"] in ("Failed", "Stopped", "Succeeded"):
+                break
+            time.sleep(0.2)
+        still = {s.name for s in inst.list_instances(state=state)}
+        aws("deploy", "skip-wait-time-for-instance-termination", "--deployment-id", skipped)
+        waited = cdsim_wait(skipped)
+        out["skipped"] = {"id": skipped, "wait": waited, "waiting": waiting_info, "still": still,
+                          "info": info(skipped), "left": {s.name for s in inst.list_instances(state=state)},
+                          "registered": _registered(state, tg)}
 
-            # (f) COPY_AUTO_SCALING_GROUP: extra-1 in the Auto Scaling group web-asg, a group on it; the
-            # deployment copies web-asg with one new instance, reroutes to it and terminates extra-1
-            identity = imds.load(inst.get(extra, state=state))
-            localaws.attach_to_auto_scaling_group(state, "web-asg", [ids[extra]], image_id=identity["ami_id"],
-                                                  instance_type=identity["instance_type"],
-                                                  zone=identity["availability_zone"], region=identity["region"])
-            aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", "CP",
-                "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim", "--auto-scaling-groups", "web-asg",
-                "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
-                "--deployment-style", "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL",
-                "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
-                "--blue-green-deployment-configuration", json.dumps(COPY_CONFIG))
-            requests = Requests(url)
-            done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name", "CP",
-                       "--revision", json.dumps(commit("v4")))
-            copied = str(json.loads(done.stdout)["deploymentId"])
-            waited = cdsim_wait(copied)
-            finished_at = time.time()
-            time.sleep(1.5)
-            asgs = localaws.query(state, "autoscaling", {"Version": "2011-01-01",
-                                                         "Action": "DescribeAutoScalingGroups"})
-            out["copied"] = {
-                "id": copied, "wait": waited, "info": info(copied), "samples": requests.finish(),
-                "finished_at": finished_at, "registered": _registered(state, tg),
-                "left": {s.name for s in inst.list_instances(state=state)},
-                "asgs": {g.findtext("AutoScalingGroupName"): {
-                    e.text for e in g.iterfind(".//Instances/member/InstanceId")}
-                    for g in asgs.iterfind(".//AutoScalingGroups/member")},
-                "targets": {t["instanceTarget"]["targetId"]: t["instanceTarget"]["instanceLabel"] for t in call(
-                    ep, "BatchGetDeploymentTargets", {"deploymentId": copied, "targetIds": call(
-                        ep, "ListDeploymentTargets", {"deploymentId": copied})["targetIds"]})["deploymentTargets"]},
-                "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
-                                                         "deploymentGroupName": "CP"})["deploymentGroupInfo"]}
-            out.update(blues=blues, greens=greens, extra=extra, ids=ids, tg=tg, url=url, aws=aws, ep=ep, call=call,
-                       env=env, state=state)
-            yield out
-        finally:
-            service.close()
-            for status in inst.list_instances(state=state):
-                inst.destroy(inst.get(status.name, state=state))
+        # (f) COPY_AUTO_SCALING_GROUP: extra-1 in the Auto Scaling group web-asg, a group on it; the
+        # deployment copies web-asg with one new instance, reroutes to it and terminates extra-1
+        identity = imds.load(inst.get(extra, state=state))
+        localaws.attach_to_auto_scaling_group(state, "web-asg", [ids[extra]], image_id=identity["ami_id"],
+                                              instance_type=identity["instance_type"],
+                                              zone=identity["availability_zone"], region=identity["region"])
+        aws("deploy", "create-deployment-group", "--application-name", "A", "--deployment-group-name", "CP",
+            "--service-role-arn", "arn:aws:iam::000000000000:role/cdsim", "--auto-scaling-groups", "web-asg",
+            "--deployment-config-name", "CodeDeployDefault.AllAtOnce",
+            "--deployment-style", "deploymentType=BLUE_GREEN,deploymentOption=WITH_TRAFFIC_CONTROL",
+            "--load-balancer-info", "targetGroupInfoList=[{name=web-tg}]",
+            "--blue-green-deployment-configuration", json.dumps(COPY_CONFIG))
+        requests = Requests(url)
+        done = aws("deploy", "create-deployment", "--application-name", "A", "--deployment-group-name", "CP",
+                   "--revision", json.dumps(revision("v4")))
+        copied = str(json.loads(done.stdout)["deploymentId"])
+        waited = cdsim_wait(copied)
+        finished_at = time.time()
+        time.sleep(1.5)
+        asgs = localaws.query(state, "autoscaling", {"Version": "2011-01-01",
+                                                     "Action": "DescribeAutoScalingGroups"})
+        out["copied"] = {
+            "id": copied, "wait": waited, "info": info(copied), "samples": requests.finish(),
+            "finished_at": finished_at, "registered": _registered(state, tg),
+            "left": {s.name for s in inst.list_instances(state=state)},
+            "asgs": {g.findtext("AutoScalingGroupName"): {
+                e.text for e in g.iterfind(".//Instances/member/InstanceId")}
+                for g in asgs.iterfind(".//AutoScalingGroups/member")},
+            "targets": {t["instanceTarget"]["targetId"]: t["instanceTarget"]["instanceLabel"] for t in call(
+                ep, "BatchGetDeploymentTargets", {"deploymentId": copied, "targetIds": call(
+                    ep, "ListDeploymentTargets", {"deploymentId": copied})["targetIds"]})["deploymentTargets"]},
+            "group": call(ep, "GetDeploymentGroup", {"applicationName": "A",
+                                                     "deploymentGroupName": "CP"})["deploymentGroupInfo"]}
+        out.update(blues=blues, greens=greens, extra=extra, ids=ids, tg=tg, url=url, aws=aws, ep=ep, call=call,
+                   env=env, state=state)
+        yield out
 
 
 def _versions(samples) -> set[str]:
