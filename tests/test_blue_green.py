@@ -85,8 +85,9 @@ NOTE = "#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/bg-hooks
 BG_CONFIG = {"terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE", "terminationWaitTimeInMinutes": 0},
              "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": 60},
              "greenFleetProvisioningOption": {"action": "DISCOVER_EXISTING"}}
-COPY_CONFIG = {**BG_CONFIG, "greenFleetProvisioningOption": {"action": "COPY_AUTO_SCALING_GROUP"},
-               "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"}}
+COPY_CONFIG = {"greenFleetProvisioningOption": {"action": "COPY_AUTO_SCALING_GROUP"},
+               "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"},
+               "terminateBlueInstancesOnDeploymentSuccess": {"action": "KEEP_ALIVE"}}
 MAX_REQUESTS = 4000        # every request loop is bounded in count ...
 MAX_SECONDS = 240.0        # ... and in time
 
@@ -186,6 +187,7 @@ def bg(tmp_path_factory):
                                            "revision": revision("v1")})["deploymentId"]
         done = cdsim_wait(v1)
         assert done.returncode == 0, done.stdout + done.stderr
+        out["in_place"] = v1
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:   # until the health checks let the blues in
             try:
@@ -329,7 +331,7 @@ def bg(tmp_path_factory):
                           "registered": _registered(state, tg)}
 
         # (f) COPY_AUTO_SCALING_GROUP: extra-1 in the Auto Scaling group web-asg, a group on it; the
-        # deployment copies web-asg with one new instance, reroutes to it and terminates extra-1
+        # deployment copies web-asg with one new instance and reroutes to it; KEEP_ALIVE keeps extra-1
         identity = imds.load(inst.get(extra, state=state))
         localaws.attach_to_auto_scaling_group(state, "web-asg", [ids[extra]], image_id=identity["ami_id"],
                                               instance_type=identity["instance_type"],
@@ -353,6 +355,9 @@ def bg(tmp_path_factory):
             "id": copied, "wait": waited, "info": info(copied), "samples": requests.finish(),
             "finished_at": finished_at, "registered": _registered(state, tg),
             "left": {s.name for s in inst.list_instances(state=state)},
+            "ec2_state": localaws.query(state, "ec2", {"Version": "2016-11-15", "Action": "DescribeInstances",
+                                                       "InstanceId.1": ids[extra]}).findtext(
+                ".//instancesSet/item/instanceState/name"),
             "asgs": {g.findtext("AutoScalingGroupName"): {
                 e.text for e in g.iterfind(".//Instances/member/InstanceId")}
                 for g in asgs.iterfind(".//AutoScalingGroups/member")},
@@ -516,19 +521,29 @@ def test_skip_wait_time_for_instance_termination_ends_the_termination_wait(bg):
     assert run["registered"] == {bg["ids"][bg["extra"]]}
 
 
-def test_copy_auto_scaling_group_launches_the_replacement_fleet_and_retires_the_original(bg):
+def test_copy_auto_scaling_group_launches_the_replacement_fleet_and_keep_alive_keeps_the_original(bg):
     run = bg["copied"]
     assert run["wait"].returncode == 0, run["wait"].stdout + run["wait"].stderr
     assert run["info"]["status"] == "Succeeded"
+    assert run["info"]["instanceTerminationWaitTimeStarted"] is False
     copy = f"CodeDeploy_CP_{run['id']}"
     assert run["info"]["targetInstances"] == {"autoScalingGroups": [copy]}
-    assert set(run["asgs"]) == {copy}, run["asgs"]          # the original group deleted with its instances
+    assert set(run["asgs"]) == {copy, "web-asg"}, run["asgs"]
     [new_id] = run["asgs"][copy]
-    assert run["targets"] == {new_id: "Green", bg["ids"][bg["extra"]]: "Blue"}
-    assert "extra-2" in run["left"] and bg["extra"] not in run["left"]   # named on from the original's numbering
-    assert run["registered"] == {new_id}
+    original = bg["ids"][bg["extra"]]
+    assert run["asgs"]["web-asg"] == {original}
+    assert run["targets"] == {new_id: "Green", original: "Blue"}
+    assert {"extra-2", bg["extra"]} <= run["left"]   # named on from the original's numbering; KEEP_ALIVE
+    assert run["ec2_state"] == "running"
+    assert run["registered"] == {new_id}               # the original deregistered
     assert [a["name"] for a in run["group"]["autoScalingGroups"]] == [copy]
     samples = run["samples"]
     assert [s for s in samples if s[3] or not s[2]] == []
     after = [s for s in samples if s[0] >= run["finished_at"]]
     assert len(after) >= 5 and {v for _, _, v, _ in after} == {"v4 extra-2"}, after
+
+
+def test_instance_type_filters_are_for_blue_green_deployments(bg):
+    done = bg["aws"]("deploy", "list-deployment-instances", "--deployment-id", bg["in_place"],
+                     "--instance-type-filter", "Green", check=False)
+    assert done.returncode != 0 and "InvalidDeploymentInstanceTypeException" in done.stderr, done.stderr

@@ -742,6 +742,10 @@ class Api:
         kinds = _list(body, "instanceTypeFilter")
         if any(k not in (bluegreen.BLUE, bluegreen.GREEN) for k in kinds):
             raise ApiError("InvalidInstanceTypeException", f"Invalid instance type filter {kinds}: Blue or Green")
+        if kinds and not bluegreen.is_blue_green(doc):
+            raise ApiError("InvalidDeploymentInstanceTypeException",
+                           "An instance type was specified for an in-place deployment: instance types are for "
+                           "blue/green deployments only")
         return {"instancesList": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
                                   if (not wanted or t["status"] in wanted)
                                   and (not kinds or t.get("instanceLabel", "Blue") in kinds)]}
