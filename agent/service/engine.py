@@ -353,8 +353,6 @@ class Engine:
                        blueGreenDeploymentConfiguration=group.get("blueGreenDeploymentConfiguration") or {},
                        targetInstances=target_instances or {}, _phase=first,
                        deploymentStatusMessages=[bluegreen.status_message(first, doc)])
-            if swap is not None:
-                doc["_swapOf"] = swap["deploymentId"]
         with self.store.transaction():
             self.store.put("deployment", did, doc)
             for name in names:
@@ -519,7 +517,6 @@ class Engine:
             else:
                 self._phase(doc, "reroute")
         elif phase == "reroute":
-            doc["_rerouted"] = True
             self._phase(doc, "block")
         else:
             action, minutes = bluegreen.termination_option(doc)
