@@ -95,3 +95,29 @@ def test_continue_deployment_acts_only_in_its_wait(phase, wait_type, error):
     doc = {"deploymentId": "d-ABCDEFGHI", "status": "Ready" if phase == "ready" else "InProgress", "_phase": phase}
     problem = bluegreen.continue_problem(doc, wait_type)
     assert (problem[0] if problem else None) == error
+
+
+def test_an_original_instance_runs_exactly_its_two_hooks_from_the_last_successful_revision(tmp_path):
+    """What the runner asks of the sequencer on a blue instance (``service_events``, the daemon's way): the
+    two events only, no DownloadBundle or Install (the bundle named does not even exist), their scripts
+    from the group's last successful revision (spec §4.2)."""
+    import agent
+
+    bundle = tmp_path / "v1"
+    bundle.mkdir()
+    (bundle / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n" + "".join(
+        f"  {e}:\n    - location: note.sh\n" for e in ("BeforeBlockTraffic", "AfterBlockTraffic")))
+    note = tmp_path / "ran.log"
+    (bundle / "note.sh").write_text(f'#!/bin/sh\necho "v1 $LIFECYCLE_EVENT" >> {note}\n')
+    (bundle / "note.sh").chmod(0o755)
+    cfg = agent.AgentConfig(root_dir=str(tmp_path / "root"), log_dir=str(tmp_path / "log"))
+    first = agent.deploy(agent.DeploymentRequest(agent.LocalRevision(str(bundle), "directory"), cfg))
+    assert first.succeeded, first.error
+    assert not note.exists()   # the group's first deployment: no previous revision, no-ops (spec §4.2)
+    records: list[dict] = []
+    blue = agent.deploy(agent.DeploymentRequest(
+        agent.LocalRevision(str(tmp_path / "no-such-bundle"), "directory"), cfg, deployment_type="BLUE_GREEN",
+        service_events=bluegreen.BLUE_AGENT_EVENTS), listeners=[records.append])
+    assert blue.succeeded, blue.error
+    assert [r["event"] for r in records if r["type"] == "event.start"] == ["BeforeBlockTraffic", "AfterBlockTraffic"]
+    assert note.read_text() == "v1 BeforeBlockTraffic\nv1 AfterBlockTraffic\n"
