@@ -40,7 +40,12 @@ hooks:
     - location: stop.sh
   ApplicationStart:
     - location: start.sh
+  AfterAllowTraffic:
+    - location: settle.sh
 """
+# a second's steady state after each instance is back (with traffic control): the last instance's new
+# version gets requests before the deployment, and with it the probe, ends
+SETTLE = "#!/bin/sh\nsleep 1\n"
 SERVER = """import http.server, os, socket, sys
 VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
 class H(http.server.BaseHTTPRequestHandler):
@@ -109,7 +114,7 @@ def rehearsal(tmp_path_factory):
         (repo / "app").mkdir(parents=True)
         (repo / "appspec.yml").write_text(APPSPEC)
         (repo / "app" / "server.py").write_text(SERVER)
-        for script, text in (("start.sh", START), ("stop.sh", STOP)):
+        for script, text in (("start.sh", START), ("stop.sh", STOP), ("settle.sh", SETTLE)):
             (repo / script).write_text(text)
             (repo / script).chmod(0o755)
         runs = {}

@@ -38,8 +38,11 @@ APPSPEC = "version: 0.0\nos: linux\nhooks:\n" + "".join(
     f"  {event}:\n    - location: note.sh\n" for event in TRAFFIC_HOOKS) + \
     "  ApplicationStop:\n    - location: observe.sh\n"
 # the first hook waits (up to a minute) for the test to say the rehearsal's probe is sending, so that a slow
-# start of `cdsim wait` cannot let web-1 finish before the probe's first request
+# start of `cdsim wait` cannot let web-1 finish before the probe's first request; the Allow hooks then last
+# half a second each, so that every instance spends a second in events (not only in the gaps between them,
+# where requests count as "outside events") even when the first deployment has no ApplicationStop
 NOTE = ("#!/bin/sh\nfor i in $(seq 600); do [ -e /var/tmp/probe-sending ] && break; sleep 0.1; done\n"
+        "case $LIFECYCLE_EVENT in *AllowTraffic) sleep 0.5;; esac\n"
         "echo \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/tc-hooks.log\n")
 OBSERVE = """#!/bin/bash
 # what the target group says of every instance while this one's ApplicationStop runs
