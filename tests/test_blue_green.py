@@ -125,6 +125,13 @@ class Requests:
             self.samples.append((sent, time.time(), version, error))
             self.stop.wait(0.05)
 
+    def sent_since(self, since: float, count: int, limit: float = 60.0) -> None:
+        """Wait until ``count`` requests were sent since ``since`` (at most ``limit`` seconds)."""
+        deadline = time.monotonic() + limit
+        while sum(1 for s in list(self.samples) if s[0] >= since) < count and time.monotonic() < deadline \
+                and self.thread.is_alive():
+            time.sleep(0.05)
+
     def finish(self) -> list[tuple[float, float, str | None, str | None]]:
         self.stop.set()
         self.thread.join(timeout=10)
@@ -221,6 +228,7 @@ def bg(tmp_path_factory):
         requests = Requests(url)
         broken = create(revision("v2-broken", "exit 3"))
         waited = cdsim_wait(broken)
+        requests.sent_since(0, 20)
         out["broken"] = {"id": broken, "wait": waited, "samples": requests.finish(), "info": info(broken),
                          "registered": _registered(state, tg)}
 
@@ -240,7 +248,7 @@ def bg(tmp_path_factory):
         rollback = (late_info.get("rollbackInfo") or {}).get("rollbackDeploymentId", "")
         rolled = cdsim_wait(rollback) if rollback else None
         rolled_at = time.time()
-        time.sleep(1.5)
+        requests.sent_since(rolled_at, 10)
         rollback_summaries = call(ep, "BatchGetDeploymentInstances", {
             "deploymentId": rollback, "instanceIds": [ids[n] for n in [*blues, *greens]]}) if rollback else {}
         out["late"] = {"id": late, "info": late_info, "rollback": rollback, "wait": rolled, "rolled_at": rolled_at,
@@ -262,7 +270,7 @@ def bg(tmp_path_factory):
             time.sleep(0.2)
         assert status == "Ready", status
         ready_at = time.time()
-        time.sleep(3)   # traffic while Ready: the blues' only
+        requests.sent_since(ready_at, 30)   # traffic while Ready: the blues' only
         ready_info = info(good)
         ready_targets = _registered(state, tg)
         early = aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type",
@@ -271,7 +279,7 @@ def bg(tmp_path_factory):
         aws("deploy", "continue-deployment", "--deployment-id", good, "--deployment-wait-type", "READY_WAIT")
         stdout, stderr = waiting.communicate(timeout=300)
         finished_at = time.time()
-        time.sleep(1.5)   # a little traffic after the end: the greens' only
+        requests.sent_since(finished_at, 10)   # a little traffic after the end: the greens' only
         samples = requests.finish()
         greens_listed = json.loads(aws("deploy", "list-deployment-instances", "--deployment-id", good,
                                        "--instance-type-filter", "Green").stdout)["instancesList"]
@@ -348,7 +356,7 @@ def bg(tmp_path_factory):
         copied = str(json.loads(done.stdout)["deploymentId"])
         waited = cdsim_wait(copied)
         finished_at = time.time()
-        time.sleep(1.5)
+        requests.sent_since(finished_at, 10)
         asgs = localaws.query(state, "autoscaling", {"Version": "2011-01-01",
                                                      "Action": "DescribeAutoScalingGroups"})
         out["copied"] = {
@@ -443,8 +451,8 @@ def test_after_continue_deployment_only_the_greens_answer_and_no_request_failed(
     allowed = min(events[bg["ids"][n]]["AllowTraffic"]["startTime"] for n in bg["greens"])
     assert allowed >= run["continued_at"] - 0.5
     for sent, _answered, version, _ in samples:   # v2 only once a green's AllowTraffic had begun
-        if version and version.startswith("v2"):
-            assert sent >= allowed - 0.5, (sent, allowed)
+        if version and version.startswith("v2"):   # (a second for a request thread descheduled under load)
+            assert sent >= allowed - 1.0, (sent, allowed)
     assert sorted(run["greens_listed"]) == sorted(bg["ids"][n] for n in bg["greens"])
     assert {run["types"][bg["ids"][n]] for n in bg["greens"]} == {"Green"}
     assert {run["types"][bg["ids"][n]] for n in bg["blues"]} == {"Blue"}
