@@ -9,7 +9,9 @@ requests with ``X-Amz-Target`` and hands any other request to moto's S3 running 
 one ``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the
 supervisor that runs an agent for every registered on-premises instance that is one of this state
 folder's sandboxed instances. Those with a private network are EC2 instances of the state's local AWS,
-and deployments show them by their EC2 instance ids (the engine's ``instance_ids``).
+and deployments show them by their EC2 instance ids (the engine's ``instance_ids``). For blue/green
+deployments it launches instances into a copy of an Auto Scaling group (COPY_AUTO_SCALING_GROUP, as
+`cdsim fleet scale` launches them) and destroys the original ones (TERMINATE) for the engine.
 """
 from __future__ import annotations
 
