@@ -320,6 +320,20 @@ def bg(tmp_path_factory):
         waited = cdsim_wait(timed_out)
         out["timed_out"] = {"id": timed_out, "wait": waited, "info": info(timed_out), "samples": requests.finish(),
                             "registered": _registered(state, tg)}
+        # stop-deployment --auto-rollback-enabled while Ready: Stopped; nothing to roll back (never rerouted)
+        configure(BG_CONFIG)
+        stopped = create(revision("v3s"))
+        deadline = time.monotonic() + 180
+        status = ""
+        while time.monotonic() < deadline and status not in ("Ready", "Failed", "Stopped", "Succeeded"):
+            status = call(ep, "GetDeployment", {"deploymentId": stopped})["deploymentInfo"]["status"]
+            time.sleep(0.2)
+        before = set(call(ep, "ListDeployments", {})["deployments"])
+        aws("deploy", "stop-deployment", "--deployment-id", stopped, "--auto-rollback-enabled")
+        waited = cdsim_wait(stopped)
+        out["stopped"] = {"id": stopped, "status_before": status, "wait": waited, "info": info(stopped),
+                          "new": set(call(ep, "ListDeployments", {})["deployments"]) - before,
+                          "registered": _registered(state, tg)}
         configure({**BG_CONFIG, "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"},
                    "terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE",
                                                                  "terminationWaitTimeInMinutes": 60}})
@@ -555,3 +569,13 @@ def test_instance_type_filters_are_for_blue_green_deployments(bg):
     done = bg["aws"]("deploy", "list-deployment-instances", "--deployment-id", bg["in_place"],
                      "--instance-type-filter", "Green", check=False)
     assert done.returncode != 0 and "InvalidDeploymentInstanceTypeException" in done.stderr, done.stderr
+
+
+def test_stopping_a_ready_deployment_with_rollback_leaves_the_original_fleet_serving(bg):
+    run = bg["stopped"]
+    assert run["status_before"] == "Ready"
+    assert run["info"]["status"] == "Stopped" and run["info"]["errorInformation"]["code"] == "MANUAL_STOP"
+    assert "never rerouted" in run["info"]["rollbackInfo"]["rollbackMessage"]
+    assert run["new"] == set()   # no rollback deployment: nothing was rerouted
+    assert run["registered"] == {bg["ids"][n] for n in bg["greens"]}
+    assert run["info"]["deploymentOverview"]["Ready"] == 0 and run["info"]["deploymentOverview"]["Skipped"] == 3
