@@ -281,6 +281,8 @@ def bg(tmp_path_factory):
         finished_at = time.time()
         requests.sent_since(finished_at, 10)   # a little traffic after the end: the greens' only
         samples = requests.finish()
+        reported = svc.cdsim("wait", good, "--endpoint", ep, "--report", f"junit={tmp}/bg.xml", "--report",
+                             f"json={tmp}/bg.json", timeout=120)
         greens_listed = json.loads(aws("deploy", "list-deployment-instances", "--deployment-id", good,
                                        "--instance-type-filter", "Green").stdout)["instancesList"]
         summaries = call(ep, "BatchGetDeploymentInstances", {"deploymentId": good,
@@ -290,7 +292,8 @@ def bg(tmp_path_factory):
         out["good"] = {
             "id": good, "exit": waiting.returncode, "stdout": stdout, "stderr": stderr, "samples": samples,
             "ready_at": ready_at, "continued_at": continued_at, "finished_at": finished_at,
-            "ready_info": ready_info, "ready_targets": ready_targets, "early": early, "info": info(good),
+            "ready_info": ready_info, "reported": reported, "ready_targets": ready_targets, "early": early,
+            "info": info(good),
             "registered": _registered(state, tg), "greens_listed": greens_listed,
             "events": {s["instanceId"]: {e["lifecycleEventName"]: e for e in s["lifecycleEvents"]}
                        for s in summaries["instancesSummary"]},
@@ -579,3 +582,21 @@ def test_stopping_a_ready_deployment_with_rollback_leaves_the_original_fleet_ser
     assert run["new"] == set()   # no rollback deployment: nothing was rerouted
     assert run["registered"] == {bg["ids"][n] for n in bg["greens"]}
     assert run["info"]["deploymentOverview"]["Ready"] == 0 and run["info"]["deploymentOverview"]["Skipped"] == 3
+
+
+def test_the_reports_of_a_blue_green_deployment_show_both_fleets_events(bg):
+    """`cdsim wait --report` of the finished deployment: each instance a deployment of its own in the JSON
+    report, with its own side of the switch."""
+    run = bg["good"]
+    assert run["reported"].returncode == 0, run["reported"].stdout + run["reported"].stderr
+    assert "<failure" not in (bg["tmp"] / "bg.xml").read_text()
+    deployments = {d["deployment_id"]: d for d in json.loads((bg["tmp"] / "bg.json").read_text())["deployments"]}
+    for name in bg["greens"]:
+        mine = deployments[f"{run['id']}/{bg['ids'][name]}"]
+        assert [e["event"] for e in mine["events"]][-4:] == [
+            "ValidateService", "BeforeAllowTraffic", "AllowTraffic", "AfterAllowTraffic"]
+        assert mine["status"] == "Succeeded"
+    for name in bg["blues"]:
+        mine = deployments[f"{run['id']}/{bg['ids'][name]}"]
+        assert [e["event"] for e in mine["events"]] == ["BeforeBlockTraffic", "BlockTraffic", "AfterBlockTraffic"]
+        assert mine["status"] == "Succeeded"
