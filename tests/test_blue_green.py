@@ -48,6 +48,10 @@ hooks:
     - location: note.sh
   AfterAllowTraffic:
     - location: after.sh
+  BeforeBlockTraffic:
+    - location: note.sh
+  AfterBlockTraffic:
+    - location: note.sh
 """
 SERVER = """import http.server, socket
 VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
@@ -81,7 +85,8 @@ rm -f /run/app.pid
 sleep 0.5
 exit 0
 """
-NOTE = "#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID\" >> /var/log/bg-hooks.log\n"
+NOTE = ("#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID $(cat $(dirname $0)/app/version.txt)\" "
+        ">> /var/log/bg-hooks.log\n")
 BG_CONFIG = {"terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE", "terminationWaitTimeInMinutes": 0},
              "deploymentReadyOption": {"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": 60},
              "greenFleetProvisioningOption": {"action": "DISCOVER_EXISTING"}}
@@ -349,9 +354,11 @@ def bg(tmp_path_factory):
                 break
             time.sleep(0.2)
         still = {s.name for s in inst.list_instances(state=state)}
+        blue_hooks = svc.read(greens[0], "/var/log/bg-hooks.log")
         aws("deploy", "skip-wait-time-for-instance-termination", "--deployment-id", skipped)
         waited = cdsim_wait(skipped)
         out["skipped"] = {"id": skipped, "wait": waited, "waiting": waiting_info, "still": still,
+                          "blue_hooks": blue_hooks,
                           "info": info(skipped), "left": {s.name for s in inst.list_instances(state=state)},
                           "registered": _registered(state, tg)}
 
@@ -540,6 +547,10 @@ def test_skip_wait_time_for_instance_termination_ends_the_termination_wait(bg):
     waiting = run["waiting"]
     assert waiting["status"] == "InProgress" and waiting["instanceTerminationWaitTimeStarted"] is True, waiting
     assert set(bg["greens"]) <= run["still"]              # not terminated while the wait ran
+    # their BeforeBlockTraffic and AfterBlockTraffic were the last successful revision's (v2), not v3b's
+    ran = [line.split() for line in run["blue_hooks"].splitlines() if line.split()[1:2] == [run["id"]]]
+    assert ran == [["BeforeBlockTraffic", run["id"], "v2"], ["AfterBlockTraffic", run["id"], "v2"]], \
+        run["blue_hooks"]
     assert run["wait"].returncode == 0, run["wait"].stdout + run["wait"].stderr
     assert run["info"]["status"] == "Succeeded"
     assert not set(bg["greens"]) & run["left"]             # terminated once it was skipped
