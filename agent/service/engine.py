@@ -739,13 +739,22 @@ class Engine:
         limit = time.time() - self.pickup_timeout
         for cid, cmd in self.store.items("command"):
             if cmd["state"] == "Pending" and cmd["createTime"] < limit:
-                events = pending_events()
+                events = self._agent_events(cmd)
                 events[0].update(status="Failed", startTime=cmd["createTime"], endTime=time.time(), diagnostics={
                     "errorCode": "UnknownError", "scriptName": "", "message": NO_AGENT_MESSAGE, "logTail": ""})
                 for e in events[1:]:
                     e["status"] = "Skipped"
                 self.store.put("command", cid, dict(cmd, state="InProgress"))
                 self.report(cid, events, "Failed")
+
+    def _agent_events(self, cmd: JsonObject) -> list[JsonObject]:
+        """A command's agent events, Pending (a blue/green instance's are its side of the switch)."""
+        doc = self.store.existing("deployment", cmd["deploymentId"])
+        if not bluegreen.is_blue_green(doc):
+            return pending_events()
+        target = self.store.get("target", f"{cmd['deploymentId']}/{cmd['instance']}") or {}
+        names = bluegreen.agent_events(target.get("instanceLabel", bluegreen.BLUE), bool(target.get("_rerouteOnly")))
+        return [{"lifecycleEventName": e, "status": "Pending"} for e in names]
 
     def fail_orphaned_commands(self, local_instances: set[str]) -> None:
         """After a restart: commands that our own (now gone) agents were running failed (§8.5)."""
