@@ -54,6 +54,9 @@ class DeploymentRequest:
     deployment_group_name: str = DEFAULT_GROUP_NAME
     application_name: str = ""
     events: str | None = None                 # raw --events string
+    service_events: tuple[str, ...] | None = None  # the daemon's way: exactly these events, in this order, as
+                                                   # the service's commands name them (no DownloadBundle or
+                                                   # Install added: a blue/green original instance's)
     file_exists_behavior: str = "DISALLOW"    # raw CLI value; upper-cased when resolved
     appspec_filename: str | None = None
     deployment_id: str | None = None
@@ -121,7 +124,9 @@ class _Deployment:
     # -- events --------------------------------------------------------------------------------------
     def run(self) -> None:
         self._max_revisions = self._retention_setting()
-        for event in lifecycle.execution_order(self.req.events):
+        order = (list(self.req.service_events) if self.req.service_events is not None
+                 else lifecycle.execution_order(self.req.events))
+        for event in order:
             self.root.ensure_deployment_dir(self.did)
             self.stream.emit("event.start", event=event)
             try:

@@ -101,6 +101,7 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_traffic_control.py": ("service", "instance"),
     "test_rehearsal.py": ("service", "instance"),
     "test_autoscaling.py": ("service", "instance"),
+    "test_blue_green.py": ("service", "instance"),
     "test_deploy_instance.py": ("instance",),
     "test_readme_server.py": ("service", "instance"),
     "test_quick_start_newcomer.py": ("unprivileged", "instance"),

@@ -61,7 +61,8 @@ PURE = ("agent.appspec", "agent.appspec_platforms",
         "agent.lifecycle", "agent.permissions", "agent.revision", "agent.errors", "agent.ruby",
         "agent.state",
         "agent.reports.model", "agent.reports.html", "agent.reports.junit", "agent.reports.json_report",
-        "agent.reports.github", "agent.reports.markdown", "agent.reports.sarif", "agent.instance.systemctl_units")
+        "agent.reports.github", "agent.reports.markdown", "agent.reports.sarif", "agent.instance.systemctl_units",
+        "agent.service.bluegreen")
 _IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
 
 # What no command's parser may load: `cdsim --help` and every command's start imports the parser only

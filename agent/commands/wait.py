@@ -1,9 +1,10 @@
 """`cdsim wait [DEPLOYMENT_ID|-]`: follow a deployment to its end, as a pipeline's gate.
 
 Reads the id, or the JSON ``aws deploy create-deployment`` prints, from stdin when given ``-`` (or
-nothing). Prints each instance's progress; exits 0 when the deployment succeeded, otherwise non-zero
-(a hook's failure: its exit status; anything else: DEPLOYMENT_FAILED) after printing the failing
-instance, lifecycle event, message and log tail.
+nothing). Prints each instance's progress (and, once, that a blue/green deployment in the Ready state
+waits for ``aws deploy continue-deployment``: it goes on waiting); exits 0 when the deployment
+succeeded, otherwise non-zero (a hook's failure: its exit status; anything else: DEPLOYMENT_FAILED)
+after printing the failing instance, lifecycle event, message and log tail.
 
 ``--traffic URL[,RATE]`` rehearses the deployment under load: ``agent.probe`` sends GET requests to URL
 (default 20 per second) from the first poll until the deployment ends, then reports them per instance and
@@ -172,8 +173,14 @@ def follow(args: argparse.Namespace, endpoint: str, did: str, running: Probe | N
 
     deadline = time.monotonic() + args.timeout
     seen: dict[str, str] = {}
+    ready_said = False
     while True:
         info = call(endpoint, "GetDeployment", {"deploymentId": did})["deploymentInfo"]
+        if info["status"] == "Ready" and not ready_said:   # blue/green STOP_DEPLOYMENT: not over, waiting
+            ready_said = True
+            print(f"{did}: Ready: the replacement instances are installed; traffic moves to them after "
+                  f"`aws deploy continue-deployment --deployment-id {did} --deployment-wait-type READY_WAIT`",
+                  flush=True)
         current = targets(endpoint, did)
         if not args.quiet:
             for t in current:

@@ -2,12 +2,14 @@
 
 A command is a whole deployment to the instance. The agent fetches the revision onto this machine
 (``agent.service.fetch``: S3 from the server's S3, GitHub as ``git archive`` of a local repository
-under a configured GitHub root; every revision field is checked again there), runs
+under a configured GitHub root; every revision field is checked again there; not for a blue/green original
+instance, whose command runs only hooks of a revision it has), runs
 ``agent.service.runner`` inside the sandboxed instance (``agent.instance.exec_in``) or, for a host
 agent, here, with no ``AWS_*`` variable of its own, and forwards every lifecycle-event update the
 runner prints to the server. With traffic control the runner stops before the service's BlockTraffic
-and AllowTraffic (a ``waitFor`` line): the agent asks the server (ReportCommand with ``waitFor``) until
-it answers go or stop, and writes that to the runner's stdin.
+and AllowTraffic (a blue/green replacement instance also before the reroute: a ``waitFor`` line): the
+agent asks the server (ReportCommand with ``waitFor``) until it answers go or stop, and writes that to
+the runner's stdin.
 Must not import the server, the API or the engine's store.
 """
 from __future__ import annotations
@@ -32,6 +34,9 @@ from agent.state import machine_log_dir, machine_root_dir
 from hooks_runtime.environment import without_aws_variables
 
 WAIT_FOR_LIMIT = 3600.0   # seconds an agent waits for the service's BlockTraffic / AllowTraffic at most
+# a blue/green replacement instance waits for the reroute as long as a deployment may stay Ready (2880
+# minutes, the model's most), and an hour more
+REROUTE_WAIT_LIMIT = (2880 + 60) * 60.0
 
 
 class Agent:
@@ -83,8 +88,8 @@ class Agent:
             if not revisions.valid_instance_name(self.instance):
                 raise RevisionError(f"the instance name {self.instance!r} is not valid")
         except RevisionError as e:
-            self._call("ReportCommand", {"commandId": cid, "status": "Failed",
-                                         "lifecycleEvents": failed_events(None, str(e), "DownloadBundle")})
+            self._call("ReportCommand", {"commandId": cid, "status": "Failed", "lifecycleEvents": failed_events(
+                None, str(e), "DownloadBundle", command.get("events"))})
             return
         folder = os.path.join(self.work_dir, f"{command['deploymentId']}-{self.instance}")
         os.makedirs(folder, exist_ok=True)
@@ -94,8 +99,8 @@ class Agent:
                 spec = self._spec(command, folder)
             except (CdsimError, RevisionError) as e:
                 # fetching the revision is DownloadBundle's work: nothing before it ran
-                self._call("ReportCommand", {"commandId": cid, "status": "Failed",
-                                             "lifecycleEvents": failed_events(None, str(e), "DownloadBundle")})
+                self._call("ReportCommand", {"commandId": cid, "status": "Failed", "lifecycleEvents": failed_events(
+                    None, str(e), "DownloadBundle", command.get("events"))})
                 return
             final = None
             gate: list[int] = []
@@ -122,15 +127,26 @@ class Agent:
 
     def _spec(self, command: JsonObject, folder: str) -> RunnerSpec:
         source = fetch.revision_of(command["revision"])
-        local = fetch.fetch(source, folder, s3_endpoint=command.get("s3Endpoint"), credentials=self.credentials,
-                            github_roots=self.github_roots)
+        if command.get("events") and "DownloadBundle" not in command["events"]:
+            # a blue/green original instance runs hooks of a revision it has: nothing to fetch
+            location, bundle_type = folder, "directory"
+        else:
+            local = fetch.fetch(source, folder, s3_endpoint=command.get("s3Endpoint"),
+                                credentials=self.credentials, github_roots=self.github_roots)
+            location, bundle_type = local.location, local.bundle_type
         spec: RunnerSpec = {
             "deploymentId": command["deploymentId"], "applicationName": command["applicationName"],
             "deploymentGroupName": command["deploymentGroupName"], "deploymentGroupId": command["deploymentGroupId"],
             "creator": command["creator"], "fileExistsBehavior": command["fileExistsBehavior"],
             "ignoreApplicationStopFailures": command["ignoreApplicationStopFailures"],
-            "bundle": local.location, "bundleType": local.bundle_type, "fetchedFrom": to_record(source),
+            "bundle": location, "bundleType": bundle_type, "fetchedFrom": to_record(source),
             "trafficControl": bool(command.get("trafficControl"))}
+        if command.get("deploymentType"):   # blue/green (agent.service.bluegreen): its events and gates
+            spec["deploymentType"] = str(command["deploymentType"])
+        if command.get("events"):
+            spec["events"] = [str(e) for e in command["events"]]
+        if command.get("waitAfter"):
+            spec["waitAfter"] = {str(k): str(v) for k, v in command["waitAfter"].items()}
         if self.host_root:
             spec["rootDir"] = machine_root_dir(self.host_root)
             spec["logDir"] = machine_log_dir(self.host_root)
@@ -138,7 +154,7 @@ class Agent:
 
     def _wait_for(self, cid: str, step: str, events: list[JsonObject]) -> str:
         """Ask the server until its ``step`` (BlockTraffic, AllowTraffic) is done: ``go`` or ``stop``."""
-        deadline = time.monotonic() + WAIT_FOR_LIMIT
+        deadline = time.monotonic() + (REROUTE_WAIT_LIMIT if step == "Reroute" else WAIT_FOR_LIMIT)
         while time.monotonic() < deadline:
             try:
                 answer = self._call("ReportCommand", {"commandId": cid, "lifecycleEvents": events,
@@ -212,11 +228,15 @@ def _close_after(thread: threading.Thread, fd: int) -> None:
     os.close(fd)
 
 
-def failed_events(events: list[JsonObject] | None, message: str, at: str | None = None) -> list[JsonObject]:
-    """Lifecycle events after an agent-side failure: event ``at`` (default: the running or first
-    pending one) Failed, every other one not run Skipped."""
+def failed_events(events: list[JsonObject] | None, message: str, at: str | None = None,
+                  names: list[str] | None = None) -> list[JsonObject]:
+    """Lifecycle events after an agent-side failure: event ``at`` (default, or when the command's events
+    ``names`` lack it: the running or first pending one) Failed, every other one not run Skipped."""
     from agent.service.engine import pending_events
-    events = [dict(e) for e in (events or pending_events())]
+    if names and at not in names:
+        at = None
+    initial = [{"lifecycleEventName": n, "status": "Pending"} for n in names] if names else pending_events()
+    events = [dict(e) for e in (events or initial)]
     now = time.time()
     failed = False
     for e in events:

@@ -3,9 +3,10 @@
 ``Api.dispatch(operation, body)`` returns the response document or raises ``ApiError`` (its
 ``__type``, message and HTTP status). Every operation of botocore's CodeDeploy model has a handler;
 a body is first checked against the model (``agent.service.model``), then by the handler. Operations
-only blue/green, ECS or Lambda deployments have (ContinueDeployment, SkipWaitTimeForInstanceTermination,
-PutLifecycleEventHookExecutionStatus) check their input and answer
-``UnsupportedActionForDeploymentTypeException``, as CodeDeploy does for an in-place deployment. Tags are
+only blue/green, ECS or Lambda deployments have check their input and answer
+``UnsupportedActionForDeploymentTypeException`` for an in-place deployment, as CodeDeploy does;
+ContinueDeployment and SkipWaitTimeForInstanceTermination act on EC2 blue/green deployments
+(``agent.service.bluegreen``: the checks of groups, deployments and these two). Tags are
 kept per resource ARN (application, deployment group, deployment configuration). Also the two operations
 cdsim's agents use (``AGENT_PREFIX``.PollCommand / ReportCommand). Must not import the server or the
 agent side.
@@ -19,8 +20,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from agent.service import model, revisions
-from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, public, tag_matches
+from agent.service import bluegreen, model, revisions
+from agent.service.engine import ACTIVE, BUILTIN_CONFIGS, DONE, Engine, launch_hook, public, selection_of, tag_matches
 from agent.service.revisions import RevisionError
 from agent.service.shapes import JsonObject
 from agent.service.store import Store
@@ -413,14 +414,15 @@ class Api:
             if body.get(field) is not None:
                 group[field] = _str(body, field)
         if "autoScalingGroups" in body:   # names in; AutoScalingGroup shapes (name, launch hook) out
-            group["autoScalingGroups"] = [{"name": name, "hook": "CodeDeploy-managed-automatic-launch-deployment-hook-"
-                                           f"{group['deploymentGroupName']}-{group['deploymentGroupId'][:8]}"}
-                                          for name in _list(body, "autoScalingGroups")]
+            group["autoScalingGroups"] = [launch_hook(group, name) for name in _list(body, "autoScalingGroups")]
             # the launch hook the service installs: instances in the groups now are members, any launched
             # from now on gets the last successful revision (the engine's next look, not its first, sees it)
             group["_asgMembers"] = self.engine.auto_scaling_instances(group)
         if "triggerConfigurations" in body:
             group["triggerConfigurations"] = _list(body, "triggerConfigurations")
+        problem = bluegreen.check_group(group)
+        if problem is not None:
+            raise ApiError(*problem)
         return group
 
     def op_CreateDeploymentGroup(self, body: JsonObject) -> JsonObject:
@@ -601,6 +603,18 @@ class Api:
         auto = _dict(body, "autoRollbackConfiguration")
         if body.get("ignoreApplicationStopFailures") not in (None, True, False):
             raise ApiError("SerializationException", "ignoreApplicationStopFailures: expected a boolean")
+        wanted = _dict(body, "targetInstances")
+        problem = bluegreen.check_deployment(group, wanted)
+        if problem is not None:
+            raise ApiError(*problem)
+        if wanted is not None:
+            wanted = {k: v for k, v in wanted.items() if v}
+            _filters(wanted.get("tagFilters") or [], "InvalidTargetInstancesException")
+        if bluegreen.is_blue_green(group) and bluegreen.green_action(group) == "DISCOVER_EXISTING" \
+                and not self.engine.selected_by(selection_of(wanted or {})):
+            raise ApiError("InvalidTargetInstancesException",
+                           "targetInstances selects no registered instance: the replacement instances must be "
+                           "running and registered with the tags or Auto Scaling groups it names")
         app = group["applicationName"]
         with self.store.transaction():
             for d in self.store.values("deployment"):
@@ -616,7 +630,8 @@ class Api:
                                      ignore_stop_failures=bool(body.get("ignoreApplicationStopFailures")),
                                      file_exists=behaviour,
                                      auto_rollback={"enabled": bool(auto.get("enabled")),
-                                                    "events": auto.get("events") or []} if auto else None)
+                                                    "events": auto.get("events") or []} if auto else None,
+                                     target_instances=wanted)
         return {"deploymentId": doc["deploymentId"]}
 
     def op_GetDeployment(self, body: JsonObject) -> JsonObject:
@@ -658,22 +673,37 @@ class Api:
         status, message = self.engine.stop(doc["deploymentId"], bool(body.get("autoRollbackEnabled")))
         return {"status": status, "statusMessage": message}
 
-    def _in_place_only(self, body: JsonObject, what: str) -> JsonObject:
-        """The checks of an operation only blue/green, ECS or Lambda deployments have; then the error
-        CodeDeploy answers for an in-place Server deployment (the only kind cdsim runs)."""
+    def _blue_green_only(self, body: JsonObject, what: str) -> JsonObject:
+        """The checks of an operation only blue/green deployments have (here: EC2 ones; ECS and Lambda
+        are not run): the deployment, active, and blue/green; else the error CodeDeploy answers."""
         doc = self._deployment(body)
         if doc["status"] in DONE:
             raise ApiError("DeploymentAlreadyCompletedException",
                            f"The deployment {doc['deploymentId']} is already completed.")
-        raise ApiError("UnsupportedActionForDeploymentTypeException",
-                       f"{what} is supported for blue/green deployments only; {doc['deploymentId']} is an "
-                       "in-place deployment")
+        if not bluegreen.is_blue_green(doc):
+            raise ApiError("UnsupportedActionForDeploymentTypeException",
+                           f"{what} is supported for blue/green deployments only; {doc['deploymentId']} is an "
+                           "in-place deployment")
+        return doc
 
     def op_ContinueDeployment(self, body: JsonObject) -> JsonObject:
-        return self._in_place_only(body, "ContinueDeployment")
+        doc = self._blue_green_only(body, "ContinueDeployment")
+        wait_type = _str(body, "deploymentWaitType") or "READY_WAIT"
+        problem = bluegreen.continue_problem(doc, wait_type)
+        if problem is not None:
+            raise ApiError(*problem)
+        self.engine.continue_deployment(doc["deploymentId"], wait_type)
+        return {}
 
     def op_SkipWaitTimeForInstanceTermination(self, body: JsonObject) -> JsonObject:
-        return self._in_place_only(body, "SkipWaitTimeForInstanceTermination")
+        doc = self._blue_green_only(body, "SkipWaitTimeForInstanceTermination")
+        problem = bluegreen.continue_problem(doc, "TERMINATION_WAIT")
+        if problem is not None:
+            kind = problem[0] if problem[0] == "DeploymentNotStartedException" else \
+                "UnsupportedActionForDeploymentTypeException"
+            raise ApiError(kind, problem[1])
+        self.engine.continue_deployment(doc["deploymentId"], "TERMINATION_WAIT")
+        return {}
 
     def op_PutLifecycleEventHookExecutionStatus(self, body: JsonObject) -> JsonObject:
         """ECS and Lambda deployments' hook functions report here; cdsim runs neither, so after the checks
@@ -703,13 +733,22 @@ class Api:
 
     def _summary(self, t: JsonObject) -> JsonObject:
         return {"deploymentId": t["deploymentId"], "instanceId": t["targetId"], "status": t["status"],
-                "lastUpdatedAt": t["lastUpdatedAt"], "lifecycleEvents": t["lifecycleEvents"], "instanceType": "Blue"}
+                "lastUpdatedAt": t["lastUpdatedAt"], "lifecycleEvents": t["lifecycleEvents"],
+                "instanceType": t.get("instanceLabel", "Blue")}
 
     def op_ListDeploymentInstances(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
         wanted = _list(body, "instanceStatusFilter")
+        kinds = _list(body, "instanceTypeFilter")
+        if any(k not in (bluegreen.BLUE, bluegreen.GREEN) for k in kinds):
+            raise ApiError("InvalidInstanceTypeException", f"Invalid instance type filter {kinds}: Blue or Green")
+        if kinds and not bluegreen.is_blue_green(doc):
+            raise ApiError("InvalidDeploymentInstanceTypeException",
+                           "An instance type was specified for an in-place deployment: instance types are for "
+                           "blue/green deployments only")
         return {"instancesList": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
-                                  if not wanted or t["status"] in wanted]}
+                                  if (not wanted or t["status"] in wanted)
+                                  and (not kinds or t.get("instanceLabel", "Blue") in kinds)]}
 
     def op_GetDeploymentInstance(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)
@@ -725,8 +764,10 @@ class Api:
         doc = self._deployment(body)
         filters = _dict(body, "targetFilters") or {}
         wanted = filters.get("TargetStatus") or []
+        labels = filters.get("ServerInstanceLabel") or []
         return {"targetIds": [t["targetId"] for t in self.engine.targets(doc["deploymentId"])
-                              if not wanted or t["status"] in wanted]}
+                              if (not wanted or t["status"] in wanted)
+                              and (not labels or t.get("instanceLabel", "Blue") in labels)]}
 
     def op_BatchGetDeploymentTargets(self, body: JsonObject) -> JsonObject:
         doc = self._deployment(body)

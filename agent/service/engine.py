@@ -26,6 +26,23 @@ The rules (behaviour doc §8.6 and the service's documentation):
   service's documented behaviour), and when that deployment succeeds a follow-on ``autoscaling``
   deployment brings those instances to its revision.
 
+* A blue/green group (``agent.service.bluegreen``: BLUE_GREEN with traffic control) deploys to the
+  replacement instances its CreateDeployment's ``targetInstances`` selects (DISCOVER_EXISTING; instance
+  label Green), or to those the server launches into a copy of the group's Auto Scaling group
+  (COPY_AUTO_SCALING_GROUP: ``copy_auto_scaling_group``, in a thread, phase ``provision``), the original
+  ones being the group's own (Blue). ``_advance_blue_green`` runs the phases:
+  the greens' lifecycle up to ValidateService as the configuration allows (their agents then wait at the
+  reroute gate: status Ready); STOP_DEPLOYMENT: deployment status Ready until ContinueDeployment READY_WAIT
+  (``continue_deployment``), Stopped when the wait time passes first; the reroute (greens'
+  BeforeAllowTraffic, AllowTraffic, AfterAllowTraffic); then the blues' BeforeBlockTraffic, BlockTraffic,
+  AfterBlockTraffic; then KEEP_ALIVE ends it, TERMINATE waits terminationWaitTimeInMinutes (ended early by
+  ContinueDeployment TERMINATION_WAIT or SkipWaitTimeForInstanceTermination) and terminates the blues
+  (``terminate``, the server's: deregistered and destroyed; and TerminateInstances in the local AWS).
+  On success the group's EC2 selection (or Auto Scaling group: the copy; TERMINATE deletes the original)
+  becomes the greens'. A green failing before the reroute fails the
+  deployment with no traffic moved; a rollback after the reroute began is a blue/green deployment the other
+  way (``create(swap=...)``): the original instances' AllowTraffic, the replacement ones' BlockTraffic.
+
 A target is shown by its EC2 instance id (``targetId`` ``i-...``, ``targetArn`` ``arn:aws:ec2:...``) when
 the group selects it by its EC2 tags (``ec2TagFilters``, ``ec2TagSet``) and it is an EC2 instance of the
 state's local AWS (the server's ``instance_ids`` gives its id), else by its on-premises name; either way its
@@ -42,10 +59,11 @@ import string
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict
 
-from agent.service import traffic
+from agent.service import bluegreen, traffic
 from agent.service.shapes import JsonObject
 from agent.service.store import Store
 
@@ -66,7 +84,7 @@ DEFAULT_CONFIG = "CodeDeployDefault.OneAtATime"
 LIFECYCLE_EVENTS = ("BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop", "DownloadBundle",
                     "BeforeInstall", "Install", "AfterInstall", "ApplicationStart", "ValidateService",
                     "BeforeAllowTraffic", "AfterAllowTraffic")
-ACTIVE = ("Created", "Queued", "InProgress")
+ACTIVE = ("Created", "Queued", "InProgress", "Ready")
 DONE = ("Succeeded", "Failed", "Stopped")
 ROLLBACK_CREATOR = "codeDeployRollback"
 AUTOSCALING_CREATOR = "autoscaling"
@@ -80,6 +98,8 @@ NO_INSTANCES_MESSAGE = ("The deployment failed because no instances were found f
                         "instances or Auto Scaling groups correctly identify the instances you want to "
                         "deploy to, and then try again.")
 STOP_MESSAGE = "The deployment was stopped by the user."
+READY_TIMEOUT_MESSAGE = ("The deployment was stopped because traffic was not rerouted to the replacement instances "
+                         "within the deployment's wait time (deploymentReadyOption STOP_DEPLOYMENT).")
 RESTART_MESSAGE = "Failed: Failing in-progress lifecycle event after an agent restart."
 NO_AGENT_MESSAGE = ("CodeDeploy agent was not able to receive the lifecycle event. Check the CodeDeploy agent "
                     "logs on your host and make sure the agent is running and can connect to the CodeDeploy "
@@ -168,6 +188,24 @@ def ec2_selects(group: JsonObject, tags: list[JsonObject]) -> bool:
                     tags)
 
 
+def launch_hook(group: JsonObject, asg: str) -> JsonObject:
+    """An AutoScalingGroup shape of a deployment group: the Auto Scaling group and its launch hook's name."""
+    return {"name": asg, "hook": "CodeDeploy-managed-automatic-launch-deployment-hook-"
+                                 f"{group['deploymentGroupName']}-{group['deploymentGroupId'][:8]}"}
+
+
+def copy_name(group: JsonObject, did: str) -> str:
+    """The Auto Scaling group COPY_AUTO_SCALING_GROUP makes, named as the service names it."""
+    return f"CodeDeploy_{group['deploymentGroupName']}_{did}"
+
+
+def selection_of(target_instances: JsonObject) -> JsonObject:
+    """A CreateDeployment's ``targetInstances`` as a deployment group's selection."""
+    return {"ec2TagFilters": target_instances.get("tagFilters") or [],
+            "ec2TagSet": target_instances.get("ec2TagSet") or {},
+            "autoScalingGroups": list(target_instances.get("autoScalingGroups") or [])}
+
+
 def new_deployment_id() -> str:
     return "d-" + "".join(random.choices(string.ascii_uppercase + string.digits, k=9))
 
@@ -207,6 +245,10 @@ class Engine:
         self.aws_query: traffic.AwsQuery | None = None   # the local AWS holding the load balancers (server's)
         # instance name -> its EC2 id there (server's): traffic control, and the targets' ids
         self.instance_ids: traffic.InstanceIds | None = None
+        # blue/green TERMINATE: destroys and deregisters instances by name, answers notes for the deployment
+        self.terminate: Callable[[list[str]], list[str]] | None = None
+        # blue/green COPY_AUTO_SCALING_GROUP: (source group, copy) -> the names of the copy's new instances
+        self.copy_auto_scaling_group: Callable[[str, str], list[str]] | None = None
         self._asg_lock = threading.Lock()
         self._asg_checked = 0.0
 
@@ -232,6 +274,13 @@ class Engine:
         with self.changed:
             self.changed.notify_all()
 
+    def selected_by(self, selection: JsonObject) -> list[str]:
+        """The registered instances a selection's EC2 tags or Auto Scaling groups select (a blue/green
+        deployment's targetInstances, as ``selection_of`` gives it)."""
+        names = [i["instanceName"] for i in self.store.values("instance")
+                 if not i.get("deregisterTime") and ec2_selects(selection, i.get("tags") or [])]
+        return sorted(set(names) | set(self.auto_scaling_instances(selection)))
+
     def selected_instances(self, group: JsonObject) -> list[str]:
         names = [i["instanceName"] for i in self.store.values("instance")
                  if not i.get("deregisterTime") and group_selects(group, i.get("tags") or [])]
@@ -241,9 +290,13 @@ class Engine:
     def create(self, group: JsonObject, revision: JsonObject, *, config_name: str | None, description: str = "",
                creator: str = "user", ignore_stop_failures: bool = False,
                file_exists: str = "DISALLOW", rollback_info: JsonObject | None = None,
-               auto_rollback: JsonObject | None = None, instances: list[str] | None = None) -> JsonObject:
+               auto_rollback: JsonObject | None = None, instances: list[str] | None = None,
+               target_instances: JsonObject | None = None, swap: JsonObject | None = None) -> JsonObject:
         """A new deployment of ``revision`` to the group's instances (resolved now, or ``instances``),
-        status Created."""
+        status Created. A blue/green group's deployment (not one of ``instances``): its replacement
+        instances are those ``target_instances`` selects, the original ones the group's; ``swap``, a
+        rollback's failed blue/green deployment: its original instances are rerouted to, its replacement
+        ones blocked."""
         now = time.time()
         did = new_deployment_id()
         while self.store.get("deployment", did):
@@ -271,18 +324,53 @@ class Engine:
         names = self.selected_instances(group) if instances is None else sorted(instances)
         # members of the group's Auto Scaling groups are EC2 instances too: listed by their ids, as AWS does
         scaled = set(self.auto_scaling_instances(group)) if group.get("autoScalingGroups") else set()
+        labels = {name: bluegreen.BLUE for name in names}
+        reroute_only: set[str] = set()
+        selector = group
+        if instances is None and bluegreen.is_blue_green(group) and traffic.controls_traffic(group):
+            green_group = selection_of(target_instances or {})
+            if swap is not None:   # a rollback: back to the original instances, off the replacement ones
+                old = self.targets(swap["deploymentId"])
+                greens = [target_name(t) for t in old if t.get("instanceLabel") == bluegreen.BLUE]
+                blues = [target_name(t) for t in old if t.get("instanceLabel") == bluegreen.GREEN]
+                reroute_only = set(greens)
+                green_group = selection_of(swap.get("targetInstances") or {})
+            elif bluegreen.green_action(group) == "COPY_AUTO_SCALING_GROUP":
+                greens, blues = [], names   # the copy's instances join once launched (phase "provision")
+                sources = [a["name"] for a in group.get("autoScalingGroups") or []]
+                doc.update(_sourceAsg=sources[0], _greenAsg=copy_name(group, did))
+                target_instances = {"autoScalingGroups": [doc["_greenAsg"]]}
+            else:
+                greens = self.selected_by(green_group)
+                blues = [n for n in names if n not in greens]
+            names = sorted(set(greens) | set(blues))
+            labels = {**{n: bluegreen.BLUE for n in blues}, **{n: bluegreen.GREEN for n in greens}}
+            scaled |= set(self.auto_scaling_instances(green_group))
+            selector = {"ec2TagFilters": (group.get("ec2TagFilters") or []) + (green_group.get("ec2TagFilters") or []),
+                        "ec2TagSet": group.get("ec2TagSet") or green_group.get("ec2TagSet") or {}}
+            first = "provision" if doc.get("_greenAsg") else "install"
+            doc.update(deploymentStyle=dict(group["deploymentStyle"]), loadBalancerInfo=group["loadBalancerInfo"],
+                       blueGreenDeploymentConfiguration=group.get("blueGreenDeploymentConfiguration") or {},
+                       targetInstances=target_instances or {}, _phase=first,
+                       deploymentStatusMessages=[bluegreen.status_message(first, doc)])
         with self.store.transaction():
             self.store.put("deployment", did, doc)
             for name in names:
                 tags = (self.store.get("instance", name) or {}).get("tags") or []
-                ec2 = name in scaled or ec2_selects(group, tags)
+                ec2 = name in scaled or ec2_selects(selector, tags)
+                if swap is not None:
+                    old_target = self.store.get("target", f"{swap['deploymentId']}/{name}") or {}
+                    ec2 = str(old_target.get("targetId", "")).startswith("i-")
                 ec2_id = self.instance_ids(name) if self.instance_ids and ec2 else None
+                label = labels[name]
+                events = (bluegreen.pending_events(label, name in reroute_only) if bluegreen.is_blue_green(doc)
+                          else self._pending(doc))
                 self.store.put("target", f"{did}/{name}", {
                     "deploymentId": did, "targetId": ec2_id or name, "_instanceName": name,
                     "targetArn": (f"arn:aws:ec2:{self.region}:{self.account}:instance/{ec2_id}" if ec2_id
                                   else self.instance_arn(name)),
-                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": self._pending(doc),
-                    "instanceLabel": "Blue"})
+                    "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": events,
+                    "instanceLabel": label, **({"_rerouteOnly": True} if name in reroute_only else {})})
             group = dict(group, lastAttemptedDeployment={"deploymentId": did, "status": "Created",
                                                          "createTime": now})
             self.store.put("group", f"{app}/{group['deploymentGroupName']}", group)
@@ -307,25 +395,195 @@ class Engine:
             targets = self.targets(did)
             if doc.get("_stopRequested"):
                 self._skip([t for t in targets if t["status"] == "Pending"])
-                if not any(t["status"] == "InProgress" for t in targets):
+                if not any(t["status"] == "InProgress" for t in targets) and doc.get("_phase") != "terminating":
                     self._finish(doc, "Stopped", ("MANUAL_STOP", STOP_MESSAGE))
                 return
             config = self.config(doc["deploymentConfigName"]) or _builtin_config(DEFAULT_CONFIG)
-            step = plan([(target_name(t), t["status"]) for t in targets], config["minimumHealthyHosts"])
             now = time.time()
             if doc["status"] == "Created":
                 doc.update(status="InProgress", startTime=now)
                 self.store.put("deployment", did, doc)
+            if bluegreen.is_blue_green(doc):
+                self._advance_blue_green(doc, targets, config["minimumHealthyHosts"])
+                return
+            step = plan([(target_name(t), t["status"]) for t in targets], config["minimumHealthyHosts"])
             by_name = {target_name(t): t for t in targets}
             for name in step.start:
-                target = dict(by_name[name], status="InProgress", lastUpdatedAt=now)
-                self.store.put("target", f"{did}/{name}", target)
-                cid = str(uuid.uuid4())
-                self.store.put("command", cid, {"commandId": cid, "deploymentId": did, "instance": name,
-                                                "state": "Pending", "createTime": now})
+                self._command(did, by_name[name], now)
             self._skip([by_name[n] for n in step.skip])
             if step.outcome:
                 self._finish(doc, step.outcome, step.error)
+
+    def _put_target(self, did: str, name: str, label: str, ec2: bool, now: float) -> None:
+        ec2_id = self.instance_ids(name) if self.instance_ids and ec2 else None
+        self.store.put("target", f"{did}/{name}", {
+            "deploymentId": did, "targetId": ec2_id or name, "_instanceName": name,
+            "targetArn": (f"arn:aws:ec2:{self.region}:{self.account}:instance/{ec2_id}" if ec2_id
+                          else self.instance_arn(name)),
+            "status": "Pending", "lastUpdatedAt": now, "lifecycleEvents": bluegreen.pending_events(label),
+            "instanceLabel": label})
+
+    def _provision(self, did: str, source: str, copy: str) -> None:
+        """COPY_AUTO_SCALING_GROUP: the copy of the group's Auto Scaling group and its new instances (the
+        server's ``copy_auto_scaling_group``), then the deployment goes on with them as its greens."""
+        try:
+            if self.copy_auto_scaling_group is None:
+                raise RuntimeError("this service cannot launch instances")
+            names = self.copy_auto_scaling_group(source, copy)
+            error = None if names else f"{source} has no instance of this state to copy"
+        except Exception as e:  # noqa: BLE001 - the deployment fails with the cause rather than hanging
+            names, error = [], f"{type(e).__name__}: {e}"
+        now = time.time()
+        with self.store.transaction():
+            doc = self.store.existing("deployment", did)
+            if doc["status"] not in ACTIVE:
+                return
+            if error is not None:
+                self._skip([t for t in self.targets(did) if t["status"] == "Pending"])
+                self._finish(doc, "Failed", ("AUTO_SCALING_CONFIGURATION",
+                                             f"Copying the Auto Scaling group {source} to {copy} failed: {error}"))
+                return
+            for name in names:
+                self._put_target(did, name, bluegreen.GREEN, True, now)
+            doc["deploymentStatusMessages"] = [*doc.get("deploymentStatusMessages", []),
+                                               f"Launched {', '.join(names)} in the Auto Scaling group {copy}"]
+            self._phase(doc, "install")
+        self.notify()
+
+    def _command(self, did: str, target: JsonObject, now: float) -> None:
+        """Start an instance: its target InProgress, a command for its agent."""
+        name = target_name(target)
+        self.store.put("target", f"{did}/{name}", dict(target, status="InProgress", lastUpdatedAt=now))
+        cid = str(uuid.uuid4())
+        self.store.put("command", cid, {"commandId": cid, "deploymentId": did, "instance": name,
+                                        "state": "Pending", "createTime": now})
+
+    # -- blue/green (agent.service.bluegreen) -----------------------------------------------------------
+    def _phase(self, doc: JsonObject, phase: str) -> None:
+        doc["_phase"] = phase
+        doc["deploymentStatusMessages"] = [*doc.get("deploymentStatusMessages", []),
+                                           bluegreen.status_message(phase, doc)]
+        self.store.put("deployment", doc["deploymentId"], doc)
+
+    def _advance_blue_green(self, doc: JsonObject, targets: list[JsonObject], mhh: MinimumHealthyHosts) -> None:
+        """One step of a blue/green deployment's phases (inside ``_advance``'s transaction)."""
+        did, now = doc["deploymentId"], time.time()
+        greens = [t for t in targets if t.get("instanceLabel") == bluegreen.GREEN]
+        blues = [t for t in targets if t.get("instanceLabel") == bluegreen.BLUE]
+        phase = doc.get("_phase", "install")
+        if phase == "provision" and not doc.get("_provisioning"):
+            doc["_provisioning"] = True
+            self.store.put("deployment", did, doc)
+            threading.Thread(target=self._provision, args=(did, doc["_sourceAsg"], doc["_greenAsg"]), daemon=True,
+                             name=f"cdsim-provision-{did}").start()
+        elif phase in ("install", "reroute", "block"):
+            group = blues if phase == "block" else greens
+            by_name = {target_name(t): t for t in group}
+            step = (plan(bluegreen.plan_statuses([(n, t["status"]) for n, t in by_name.items()], phase), mhh)
+                    if group or phase != "block" else Step(outcome="Succeeded"))
+            for name in step.start:
+                if phase == "reroute":   # its agent waits at the reroute gate: let it go on
+                    self.store.put("target", f"{did}/{name}", dict(by_name[name], status="InProgress",
+                                                                   lastUpdatedAt=now, _rerouteGo=True))
+                else:
+                    self._command(did, by_name[name], now)
+            self._skip([by_name[n] for n in step.skip])
+            if step.outcome == "Failed":
+                self._skip([t for t in targets if t["status"] == "Pending"])
+                self._finish(doc, "Failed", step.error)
+            elif step.outcome == "Succeeded":
+                self._next_phase(doc, phase, now)
+        elif phase == "ready":
+            _action, minutes = bluegreen.ready_option(doc)
+            if doc.get("_continue"):
+                doc["status"] = "InProgress"
+                self._phase(doc, "reroute")
+                self.notify()
+            elif now >= doc.get("_readySince", now) + minutes * 60:
+                self._skip([t for t in targets if t["status"] == "Pending"])
+                self._finish(doc, "Stopped", ("TIMEOUT", READY_TIMEOUT_MESSAGE))
+        elif phase == "termination-wait":
+            if doc.get("_skipWait") or now >= doc.get("_terminateAt", now):
+                self._phase(doc, "terminating")
+                threading.Thread(target=self._terminate_blues, args=(did, [target_name(t) for t in blues]),
+                                 daemon=True, name=f"cdsim-terminate-{did}").start()
+
+    def _next_phase(self, doc: JsonObject, phase: str, now: float) -> None:
+        if phase == "install":
+            action, _minutes = bluegreen.ready_option(doc)
+            if action == "STOP_DEPLOYMENT" and doc["creator"] != ROLLBACK_CREATOR:
+                doc.update(status="Ready", _readySince=now)
+                self._phase(doc, "ready")
+            else:
+                self._phase(doc, "reroute")
+        elif phase == "reroute":
+            self._phase(doc, "block")
+        else:
+            action, minutes = bluegreen.termination_option(doc)
+            if action == "TERMINATE" and doc["creator"] != ROLLBACK_CREATOR:
+                doc.update(instanceTerminationWaitTimeStarted=True, _terminateAt=now + minutes * 60)
+                self._phase(doc, "termination-wait")
+            else:
+                self._finish(doc, "Succeeded", None)
+                return
+        self.notify()
+
+    def continue_deployment(self, did: str, wait_type: str) -> None:
+        """ContinueDeployment (READY_WAIT: reroute now; TERMINATION_WAIT: terminate the original instances
+        now) and SkipWaitTimeForInstanceTermination; the API has checked the state."""
+        with self.store.transaction():
+            doc = self.store.existing("deployment", did)
+            doc["_continue" if wait_type == "READY_WAIT" else "_skipWait"] = True
+            self.store.put("deployment", did, doc)
+        self._advance(doc)
+        self.notify()
+
+    def _terminate_blues(self, did: str, names: list[str]) -> None:
+        """TERMINATE: the original instances' EC2 instances terminated in the local AWS, the sandboxed
+        instances destroyed and deregistered (the server's ``terminate``), then the deployment Succeeded."""
+        ids = [t["targetId"] for t in self.targets(did) if target_name(t) in names
+               and str(t["targetId"]).startswith("i-")]
+        notes: list[str] = []
+        if self.terminate is not None:
+            notes += self.terminate(names)
+        else:
+            notes.append("the original instances were not destroyed: this service cannot reach them")
+        if ids and self.aws_query is not None:
+            try:
+                self.aws_query("ec2", {"Version": "2016-11-15", "Action": "TerminateInstances",
+                                       **{f"InstanceId.{n}": i for n, i in enumerate(ids, 1)}}, region=self.region)
+            except Exception as e:  # noqa: BLE001 - the local AWS's refusal is noted; the deployment goes on
+                notes.append(f"TerminateInstances in the local AWS failed: {getattr(e, 'message', e)}")
+        source = self.store.existing("deployment", did).get("_sourceAsg")
+        if source and self.aws_query is not None:   # COPY_AUTO_SCALING_GROUP: the original group goes too
+            try:
+                self.aws_query("autoscaling", {"Version": "2011-01-01", "Action": "DeleteAutoScalingGroup",
+                                               "AutoScalingGroupName": source, "ForceDelete": "true"},
+                               region=self.region)
+                notes.append(f"Deleted the original Auto Scaling group {source}")
+            except Exception as e:  # noqa: BLE001 - noted, as above
+                notes.append(f"DeleteAutoScalingGroup {source} in the local AWS failed: {getattr(e, 'message', e)}")
+        with self.store.transaction():
+            doc = self.store.existing("deployment", did)
+            if doc["status"] not in ACTIVE:
+                return
+            doc["deploymentStatusMessages"] = [*doc.get("deploymentStatusMessages", []),
+                                               f"Terminated the original instances: {', '.join(names)}", *notes]
+            self._finish(doc, "Succeeded", None)
+
+    def _release_ready(self, did: str) -> None:
+        """A blue/green deployment ended while replacement instances waited to be rerouted to: their
+        commands are over (their agents stop at the gate), their remaining events Skipped."""
+        now = time.time()
+        ready = [t for t in self.targets(did) if t["status"] == "Ready"]
+        for cid, cmd in self.store.items("command"):
+            if cmd["deploymentId"] == did and cmd["state"] != "Done" and \
+                    any(target_name(t) == cmd["instance"] for t in ready):
+                self.store.put("command", cid, dict(cmd, state="Done", status="Failed", doneTime=now))
+        for t in ready:
+            events = [dict(e, status="Skipped") if e["status"] == "Pending" else e for e in t["lifecycleEvents"]]
+            self.store.put("target", f"{did}/{target_name(t)}",
+                           dict(t, status="Skipped", lastUpdatedAt=now, lifecycleEvents=events))
 
     def _skip(self, targets: list[JsonObject]) -> None:
         now = time.time()
@@ -337,6 +595,8 @@ class Engine:
     def _finish(self, doc: JsonObject, status: str, error: tuple[str, str] | None) -> None:
         now = time.time()
         did = doc["deploymentId"]
+        if bluegreen.is_blue_green(doc):
+            self._release_ready(did)
         doc = dict(doc, status=status, completeTime=now)
         doc.setdefault("startTime", now)
         if error:
@@ -349,9 +609,23 @@ class Engine:
             group["lastAttemptedDeployment"] = info
             if status == "Succeeded":
                 group["lastSuccessfulDeployment"] = info
-                group["_lastGoodRevision"] = doc["revision"]
+                if not (bluegreen.is_blue_green(doc) and doc["creator"] == ROLLBACK_CREATOR):
+                    # (a blue/green rollback reroutes: it installs no revision)
+                    group["_lastGoodRevision"] = doc["revision"]
+                if bluegreen.is_blue_green(doc) and doc["creator"] != ROLLBACK_CREATOR:
+                    # the replacement instances are the group's now (DISCOVER_EXISTING: their selection)
+                    green = selection_of(doc.get("targetInstances") or {})
+                    if not doc.get("_greenAsg"):
+                        group.update(ec2TagFilters=green["ec2TagFilters"], ec2TagSet=green["ec2TagSet"] or None)
+                        if group["ec2TagSet"] is None:
+                            del group["ec2TagSet"]
+                    group["autoScalingGroups"] = [launch_hook(group, a) for a in green["autoScalingGroups"]]
+                    # its members now are no scale-out (watch_auto_scaling)
+                    group["_asgMembers"] = [target_name(t) for t in self.targets(did)
+                                            if t.get("instanceLabel") == bluegreen.GREEN]
             elif self._rolls_back(doc):
-                rollback_to = group.get("_lastGoodRevision")
+                rollback_to = group.get("_lastGoodRevision") or (doc["revision"] if bluegreen.is_blue_green(doc)
+                                                                  else None)
                 if rollback_to is None:
                     doc["rollbackInfo"] = {"rollbackMessage": "No deployment found for rollback."}
             self.store.put("group", key, group)
@@ -372,8 +646,17 @@ class Engine:
 
     def rollback(self, failed: JsonObject, group: JsonObject, revision: JsonObject) -> JsonObject:
         """Redeploy ``revision`` to the group as a new deployment, linking both rollbackInfos."""
+        swap = failed if bluegreen.is_blue_green(failed) and failed.get("_phase") in (
+            "reroute", "block", "termination-wait") else None
+        if bluegreen.is_blue_green(failed) and swap is None:
+            # nothing was rerouted: the original instances kept their traffic and their revision
+            self.store.put("deployment", failed["deploymentId"], dict(
+                self.store.existing("deployment", failed["deploymentId"]),
+                rollbackInfo={"rollbackMessage": "Traffic was never rerouted: the original instances keep "
+                                                 "serving; no rollback deployment was needed."}))
+            return failed
         new = self.create(group, revision, config_name=failed["deploymentConfigName"],
-                          creator=ROLLBACK_CREATOR,
+                          creator=ROLLBACK_CREATOR, swap=swap, target_instances=(swap or {}).get("targetInstances"),
                           ignore_stop_failures=failed.get("ignoreApplicationStopFailures", False),
                           file_exists=failed.get("fileExistsBehavior", "DISALLOW"),
                           rollback_info={"rollbackTriggeringDeploymentId": failed["deploymentId"]})
@@ -408,15 +691,22 @@ class Engine:
                 doc = self.store.existing("deployment", cmd["deploymentId"])
                 cmd = dict(cmd, state="InProgress", pickedTime=time.time(), local=local)
                 self.store.put("command", cid, cmd)
+                blue_green: JsonObject = {}
+                if bluegreen.is_blue_green(doc):
+                    target = self.store.existing("target", f"{doc['deploymentId']}/{instance}")
+                    label, only = target.get("instanceLabel", bluegreen.BLUE), bool(target.get("_rerouteOnly"))
+                    blue_green = {"deploymentType": bluegreen.BLUE_GREEN,
+                                  "events": list(bluegreen.agent_events(label, only)),
+                                  "waitAfter": bluegreen.wait_after(label, only)}
                 return {"commandId": cid, "deploymentId": doc["deploymentId"],
                         "applicationName": doc["applicationName"],
                         "deploymentGroupName": doc["deploymentGroupName"],
                         "deploymentGroupId": doc["_groupId"], "revision": doc["revision"],
-                        "creator": doc["creator"], "deploymentType": "IN_PLACE",
+                        "creator": doc["creator"], "deploymentType": bluegreen.IN_PLACE,
                         "fileExistsBehavior": doc["fileExistsBehavior"],
                         "ignoreApplicationStopFailures": doc["ignoreApplicationStopFailures"],
                         "trafficControl": traffic.controls_traffic(doc),
-                        "s3Endpoint": self.s3_endpoint}
+                        "s3Endpoint": self.s3_endpoint, **blue_green}
         return None
 
     def report(self, cid: str, events: list[JsonObject] | None, status: str | None = None,
@@ -449,13 +739,22 @@ class Engine:
         limit = time.time() - self.pickup_timeout
         for cid, cmd in self.store.items("command"):
             if cmd["state"] == "Pending" and cmd["createTime"] < limit:
-                events = pending_events()
+                events = self._agent_events(cmd)
                 events[0].update(status="Failed", startTime=cmd["createTime"], endTime=time.time(), diagnostics={
                     "errorCode": "UnknownError", "scriptName": "", "message": NO_AGENT_MESSAGE, "logTail": ""})
                 for e in events[1:]:
                     e["status"] = "Skipped"
                 self.store.put("command", cid, dict(cmd, state="InProgress"))
                 self.report(cid, events, "Failed")
+
+    def _agent_events(self, cmd: JsonObject) -> list[JsonObject]:
+        """A command's agent events, Pending (a blue/green instance's are its side of the switch)."""
+        doc = self.store.existing("deployment", cmd["deploymentId"])
+        if not bluegreen.is_blue_green(doc):
+            return pending_events()
+        target = self.store.get("target", f"{cmd['deploymentId']}/{cmd['instance']}") or {}
+        names = bluegreen.agent_events(target.get("instanceLabel", bluegreen.BLUE), bool(target.get("_rerouteOnly")))
+        return [{"lifecycleEventName": e, "status": "Pending"} for e in names]
 
     def fail_orphaned_commands(self, local_instances: set[str]) -> None:
         """After a restart: commands that our own (now gone) agents were running failed (§8.5)."""
@@ -498,11 +797,20 @@ class Engine:
         own = traffic.own_events(target["lifecycleEvents"])
         if final:
             own = {k: dict(e, status="Skipped") if e["status"] == "Pending" else e for k, e in own.items()}
-        return traffic.with_traffic_events(events, own)
+        return traffic.with_traffic_events(events, own, self._steps(doc, target))
+
+    @staticmethod
+    def _steps(doc: JsonObject, target: JsonObject) -> tuple[str, ...]:
+        """The service's own traffic events of an instance: both in place, one for a blue/green instance."""
+        if bluegreen.is_blue_green(doc):
+            return bluegreen.service_steps(target.get("instanceLabel", bluegreen.BLUE))
+        return traffic.STEPS
 
     def traffic_gate(self, cid: str, step: str, events: list[JsonObject] | None) -> JsonObject:
         """The agent waits before the event after ``step``'s: start ``step`` (once) and answer ``proceed``:
         ``wait``, ``go`` (it succeeded) or ``stop`` (it failed, or the command is over)."""
+        if step == bluegreen.REROUTE:
+            return self._reroute_gate(cid, events)
         if step not in traffic.STEPS:
             return {"known": True, "proceed": "stop"}
         start: tuple[JsonObject, JsonObject] | None = None
@@ -523,7 +831,8 @@ class Engine:
             if status == "Pending":
                 event.update(lifecycleEventName=step, status="InProgress", startTime=now)
                 target["lifecycleEvents"] = traffic.with_traffic_events(
-                    target["lifecycleEvents"], {**traffic.own_events(target["lifecycleEvents"]), step: event})
+                    target["lifecycleEvents"], {**traffic.own_events(target["lifecycleEvents"]), step: event},
+                    self._steps(doc, target))
                 start = (doc, target)
                 status = "InProgress"
             target["lastUpdatedAt"] = now
@@ -533,6 +842,31 @@ class Engine:
                              name=f"cdsim-{step}-{cmd['instance']}").start()
             self.notify()
         answer = {"InProgress": "wait", "Succeeded": "go"}.get(status, "stop")
+        return {"known": True, "proceed": answer}
+
+    def _reroute_gate(self, cid: str, events: list[JsonObject] | None) -> JsonObject:
+        """A blue/green replacement instance past ValidateService: Ready until the engine reroutes to it
+        (``go``); ``stop`` once the deployment or the command is over."""
+        with self.store.transaction():
+            cmd = self.store.get("command", cid)
+            if cmd is None or cmd["state"] == "Done":
+                return {"known": cmd is not None, "proceed": "stop"}
+            key = f"{cmd['deploymentId']}/{cmd['instance']}"
+            target = self.store.existing("target", key)
+            doc = self.store.existing("deployment", cmd["deploymentId"])
+            if doc["status"] in DONE:
+                return {"known": True, "proceed": "stop"}
+            if events:
+                target["lifecycleEvents"] = self._merged(cmd["deploymentId"], target, events, final=False)
+            answer = "go" if target.get("_rerouteGo") else "wait"
+            changed = answer == "wait" and target["status"] == "InProgress"
+            if changed:
+                target["status"] = "Ready"
+            target["lastUpdatedAt"] = time.time()
+            self.store.put("target", key, target)
+        if changed:
+            self.tick()
+            self.notify()
         return {"known": True, "proceed": answer}
 
     def _traffic_step(self, cid: str, step: str, doc: JsonObject, target: JsonObject) -> None:
@@ -562,7 +896,7 @@ class Engine:
                              status="Failed" if failed else "Succeeded", endTime=now,
                              diagnostics={"errorCode": "UnknownError" if failed else "Success", "scriptName": "",
                                           "message": message, "logTail": ""})
-            events = traffic.with_traffic_events(current["lifecycleEvents"], own)
+            events = traffic.with_traffic_events(current["lifecycleEvents"], own, self._steps(doc, current))
             current = dict(current, lifecycleEvents=events, lastUpdatedAt=now)
             if step == traffic.BLOCK:
                 current["_trafficPorts"] = ports

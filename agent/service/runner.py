@@ -14,6 +14,9 @@ goes on from the next event, as the service's option does (the engine's
 With ``trafficControl`` the runner stops after a successful BeforeBlockTraffic and BeforeAllowTraffic,
 prints ``{"lifecycleEvents": [...], "waitFor": "BlockTraffic"|"AllowTraffic"}`` and reads one line on
 stdin: ``go`` goes on, anything else (the service's event failed) ends the deployment there.
+A blue/green instance's spec names its events (``events``: the service's order, run exactly, no
+DownloadBundle added: ``agent.service.bluegreen``) and where to stop and ask (``waitAfter``: event -> the
+step waited for, e.g. a replacement instance's ``Reroute`` after ValidateService).
 Imports the engine; nothing imports this.
 """
 from __future__ import annotations
@@ -45,14 +48,16 @@ class TrafficStopped(Exception):
 class Tracker:
     """Turns the engine's event stream into the service's lifecycle events."""
 
-    def __init__(self, out: TextIO | None = None, *, gate: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, gate: TextIO | None = None,
+                 events: tuple[str, ...] = LIFECYCLE_EVENTS, wait_after: dict[str, str] | None = None) -> None:
         from hooks_runtime.output import DiagnosticTail
 
         self._tail_class = DiagnosticTail
         self.gate = gate    # traffic control: where the agent says whether to go on
+        self.wait_after = TRAFFIC_AFTER if wait_after is None else wait_after
         self.out = out or sys.stdout
         self.events: dict[str, JsonObject] = {e: {"lifecycleEventName": e, "status": "Pending"}
-                                              for e in LIFECYCLE_EVENTS}
+                                              for e in events}
         self.tail = DiagnosticTail()
         self.failed_hook: JsonObject | None = None
         self.marker: str | None = None   # the group's <group>_last_successful_install, once known
@@ -97,8 +102,8 @@ class Tracker:
                 e["diagnostics"] = {"errorCode": "UnknownError", "scriptName": "",
                                     "message": r.get("error") or "", "logTail": ""}
             self.send()
-            if self.gate is not None and r["status"] == "Succeeded" and r["event"] in TRAFFIC_AFTER:
-                self.wait_for(TRAFFIC_AFTER[r["event"]])
+            if self.gate is not None and r["status"] == "Succeeded" and r["event"] in self.wait_after:
+                self.wait_for(self.wait_after[r["event"]])
 
     def wait_for(self, step: str) -> None:
         """Stop until the agent says the service's ``step`` is done."""
@@ -118,7 +123,9 @@ def run(spec: RunnerSpec, out: TextIO | None = None) -> bool:
     from agent.revision import LocalRevision, from_record
     from agent.sequencer import DeploymentRequest, deploy
 
-    tracker = Tracker(out, gate=sys.stdin if spec.get("trafficControl") else None)
+    events = tuple(spec.get("events") or ()) or None
+    tracker = Tracker(out, gate=sys.stdin if spec.get("trafficControl") else None,
+                      events=events or LIFECYCLE_EVENTS, wait_after=spec.get("waitAfter"))
     config = config_from_mapping({"root_dir": spec.get("rootDir") or AGENT_ROOT_DIR,
                                   "log_dir": spec.get("logDir") or AGENT_LOG_DIR})
     from hooks_runtime.environment import service_environment
@@ -131,7 +138,9 @@ def run(spec: RunnerSpec, out: TextIO | None = None) -> bool:
         application_name=spec["applicationName"], events=None,
         file_exists_behavior=(spec.get("fileExistsBehavior") or "DISALLOW").upper(),
         deployment_id=spec["deploymentId"], cwd="/", base_env=env,
-        deployment_creator=spec.get("creator") or "user", deployment_type="IN_PLACE",
+        deployment_creator=spec.get("creator") or "user",
+        deployment_type=spec.get("deploymentType") or "IN_PLACE",
+        service_events=events,
         ignore_application_stop_failures=bool(spec.get("ignoreApplicationStopFailures")))
     from agent.deployment_root import DeploymentRoot
     tracker.marker = DeploymentRoot(config.root_dir, spec["deploymentGroupId"]).last_successful_marker

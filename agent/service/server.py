@@ -9,7 +9,9 @@ requests with ``X-Amz-Target`` and hands any other request to moto's S3 running 
 one ``AWS_ENDPOINT_URL`` serves the aws CLI's ``deploy`` and ``s3`` calls; the engine thread and the
 supervisor that runs an agent for every registered on-premises instance that is one of this state
 folder's sandboxed instances. Those with a private network are EC2 instances of the state's local AWS,
-and deployments show them by their EC2 instance ids (the engine's ``instance_ids``).
+and deployments show them by their EC2 instance ids (the engine's ``instance_ids``). For blue/green
+deployments it launches instances into a copy of an Auto Scaling group (COPY_AUTO_SCALING_GROUP, as
+`cdsim fleet scale` launches them) and destroys the original ones (TERMINATE) for the engine.
 """
 from __future__ import annotations
 
@@ -85,6 +87,8 @@ class Service:
         from agent.instance import localaws
         self.engine.aws_query = functools.partial(localaws.query, self.state)
         self.engine.instance_ids = self._ec2_id   # traffic control's load balancers
+        self.engine.terminate = self._terminate   # blue/green TERMINATE of the original instances
+        self.engine.copy_auto_scaling_group = self._copy_auto_scaling_group   # blue/green COPY_AUTO_SCALING_GROUP
         self.api = Api(self.store, self.engine, self.github_roots)
         self.agent_api = AgentApi(self.engine)
         self.run_agents = agents
@@ -203,6 +207,70 @@ class Service:
         found = instance_store.load(name, self.state) if valid_instance_name(name) else None
         return imds.load(found)["instance_id"] if found is not None and found.network == "private" else None
 
+    def _terminate(self, names: list[str]) -> list[str]:
+        """A blue/green deployment's original instances terminated, as `cdsim fleet down` removes them:
+        deregistered, and destroyed when they are sandboxed instances of this state (their agents stop
+        with them); notes for the deployment's status messages of those that could not be."""
+        from agent import instance as instances
+        from agent.errors import CdsimError
+        from agent.instance import store as instance_store
+        notes = []
+        for name in names:
+            with self.store.transaction():
+                doc = self.store.get("instance", name)
+                if doc is not None and not doc.get("deregisterTime"):
+                    self.store.put("instance", name, dict(doc, deregisterTime=time.time()))
+            found = instance_store.load(name, self.state) if valid_instance_name(name) else None
+            if found is None:
+                notes.append(f"{name} is no sandboxed instance of this state: deregistered only")
+                continue
+            try:
+                instances.destroy(found)
+            except (OSError, CdsimError) as e:   # e.g. an instance this server's user may not remove
+                notes.append(f"{name} was not destroyed ({e}): deregistered and marked terminated")
+        return notes
+
+    def _copy_auto_scaling_group(self, source: str, copy: str) -> list[str]:
+        """COPY_AUTO_SCALING_GROUP: the Auto Scaling group ``copy`` of the local AWS, with as many new
+        instances as ``source`` holds of this state, launched as `cdsim fleet scale` launches them (named on
+        from the first member's numbering, with its tags, registered, started); their names."""
+        from agent import instance as instances
+        from agent.instance import imds, localaws
+
+        found = localaws.query(self.state, "autoscaling", {"Version": "2011-01-01",
+                                                           "Action": "DescribeAutoScalingGroups",
+                                                           "AutoScalingGroupNames.member.1": source},
+                               region=self.region)
+        ids = {e.text or "" for e in found.iterfind(".//AutoScalingGroups/member/Instances/member/InstanceId")}
+        local = {s.name: instances.get(s.name, state=self.state) for s in instances.list_instances(state=self.state)}
+        by_id = {imds.load(i)["instance_id"]: name for name, i in local.items() if i.network == "private"}
+        members = sorted((by_id[i] for i in ids if i in by_id), key=_numbered)
+        if not members:
+            return []
+        template = local[members[0]]
+        tags = (self.store.get("instance", template.name) or {}).get("tags") or []
+        identity = imds.load(template)
+        prefix, n = _numbered(template.name)
+        names: list[str] = []
+        while len(names) < len(members):
+            n += 1
+            doc = self.store.get("instance", f"{prefix}-{n}")
+            if f"{prefix}-{n}" not in local and (doc is None or doc.get("deregisterTime")):
+                names.append(f"{prefix}-{n}")
+        made = []
+        for name in names:
+            new = instances.get_or_create(name, network="private", state=self.state)
+            imds.modify_options(new, tags=dict(identity["tags"]))
+            self.store.put("instance", name, {
+                "instanceName": name, "instanceArn": self.engine.instance_arn(name), "registerTime": time.time(),
+                "tags": tags, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
+            instances.start(new)
+            made.append(new)
+        localaws.attach_to_auto_scaling_group(self.state, copy, [imds.load(i)["instance_id"] for i in made],
+                                              image_id=identity["ami_id"], instance_type=identity["instance_type"],
+                                              zone=identity["availability_zone"], region=identity["region"])
+        return names
+
     def _supervise(self) -> None:
         from agent.service.agent_loop import Agent
         while not self.stopping.is_set():
@@ -243,6 +311,12 @@ class Service:
         except Exception as e:  # noqa: BLE001 - a bug answers as AWS does, without a traceback
             print(f"cdsim server: internal error in {target}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return 500, {"__type": "InternalFailure", "message": "The server encountered an internal error"}
+
+
+def _numbered(name: str) -> tuple[str, int]:
+    """An instance name's prefix and number (``web-2``: ``web``, 2), for the next names of a fleet."""
+    prefix, _, n = name.rpartition("-")
+    return (prefix, int(n)) if n.isdigit() else (name, 0)
 
 
 def env_lines(info: ServerInfo, creds: auth.Credentials) -> list[str]:

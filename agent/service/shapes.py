@@ -28,5 +28,8 @@ class RunnerSpec(TypedDict, total=False):
     fetchedFrom: Required[dict[str, str | None]]   # the revision fetched (agent.revision.to_record): its
                                                    # BUNDLE_* variables are the hooks'
     trafficControl: bool                           # stop for the service's BlockTraffic and AllowTraffic
+    deploymentType: str                            # IN_PLACE or BLUE_GREEN (the §4.2 rollback mapping)
+    events: list[str]                              # blue/green: exactly these agent events, in this order
+    waitAfter: dict[str, str]                      # blue/green: after which event to ask for which step
     rootDir: str                                   # host agents: the deployment root and log folder;
     logDir: str                                    # else the agent's own, inside the instance

@@ -20,6 +20,8 @@ may serve and whose health states it may set: the waits read only ``describe-tar
 through an ``AwsQuery`` the server hands the engine (``agent.instance.localaws.query`` bound to its
 state): the engine's layer does not import instances. An instance's EC2 id comes from the server's
 ``InstanceIds`` (a sandboxed instance's identity), else from the local EC2's ``Name`` tag.
+Blue/green deployments (``agent.service.bluegreen``) use the same two events: AllowTraffic on the
+replacement instances, BlockTraffic on the original ones.
 ``controls_traffic``, ``pending_events`` and ``with_traffic_events`` are pure; ``LoadBalancers`` does the
 I/O. Must not import the API, the server, the agent side or agent.instance.
 """
@@ -64,19 +66,21 @@ def names_of(info: JsonObject) -> tuple[list[str], list[str]]:
     return groups, classic
 
 
-def with_traffic_events(events: list[JsonObject], own: dict[str, JsonObject] | None = None) -> list[JsonObject]:
-    """The agent's lifecycle events with the service's BlockTraffic and AllowTraffic placed after
-    BeforeBlockTraffic and BeforeAllowTraffic (``own``: their current records, else Pending)."""
+def with_traffic_events(events: list[JsonObject], own: dict[str, JsonObject] | None = None,
+                        steps: tuple[str, ...] = STEPS) -> list[JsonObject]:
+    """The agent's lifecycle events with the service's BlockTraffic and AllowTraffic (those of ``steps``: a
+    blue/green instance has one of them) placed after BeforeBlockTraffic and BeforeAllowTraffic (``own``:
+    their current records, else Pending)."""
     out: list[JsonObject] = []
     present = {e.get("lifecycleEventName") for e in events}
     for e in events:
         if e.get("lifecycleEventName") in STEPS:
             continue   # the service's own: never the agent's to say
         out.append(e)
-        for step, before in AFTER.items():
-            if e.get("lifecycleEventName") == before:
+        for step in steps:
+            if e.get("lifecycleEventName") == AFTER[step]:
                 out.append((own or {}).get(step) or {"lifecycleEventName": step, "status": "Pending"})
-    missing = [s for s in STEPS if AFTER[s] not in present]
+    missing = [s for s in steps if AFTER[s] not in present]
     return out + [(own or {}).get(s) or {"lifecycleEventName": s, "status": "Pending"} for s in missing]
 
 
