@@ -221,7 +221,7 @@ def fleet_scale(endpoint: str, group: str, desired: str, *, state: str | None = 
     numbering; they are started and attached, not registered in any target group (the deployment's
     AllowTraffic does that when its group controls traffic)."""
     from agent import instance as instances
-    from agent.instance import imds, localaws
+    from agent.instance import autoscaling, imds, localaws
     from agent.service.client import call
     from agent.state import state_dir
 
@@ -229,23 +229,17 @@ def fleet_scale(endpoint: str, group: str, desired: str, *, state: str | None = 
         raise UsageError(f"{group!r} is not an Auto Scaling group name", reference="fleet-asg-invalid")
     folder = state or state_dir()
     localaws.ensure(folder)
-    found = localaws.query(folder, "autoscaling", {**AUTOSCALING, "Action": "DescribeAutoScalingGroups",
-                                                   "AutoScalingGroupNames.member.1": group})
-    asg = found.find(".//AutoScalingGroups/member")
-    if asg is None:
+    found = autoscaling.members(folder, group)
+    if found is None:
         raise UsageError(f"no Auto Scaling group {group!r} in the local AWS of {folder}",
                          reference="fleet-asg-unknown", hint="make it with `cdsim fleet up --auto-scaling-group`")
-    ids = {e.text or "" for e in asg.iterfind(".//Instances/member/InstanceId")}
-    local = {s.name: instances.get(s.name, state=state) for s in instances.list_instances(state=state)}
-    by_id = {imds.load(i)["instance_id"]: name for name, i in local.items() if i.network == "private"}
-    members = sorted((by_id[i] for i in ids if i in by_id), key=_number)
+    members, local = found
     wanted = desired_count(desired, len(members))
     if wanted > len(members):
         if not members:
             raise UsageError(f"Auto Scaling group {group!r} has no instance of this state to copy",
                              reference="fleet-asg-empty")
-        return _scale_out(endpoint, folder, group, local[members[0]], wanted - len(members), set(local),
-                          state), []
+        return _scale_out(endpoint, folder, group, local[members[0]], wanted - len(members), set(local)), []
     removed = members[wanted:][::-1] if wanted < len(members) else []
     draining: list[tuple[str, str, float]] = []
     for name in removed:
@@ -261,39 +255,20 @@ def fleet_scale(endpoint: str, group: str, desired: str, *, state: str | None = 
     return [], removed
 
 
-def _number(name: str) -> tuple[str, int]:
-    prefix, _, n = name.rpartition("-")
-    return (prefix, int(n)) if n.isdigit() else (name, 0)
-
-
-def _scale_out(endpoint: str, folder: str, group: str, template: Instance, count: int,
-               taken: set[str], state: str | None) -> list[str]:
-    from agent import instance as instances
-    from agent.instance import imds, localaws
+def _scale_out(endpoint: str, folder: str, group: str, template: Instance, count: int, taken: set[str]) -> list[str]:
+    from agent.instance import autoscaling
     from agent.service.client import call
 
     tags = call(endpoint, "GetOnPremisesInstance", {"instanceName": template.name})["instanceInfo"].get("tags") or []
-    metadata_tags = imds.load(template)["tags"]
-    prefix, n = _number(template.name)
-    names: list[str] = []
-    while len(names) < count:
-        n += 1
-        if f"{prefix}-{n}" not in taken and not _registered(endpoint, f"{prefix}-{n}"):
-            names.append(f"{prefix}-{n}")
-    made = []
-    for name in names:
-        inst = instances.get_or_create(name, network="private", state=state)
-        imds.modify_options(inst, tags=dict(metadata_tags))
+
+    def register(name: str) -> None:
         call(endpoint, "RegisterOnPremisesInstance", {
             "instanceName": name, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
         if tags:
             call(endpoint, "AddTagsToOnPremisesInstances", {"instanceNames": [name], "tags": tags})
-        instances.start(inst)
-        made.append(inst)
-    identity = imds.load(template)
-    localaws.attach_to_auto_scaling_group(folder, group, [imds.load(i)["instance_id"] for i in made],
-                                          image_id=identity["ami_id"], instance_type=identity["instance_type"],
-                                          zone=identity["availability_zone"], region=identity["region"])
+
+    names = autoscaling.next_names(template.name, count, lambda n: n in taken or _registered(endpoint, n))
+    autoscaling.launch(template, names, state=folder, group=group, register=register)
     return names
 
 

@@ -234,41 +234,26 @@ class Service:
         """COPY_AUTO_SCALING_GROUP: the Auto Scaling group ``copy`` of the local AWS, with as many new
         instances as ``source`` holds of this state, launched as `cdsim fleet scale` launches them (named on
         from the first member's numbering, with its tags, registered, started); their names."""
-        from agent import instance as instances
-        from agent.instance import imds, localaws
+        from agent.instance import autoscaling
 
-        found = localaws.query(self.state, "autoscaling", {"Version": "2011-01-01",
-                                                           "Action": "DescribeAutoScalingGroups",
-                                                           "AutoScalingGroupNames.member.1": source},
-                               region=self.region)
-        ids = {e.text or "" for e in found.iterfind(".//AutoScalingGroups/member/Instances/member/InstanceId")}
-        local = {s.name: instances.get(s.name, state=self.state) for s in instances.list_instances(state=self.state)}
-        by_id = {imds.load(i)["instance_id"]: name for name, i in local.items() if i.network == "private"}
-        members = sorted((by_id[i] for i in ids if i in by_id), key=_numbered)
-        if not members:
+        found = autoscaling.members(self.state, source, region=self.region)
+        if not found or not found[0]:
             return []
+        members, local = found
         template = local[members[0]]
         tags = (self.store.get("instance", template.name) or {}).get("tags") or []
-        identity = imds.load(template)
-        prefix, n = _numbered(template.name)
-        names: list[str] = []
-        while len(names) < len(members):
-            n += 1
-            doc = self.store.get("instance", f"{prefix}-{n}")
-            if f"{prefix}-{n}" not in local and (doc is None or doc.get("deregisterTime")):
-                names.append(f"{prefix}-{n}")
-        made = []
-        for name in names:
-            new = instances.get_or_create(name, network="private", state=self.state)
-            imds.modify_options(new, tags=dict(identity["tags"]))
+
+        def taken(name: str) -> bool:
+            doc = self.store.get("instance", name)
+            return name in local or (doc is not None and not doc.get("deregisterTime"))
+
+        def register(name: str) -> None:
             self.store.put("instance", name, {
                 "instanceName": name, "instanceArn": self.engine.instance_arn(name), "registerTime": time.time(),
                 "tags": tags, "iamSessionArn": f"arn:aws:sts::000000000000:assumed-role/cdsim/{name}"})
-            instances.start(new)
-            made.append(new)
-        localaws.attach_to_auto_scaling_group(self.state, copy, [imds.load(i)["instance_id"] for i in made],
-                                              image_id=identity["ami_id"], instance_type=identity["instance_type"],
-                                              zone=identity["availability_zone"], region=identity["region"])
+
+        names = autoscaling.next_names(template.name, len(members), taken)
+        autoscaling.launch(template, names, state=self.state, group=copy, register=register)
         return names
 
     def _supervise(self) -> None:
@@ -311,12 +296,6 @@ class Service:
         except Exception as e:  # noqa: BLE001 - a bug answers as AWS does, without a traceback
             print(f"cdsim server: internal error in {target}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return 500, {"__type": "InternalFailure", "message": "The server encountered an internal error"}
-
-
-def _numbered(name: str) -> tuple[str, int]:
-    """An instance name's prefix and number (``web-2``: ``web``, 2), for the next names of a fleet."""
-    prefix, _, n = name.rpartition("-")
-    return (prefix, int(n)) if n.isdigit() else (name, 0)
 
 
 def env_lines(info: ServerInfo, creds: auth.Credentials) -> list[str]:
