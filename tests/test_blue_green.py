@@ -26,7 +26,7 @@ import pytest
 import agent.instance as inst
 from agent.instance import imds, localaws
 from tests.lib import CLI, REPO, needs_root, needs_tool
-from tests.lib.fleet import AWS, commit, local_service
+from tests.lib.fleet import APP_SERVER, APP_START, AWS, app_stop, commit, local_service
 
 pytestmark = [
     needs_root("instances need root on this machine (CI runs as root)"),
@@ -53,38 +53,7 @@ hooks:
   AfterBlockTraffic:
     - location: note.sh
 """
-SERVER = """import http.server, socket
-VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = (VERSION + "\\n").encode()
-        self.send_response(200)
-        self.send_header("X-Version", VERSION)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
-server.daemon_threads = True
-open("/run/app.ready", "w").close()
-server.serve_forever()
-"""
-START = """#!/bin/sh
-rm -f /run/app.ready
-setsid python3 /opt/app/server.py </dev/null >/dev/null 2>&1 &
-echo $! > /run/app.pid
-i=0
-while [ ! -e /run/app.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-[ -e /run/app.ready ]
-"""
-STOP = """#!/bin/sh
-[ -f /run/app.pid ] && kill "$(cat /run/app.pid)" 2>/dev/null
-rm -f /run/app.pid
-sleep 0.5
-exit 0
-"""
+STOP = app_stop(linger=0.5)
 NOTE = ("#!/bin/sh\necho \"$LIFECYCLE_EVENT $DEPLOYMENT_ID $(cat $(dirname $0)/app/version.txt)\" "
         ">> /var/log/bg-hooks.log\n")
 BG_CONFIG = {"terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE", "terminationWaitTimeInMinutes": 0},
@@ -177,8 +146,8 @@ def bg(tmp_path_factory):
         repo = tmp / "repo"
         (repo / "app").mkdir(parents=True)
         (repo / "appspec.yml").write_text(APPSPEC)
-        (repo / "app" / "server.py").write_text(SERVER)
-        for script, text in (("start.sh", START), ("stop.sh", STOP), ("note.sh", NOTE),
+        (repo / "app" / "server.py").write_text(APP_SERVER)
+        for script, text in (("start.sh", APP_START), ("stop.sh", STOP), ("note.sh", NOTE),
                              ("validate.sh", "#!/bin/sh\nexit 0\n"), ("after.sh", "#!/bin/sh\nexit 0\n")):
             (repo / script).write_text(text)
             (repo / script).chmod(0o755)

@@ -23,7 +23,7 @@ import agent.instance as inst
 from agent.errors import ExitStatus
 from agent.instance import imds
 from tests.lib import CLI, REPO, needs_root, needs_tool
-from tests.lib.fleet import AWS, commit, local_service
+from tests.lib.fleet import APP_SERVER, APP_START, AWS, app_stop, commit, local_service
 
 pytestmark = [
     needs_root("instances need root on this machine (CI runs as root)"),
@@ -46,43 +46,9 @@ hooks:
 # a second's steady state after each instance is back (with traffic control): the last instance's new
 # version gets requests before the deployment, and with it the probe, ends
 SETTLE = "#!/bin/sh\nsleep 1\n"
-SERVER = """import http.server, os, socket, sys
-VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path != "/health":   # a request of the probe's: the test's sign that the rehearsal runs
-            open("/run/app.hit", "a").close()
-        body = (VERSION + "\\n").encode()
-        self.send_response(200)
-        self.send_header("X-Version", VERSION)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
-server.daemon_threads = True
-open("/run/app.ready", "w").close()
-server.serve_forever()
-"""
-START = """#!/bin/sh
-rm -f /run/app.ready
-setsid python3 /opt/app/server.py </dev/null >/dev/null 2>&1 &
-echo $! > /run/app.pid
-i=0
-while [ ! -e /run/app.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-[ -e /run/app.ready ]
-"""
 # ApplicationStop first waits (up to a minute) for the test's word that the rehearsal's probe is sending, so
 # that a slow start of `cdsim wait` cannot let web-1 stop before the probe's first request
-STOP = """#!/bin/sh
-for i in $(seq 600); do [ -e /var/tmp/probe-sending ] && break; sleep 0.1; done
-[ -f /run/app.pid ] && kill "$(cat /run/app.pid)" 2>/dev/null
-rm -f /run/app.pid
-sleep 1   # let it go
-exit 0
-"""
+STOP = app_stop("for i in $(seq 600); do [ -e /var/tmp/probe-sending ] && break; sleep 0.1; done\n")
 SERVING = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "AfterInstall", "ApplicationStart",
            "ValidateService"]
 
@@ -113,8 +79,8 @@ def rehearsal(tmp_path_factory):
         repo = tmp / "repo"
         (repo / "app").mkdir(parents=True)
         (repo / "appspec.yml").write_text(APPSPEC)
-        (repo / "app" / "server.py").write_text(SERVER)
-        for script, text in (("start.sh", START), ("stop.sh", STOP), ("settle.sh", SETTLE)):
+        (repo / "app" / "server.py").write_text(APP_SERVER)
+        for script, text in (("start.sh", APP_START), ("stop.sh", STOP), ("settle.sh", SETTLE)):
             (repo / script).write_text(text)
             (repo / script).chmod(0o755)
         runs = {}

@@ -33,6 +33,46 @@ from .env import REPO, require_tool, skip_or_fail
 AWS = os.path.join(os.path.dirname(sys.executable), "aws")
 ELBV2 = {"Version": "2015-12-01"}
 
+# A small app for the tests that send traffic (install its ``app`` folder to /opt/app): ApplicationStart
+# (APP_START) starts APP_SERVER, an HTTP server on port 80 answering every GET with ``X-Version: vN HOST``
+# (app/version.txt and the instance's host name) and the same body; a request for any path but /health
+# also marks /run/app.hit (a test's sign that its probe's requests arrive). app_stop() stops it.
+APP_SERVER = """import http.server, socket
+VERSION = open("/opt/app/version.txt").read().strip() + " " + socket.gethostname()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path != "/health":
+            open("/run/app.hit", "a").close()
+        body = (VERSION + "\\n").encode()
+        self.send_response(200)
+        self.send_header("X-Version", VERSION)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
+server.daemon_threads = True
+open("/run/app.ready", "w").close()
+server.serve_forever()
+"""
+APP_START = """#!/bin/sh
+rm -f /run/app.ready
+setsid python3 /opt/app/server.py </dev/null >/dev/null 2>&1 &
+echo $! > /run/app.pid
+i=0
+while [ ! -e /run/app.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+[ -e /run/app.ready ]
+"""
+
+
+def app_stop(first: str = "", linger: float = 1.0) -> str:
+    """The app's ApplicationStop: ``first`` (shell lines), then SIGTERM to the server, then ``linger``
+    seconds to let it go."""
+    return (f"#!/bin/sh\n{first}[ -f /run/app.pid ] && kill \"$(cat /run/app.pid)\" 2>/dev/null\n"
+            f"rm -f /run/app.pid\nsleep {linger:g}\nexit 0\n")
+
 
 def git(path: Path, *args: str) -> str:
     """``git -C PATH ARGS`` with a committer of its own; its stdout, stripped."""
