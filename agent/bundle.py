@@ -38,6 +38,7 @@ import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 
+from agent import workers
 from agent.errors import BundleError, DeploymentError, EnvironmentProblem, UnsafeBundle, UsageError
 from agent.fsutil import remove
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
@@ -109,7 +110,7 @@ _SYMLINK_MAX = 4095
 
 def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits = DEFAULT_LIMITS,
                      log: Callable[[str], None] | None = None,
-                     warn: Callable[[str], None] | None = None) -> str:
+                     warn: Callable[[str], None] | None = None, processes: int | None = None) -> str:
     """Put ``revision`` into ``{deployment_dir}/deployment-archive`` as DownloadBundle does; return that path.
 
     ``log`` receives the agent-log INFO texts (``Handle local file …``, ``Handle local directory …``,
@@ -119,7 +120,8 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     ``DeploymentError`` (``same file: …`` when the archive was already linked in this deployment, Q37)
     or ``EnvironmentProblem`` (``disk-full``).
     A refused or unreadable archive leaves ``deployment-archive`` empty, as the agent's failed
-    extraction leaves it.
+    extraction leaves it. ``processes``: how many processes share the copies of a directory bundle's
+    files (default: ``workers.available()``).
     """
     if not isinstance(revision, LocalRevision):
         raise UsageError(f"{type(revision).__name__} bundles are not supported yet; "
@@ -128,7 +130,7 @@ def fetch_and_unpack(revision: Revision, deployment_dir: str, *, limits: Limits 
     archive_dir = os.path.join(deployment_dir, ARCHIVE_DIR)
     if revision.bundle_type == "directory":
         say(f"Handle local directory {revision.location}")
-        _copy_directory_bundle(revision.location, deployment_dir)
+        _copy_directory_bundle(revision.location, deployment_dir, processes)
         return archive_dir
 
     _require_regular_file(revision.location, revision.bundle_type)
@@ -214,7 +216,7 @@ def _guard_archive_folder(fd: int, mode: int, uid: int, gid: int) -> None:
 # Directory bundles: the agent's plain recursive copy (modes minus umask, our owner, mtime now,
 # directories fresh, symlinks as symlinks).
 
-def _copy_directory_bundle(source: str, deployment_dir: str) -> None:
+def _copy_directory_bundle(source: str, deployment_dir: str, processes: int | None = None) -> None:
     archive_dir = os.path.join(deployment_dir, ARCHIVE_DIR)
     if os.path.lexists(archive_dir):
         # Second DownloadBundle in one run (Q37): the source folder is copied *into* the archive.
@@ -226,6 +228,7 @@ def _copy_directory_bundle(source: str, deployment_dir: str) -> None:
         # Ruby's cp_r refuses this too; copying would otherwise walk into its own output forever.
         raise DeploymentError(f"cannot copy directory {source} to itself {target}")
     links: list[str] = []
+    files: list[tuple[str, str, int, int]] = []
     sfd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         pfd = os.open(parent, _DIR_OPEN)
@@ -233,7 +236,8 @@ def _copy_directory_bundle(source: str, deployment_dir: str) -> None:
             created = _make_dir(name, pfd)
             dfd = os.open(name, _DIR_OPEN, dir_fd=pfd)
             try:
-                _copy_tree(sfd, dfd, "", links)
+                _copy_tree(sfd, dfd, "", links, files)
+                _copy_files(sfd, dfd, files, workers.available() if processes is None else processes)
             except BaseException as e:
                 _discard(target, created)
                 if isinstance(e, UnsafeBundle) and not e.file:
@@ -272,8 +276,10 @@ def _make_dir(name: str, parent_fd: int) -> bool:
         return True
 
 
-def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
-    """Copy the folder open as ``sfd`` into ``dfd``. Hot path: one lstat per entry, fd-relative calls."""
+def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str], files: list[tuple[str, str, int, int]]) -> None:
+    """Copy the folder open as ``sfd`` into ``dfd``, all but its regular files, which are added to ``files``
+    as (folder relative to the top, ending in "/" unless it is the top; name; mode; size) for
+    ``_copy_files``. Hot path: one lstat per entry, fd-relative calls."""
     with os.scandir(sfd) as it:
         entries = list(it)
     for entry in entries:
@@ -286,14 +292,14 @@ def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
         if stat.S_ISREG(mode):
             if mode & (stat.S_ISUID | stat.S_ISGID):
                 raise _unsafe(rel + name, "has a setuid/setgid bit")
-            _copy_file(name, sfd, dfd, mode, st.st_size)
+            files.append((rel, name, mode, st.st_size))
         elif stat.S_ISDIR(mode):
             _make_dir(name, dfd)
             csfd = os.open(name, _DIR_OPEN, dir_fd=sfd)
             try:
                 cdfd = os.open(name, _DIR_OPEN, dir_fd=dfd)
                 try:
-                    _copy_tree(csfd, cdfd, rel + name + "/", links)
+                    _copy_tree(csfd, cdfd, rel + name + "/", links, files)
                 finally:
                     os.close(cdfd)
             finally:
@@ -308,6 +314,71 @@ def _copy_tree(sfd: int, dfd: int, rel: str, links: list[str]) -> None:
             links.append(rel + name)
         else:
             raise _unsafe(rel + name, f"is {_SPECIAL[_kind_of(mode)]}")
+
+
+def _copy_files(sfd: int, dfd: int, files: list[tuple[str, str, int, int]], processes: int) -> None:
+    """Copy the regular files ``_copy_tree`` listed, shared between processes (agent.workers) when
+    there are many: each opens the folders from the tops ``sfd`` and ``dfd`` a component at a time,
+    following no link, so a folder swapped for a link meanwhile is refused, as in the walk."""
+    pairs = _FolderPairs(sfd, dfd)
+
+    def copy(i: int) -> None:
+        rel, name, mode, size = files[i]
+        s, d = pairs.open(rel)
+        _copy_file(name, s, d, mode, size)
+
+    try:
+        parts = workers.run_parts(len(files), copy, processes)
+    finally:
+        pairs.close()
+    for part in parts:
+        if isinstance(part.error, workers.WorkerLost):
+            rel, name, _, _ = files[part.done]
+            raise DeploymentError(f"{part.error}: copying {rel}{name}")
+        if part.error is not None:
+            raise part.error
+
+
+class _FolderPairs:
+    """The source and destination descriptors of one folder of the copy (the files come folder by
+    folder, so one pair is kept open besides the tops)."""
+
+    def __init__(self, sfd: int, dfd: int):
+        self.tops = (sfd, dfd)
+        self.rel = ""
+        self.pair = self.tops
+
+    def open(self, rel: str) -> tuple[int, int]:
+        if rel != self.rel:
+            self.close()
+            if rel:
+                parts = rel[:-1].split("/")
+                s = _open_below(self.tops[0], parts)
+                try:
+                    self.pair = (s, _open_below(self.tops[1], parts))
+                except BaseException:
+                    os.close(s)
+                    raise
+            self.rel = rel
+        return self.pair
+
+    def close(self) -> None:
+        if self.pair is not self.tops:
+            for fd in self.pair:
+                os.close(fd)
+        self.pair, self.rel = self.tops, ""
+
+
+def _open_below(top: int, parts: list[str]) -> int:
+    fd = top
+    for name in parts:
+        try:
+            nxt = os.open(name, _DIR_OPEN, dir_fd=fd)
+        finally:
+            if fd != top:
+                os.close(fd)
+        fd = nxt
+    return fd
 
 
 def _copy_file(name: str, sfd: int, dfd: int, mode: int, size: int) -> None:

@@ -42,6 +42,7 @@ SPAWNERS = {
     "agent.pytest_plugin": "`cdsim deploy` in a subprocess, and exec() inside the deployment's place",
     "agent.service.agent_loop": "the runner inside the instance (or here, for a host agent)",
     "agent.service.fetch": "git archive for GitHub revisions",
+    "agent.workers": "forked copies of this process sharing the file copies of a bundle or an Install",
     "hooks_runtime.environment": "bash -a sourcing /etc/profile, to read the environment hooks get",
     "hooks_runtime.process": "the hook scripts themselves, under a per-hook supervisor",
 }
