@@ -44,18 +44,24 @@ class WorkerLost(Exception):
 
 
 def available(limit: int = MAX_WORKERS) -> int:
-    """How many processes to share work between: the CPUs this process may run on less those the
-    1-minute load average says are busy (this process counted as one of them), from 1 to ``limit``.
-    On a busy machine a second process only competes with the first, so the work stays in one."""
+    """How many processes to share work between: the CPUs this process may run on less those other
+    processes keep busy right now, from 1 to ``limit``. On a busy machine a second process would only
+    compete with the first, so the work stays in one."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
+    return max(1, min(limit, cpus, cpus - _others_running()))
+
+
+def _others_running() -> int:
+    """Other processes running or ready to run now (/proc/loadavg's fourth field, this one taken off):
+    the load average's figures trail the last minute, and a bench or a CI job changes in seconds."""
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(limit, cpus, int(cpus - busy + 1)))
+        with open("/proc/loadavg", "rb") as f:
+            return max(0, int(f.read().split()[3].split(b"/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return int(os.getloadavg()[0])
 
 
 def split(n: int, workers: int, minimum: int = MIN_PER_PART) -> list[tuple[int, int]]:

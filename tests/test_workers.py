@@ -46,6 +46,17 @@ def test_available_is_between_one_and_the_cpus_we_may_use() -> None:
     assert workers.available(limit=1) == 1
 
 
+def test_a_process_keeping_a_cpu_busy_takes_one_worker_away() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    spin = "import sys; sys.stdout.write('go'); sys.stdout.flush()\nwhile True: pass"
+    with subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) as burner:
+        try:
+            assert burner.stdout.read(2) == b"go"
+            assert workers.available() <= max(1, cpus - 1)
+        finally:
+            burner.kill()
+
+
 def _mark(out: Path):
     def work(i: int) -> None:
         (out / str(i)).write_text(str(os.getpid()))
@@ -179,7 +190,8 @@ def _snapshot(top: Path, mtimes: bool = True) -> dict[str, tuple]:
             elif p.is_dir():
                 out[rel] = ("dir", oct(st.st_mode))
             else:
-                out[rel] = ("file", oct(st.st_mode), st.st_uid, mtimes and st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[rel] = ("file", oct(st.st_mode), st.st_uid, mtimes and st.st_mtime_ns, digest)
     return out
 
 
@@ -293,8 +305,9 @@ def test_a_bundle_copy_failing_in_a_worker_leaves_the_archive_empty(tmp_path: Pa
     for where in ("d0/e0", "d6/e2"):
         (bundle / where / "big").write_bytes(b"x" * (2 << 20))
         for processes in (1, 2):
-            done = subprocess.run([sys.executable, "-c", script, str(processes), str(tmp_path / f"{where[:2]}-{processes}")],
-                                  capture_output=True, text=True, timeout=120, check=False)
+            deployment = str(tmp_path / f"{where[:2]}-{processes}")
+            done = subprocess.run([sys.executable, "-c", script, str(processes), deployment], capture_output=True,
+                                  text=True, timeout=120, check=False)
             outs.append(done.stdout.strip() + done.stderr)
         (bundle / where / "big").unlink()
     assert outs == ["failed: File too large []"] * 4
