@@ -11,6 +11,11 @@ forking, ``setsid``, ``su`` or a changed environment, and ``cgroup.kill`` ends e
 step, including one that forks while we kill. It needs root (or a delegated subtree), a writable
 cgroup2 mount and ``cgroup.kill`` (Linux 5.14); anything less and ``create`` returns None, and the
 ancestry alone does the work.
+
+Per hook it costs a mkdir, the two moves of the supervisor and an rmdir: our folder is remembered
+for as long as ``/proc/self/cgroup`` (read per hook) names the same cgroup (``/proc/self/mountinfo``
+is read again when it does not, or when a mkdir under the remembered folder fails), and an empty
+tree is told by ``cgroup.events`` (one read) before any folder is walked.
 """
 from __future__ import annotations
 
@@ -23,18 +28,46 @@ _counter = itertools.count(1)
 _unusable = False   # set once creating a cgroup failed: the host will not change its mind
 _stale_removed = False
 _NAME = re.compile(r"cdsim-hook-(\d+)-\d+")
+# The last answer of _own_folder: (our pid, our cgroup v2 path, its folder, which has
+# cgroup.procs). Valid while we are the same process in the same cgroup; a mount moved since
+# makes the mkdir fail, and create then looks again before it gives up.
+_own: tuple[int, str, str] | None = None
 
 
-def _own_cgroup_dir() -> str | None:
-    """The folder of this process's cgroup v2, or None when there is no v2 hierarchy."""
+def _own_cgroup_path() -> str | None:
+    """This process's cgroup v2 path (the ``0::`` line of /proc/self/cgroup), or None."""
     try:
-        with open("/proc/self/cgroup") as f:
-            path = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
+        with open("/proc/self/cgroup", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return next((line[3:].decode() for line in data.split(b"\n") if line.startswith(b"0::")), None)
+
+
+def _own_folder(fresh: bool = False) -> str | None:
+    """The folder of our cgroup v2 if it has ``cgroup.procs``, or None. Reads only
+    /proc/self/cgroup when our cgroup is the one of the last call (unless ``fresh``)."""
+    global _own
+    path = _own_cgroup_path()
+    if path is None:
+        return None
+    pid = os.getpid()
+    if not fresh and _own is not None and _own[:2] == (pid, path):
+        return _own[2]
+    base = _own_cgroup_dir(path)
+    if base is None or not os.path.exists(os.path.join(base, "cgroup.procs")):
+        return None
+    _own = (pid, path, base)
+    return base
+
+
+def _own_cgroup_dir(path: str) -> str | None:
+    """The folder of the cgroup v2 ``path`` (ours) in our mounts, or None when no cgroup2 mount
+    holds it."""
+    try:
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split() for line in f]
     except OSError:
-        return None
-    if path is None:
         return None
     for fields in mounts:
         sep = fields.index("-")
@@ -56,6 +89,7 @@ class HookCgroup:
         self.path = path
         self.parent = os.path.dirname(path)
         self.procs_path = os.path.join(path, "cgroup.procs")
+        self.events_path = os.path.join(path, "cgroup.events")
 
     def enter(self) -> None:
         """Move the calling process in (best effort: the ancestry still finds everything)."""
@@ -71,27 +105,38 @@ class HookCgroup:
         global _unusable
         if _unusable:
             return None
-        base = _own_cgroup_dir()
-        if base is None or not os.path.exists(os.path.join(base, "cgroup.procs")):
-            _unusable = True
-            return None
-        _remove_stale(base)
-        path = os.path.join(base, f"cdsim-hook-{os.getpid()}-{next(_counter)}")
-        try:
-            os.mkdir(path)
-        except OSError:
-            _unusable = True
-            return None
-        if not os.path.exists(os.path.join(path, "cgroup.kill")):
-            os.rmdir(path)
-            _unusable = True
-            return None
-        return cls(path)
+        for fresh in (False, True):
+            base = _own_folder(fresh)
+            if base is None:
+                break
+            _remove_stale(base)
+            path = os.path.join(base, f"cdsim-hook-{os.getpid()}-{next(_counter)}")
+            try:
+                os.mkdir(path)
+            except OSError:
+                continue   # with a remembered folder: look again once
+            if not os.path.exists(os.path.join(path, "cgroup.kill")):
+                os.rmdir(path)
+                break
+            return cls(path)
+        _unusable = True
+        return None
 
     def members(self) -> list[int]:
         """Pids in the cgroup and the cgroups below it (a hook may make some: a nested cdsim does)
-        now; exited processes leave at once, zombies included."""
+        now; exited processes leave at once, zombies included. An empty tree costs one read."""
+        if not self.populated():
+            return []
         return [pid for folder in _folders_bottom_up(self.path) for pid in _procs(folder)]
+
+    def populated(self) -> bool:
+        """Whether a live process is in the cgroup or one below it (``cgroup.events``); True when
+        that cannot be read, so that callers look."""
+        try:
+            with open(self.events_path, "rb") as f:
+                return b"populated 0\n" not in f.read()
+        except OSError:
+            return True
 
     def kill(self) -> None:
         """SIGKILL every member, atomically with respect to forks inside the cgroup."""
@@ -105,6 +150,12 @@ class HookCgroup:
         """Move the processes still inside (those a successful hook left running on purpose) back
         to the parent cgroup, then remove this one and any below it. Returns whether it is gone."""
         parent_procs = os.path.join(self.parent, "cgroup.procs")
+        if not self.populated():
+            try:
+                os.rmdir(self.path)   # the usual case: empty, no cgroup below
+                return True
+            except OSError:
+                pass
         for _ in range(attempts):
             for folder in _folders_bottom_up(self.path):
                 for pid in _procs(folder):

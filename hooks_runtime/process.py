@@ -16,7 +16,10 @@ child subreaper (``PR_SET_CHILD_SUBREAPER``). Whatever the hook's tree orphans (
 of init, so the hook's processes are the supervisor's descendants whatever they did to their
 session, group or environment. It reaps those orphans, reports the script's wait status and CPU time
 on a pipe, and exits when cdsim closes its lifeline: what a successful hook started on purpose then
-goes to init and keeps running, as with the agent. cdsim itself is not the subreaper: orphans of
+goes to init and keeps running, as with the agent. When the script ended leaving no process behind
+(the supervisor has no child left once it reaped it, so the hook has no process and never will) the
+report says so and the supervisor exits at once: cdsim then reads no descendants and waits for no
+exit (the common case, and most of a short hook's cost before). cdsim itself is not the subreaper: orphans of
 every hook (and of every other child) would come back to it for good, reaping them would race with
 ``subprocess``'s own waits, and with deployments running in parallel nothing would say which hook an
 orphan came from. Where the host allows it the script also runs in a cgroup of its own (``cgroup``).
@@ -24,21 +27,23 @@ orphan came from. Where the host allows it the script also runs in a cgroup of i
 Why a fork per hook and not a helper program: a Python interpreter takes ~10 ms to start, twice the
 budget for a hook's whole overhead, and a long-lived helper would not follow what a hook inherits from
 cdsim at that moment (namespaces, root, umask, limits); a fork takes under 1 ms. The forked
-supervisor turns off the garbage collector (a collection would copy every page of cdsim's heap),
-closes every descriptor it does not need (cdsim's deployment lock among them: a hook never holds
-it), catches the terminal's signals with a handler that does nothing (^C reaches cdsim, which ends
-the hook; the supervisor must outlive the script to report it) and starts the script with
-``subprocess`` as cdsim did before it had a supervisor (vfork: no second copy of cdsim's memory;
-not ``posix_spawn``, whose glibc leaves two internal signals ignored in the new program). So the
-script gets cdsim's signal mask and dispositions (a caught signal becomes the default at exec),
-SIGPIPE and SIGXFSZ at their defaults, and its environment exactly as given: the supervisor adds
-nothing to it.
+supervisor loads nothing (``resource``, which ``os.wait4`` imports on every call, is imported here:
+loading it in each supervisor cost 0.8 ms a hook), turns off the garbage collector (a collection
+would copy every page of cdsim's heap), closes every descriptor it does not need (cdsim's deployment
+lock among them: a hook never holds it), catches the terminal's signals with a handler that does
+nothing (^C reaches cdsim, which ends the hook; the supervisor must outlive the script to report it)
+and starts the script with ``subprocess`` as cdsim did before it had a supervisor (vfork: no second
+copy of cdsim's memory; not ``posix_spawn``, whose glibc leaves two internal signals ignored in the
+new program). So the script gets cdsim's signal mask and dispositions (a caught signal becomes the
+default at exec), SIGPIPE and SIGXFSZ at their defaults, and its environment exactly as given: the
+supervisor adds nothing to it.
 
 The tree: while the supervisor lives, the hook's processes are its descendants (read from
 ``/proc/PID/task/TID/children``, which costs a few reads per member instead of one per process on
-the host) plus the members of the hook's cgroup. Once it is gone (or where /proc lacks those files),
-all of /proc is read, and a process belongs to the hook if it descends from the supervisor or the
-script, is in the hook's process group or cgroup, or was seen as a member before.
+the host) plus the members of the hook's cgroup; once it reported that the script left no process,
+only the cgroup (if any) is read. Once it is gone (or where /proc lacks those files), all of /proc
+is read, and a process belongs to the hook if it descends from the supervisor or the script, is in
+the hook's process group or cgroup, or was seen as a member before.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ import errno
 import fcntl
 import gc
 import os
+import resource  # noqa: F401 - os.wait4 imports it on each call: loaded once here, not in each supervisor
 import select
 import shlex
 import signal
@@ -91,6 +97,8 @@ class Exit:
 
     status: int | None    # raw wait status
     cpu: float | None     # user + system seconds of the script and the children it reaped
+    alone: bool = False   # the script left no process behind: the supervisor had no child left
+                          # when it reaped it, so the hook has no process now or ever after
 
 
 @dataclass
@@ -117,9 +125,9 @@ class Spawned:
         self._pending += chunk
         if not self._pending.endswith(b"\n"):
             return None
-        kind, status, cpu = self._pending.split()
+        kind, status, cpu, alone = self._pending.split()
         assert kind == b"X", self._pending
-        return Exit(int(status), float(cpu))
+        return Exit(int(status), float(cpu), alone == b"1")
 
     def wait_exit(self, seconds: float) -> Exit | None:
         """Block up to ``seconds`` for the script's end."""
@@ -310,7 +318,10 @@ def _popen(argv: list[str], stdio: tuple[int, int, int], env: dict[str, str],
 
 def _reap_until_released(proc: subprocess.Popen[bytes], reports: int, lifeline: int) -> None:
     """Reap the script (reporting its end) and every orphan re-parented to us, until cdsim closes
-    the lifeline (or dies)."""
+    the lifeline (or dies). If the script left no process behind (no child of ours is left once it
+    is reaped: its orphans were re-parented to us before it became a zombie), say so and return at
+    once: with no child we have no descendant, and none can appear, so there is nothing to wait for
+    (cdsim then neither scans for the hook's processes nor waits for our exit)."""
     script = proc.pid
     pidfd = os.pidfd_open(script)
     poller = select.poll()
@@ -318,18 +329,25 @@ def _reap_until_released(proc: subprocess.Popen[bytes], reports: int, lifeline: 
     poller.register(pidfd, select.POLLIN)
     while True:
         ready = {fd for fd, _ in poller.poll(int(REAP_INTERVAL * 1000))}
+        ended: tuple[int, float] | None = None
+        childless = False
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
+                childless = True
                 break
             if pid == 0:
                 break
             if pid == script:
                 proc.returncode = os.waitstatus_to_exitcode(status)   # so Popen never waits for it
-                _say(reports, b"X %d %r\n" % (status, usage.ru_utime + usage.ru_stime))
+                ended = (status, usage.ru_utime + usage.ru_stime)
                 poller.unregister(pidfd)
                 os.close(pidfd)
+        if ended is not None:
+            _say(reports, b"X %d %r %d\n" % (*ended, childless))
+            if childless:
+                return
         if lifeline in ready and not os.read(lifeline, 64):
             return
 
@@ -392,6 +410,7 @@ class ProcessTree:
         self.pgid = root
         self.supervisor = supervisor
         self.supervisor_alive = True   # until we let it go
+        self.alone = False             # the supervisor reported the script ended leaving no process
         self.cgroup = cgroup
         stat = read_stat(root)
         self._root_start = stat.start_ticks if stat else 0
@@ -401,8 +420,12 @@ class ProcessTree:
     def scan(self) -> dict[int, ProcStat]:
         """Current live members (the root included while it is unreaped), and update the figures.
         While the supervisor lives its descendants are the whole tree (it is their subreaper), so
-        only they are read; otherwise, all of /proc."""
-        below = descendants_of(self.supervisor) if self.supervisor_alive else None
+        only they are read; otherwise, all of /proc. Once the supervisor reported that the script
+        left no process behind it has no descendant (it may have exited): only the cgroup is read."""
+        if self.alone:
+            below: set[int] | None = set()
+        else:
+            below = descendants_of(self.supervisor) if self.supervisor_alive else None
         if below is None:
             members = self._scan_all()
         else:

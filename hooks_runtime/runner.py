@@ -264,6 +264,7 @@ class _Run:
     def _exit(self, done: Exit) -> None:
         self.exited = True
         self.status, self.cpu = done.status, done.cpu
+        self.tree.alone = done.alone
         self.poller.unregister(self.sp.reports)
 
     def _decode_status(self) -> tuple[int | None, int | None]:

@@ -784,6 +784,44 @@ class TestHookCgroup:
         assert local(bundle).wait(60) == 0
         assert not os.path.exists(left)
 
+    def test_hook_cgroup_follows_us_into_another_cgroup(self, hooks, tmp_path):
+        """Our cgroup's folder is remembered between hooks; once we are moved to another cgroup
+        the next hook's cgroup is made below the new one (and removed), not below the old."""
+        base = own_cgroup2_dir()
+        if not self.host_allows(base):
+            pytest.skip("this host does not let us create a cgroup v2")
+        assert base is not None
+        out = str(tmp_path / "cgroup")
+        path = hooks.script("where.sh", f"#!/bin/sh\ncat /proc/self/cgroup > {out}\n")
+
+        def hook_cgroup() -> str:
+            assert hooks.run(path).succeeded
+            with open(out) as f:
+                return base_mount + next(line[3:].strip() for line in f if line.startswith("0::"))
+
+        with open("/proc/self/cgroup") as f:
+            rel = next(line[3:].strip() for line in f if line.startswith("0::"))
+        base_mount = base[:len(base) - len(rel)] if rel != "/" else base
+        first = hook_cgroup()
+        assert os.path.dirname(first) == base
+        moved = os.path.join(base, f"cdsim-test-moved-{os.getpid()}")
+        os.mkdir(moved)
+        try:
+            with open(os.path.join(moved, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            try:
+                assert own_cgroup2_dir() == moved
+                second = hook_cgroup()
+                assert os.path.dirname(second) == moved
+                assert not os.path.exists(second)
+            finally:
+                with open(os.path.join(base, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            third = hook_cgroup()   # and back
+            assert os.path.dirname(third) == base
+        finally:
+            os.rmdir(moved)
+
     @staticmethod
     def host_allows(base: str | None) -> bool:
         if base is None:
