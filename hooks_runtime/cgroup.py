@@ -32,6 +32,7 @@ _NAME = re.compile(r"cdsim-hook-(\d+)-\d+")
 # cgroup.procs). Valid while we are the same process in the same cgroup; a mount moved since
 # makes the mkdir fail, and create then looks again before it gives up.
 _own: tuple[int, str, str] | None = None
+_killable: str | None = None   # a folder whose new cgroups were seen to have cgroup.kill (the kernel's)
 
 
 def _own_cgroup_path() -> str | None:
@@ -102,7 +103,7 @@ class HookCgroup:
     @classmethod
     def create(cls) -> HookCgroup | None:
         """A new, empty cgroup under our own, or None where the host does not allow it."""
-        global _unusable
+        global _unusable, _killable
         if _unusable:
             return None
         for fresh in (False, True):
@@ -115,9 +116,10 @@ class HookCgroup:
                 os.mkdir(path)
             except OSError:
                 continue   # with a remembered folder: look again once
-            if not os.path.exists(os.path.join(path, "cgroup.kill")):
+            if base != _killable and not os.path.exists(os.path.join(path, "cgroup.kill")):
                 os.rmdir(path)
                 break
+            _killable = base
             return cls(path)
         _unusable = True
         return None
@@ -150,12 +152,11 @@ class HookCgroup:
         """Move the processes still inside (those a successful hook left running on purpose) back
         to the parent cgroup, then remove this one and any below it. Returns whether it is gone."""
         parent_procs = os.path.join(self.parent, "cgroup.procs")
-        if not self.populated():
-            try:
-                os.rmdir(self.path)   # the usual case: empty, no cgroup below
-                return True
-            except OSError:
-                pass
+        try:
+            os.rmdir(self.path)   # the usual case: empty, no cgroup below (else EBUSY)
+            return True
+        except OSError:
+            pass
         for _ in range(attempts):
             for folder in _folders_bottom_up(self.path):
                 for pid in _procs(folder):

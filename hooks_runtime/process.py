@@ -51,6 +51,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import importlib
 import os
 import resource  # noqa: F401 - os.wait4 imports it on each call: loaded once here, not in each supervisor
 import select
@@ -61,8 +62,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import NoReturn
 
 from hooks_runtime.cgroup import HookCgroup
@@ -73,7 +75,15 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _prctl = ctypes.CDLL(None, use_errno=True).prctl   # resolved here, not in the forked child
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+_NAME = ctypes.c_char_p(b"cdsim-hook")               # the supervisor's name (comm); made here too
+_HELD_SIGNALS = tuple(int(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT))
+_SIG_IGN = int(signal.SIG_IGN)
+# The C functions behind signal.signal and signal.getsignal, without their wrappers' enum
+# conversions (which raise and catch an exception per call when a handler is a function): in the
+# forked supervisor every object touched is a page of cdsim's heap to copy (40 pages, 0.1 ms a hook).
+_c_signal = importlib.import_module("_signal")
+_set_handler: Callable[[int, Callable[[int, FrameType | None], None]], object] = _c_signal.signal
+_get_handler: Callable[[int], object] = _c_signal.getsignal
 _fork_lock = threading.Lock()
 REAP_INTERVAL = 0.1   # seconds: how long an orphan of the hook may stay a zombie of the supervisor
 
@@ -266,12 +276,12 @@ def _supervise(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int,
         gc.disable()   # a collection would touch (and so copy) every page of cdsim's heap
         _keep_only({0, 1, 2, *stdio, reports, lifeline})
         _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        _prctl(_PR_SET_NAME, ctypes.c_char_p(b"cdsim-hook"), 0, 0, 0)
+        _prctl(_PR_SET_NAME, _NAME, 0, 0, 0)
         for sig in _HELD_SIGNALS:
             # Caught, not ignored or blocked: the script's exec resets a caught signal to its
             # default, so it gets what it got from cdsim (an ignored one stays ignored for both).
-            if signal.getsignal(sig) != signal.SIG_IGN:
-                signal.signal(sig, _ignore)
+            if _get_handler(sig) != _SIG_IGN:
+                _set_handler(sig, _ignore)
         try:
             proc, through_sh = _spawn_script(argv, env, cwd, stdio, group)
         except OSError as exc:
@@ -412,8 +422,7 @@ class ProcessTree:
         self.supervisor_alive = True   # until we let it go
         self.alone = False             # the supervisor reported the script ended leaving no process
         self.cgroup = cgroup
-        stat = read_stat(root)
-        self._root_start = stat.start_ticks if stat else 0
+        self._start: int | None = None           # the supervisor's start: read when /proc is first scanned
         self.known: dict[int, ProcStat] = {}     # pid -> last stat of every member seen
         self.peak_rss = 0                        # largest sum of RSS over one scan
 
@@ -441,10 +450,15 @@ class ProcessTree:
         return members
 
     def _scan_all(self) -> dict[int, ProcStat]:
+        if self._start is None:
+            # The hook's processes all started after the supervisor, which is our child, not
+            # reaped until the run is over: its pid names it (alive or a zombie) until then.
+            stat = read_stat(self.supervisor) if self.supervisor_alive else None
+            self._start = stat.start_ticks if stat else 0
         stats: dict[int, ProcStat] = {}
         for pid in all_pids():
             st = read_stat(pid)
-            if st is not None and st.start_ticks >= self._root_start and st.alive:
+            if st is not None and st.start_ticks >= self._start and st.alive:
                 stats[pid] = st   # older processes cannot be ours
         in_cgroup = set(self.cgroup.members()) if self.cgroup is not None else set()
         members: dict[int, ProcStat] = {}
