@@ -229,6 +229,24 @@ def test_an_install_shared_between_processes_ends_as_one_going_in_order(tmp_path
     assert s1.bytes_copied > 3000 * 32
 
 
+def test_a_shared_install_reports_progress_from_this_process_only_and_in_order(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    _tree(archive, 3000)
+    _, instructions = _generate(tmp_path, archive, "dest")
+    seen = tmp_path / "progress"
+
+    def progress(done: int, total: int) -> None:
+        with open(seen, "a") as f:
+            f.write(f"{os.getpid()} {done} {total}\n")
+
+    execute_instructions(instructions, str(tmp_path / "journal"), progress=progress, processes=2)
+    calls = [tuple(map(int, line.split())) for line in seen.read_text().splitlines()]
+    assert {pid for pid, _, _ in calls} == {PARENT}
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and done[-1] == len(instructions) and {t for _, _, t in calls} == {len(instructions)}
+    assert len([d for d in done if 0 < d < len(instructions)]) >= 5  # it moves while the copies run
+
+
 @pytest.mark.parametrize("where", [0.2, 0.8], ids=["in-this-process's-part", "in-a-worker's-part"])
 def test_a_copy_failing_in_a_shared_run_leaves_what_the_agent_leaves(tmp_path: Path, where: float) -> None:
     archive = tmp_path / "archive"
