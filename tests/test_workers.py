@@ -117,6 +117,26 @@ def test_a_worker_that_dies_is_a_lost_part_from_its_start() -> None:
     assert (parts[1].done, str(parts[1].error)) == (500, "a worker process ended without its report (exit status 3)")
 
 
+def test_when_no_process_can_be_forked_every_part_runs_here() -> None:
+    """RLIMIT_NPROC 0 makes fork fail with EAGAIN (root is exempt, so as root the script first becomes
+    nobody, having imported what it needs)."""
+    script = textwrap.dedent("""
+        import os, pickle, resource  # pickle: run_parts imports it before forking
+        from agent import workers
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        pids = set()
+        parts = workers.run_parts(1000, lambda i: pids.add(os.getpid()), 3)
+        print([(p.start, p.stop, p.done, p.error) for p in parts], pids == {os.getpid()})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "[(0, 333, 333, None), (333, 666, 666, None), (666, 1000, 1000, None)] True", \
+        done.stderr
+
+
 def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
     pidfile = tmp_path / "worker"
 
