@@ -137,6 +137,14 @@ def test_when_no_process_can_be_forked_every_part_runs_here() -> None:
         done.stderr
 
 
+def _worker_pid(pidfile: Path) -> int:
+    """The pid a worker wrote into ``pidfile`` (waited for, 20 s at most)."""
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(pidfile.read_text())
+
+
 def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
     pidfile = tmp_path / "worker"
 
@@ -145,9 +153,7 @@ def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
             pidfile.write_text(str(os.getpid()))
             time.sleep(60)
         elif i == 0:
-            deadline = time.monotonic() + 20
-            while not pidfile.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _worker_pid(pidfile)
             raise KeyboardInterrupt
 
     start = time.monotonic()
@@ -159,7 +165,7 @@ def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
-def test_a_worker_dies_with_a_ctrl_c_instead_of_running_our_handler(tmp_path: Path) -> None:
+def test_a_worker_stopped_dies_instead_of_running_the_caller_s_handler(tmp_path: Path) -> None:
     pidfile = tmp_path / "worker"
     called = tmp_path / "handler-ran"
     old = signal.signal(signal.SIGTERM, lambda *_: called.write_text(str(os.getpid())))
@@ -169,10 +175,7 @@ def test_a_worker_dies_with_a_ctrl_c_instead_of_running_our_handler(tmp_path: Pa
                 pidfile.write_text(str(os.getpid()))
                 time.sleep(60)
             elif i == 0:
-                deadline = time.monotonic() + 20
-                while not pidfile.exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+                os.kill(_worker_pid(pidfile), signal.SIGTERM)
 
         parts = workers.run_parts(1000, work, 2)
     finally:
