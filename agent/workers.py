@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import warnings
 from collections.abc import Callable
 
@@ -84,7 +83,8 @@ def run_parts(n: int, work: Callable[[int], object], workers: int,
     here = ranges[:1]  # the ranges this process runs: the first, and any a fork failed for
     children: list[tuple[int, int, int, int]] = []  # pid, read end of its pipe, start, stop
     if len(ranges) > 1:
-        import pickle  # noqa: F401 - imported before the forks: the workers report with it
+        import pickle  # noqa: F401 - imported before the forks, as signal: the workers use them
+        import signal  # noqa: F401
     try:
         for start, stop in ranges[1:]:
             r, w = os.pipe()
@@ -113,7 +113,7 @@ def run_parts(n: int, work: Callable[[int], object], workers: int,
     finally:
         for pid, r, _, _ in children:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, 9)  # SIGKILL (the signal module is imported only when work is shared)
             except ProcessLookupError:
                 pass
             os.waitpid(pid, 0)
@@ -143,6 +143,7 @@ def _worker(w: int, start: int, stop: int, work: Callable[[int], object], collec
     status = 0
     try:
         import pickle
+        import signal
 
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -121,7 +121,7 @@ def test_when_no_process_can_be_forked_every_part_runs_here() -> None:
     """RLIMIT_NPROC 0 makes fork fail with EAGAIN (root is exempt, so as root the script first becomes
     nobody, having imported what it needs)."""
     script = textwrap.dedent("""
-        import os, pickle, resource  # pickle: run_parts imports it before forking
+        import os, pickle, resource, signal  # pickle, signal: run_parts imports them before forking
         from agent import workers
         if os.geteuid() == 0:
             os.setgroups([])
