@@ -24,7 +24,6 @@ I/O module. Must not import install, deploy, hooks_runtime or the CLI.
 """
 from __future__ import annotations
 
-import bisect
 import errno
 import functools
 import io
@@ -490,6 +489,8 @@ def _check_links(tree: str, archive_dir: str, links: list[str]) -> None:
 def _on_cycles(folder_links: dict[str, tuple[str, str]]) -> list[str]:
     """Links from which install, copying a linked folder and following the links inside it, returns to
     the same link (a link to its own ancestor, or links leading into each other's folders)."""
+    import bisect  # a bundle with links to folders only
+
     locations = sorted(folder_links)
 
     def successors(location: str) -> list[str]:

@@ -812,8 +812,17 @@ class _Executor:
         where = [p for p, ins in enumerate(run) if type(ins) is Copy]
         copies: list[Copy] = [run[p] for p in where]  # type: ignore[misc]
         before = (self.files, self.links, self.bytes)
-        parts = workers.run_parts(len(copies), lambda k: self.copy(copies[k]), self.workers,
-                                  lambda: (self.files, self.links, self.bytes))
+        ranges = workers.split(len(copies), self.workers)
+        own, share = ranges[0][1], len(ranges)
+        progress = self.progress
+
+        def copy(k: int) -> None:
+            self.copy(copies[k])
+            if progress and k < own and k % COPY_BATCH == COPY_BATCH - 1:
+                # this process's part, the first: the workers are taken to be as far into theirs
+                progress(start + min(len(run), (where[k] + 1) * share), n)
+
+        parts = workers.run_parts(len(copies), copy, self.workers, lambda: (self.files, self.links, self.bytes))
         for part in parts[1:]:
             if isinstance(part.tally, tuple):
                 self.files += part.tally[0] - before[0]

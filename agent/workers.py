@@ -4,7 +4,8 @@ Copying many small files (a bundle into its archive folder, an Install's copies)
 time of its system calls, and two processes copying different files take half the time of one: two
 10,000-file ``cp -a`` side by side took 0.14 s on tmpfs here, one after the other 0.27 s. Threads do
 not get that, because every system call hands the GIL over to the other thread. So ``run_parts``
-splits the items into contiguous parts; this process runs the first, a forked copy of it each other.
+splits the items into contiguous parts; this process runs the first, a forked copy of it each other
+(and any part a fork failed for: a limit on processes slows the work down, it does not fail it).
 
 Each part goes in order and stops at its first failure. The caller gets, per part, how far it got,
 what ``collect()`` returned in that process at its end (a worker's counters are its own) and the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import warnings
 from collections.abc import Callable
 
@@ -80,32 +80,40 @@ def run_parts(n: int, work: Callable[[int], object], workers: int,
     WorkerLost naming it); an exception that is not an Exception (KeyboardInterrupt) here is raised,
     after the workers are killed."""
     ranges = split(n, workers)
+    here = ranges[:1]  # the ranges this process runs: the first, and any a fork failed for
     children: list[tuple[int, int, int, int]] = []  # pid, read end of its pipe, start, stop
+    if len(ranges) > 1:
+        import pickle  # noqa: F401 - imported before the forks, as signal: the workers use them
+        import signal  # noqa: F401
     try:
         for start, stop in ranges[1:]:
             r, w = os.pipe()
             try:
                 pid = _fork()
-            except BaseException:
+            except BaseException as e:
                 os.close(r)
                 os.close(w)
-                raise
+                if not isinstance(e, OSError):
+                    raise
+                here.append((start, stop))  # no process to spare (EAGAIN, a pids limit): run it here
+                continue
             if pid == 0:
                 os.close(r)
                 _worker(w, start, stop, work, collect)  # never returns
             os.close(w)
             children.append((pid, r, start, stop))
-        start, stop = ranges[0]
-        done, error = _run(start, stop, work)
-        parts = [Part(start, stop, done, error)]
+        parts = []
+        for start, stop in here:
+            done, error = _run(start, stop, work)
+            parts.append(Part(start, stop, done, error))
         while children:
             parts.append(_join(*children[0]))
             children.pop(0)
-        return parts
+        return sorted(parts, key=lambda part: part.start)
     finally:
         for pid, r, _, _ in children:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, 9)  # SIGKILL (the signal module is imported only when work is shared)
             except ProcessLookupError:
                 pass
             os.waitpid(pid, 0)
@@ -135,6 +143,7 @@ def _worker(w: int, start: int, stop: int, work: Callable[[int], object], collec
     status = 0
     try:
         import pickle
+        import signal
 
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -117,6 +117,34 @@ def test_a_worker_that_dies_is_a_lost_part_from_its_start() -> None:
     assert (parts[1].done, str(parts[1].error)) == (500, "a worker process ended without its report (exit status 3)")
 
 
+def test_when_no_process_can_be_forked_every_part_runs_here() -> None:
+    """RLIMIT_NPROC 0 makes fork fail with EAGAIN (root is exempt, so as root the script first becomes
+    nobody, having imported what it needs)."""
+    script = textwrap.dedent("""
+        import os, pickle, resource, signal  # pickle, signal: run_parts imports them before forking
+        from agent import workers
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        pids = set()
+        parts = workers.run_parts(1000, lambda i: pids.add(os.getpid()), 3)
+        print([(p.start, p.stop, p.done, p.error) for p in parts], pids == {os.getpid()})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "[(0, 333, 333, None), (333, 666, 666, None), (666, 1000, 1000, None)] True", \
+        done.stderr
+
+
+def _worker_pid(pidfile: Path) -> int:
+    """The pid a worker wrote into ``pidfile`` (waited for, 20 s at most)."""
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(pidfile.read_text())
+
+
 def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
     pidfile = tmp_path / "worker"
 
@@ -125,9 +153,7 @@ def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
             pidfile.write_text(str(os.getpid()))
             time.sleep(60)
         elif i == 0:
-            deadline = time.monotonic() + 20
-            while not pidfile.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _worker_pid(pidfile)
             raise KeyboardInterrupt
 
     start = time.monotonic()
@@ -139,7 +165,7 @@ def test_an_interrupt_here_kills_and_reaps_the_workers(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
-def test_a_worker_dies_with_a_ctrl_c_instead_of_running_our_handler(tmp_path: Path) -> None:
+def test_a_worker_stopped_dies_instead_of_running_the_caller_s_handler(tmp_path: Path) -> None:
     pidfile = tmp_path / "worker"
     called = tmp_path / "handler-ran"
     old = signal.signal(signal.SIGTERM, lambda *_: called.write_text(str(os.getpid())))
@@ -149,10 +175,7 @@ def test_a_worker_dies_with_a_ctrl_c_instead_of_running_our_handler(tmp_path: Pa
                 pidfile.write_text(str(os.getpid()))
                 time.sleep(60)
             elif i == 0:
-                deadline = time.monotonic() + 20
-                while not pidfile.exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+                os.kill(_worker_pid(pidfile), signal.SIGTERM)
 
         parts = workers.run_parts(1000, work, 2)
     finally:
@@ -227,6 +250,24 @@ def test_an_install_shared_between_processes_ends_as_one_going_in_order(tmp_path
            (s2.files_copied, s2.symlinks_created, s2.dirs_created, s2.bytes_copied) == \
            (3000, 3000 // 97 + 1, 7 + 21 + 1, s1.bytes_copied)
     assert s1.bytes_copied > 3000 * 32
+
+
+def test_a_shared_install_reports_progress_from_this_process_only_and_in_order(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    _tree(archive, 3000)
+    _, instructions = _generate(tmp_path, archive, "dest")
+    seen = tmp_path / "progress"
+
+    def progress(done: int, total: int) -> None:
+        with open(seen, "a") as f:
+            f.write(f"{os.getpid()} {done} {total}\n")
+
+    execute_instructions(instructions, str(tmp_path / "journal"), progress=progress, processes=2)
+    calls = [tuple(map(int, line.split())) for line in seen.read_text().splitlines()]
+    assert {pid for pid, _, _ in calls} == {PARENT}
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and done[-1] == len(instructions) and {t for _, _, t in calls} == {len(instructions)}
+    assert len([d for d in done if 0 < d < len(instructions)]) >= 5  # it moves while the copies run
 
 
 @pytest.mark.parametrize("where", [0.2, 0.8], ids=["in-this-process's-part", "in-a-worker's-part"])
