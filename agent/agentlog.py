@@ -7,8 +7,8 @@ its folder ``0777 & ~umask``, as the agent's (Q40); an existing file keeps its m
 from __future__ import annotations
 
 import os
-import threading
 import time
+from _thread import allocate_lock  # threading.Lock, without importing threading (start-up)
 
 PLUGIN = "InstanceAgent::Plugins::CodeDeployPlugin::"
 _LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARN", "WARNING": "WARN", "ERROR": "ERROR"}
@@ -20,7 +20,7 @@ class AgentLog:
         self.path = os.path.join(log_dir, file_name) if log_dir else None
         self.program_name = program_name
         self.verbose = verbose
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         if log_dir:  # there is a path
             os.makedirs(log_dir, exist_ok=True)
 

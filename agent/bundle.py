@@ -31,7 +31,6 @@ import os
 import re
 import stat
 import struct
-import threading
 import time
 import types
 import zlib
@@ -633,6 +632,7 @@ class _GzipPrefetch:
 
     def __init__(self, path: str):
         import queue
+        import threading
 
         self.name = path
         self._raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()

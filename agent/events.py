@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
+from _thread import allocate_lock  # threading.Lock, without importing threading (start-up)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class EventStream:
         self.path = path
         self.listeners = list(listeners or [])
         self.records: list[Record] = []
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._file: TextIO | None = None
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)

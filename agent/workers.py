@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
 from collections.abc import Callable
 
 from agent.records import record as dataclass  # dataclasses' semantics, cheaper start-up
@@ -132,6 +131,8 @@ def _run(start: int, stop: int, work: Callable[[int], object]) -> tuple[int, Exc
 
 
 def _fork() -> int:
+    import warnings
+
     with warnings.catch_warnings():
         # Python 3.12 warns on a fork while other threads exist, for a child that would take a lock one of
         # them held. A worker runs ``work`` (system calls on its own items) and reports; it takes no lock.

@@ -4,7 +4,6 @@ prints the agent's lines; our extras (the hook's failure reason, notices) go to 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -15,6 +14,7 @@ from agent.errors import ExitStatus
 # the CLI imports this module to build its parser (mypy takes any name TYPE_CHECKING as true)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from agent.config import AgentConfig

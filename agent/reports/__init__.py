@@ -10,7 +10,6 @@ files. Must not import the deploy engine, hooks_runtime or the CLI.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -19,6 +18,7 @@ from agent.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `cdsim local` imports this module,
 if TYPE_CHECKING:      # and the model (with typing) only when a report is written
+    import argparse
     from typing import TextIO
 
     from agent.reports.model import DeploymentSummary, Record
@@ -45,6 +45,8 @@ def parse_report_option(text: str) -> tuple[str, str]:
 def add_report_option(parser: argparse.ArgumentParser) -> None:
     """Add the repeatable ``--report KIND=FILE`` option to an argparse parser (``args.report``: a list
     of (kind, path)); a malformed value is a usage error at parse time."""
+    import argparse  # the commands calling this have imported it; `cdsim local` imports this module without
+
     def kind_and_path(text: str) -> tuple[str, str]:
         try:
             return parse_report_option(text)
