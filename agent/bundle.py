@@ -235,7 +235,9 @@ def _copy_directory_bundle(source: str, deployment_dir: str, processes: int | No
             dfd = os.open(name, _DIR_OPEN, dir_fd=pfd)
             try:
                 _copy_tree(sfd, dfd, "", links, files)
-                _copy_files(sfd, dfd, files, workers.available() if processes is None else processes)
+                if processes is None:  # asked only when there are files enough to share
+                    processes = workers.available() if len(files) >= 2 * workers.MIN_PER_PART else 1
+                _copy_files(sfd, dfd, files, processes)
             except BaseException as e:
                 _discard(target, created)
                 if isinstance(e, UnsafeBundle) and not e.file:

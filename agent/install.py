@@ -688,9 +688,9 @@ _WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 class _Executor:
-    def __init__(self, journal_fd: int, progress: Callable[[int, int], None] | None, workers: int = 1):
+    def __init__(self, journal_fd: int, progress: Callable[[int, int], None] | None, processes: int | None = 1):
         self.fd = journal_fd
-        self.workers = workers
+        self.workers = processes  # None: workers.available(), asked when a run is long enough to share
         self.size = 0            # bytes written to the journal
         self.pending: list[bytes] = []
         self.progress = progress
@@ -713,7 +713,7 @@ class _Executor:
 
     def run(self, instructions: list[Instruction]) -> None:
         n = len(instructions)
-        shared = self._shared_runs(instructions) if self.workers > 1 else []
+        shared = self._shared_runs(instructions) if self.workers is None or self.workers > 1 else []
         i = 0
         try:
             for start, stop in shared:
@@ -790,6 +790,11 @@ class _Executor:
         failing one are removed, the folders made after it too, and the journal is cut after its
         line: what the agent leaves when that copy fails. A folder that cannot be made sends the run
         down the ordered path, which meets the failure where the agent does."""
+        if self.workers is None:
+            self.workers = workers.available()
+        if self.workers <= 1:
+            self._run_in_order(instructions, start, stop, n)
+            return
         run = instructions[start:stop]
         made: list[str] = []
         for ins in run:
@@ -1019,7 +1024,7 @@ def execute_instructions(instructions: list[Instruction], cleanup_path: str, *,
     journal included, is the same for any number."""
     start = time.monotonic()
     fd = os.open(cleanup_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    ex = _Executor(fd, progress, workers.available() if processes is None else processes)
+    ex = _Executor(fd, progress, processes)
     try:
         ex.run(list(instructions))
     finally:

@@ -44,23 +44,29 @@ class WorkerLost(Exception):
 
 def available(limit: int = MAX_WORKERS) -> int:
     """How many processes to share work between: the CPUs this process may run on less those other
-    processes keep busy right now, from 1 to ``limit``. On a busy machine a second process would only
-    compete with the first, so the work stays in one."""
+    processes keep busy (``others_running``), from 1 to ``limit``. On a busy machine a second process
+    would only compete with the first, so the work stays in one."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(limit, cpus, cpus - _others_running()))
-
-
-def _others_running() -> int:
-    """Other processes running or ready to run now (/proc/loadavg's fourth field, this one taken off):
-    the load average's figures trail the last minute, and a bench or a CI job changes in seconds."""
     try:
         with open("/proc/loadavg", "rb") as f:
-            return max(0, int(f.read().split()[3].split(b"/")[0]) - 1)
+            others = others_running(f.read())
     except (OSError, ValueError, IndexError):
-        return int(os.getloadavg()[0])
+        others = int(os.getloadavg()[0])
+    return max(1, min(limit, cpus, cpus - others))
+
+
+def others_running(loadavg: bytes) -> int:
+    """Other processes keeping a CPU busy, from the text of /proc/loadavg: the smaller of the processes
+    running at this instant (its fourth field, this one taken off) and the 1-minute load average (its
+    first). The instant alone counts passing kernel work (after thousands of unlinks the kernel's own
+    threads run to free what they held, and one look may catch them); the average alone trails a
+    finished job by minutes. Together: a core counts as busy when it has been for a while and still is."""
+    fields = loadavg.split()
+    now = int(fields[3].split(b"/")[0]) - 1
+    return max(0, min(now, int(float(fields[0]))))
 
 
 def split(n: int, workers: int, minimum: int = MIN_PER_PART) -> list[tuple[int, int]]:
