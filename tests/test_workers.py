@@ -50,6 +50,7 @@ def test_available_is_between_one_and_the_cpus_we_may_use() -> None:
     (b"0.00 0.01 0.05 1/87 30769\n", 0),   # idle: only this process runs
     (b"0.31 0.40 0.52 2/87 30769\n", 0),   # something runs this instant, but not for long: a passing blip
     (b"1.62 1.10 0.80 2/87 30769\n", 1),   # a job busy for a while and now
+    (b"1.09 0.90 0.80 2/87 30769\n", 0),   # the average holds this process's own work of the last minute
     (b"3.40 2.10 1.30 1/87 30769\n", 0),   # a job that has just ended: the average still remembers it
     (b"7.90 6.00 5.00 9/87 30769\n", 7),
 ])
