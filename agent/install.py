@@ -680,7 +680,7 @@ def generate_instructions(appspec: AppSpec, archive_dir: str, file_exists_behavi
 # that belongs to someone else) and are written no later than the next copy batch or the end.
 COPY_BATCH = 128
 # A run of folders and new files with this many copies at least shares its copies with forked workers
-# when cores are idle (agent.workers): two processes copy 20,000 small files in about half the time.
+# on a machine with more than one CPU (agent.workers): two processes copy 20,000 small files in about half the time.
 SHARED_MIN = 2 * workers.MIN_PER_PART
 _S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG  # stat.S_IFMT(mode) == S_IFREG, without the call
 _READ = os.O_RDONLY | os.O_CLOEXEC

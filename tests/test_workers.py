@@ -40,22 +40,16 @@ def test_split_covers_every_item_once_in_at_most_the_asked_parts() -> None:
     assert len(workers.split(300, 2)) == 1  # not worth a fork
 
 
-def test_available_is_between_one_and_the_cpus_we_may_use() -> None:
-    got = workers.available()
-    assert 1 <= got <= min(workers.MAX_WORKERS, len(os.sched_getaffinity(0)))
+def test_available_follows_the_cpus_we_may_run_on() -> None:
+    """``taskset -c 0 cdsim ...`` keeps the copies in one process."""
+    old = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(old)})
+        assert workers.available() == 1
+    finally:
+        os.sched_setaffinity(0, old)
+    assert workers.available() == min(workers.MAX_WORKERS, len(old))
     assert workers.available(limit=1) == 1
-
-
-@pytest.mark.parametrize(("loadavg", "others"), [
-    (b"0.00 0.01 0.05 1/87 30769\n", 0),   # idle: only this process runs
-    (b"0.31 0.40 0.52 2/87 30769\n", 0),   # something runs this instant, but not for long: a passing blip
-    (b"1.62 1.10 0.80 2/87 30769\n", 1),   # a job busy for a while and now
-    (b"1.09 0.90 0.80 2/87 30769\n", 0),   # the average holds this process's own work of the last minute
-    (b"3.40 2.10 1.30 1/87 30769\n", 0),   # a job that has just ended: the average still remembers it
-    (b"7.90 6.00 5.00 9/87 30769\n", 7),
-])
-def test_a_core_counts_as_busy_when_it_has_been_for_a_while_and_still_is(loadavg: bytes, others: int) -> None:
-    assert workers.others_running(loadavg) == others
 
 
 def _mark(out: Path):
