@@ -76,8 +76,9 @@ def run_parts(n: int, work: Callable[[int], object], workers: int,
     here = ranges[:1]  # the ranges this process runs: the first, and any a fork failed for
     children: list[tuple[int, int, int, int]] = []  # pid, read end of its pipe, start, stop
     if len(ranges) > 1:
-        import pickle  # noqa: F401 - imported before the forks, as signal: the workers use them
+        import pickle  # noqa: F401 - imported before the forks, as signal and warnings: they are used in them
         import signal  # noqa: F401
+        import warnings  # noqa: F401
     try:
         for start, stop in ranges[1:]:
             r, w = os.pipe()
